@@ -1,0 +1,116 @@
+"""Image decoding, HR preparation and LR generation (Pillow + NumPy, deterministic)."""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from dsrhn.config import LRConfig
+
+_KERNELS = {"bicubic": Image.BICUBIC, "area": Image.BOX, "bilinear": Image.BILINEAR}
+
+
+class ImageError(ValueError):
+    """An input that cannot become an image; the message is the reason written to the report."""
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Bytes of any format Pillow reads -> an 8-bit RGB image, EXIF orientation applied.
+
+    Unusual but valid inputs are converted, not rejected: CMYK, grayscale, 16-bit,
+    palette and RGBA/LA (composited on white).
+    """
+    if not data:
+        raise ImageError("empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # forces a full decode: truncated files raise here
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise ImageError(f"not a readable image: {e}") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose an otherwise good image
+        pass
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        img = Image.fromarray(((arr - lo) * scale).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def load_image(path: str) -> Image.Image:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageError("missing file") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image") from None
+    except OSError as e:
+        raise ImageError(f"unreadable file: {e.strerror or e}") from None
+    return decode_image(data)
+
+
+def prepare_hr(img: Image.Image, hr_size: int) -> Image.Image:
+    """Resize the shorter side to hr_size (bicubic) and centre-crop a square."""
+    w, h = img.size
+    if (w, h) == (hr_size, hr_size):
+        return img
+    s = hr_size / min(w, h)
+    nw, nh = max(hr_size, round(w * s)), max(hr_size, round(h * s))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - hr_size) // 2, (nh - hr_size) // 2
+    return img.crop((left, top, left + hr_size, top + hr_size))
+
+
+def item_seed(seed: int, item_id: str) -> int:
+    """A per-item seed stable across processes and runs (Python's hash() is salted)."""
+    digest = hashlib.sha256(f"{seed}:{item_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def make_lr(hr: Image.Image, cfg: LRConfig, item_id: str) -> Image.Image:
+    """Degrade HR into its LR partner: blur -> downsample -> noise -> JPEG, deterministic per (seed, id)."""
+    w, h = hr.size
+    if w % cfg.scale or h % cfg.scale:
+        raise ImageError(f"HR size {w}x{h} is not a multiple of scale {cfg.scale}")
+    img = hr
+    if cfg.blur_sigma > 0:
+        img = img.filter(ImageFilter.GaussianBlur(cfg.blur_sigma))
+    img = img.resize((w // cfg.scale, h // cfg.scale), _KERNELS[cfg.kernel])
+    if cfg.noise_sigma > 0:
+        rng = np.random.default_rng(item_seed(cfg.seed, item_id))
+        arr = np.asarray(img, dtype=np.float32) + rng.normal(0.0, cfg.noise_sigma, size=(h // cfg.scale, w // cfg.scale, 3))
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
+    if cfg.jpeg_quality:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=cfg.jpeg_quality)
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return img
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

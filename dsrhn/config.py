@@ -1,0 +1,124 @@
+"""Presets: one frozen dataclass per preset, the only place numbers for a run live.
+
+`cpu` is the default (embedded Fashion-MNIST mosaic data, 2 CPU cores, minutes);
+`paper` reproduces the DSRHN paper's settings (224 -> 56, AlexNet, 150 epochs, GPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+MODES = ("dsrhn", "hashnet-hr", "hashnet-lr", "two-stage")
+HASH_LOSSES = ("dpsh", "dhn", "dch")
+KERNELS = ("bicubic", "area", "bilinear")
+SCALES = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class LRConfig:
+    """How a low-resolution partner is generated from each HR image (ingestion)."""
+
+    scale: int = 4
+    kernel: str = "bicubic"
+    blur_sigma: float = 0.0  # Gaussian blur on HR before downsampling, in HR pixels
+    noise_sigma: float = 0.0  # additive Gaussian noise on LR, in 0..255 units
+    jpeg_quality: int = 0  # 0: no JPEG round trip; 1..95: compress LR at this quality
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"lr.scale must be one of {SCALES}, got {self.scale}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"lr.kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if not 0 <= self.jpeg_quality <= 95:
+            raise ValueError(f"lr.jpeg_quality must be 0 (off) or 1..95, got {self.jpeg_quality}")
+        if self.blur_sigma < 0 or self.noise_sigma < 0:
+            raise ValueError("lr.blur_sigma and lr.noise_sigma must be >= 0")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a training run needs besides its data."""
+
+    name: str
+    hr_size: int  # HR side in pixels (HashNet input size)
+    scale: int  # HR / LR
+    hashnet: str  # "alexnet" (paper, 224 px) or "small" (AlexNet-shaped, 28..64 px)
+    sr_blocks: int  # residual blocks in SRNet (paper: 16)
+    sr_filters: int  # feature maps in SRNet (paper: 64)
+    hash_width: int  # fc6/fc7 width (AlexNet: 4096)
+    bits: int = 48
+    mode: str = "dsrhn"
+    hash_loss: str = "dpsh"
+    lam: float = 0.1  # Eq. 5 weight of L_mse
+    alpha: float = 0.01  # Eq. 13 weight of L_dis
+    gamma: float = 0.1  # Eq. 11 weight of the quantisation term
+    margin: float = 1.0  # Eq. 12 margin m (paper leaves it unstated)
+    dch_gamma: float = 20.0  # DCH Cauchy scale
+    sr_lr: float = 1e-3  # Adam, SRNet
+    hash_lr: float = 1e-2  # SGD, HashNet
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    epochs: int = 150
+    steps_per_epoch: int = 0  # 0: one pass over the training split
+    sr_steps: int = 1  # SRNet updates per HashNet update (alternation schedule)
+    sr_warmup_epochs: int = 0  # two-stage: MSE-only SRNet epochs before HashNet training
+    mixed_precision: bool = False  # used only when a GPU is present
+    pretrained_weights: str = ""  # local .weights.h5 for HashNet's backbone; never downloaded
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.hash_loss not in HASH_LOSSES:
+            raise ValueError(f"hash_loss must be one of {HASH_LOSSES}, got {self.hash_loss!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
+        if self.hr_size % self.scale:
+            raise ValueError(f"hr_size {self.hr_size} is not a multiple of scale {self.scale}")
+        if self.bits < 1:
+            raise ValueError(f"bits must be positive, got {self.bits}")
+
+    @property
+    def lr_size(self) -> int:
+        return self.hr_size // self.scale
+
+    @property
+    def code_bytes(self) -> int:
+        return (self.bits + 7) // 8
+
+    def replace(self, **changes) -> "Preset":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PAPER = Preset(
+    name="paper", hr_size=224, scale=4, hashnet="alexnet", sr_blocks=16, sr_filters=64,
+    hash_width=4096, batch_size=64, epochs=150, mixed_precision=True,
+)
+
+CPU = Preset(
+    name="cpu", hr_size=56, scale=4, hashnet="small", sr_blocks=4, sr_filters=32,
+    hash_width=512, batch_size=64, epochs=6, hash_lr=1e-2,
+)
+
+PRESETS = {p.name: p for p in (CPU, PAPER)}
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    """The named preset with `overrides` applied (None values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(changes) - {f.name for f in dataclasses.fields(Preset)}
+    if unknown:
+        raise ValueError(f"unknown preset fields: {sorted(unknown)}")
+    return PRESETS[name].replace(**changes)
+
+
+def preset_from_dict(d: dict) -> Preset:
+    known = {f.name for f in dataclasses.fields(Preset)}
+    return Preset(**{k: v for k, v in d.items() if k in known})
