@@ -47,6 +47,7 @@ class Preset:
     sr_blocks: int  # residual blocks in SRNet (paper: 16)
     sr_filters: int  # feature maps in SRNet (paper: 64)
     hash_width: int  # fc6/fc7 width (AlexNet: 4096)
+    sr_kernel: int = 9  # SRNet head/tail kernel (paper: 9)
     bits: int = 48
     mode: str = "dsrhn"
     hash_loss: str = "dpsh"
@@ -56,7 +57,8 @@ class Preset:
     margin: float = 1.0  # Eq. 12 margin m (paper leaves it unstated)
     dch_gamma: float = 20.0  # DCH Cauchy scale
     sr_lr: float = 1e-3  # Adam, SRNet
-    hash_lr: float = 1e-2  # SGD, HashNet
+    hash_lr: float = 1e-2  # HashNet learning rate
+    hash_optimizer: str = "sgd"  # paper: SGD with momentum; "adam" trains small nets from scratch faster
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64
@@ -73,6 +75,8 @@ class Preset:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.hash_loss not in HASH_LOSSES:
             raise ValueError(f"hash_loss must be one of {HASH_LOSSES}, got {self.hash_loss!r}")
+        if self.hash_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"hash_optimizer must be 'sgd' or 'adam', got {self.hash_optimizer!r}")
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
         if self.hr_size % self.scale:
@@ -101,7 +105,7 @@ PAPER = Preset(
 )
 
 CPU = Preset(
-    name="cpu", hr_size=56, scale=4, hashnet="small", sr_blocks=4, sr_filters=32,
+    name="cpu", hr_size=56, scale=4, hashnet="small", sr_blocks=4, sr_filters=32, sr_kernel=3,
     hash_width=512, batch_size=64, epochs=6, hash_lr=1e-2,
 )
 

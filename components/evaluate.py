@@ -1,0 +1,150 @@
+"""Retrieval evaluation of an exported model on an Examples artifact, and its report.
+
+Queries are encoded with the model's query signature (LR images; HR for hashnet-hr),
+the gallery with `encode_hr`. Output: report.json, report.md and PNG plots.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from components import metrics
+from dsrhn.records import DatasetInfo, read_split_raw
+
+Encoder = Callable[[np.ndarray], np.ndarray]  # batch of encoded image bytes -> packed codes
+
+
+@dataclass
+class EncodedSplit:
+    ids: list[str]
+    codes: np.ndarray  # uint8 [N, ceil(K/8)]
+    labels: np.ndarray  # int [N, L]
+
+
+def encode_split(examples_uri: str, split: str, field: str, encode: Encoder, batch_size: int = 256,
+                 info: DatasetInfo | None = None, limit: int = 0) -> EncodedSplit:
+    ds = read_split_raw(examples_uri, split, info)
+    if limit:
+        ds = ds.take(limit)
+    ids, codes, labels = [], [], []
+    for batch in ds.batch(batch_size).as_numpy_iterator():
+        codes.append(np.asarray(encode(batch[field])))
+        ids += [i.decode("utf-8") for i in batch["id"]]
+        labels.append(batch["labels"])
+    if not ids:
+        raise ValueError(f"split {split!r} of {examples_uri} is empty")
+    return EncodedSplit(ids, np.concatenate(codes), np.concatenate(labels).astype(np.int32))
+
+
+class SavedModelEncoders:
+    """Query and gallery encoders from a SavedModel directory exported by the trainer."""
+
+    def __init__(self, model_dir: str):
+        import tensorflow as tf
+
+        from trainer.export import read_metadata
+
+        self.meta = read_metadata(model_dir)
+        self.model = tf.saved_model.load(model_dir)
+        self._query = self.model.signatures["serving_default"]
+        self._hr = self.model.signatures["encode_hr"]
+        self._sr = self.model.signatures["super_resolve"]
+        self.query_field = "hr" if self.meta["query_input"] == "hr" else "lr"
+
+    def query(self, images: np.ndarray) -> np.ndarray:
+        return self._query(images=images)["codes"].numpy()
+
+    def gallery(self, images: np.ndarray) -> np.ndarray:
+        return self._hr(images=images)["codes"].numpy()
+
+    def super_resolve(self, images: np.ndarray) -> np.ndarray:
+        return self._sr(images=images)["sr"].numpy()
+
+
+def retrieval_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int) -> dict:
+    t0 = time.time()
+    out = {
+        f"map@{topk}": metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, topk, "zero"),
+        f"map@{topk}_skip_empty": metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, topk, "skip"),
+        "map@all": metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, None, "zero"),
+    }
+    out["curves"] = asdict(metrics.retrieval_curves(q.codes, g.codes, q.labels, g.labels, bits))
+    out["precision_radius2"] = out["curves"]["precision_radius2"]
+    out["metric_seconds"] = time.time() - t0
+    return out
+
+
+def sr_quality(examples_uri: str, enc: SavedModelEncoders, info: DatasetInfo, n: int = 200) -> dict:
+    """PSNR/SSIM (Y, border = scale) of the model's query image vs HR, and of bicubic vs HR."""
+    import tensorflow as tf
+
+    ps, ss, pb, sb = [], [], [], []
+    for batch in read_split_raw(examples_uri, "query", info).take(n).batch(64).as_numpy_iterator():
+        sr = enc.super_resolve(batch["lr"])
+        for i in range(len(sr)):
+            hr = tf.io.decode_png(batch["hr"][i], channels=3).numpy()
+            lr = tf.io.decode_png(batch["lr"][i], channels=3).numpy()
+            bic = np.asarray(tf.clip_by_value(tf.round(tf.image.resize(lr.astype(np.float32), hr.shape[:2], "bicubic")), 0, 255))
+            ps.append(metrics.psnr_y(sr[i], hr, info.scale))
+            ss.append(metrics.ssim_y(sr[i], hr, info.scale))
+            pb.append(metrics.psnr_y(bic, hr, info.scale))
+            sb.append(metrics.ssim_y(bic, hr, info.scale))
+    return {"psnr_y": float(np.mean(ps)), "ssim_y": float(np.mean(ss)),
+            "bicubic_psnr_y": float(np.mean(pb)), "bicubic_ssim_y": float(np.mean(sb)), "images": len(ps)}
+
+
+def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 5000, plots: bool = True,
+                   batch_size: int = 256) -> dict:
+    """Evaluate the SavedModel at model_dir; write report.json / report.md / *.png to out_dir."""
+    info = DatasetInfo.read(examples_uri)
+    enc = SavedModelEncoders(model_dir)
+    bits = int(enc.meta["bits"])
+    t0 = time.time()
+    q = encode_split(examples_uri, "query", enc.query_field, enc.query, batch_size, info)
+    g = encode_split(examples_uri, "gallery", "hr", enc.gallery, batch_size, info)
+    q_hr = encode_split(examples_uri, "query", "hr", enc.gallery, batch_size, info)
+    encode_seconds = time.time() - t0
+    report = {
+        "model": model_dir, "examples": examples_uri, "mode": enc.meta["mode"], "bits": bits, "topk": topk,
+        "queries": len(q.ids), "gallery": len(g.ids), "query_input": enc.query_field,
+        "lr_query": retrieval_numbers(q, g, bits, topk),
+        "hr_query": retrieval_numbers(q_hr, g, bits, topk),
+        "encode_seconds": encode_seconds,
+    }
+    report["map"] = report["lr_query"][f"map@{topk}"]
+    if enc.meta["mode"] in ("dsrhn", "two-stage", "hashnet-lr"):
+        report["sr_quality"] = sr_quality(examples_uri, enc, info)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(markdown_summary(report))
+    if plots:
+        from components import plots as plotting
+
+        plotting.write_plots(report, out_dir)
+        plotting.sample_grid(examples_uri, enc, q, g, info, os.path.join(out_dir, "samples.png"))
+    return report
+
+
+def markdown_summary(report: dict) -> str:
+    k = report["topk"]
+    rows = [("LR query" if report["query_input"] == "lr" else "HR query (hashnet-hr)", report["lr_query"]),
+            ("HR query (upper bound)", report["hr_query"])]
+    lines = [f"# Retrieval report: {report['mode']}, {report['bits']} bits",
+             "", f"{report['queries']} queries, {report['gallery']} gallery images.", "",
+             f"| queries | mAP@{k} | mAP@{k} (skip empty) | mAP@all | P@r<=2 |", "|---|---|---|---|---|"]
+    for name, r in rows:
+        lines.append(f"| {name} | {r[f'map@{k}']:.4f} | {r[f'map@{k}_skip_empty']:.4f} | {r['map@all']:.4f} | "
+                     f"{r['precision_radius2']:.4f} |")
+    if "sr_quality" in report:
+        s = report["sr_quality"]
+        lines += ["", "| image | PSNR-Y (dB) | SSIM-Y |", "|---|---|---|",
+                  f"| model query image | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} |",
+                  f"| bicubic | {s['bicubic_psnr_y']:.2f} | {s['bicubic_ssim_y']:.4f} |"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""DSRHN's losses (Eqs. 3-5, 9-13) and the baseline hashing losses (DHN, DCH).
+
+Normalisation: pairwise terms are averaged over all ordered pairs (i, j) of the batch,
+element-wise terms over batch x bits, so weights transfer across batch sizes and K.
+"""
+from __future__ import annotations
+
+from keras import ops
+
+
+def mse_loss(sr, hr):  # Eq. 3: L_mse = ||X_HR - X_SR||^2
+    return ops.mean(ops.square(ops.cast(hr, "float32") - ops.cast(sr, "float32")))
+
+
+def perceptual_loss(features_hr, features_sr):  # Eq. 4: L_per = ||F_cov(X_HR) - F_cov(X_SR)||^2
+    return ops.mean(ops.square(ops.cast(features_hr, "float32") - ops.cast(features_sr, "float32")))
+
+
+def sr_loss(l_per, l_mse, lam: float):  # Eq. 5: L_SR = L_per + lambda * L_mse
+    return l_per + lam * l_mse
+
+
+def similarity(labels_a, labels_b):  # s_ij (Eq. 6, corrected): 1 if the images share >= 1 label
+    """DPSH (Eqs. 9-10) needs s_ij = 1 for similar pairs; the paper's Eq. 6 prints it reversed."""
+    shared = ops.matmul(ops.cast(labels_a, "float32"), ops.transpose(ops.cast(labels_b, "float32")))
+    return ops.cast(shared > 0, "float32")
+
+
+def pairwise_likelihood_loss(v, s):  # Eq. 11, first term: -sum(s_ij*theta_ij - log(1 + e^theta_ij))
+    """DPSH negative log-likelihood with theta_ij = 1/2 v_i^T v_j, via softplus (stable)."""
+    v = ops.cast(v, "float32")
+    theta = 0.5 * ops.matmul(v, ops.transpose(v))
+    return ops.mean(ops.softplus(theta) - s * theta)
+
+
+def quantization_loss(v):  # Eq. 11, second term: ||b - v||^2 with b = sign(v)
+    v = ops.cast(v, "float32")
+    b = ops.stop_gradient(ops.where(v >= 0, 1.0, -1.0))
+    return ops.mean(ops.square(b - v))
+
+
+def dpsh_loss(v, labels, gamma: float):  # Eq. 11: L_hs = likelihood + gamma * quantisation
+    return pairwise_likelihood_loss(v, similarity(labels, labels)) + gamma * quantization_loss(v)
+
+
+def margin_loss(v_hr, v_sr, margin: float):  # Eq. 12: L_dis = max(m - ||F(HR) - F(SR)||^2, 0)
+    d = ops.sum(ops.square(ops.cast(v_hr, "float32") - ops.cast(v_sr, "float32")), axis=-1)
+    return ops.mean(ops.maximum(margin - d, 0.0))
+
+
+def hash_loss(l_hs, l_dis, alpha: float):  # Eq. 13: L_hash = L_hs + alpha * L_dis
+    return l_hs + alpha * l_dis
+
+
+def dhn_loss(v, labels, gamma: float):
+    """DHN (Zhu et al. 2016): pairwise cross-entropy on theta = v_i^T v_j plus the
+    log-cosh quantisation penalty sum log cosh(|v| - 1)."""
+    v = ops.cast(v, "float32")
+    s = similarity(labels, labels)
+    theta = ops.matmul(v, ops.transpose(v))
+    likelihood = ops.mean(ops.softplus(theta) - s * theta)
+    x = ops.abs(v) - 1.0
+    log_cosh = ops.abs(x) + ops.softplus(-2.0 * ops.abs(x)) - ops.log(2.0)  # stable log(cosh(x))
+    return likelihood + gamma * ops.mean(log_cosh)
+
+
+def _cosine_hamming(a, b, bits: int):
+    """DCH's continuous Hamming distance: K/2 * (1 - cos(a, b)), pairwise."""
+    a = a / (ops.norm(a, axis=-1, keepdims=True) + 1e-8)
+    b = b / (ops.norm(b, axis=-1, keepdims=True) + 1e-8)
+    return 0.5 * bits * (1.0 - ops.matmul(a, ops.transpose(b)))
+
+
+def dch_loss(v, labels, gamma: float, quant_weight: float):
+    """DCH (Cao et al. 2018): weighted Cauchy cross-entropy
+    w_ij (s_ij log(d_ij / g) + log(1 + g / d_ij)) plus the Cauchy quantisation
+    log(1 + d(|v|, 1) / g)."""
+    v = ops.cast(v, "float32")
+    bits = v.shape[-1]
+    s = similarity(labels, labels)
+    d = ops.maximum(_cosine_hamming(v, v, bits), 1e-6)
+    n = ops.cast(ops.size(s), "float32")
+    n_sim = ops.maximum(ops.sum(s), 1.0)
+    n_dis = ops.maximum(n - ops.sum(s), 1.0)
+    w = s * (n / n_sim) + (1.0 - s) * (n / n_dis)
+    ce = s * ops.log(d / gamma) + ops.log(1.0 + gamma / d)
+    ones = ops.ones_like(v)
+    d_q = ops.sum(_cosine_hamming(ops.abs(v), ones, bits) * ops.eye(ops.shape(v)[0]), axis=-1)
+    return ops.mean(w * ce) + quant_weight * ops.mean(ops.log(1.0 + d_q / gamma))
+
+
+def semantic_hash_loss(name: str, v, labels, gamma: float, dch_gamma: float):
+    """L_hs by name: dpsh (the paper's), dhn or dch (its Table 2 baselines)."""
+    if name == "dpsh":
+        return dpsh_loss(v, labels, gamma)
+    if name == "dhn":
+        return dhn_loss(v, labels, gamma)
+    if name == "dch":
+        return dch_loss(v, labels, dch_gamma, gamma)
+    raise ValueError(f"unknown hash loss {name!r}")

@@ -1,0 +1,44 @@
+"""Entry points: `train_and_export` (used by `dsrhn train`) and TFX's `run_fn`."""
+from __future__ import annotations
+
+import json
+import os
+
+from dsrhn.config import Preset, get_preset, preset_from_dict
+from dsrhn.records import DatasetInfo
+
+
+def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_dir: str, verbose: int = 1) -> dict:
+    from trainer.export import export_saved_model
+    from trainer.train import train
+
+    info = DatasetInfo.read(examples_uri)
+    result = train(examples_uri, preset, work_dir, verbose=verbose)
+    export_saved_model(result.trainer.srnet, result.trainer.hashnet, preset, export_dir, info.label_names,
+                       extra={"dataset": info.source, "train_seconds": result.seconds})
+    summary = {"export_dir": export_dir, "seconds": result.seconds, "history": result.history,
+               "resumed_from_epoch": result.resumed_from}
+    with open(os.path.join(work_dir, "train_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def preset_from_custom_config(custom_config: dict | None) -> Preset:
+    """custom_config: {"preset": name, "overrides": {...}} or {"preset_dict": {...}}."""
+    cfg = dict(custom_config or {})
+    if "preset_dict" in cfg:
+        return preset_from_dict(cfg["preset_dict"])
+    return get_preset(cfg.get("preset", "cpu"), **cfg.get("overrides", {}))
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point (Trainer(run_fn="trainer.task.run_fn"))."""
+    preset = preset_from_custom_config(fn_args.custom_config)
+    # fn_args.train_files are Split-train/* patterns; the Examples root is two levels up
+    examples_uri = os.path.dirname(os.path.dirname(fn_args.train_files[0]))
+    if fn_args.train_steps:
+        steps_per_epoch = max(1, fn_args.train_steps // max(1, preset.epochs))
+        preset = preset.replace(steps_per_epoch=steps_per_epoch)
+    work_dir = fn_args.model_run_dir
+    os.makedirs(work_dir, exist_ok=True)
+    train_and_export(examples_uri, preset, work_dir, fn_args.serving_model_dir, verbose=2)
