@@ -1,0 +1,109 @@
+"""Reproduce the DSRHN paper's Table 1 (ablation) and Table 2 (baseline losses) on the
+embedded multi-label Fashion-MNIST mosaic data, cpu preset.
+
+Rows: HashNet-LR, two-stage SR->hash (the paper's HashNet-SRGAN row), DSRHN, HashNet-HR,
+at 12/24/32/48 bits; queries are LR (HR for HashNet-HR). Table 2 rows: HashNet-LR trained
+with the DPSH, DHN and DCH losses. Prints the tables and the gap closure
+(DSRHN - HashNet-LR) / (HashNet-HR - HashNet-LR) per bit length.
+
+    python benchmarks/reproduce_table1.py                 # defaults: ~1 h on 2 cores
+    python benchmarks/reproduce_table1.py --steps 40 --bits 12 --no-table2   # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+ROWS = [("HashNet-LR", "hashnet-lr"), ("Two-stage SR->hash", "two-stage"), ("DSRHN", "dsrhn"), ("HashNet-HR", "hashnet-hr")]
+TABLE2 = [("DCH", "dch"), ("DHN", "dhn"), ("DPSH", "dpsh")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/table1")
+    ap.add_argument("--bits", default="12,24,32,48")
+    ap.add_argument("--steps", type=int, default=300, help="HashNet updates per run (SRNet gets as many)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs; steps are split across them")
+    ap.add_argument("--n-train", type=int, default=10000)
+    ap.add_argument("--n-query", type=int, default=1000)
+    ap.add_argument("--n-gallery", type=int, default=10000)
+    ap.add_argument("--topk", type=int, default=5000)
+    ap.add_argument("--no-table2", action="store_true")
+    args = ap.parse_args()
+
+    from components.evaluate import evaluate_model
+    from components.ingest import run_ingest
+    from dsrhn.config import LRConfig, get_preset
+    from trainer.task import train_and_export
+
+    t_start = time.time()
+    examples = os.path.join(args.out, "examples")
+    if not os.path.exists(os.path.join(examples, "dsrhn_dataset.json")):
+        s = run_ingest({"kind": "fashion-mnist-mosaic", "n_train": args.n_train, "n_query": args.n_query,
+                        "n_gallery": args.n_gallery}, examples, 56, LRConfig(scale=4))
+        print(s.console(), flush=True)
+    bits_list = [int(b) for b in args.bits.split(",")]
+    results_path = os.path.join(args.out, "results.json")
+    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    runs = [(name, mode, "dpsh") for name, mode in ROWS]
+    if not args.no_table2:
+        runs += [(name, "hashnet-lr", loss) for name, loss in TABLE2 if loss != "dpsh"]
+    for bits in bits_list:
+        for name, mode, loss in runs:
+            key = f"{mode}/{loss}/{bits}"
+            if key in results:
+                continue
+            steps_per_epoch = max(1, args.steps // args.epochs)
+            preset = get_preset("cpu", mode=mode, hash_loss=loss, bits=bits, epochs=args.epochs,
+                                steps_per_epoch=steps_per_epoch)
+            run_dir = os.path.join(args.out, key.replace("/", "-"))
+            t0 = time.time()
+            summary = train_and_export(examples, preset, os.path.join(run_dir, "work"), os.path.join(run_dir, "model"), verbose=0)
+            report = evaluate_model(os.path.join(run_dir, "model"), examples, os.path.join(run_dir, "eval"),
+                                    topk=args.topk, plots=False)
+            results[key] = {"name": name, "map": report["map"], "map_hr_query": report["hr_query"][f"map@{args.topk}"],
+                            "train_seconds": summary["seconds"], "seconds": time.time() - t0,
+                            "sr_quality": report.get("sr_quality")}
+            json.dump(results, open(results_path, "w"), indent=2)
+            print(f"{name:<20} {loss:<5} {bits:>2} bits  mAP@{args.topk} {report['map']:.4f}  "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    print_tables(results, bits_list, args, time.time() - t_start)
+
+
+def print_tables(results: dict, bits_list: list[int], args, seconds: float) -> None:
+    def row(name, mode, loss="dpsh"):
+        vals = [results.get(f"{mode}/{loss}/{b}", {}).get("map") for b in bits_list]
+        return f"| {name:<20} | " + " | ".join(f"{v:.4f}" if v is not None else "  -   " for v in vals) + " |"
+
+    head = "| method               | " + " | ".join(f"{b} bits" for b in bits_list) + " |"
+    sep = "|" + "---|" * (len(bits_list) + 1)
+    print(f"\nTable 1 (LR queries; HashNet-HR: HR queries), mAP@{args.topk}, Fashion-MNIST mosaic, cpu preset, "
+          f"{args.steps} HashNet steps/run, {platform.node()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
+          f"{seconds / 60:.1f} min")
+    print(head)
+    print(sep)
+    for name, mode in ROWS:
+        print(row(name, mode))
+    gaps = []
+    for b in bits_list:
+        g = {m: results.get(f"{m}/dpsh/{b}", {}).get("map") for m in ("hashnet-lr", "dsrhn", "hashnet-hr")}
+        if None in g.values():
+            gaps.append("  -   ")
+        else:
+            denom = g["hashnet-hr"] - g["hashnet-lr"]
+            gaps.append(f"{(g['dsrhn'] - g['hashnet-lr']) / denom:.3f}" if abs(denom) > 1e-9 else " n/a ")
+    print("| gap closure          | " + " | ".join(gaps) + " |")
+    if not args.no_table2:
+        print(f"\nTable 2 (LR queries, no SR), mAP@{args.topk}")
+        print(head)
+        print(sep)
+        for name, loss in TABLE2:
+            print(row(name, "hashnet-lr", loss))
+        print(row("DSRHN", "dsrhn"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Names, paths and presets of the pipeline, in one place (overridable by environment)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    pipeline_name: str = "dsrhn"
+    model_name: str = "dsrhn"  # served as /v1/models/<model_name>
+    home: str = os.path.join(REPO_ROOT, "runs", "tfx")  # pipeline root, metadata and serving live here
+    source_spec: dict = field(default_factory=lambda: {
+        "kind": "fashion-mnist-mosaic", "n_train": 10000, "n_query": 1000, "n_gallery": 10000})
+    hr_size: int = 56
+    lr_config: dict = field(default_factory=lambda: {"scale": 4, "kernel": "bicubic"})
+    preset: str = "cpu"
+    preset_overrides: dict = field(default_factory=lambda: {"bits": 48})
+    train_steps: int = 0  # 0: the preset's epochs x one pass over the training split
+    topk: int = 5000
+    min_map: float = 0.3  # blessing threshold on LR-query mAP@topk
+    beam_pipeline_args: tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.home, "pipelines", self.pipeline_name)
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.home, "metadata", self.pipeline_name, "metadata.db")
+
+    @property
+    def serving_dir(self) -> str:
+        """TF Serving model base: <serving_dir>/<model_name>/<version>/."""
+        return os.path.join(self.home, "serving")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+TINY = dict(source_spec={"kind": "fashion-mnist-mosaic", "n_train": 256, "n_query": 40, "n_gallery": 120},
+            preset_overrides={"bits": 12, "epochs": 1, "batch_size": 32, "steps_per_epoch": 3},
+            train_steps=3, topk=100, min_map=0.0)
+
+
+def from_env() -> PipelineConfig:
+    """DSRHN_PIPELINE_CONFIG (a JSON object of PipelineConfig fields) and DSRHN_HOME override the defaults."""
+    overrides = json.loads(os.environ.get("DSRHN_PIPELINE_CONFIG", "{}"))
+    if os.environ.get("DSRHN_HOME"):
+        overrides.setdefault("home", os.environ["DSRHN_HOME"])
+    if overrides.pop("tiny", False):
+        overrides = {**TINY, **overrides}
+    if "beam_pipeline_args" in overrides:
+        overrides["beam_pipeline_args"] = tuple(overrides["beam_pipeline_args"])
+    return PipelineConfig(**overrides)

@@ -1,0 +1,235 @@
+"""A REST service speaking TF Serving's API, plus k-NN search over the gallery index.
+
+    GET  /v1/models/{name}[/versions/{v}]            version status
+    GET  /v1/models/{name}[/versions/{v}]/metadata   signature_def map
+    POST /v1/models/{name}[/versions/{v}]:predict    {"instances": [...]} | {"inputs": ...}
+    POST /v1/models/{name}[/versions/{v}]:search     {"instances": [{"b64": ...}], "k": 10}
+    GET  /healthz, /readyz                            liveness, readiness
+Errors are {"error": "..."} with 400/404/413, as TF Serving answers.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+
+import numpy as np
+import tensorflow as tf
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from serving.store import ModelStore, Servable
+
+MAX_BODY_BYTES = 16 << 20
+MAX_K = 1000
+_ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?::(?P<verb>[a-z]+)|/(?P<sub>metadata))?$")
+_DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K) -> FastAPI:
+    app = FastAPI(title="dsrhn", description=__doc__)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        cur = store.current
+        if cur is None:
+            return JSONResponse({"status": "no model version loaded"}, status_code=503)
+        return {"status": "ready", "model": store.name, "version": cur.version,
+                "index_size": cur.index.count if cur.index else 0}
+
+    @app.get("/v1/models/{rest:path}")
+    def get_model(rest: str):
+        m = _route(rest, store)
+        if m["verb"]:
+            raise ApiError(404, f"Unknown GET path /v1/models/{rest}")
+        if m["sub"] == "metadata":
+            return metadata(_servable(store, m["version"]), store.name)
+        return version_status(store, m["version"])
+
+    @app.post("/v1/models/{rest:path}")
+    async def post_model(rest: str, request: Request):
+        m = _route(rest, store)
+        if m["verb"] not in ("predict", "search"):
+            raise ApiError(404, f"Unknown verb {m['verb']!r}: this server supports :predict and :search")
+        body = await _json_body(request, max_body_bytes)
+        servable = _servable(store, m["version"])
+        if m["verb"] == "predict":
+            return await _run(predict, servable, body)
+        return await _run(search, servable, body, max_k)
+
+    return app
+
+
+async def _run(fn, *args):
+    """Model calls run in a worker thread so the event loop keeps serving."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def _route(rest: str, store: ModelStore) -> dict:
+    m = _ROUTE.match(rest)
+    if not m:
+        raise ApiError(404, f"Malformed request path /v1/models/{rest}")
+    d = m.groupdict()
+    if d["name"] != store.name:
+        raise ApiError(404, f"Servable not found for request: Latest({d['name']})")
+    d["version"] = int(d["version"]) if d["version"] else None
+    return d
+
+
+def _servable(store: ModelStore, version: int | None) -> Servable:
+    s = store.get(version)
+    if s is None:
+        what = f"Specific({store.name}, {version})" if version is not None else f"Latest({store.name})"
+        raise ApiError(404, f"Servable not found for request: {what}")
+    return s
+
+
+async def _json_body(request: Request, limit: int):
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise ApiError(413, f"Request body exceeds the limit of {limit} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"JSON Parse error: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "JSON Value: request body must be a JSON object")
+    return body
+
+
+def version_status(store: ModelStore, version: int | None) -> dict:
+    statuses = store.status
+    if version is not None:
+        if version not in statuses:
+            raise ApiError(404, f"Servable not found for request: Specific({store.name}, {version})")
+        items = [(version, statuses[version])]
+    else:
+        items = sorted(statuses.items(), reverse=True)
+        if not items:
+            raise ApiError(404, f"Could not find any versions of model {store.name}")
+    return {"model_version_status": [
+        {"version": str(v), "state": s.state, "status": {"error_code": s.error_code, "error_message": s.error_message}}
+        for v, s in items]}
+
+
+def _tensor_info(name: str, spec) -> dict:
+    dims = [{"size": str(d if d is not None else -1), "name": ""} for d in spec.shape]
+    return {"dtype": _DTYPES.get(spec.dtype, spec.dtype.name), "tensor_shape": {"dim": dims, "unknown_rank": False},
+            "name": name}
+
+
+def metadata(s: Servable, name: str) -> dict:
+    sigs = {}
+    for sig_name, fn in s.model.signatures.items():
+        inputs = {k: _tensor_info(f"{sig_name}_{k}:0", v) for k, v in fn.structured_input_signature[1].items()}
+        outputs = {k: _tensor_info(f"StatefulPartitionedCall:{i}", v) for i, (k, v) in enumerate(sorted(fn.structured_outputs.items()))}
+        sigs[sig_name] = {"inputs": inputs, "outputs": outputs, "method_name": "tensorflow/serving/predict"}
+    return {"model_spec": {"name": name, "signature_name": "", "version": str(s.version)},
+            "metadata": {"signature_def": {"signature_def": sigs,
+                                           "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap"}}}
+
+
+def _decode_b64(value, where: str) -> bytes:
+    if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise ApiError(400, f"{where}: binary inputs must be given as {{\"b64\": \"<base64>\"}}")
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where}: Unable to base64 decode") from None
+
+
+def parse_images(body: dict, input_name: str = "images") -> tuple[list[bytes], bool]:
+    """Images from TF Serving's row ("instances") or columnar ("inputs") request. Returns (images, row_format)."""
+    if ("instances" in body) == ("inputs" in body):
+        raise ApiError(400, "JSON Value: Missing 'instances' or 'inputs' key (exactly one is required)")
+    if "instances" in body:
+        inst = body["instances"]
+        if not isinstance(inst, list) or not inst:
+            raise ApiError(400, "'instances' must be a non-empty list")
+        out = []
+        for i, x in enumerate(inst):
+            if isinstance(x, dict) and input_name in x:
+                x = x[input_name]
+            out.append(_decode_b64(x, f"instances[{i}]"))
+        return out, True
+    inputs = body["inputs"]
+    if isinstance(inputs, dict):
+        if set(inputs) != {input_name}:
+            raise ApiError(400, f"'inputs' must have exactly the key {input_name!r}, got {sorted(inputs)}")
+        inputs = inputs[input_name]
+    if not isinstance(inputs, list) or not inputs:
+        raise ApiError(400, "'inputs' must be a non-empty list of {\"b64\": ...} values")
+    return [_decode_b64(x, f"inputs[{i}]") for i, x in enumerate(inputs)], False
+
+
+def _call(s: Servable, signature_name: str, images: list[bytes]) -> dict:
+    if signature_name not in s.model.signatures:
+        raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
+    try:
+        out = s.signature(signature_name)(images=tf.constant(images, dtype=tf.string))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+        msg = e.message.strip().splitlines()[0] if e.message else str(e)
+        raise ApiError(400, f"Could not decode an image: {msg}") from None
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def predict(s: Servable, body: dict) -> dict:
+    sig = body.get("signature_name", "serving_default")
+    images, rows = parse_images(body)
+    out = _call(s, sig, images)
+    if rows:
+        return {"predictions": [{k: v[i].tolist() for k, v in out.items()} for i in range(len(images))]}
+    return {"outputs": {k: v.tolist() for k, v in out.items()}}
+
+
+def search(s: Servable, body: dict, max_k: int) -> dict:
+    if s.index is None:
+        raise ApiError(400, f"version {s.version} has no gallery index: build one with `dsrhn index`")
+    k = body.get("k", 10)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
+        raise ApiError(400, f"'k' must be an integer in [1, {max_k}], got {k!r}")
+    sig = body.get("signature_name", "serving_default")
+    if sig not in ("serving_default", "encode_hr"):
+        raise ApiError(400, f"search encodes queries with 'serving_default' (LR) or 'encode_hr' (HR), not {sig!r}")
+    images, _ = parse_images(body)
+    codes = _call(s, sig, images)["codes"]
+    dist, rows = s.index.search(np.asarray(codes, np.uint8), k)
+    results = []
+    for d_row, r_row in zip(dist, rows):
+        keep = r_row >= 0
+        hits = [s.index.rows[int(r)] for r in r_row[keep]]
+        results.append({"ids": [h["id"] for h in hits], "distances": [int(x) for x in d_row[keep]],
+                        "labels": [h.get("labels", []) for h in hits]})
+    return {"model_version": str(s.version), "k": k, "results": results}
+
+
+def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, poll_seconds: float = 5.0) -> None:
+    import uvicorn
+
+    store = ModelStore(base_dir, name, poll_seconds=poll_seconds)
+    store.start()
+    if store.current is None:
+        print(f"warning: no loadable version under {store.model_dir} yet; polling every {poll_seconds}s")
+    uvicorn.run(create_app(store), host=host, port=port, log_level="info")

@@ -1,0 +1,125 @@
+"""Model versions in TF Serving's layout (`<base>/<name>/<version>/`), loaded with their index.
+
+The store serves the highest version that loads and whose index matches it, polls for
+new versions, and swaps atomically: a request holds the `Servable` it started with.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+import tensorflow as tf
+
+from serving.index import GalleryIndex, load_index
+from trainer.export import read_metadata
+
+log = logging.getLogger("dsrhn.serving")
+
+
+@dataclass
+class Servable:
+    version: int
+    path: str
+    model: object
+    meta: dict
+    index: GalleryIndex | None
+
+    def signature(self, name: str):
+        return self.model.signatures[name]
+
+
+@dataclass
+class VersionStatus:
+    state: str  # AVAILABLE | LOADING | UNAVAILABLE | END
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+@dataclass
+class ModelStore:
+    base_dir: str
+    name: str
+    require_index: bool = True
+    poll_seconds: float = 5.0
+    current: Servable | None = None
+    status: dict[int, VersionStatus] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def model_dir(self) -> str:
+        return os.path.join(self.base_dir, self.name)
+
+    def versions_on_disk(self) -> list[int]:
+        if not os.path.isdir(self.model_dir):
+            return []
+        return sorted((int(d) for d in os.listdir(self.model_dir)
+                       if d.isdigit() and os.path.exists(os.path.join(self.model_dir, d, "saved_model.pb"))), reverse=True)
+
+    def load_version(self, version: int) -> Servable:
+        path = os.path.join(self.model_dir, str(version))
+        meta = read_metadata(path)
+        index = load_index(path, meta) if self.require_index else _maybe_index(path, meta)
+        model = tf.saved_model.load(path)
+        return Servable(version, path, model, meta, index)
+
+    def refresh(self) -> bool:
+        """Load the newest loadable version if it is newer than the current one. True if swapped."""
+        current = self.current.version if self.current else -1
+        for v in self.versions_on_disk():
+            if v <= current:
+                break
+            prev = self.status.get(v)
+            if prev and prev.state == "UNAVAILABLE" and prev.error_message.startswith("model:"):
+                continue  # a broken SavedModel is not retried every poll; a missing index is
+            try:
+                servable = self.load_version(v)
+            except Exception as e:  # a bad version must never take the service down
+                kind = "index" if "index" in type(e).__name__.lower() or "index" in str(e) else "model"
+                self.status[v] = VersionStatus("UNAVAILABLE", "FAILED_PRECONDITION" if kind == "index" else "UNKNOWN",
+                                               f"{kind}: {e}")
+                log.warning("version %s not loaded: %s", v, e)
+                continue
+            with self._lock:
+                old = self.current
+                self.current = servable
+                self.status[v] = VersionStatus("AVAILABLE")
+                if old:
+                    self.status[old.version] = VersionStatus("END")
+            log.info("serving %s version %s", self.name, v)
+            return True
+        return False
+
+    def get(self, version: int | None = None) -> Servable | None:
+        cur = self.current
+        if version is None or (cur and cur.version == version):
+            return cur
+        return None
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._poll, name="dsrhn-version-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # pragma: no cover - logged, poller keeps going
+                log.exception("version poll failed")
+
+
+def _maybe_index(path: str, meta: dict) -> GalleryIndex | None:
+    try:
+        return load_index(path, meta)
+    except Exception as e:
+        log.warning("no usable index for %s: %s", path, e)
+        return None
