@@ -305,7 +305,7 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(work_dir, "logs", phase), update_freq="epoch"))
             if verbose:
                 print(f"phase {phase}: epochs {start + 1}..{end} of {epochs}, {steps} steps of {preset.batch_size}")
-            fit = trainer.fit(ds, epochs=end, initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks,
+            fit = trainer.fit(ds, epochs=end, initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                               verbose=verbose)
             history[phase] = {k: [float(x) for x in v] for k, v in fit.history.items()}
         offset += epochs

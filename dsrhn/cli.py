@@ -1,0 +1,237 @@
+"""`dsrhn`: the command line of the pipeline's stages.
+
+    dsrhn ingest    images -> HR/LR TFRecords (an Examples directory) + rejection report
+    dsrhn train     Examples -> SavedModel (LR image bytes -> codes)
+    dsrhn evaluate  SavedModel + Examples -> report.json / report.md / plots
+    dsrhn index     SavedModel + gallery -> Faiss index beside the model
+    dsrhn serve     TF-Serving-style REST service with k-NN search
+    dsrhn pipeline  the whole TFX pipeline on the local orchestrator (same as `tfx run create`)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _quiet_tf() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _beam_args(args) -> list[str]:
+    return args.beam_arg or ["--runner=DirectRunner"]
+
+
+def cmd_ingest(args) -> int:
+    from components.ingest import run_ingest
+    from dsrhn.config import LRConfig
+
+    split_kw = {k: v for k, v in {"query_per_class": args.query_per_class, "train_per_class": args.train_per_class,
+                                  "n_query": args.n_query, "n_train": args.n_train, "seed": args.seed}.items() if v is not None}
+    label_names = open(args.label_names).read().split() if args.label_names else None
+    if args.source in ("fashion-mnist", "fashion-mnist-mosaic"):
+        spec = {"kind": args.source, "directory": args.fashion_mnist_dir, "seed": args.seed or 0}
+        for key in ("n_train", "query_per_class"):
+            if split_kw.get(key) is not None:
+                spec[key] = split_kw[key]
+        if args.source == "fashion-mnist-mosaic":
+            spec.update({k: v for k, v in (("n_query", args.n_query), ("n_gallery", args.n_gallery)) if v is not None})
+        elif args.n_gallery is not None:
+            spec["n_gallery"] = args.n_gallery
+    elif args.source == "list":
+        if not args.image_root or not (args.list_file or args.train_list):
+            sys.exit("dsrhn ingest list: needs --image-root and --list-file, or --train-list/--query-list/--gallery-list")
+        spec = {"kind": "list", "image_root": args.image_root, "label_names": label_names}
+        if args.list_file:
+            spec.update(single_list=args.list_file, rule=args.split_rule or "per-class", **split_kw)
+        else:
+            spec["lists"] = {role: p for role, p in (("train", args.train_list), ("query", args.query_list),
+                                                    ("gallery", args.gallery_list)) if p}
+    elif args.source == "coco":
+        if len(args.coco_json) != len(args.image_root_list or []):
+            sys.exit("dsrhn ingest coco: give one --image-root per --coco-json (in the same order)")
+        spec = {"kind": "coco", "pairs": list(zip(args.coco_json, args.image_root_list)),
+                "rule": args.split_rule or "random", **split_kw}
+    else:
+        spec = {"kind": "directory", "root": args.image_root, "rule": args.split_rule or "per-class", **split_kw}
+    lr = LRConfig(scale=args.scale, kernel=args.kernel, blur_sigma=args.blur, noise_sigma=args.noise,
+                  jpeg_quality=args.jpeg_quality, seed=args.seed or 0)
+    summary = run_ingest(spec, args.output, args.hr_size, lr, beam_args=_beam_args(args))
+    print(summary.console())
+    print(f"examples: {os.path.abspath(args.output)}\nreport:   {os.path.abspath(summary.report_path)}")
+    return 0
+
+
+def _preset(args):
+    from dsrhn.config import get_preset
+
+    return get_preset(args.preset, bits=args.bits, mode=args.mode, hash_loss=args.hash_loss, epochs=args.epochs,
+                      steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
+                      pretrained_weights=args.pretrained_weights)
+
+
+def cmd_train(args) -> int:
+    from trainer.task import train_and_export
+
+    preset = _preset(args)
+    work = args.work_dir or os.path.join(args.output, "_work")
+    summary = train_and_export(args.examples, preset, work, args.output, verbose=args.verbose)
+    print(f"model: {os.path.abspath(args.output)} ({preset.mode}, {preset.bits} bits, {summary['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from components.evaluate import evaluate_model
+
+    report = evaluate_model(args.model, args.examples, args.output, topk=args.topk, plots=not args.no_plots)
+    print(open(os.path.join(args.output, "report.md")).read())
+    print(f"LR-query mAP@{args.topk}: {report['map']:.4f}   report: {os.path.abspath(args.output)}")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from serving.indexer import gallery_from_examples, gallery_from_source, run_indexing
+
+    if args.examples:
+        items = gallery_from_examples(args.examples)
+    elif args.list_file:
+        items = gallery_from_source({"kind": "list", "list_file": args.list_file, "image_root": args.image_root})
+    elif args.image_dir:
+        items = gallery_from_source({"kind": "directory", "root": args.image_dir})
+    else:
+        sys.exit("dsrhn index: give --examples, --list-file with --image-root, or --image-dir")
+    print(f"index: encoding {len(items)} gallery images with {args.model}")
+    summary = run_indexing(args.model, items, out_dir=args.output, beam_args=_beam_args(args), batch_size=args.batch_size)
+    print(summary.console())
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from serving.server import serve
+
+    serve(args.base_dir, args.model_name, host=args.host, port=args.port, poll_seconds=args.poll_seconds)
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from pipeline import runners
+    from pipeline.configs import from_env
+
+    overrides = json.loads(args.config) if args.config else {}
+    if args.tiny:
+        overrides["tiny"] = True
+    if args.home:
+        overrides["home"] = os.path.abspath(args.home)
+    os.environ["DSRHN_PIPELINE_CONFIG"] = json.dumps(overrides)
+    cfg = from_env()
+    if args.compile_kubeflow:
+        print(runners.compile_kubeflow_v2(cfg, output_dir=args.compile_kubeflow))
+        return 0
+    (runners.run_beam if args.engine == "beam" else runners.run_local)(cfg)
+    out = runners.latest_outputs(cfg)
+    print("\n== dsrhn pipeline finished ==")
+    for key in ("pushed_model", "index", "evaluation_report"):
+        if key in out:
+            print(f"{key:<18} {out[key]}")
+    if "lr_query_map" in out:
+        print(f"LR-query mAP@{out['topk']}: {out['lr_query_map']:.4f}")
+    if not out.get("pushed"):
+        print("model was NOT blessed, so nothing was pushed (see the evaluation report)")
+    print(f"serve it:          dsrhn serve --base-dir {out['serving_base']} --model-name {out['model_name']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dsrhn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="images -> HR/LR TFRecords + rejection report")
+    p.add_argument("source", choices=["fashion-mnist", "fashion-mnist-mosaic", "list", "coco", "directory"])
+    p.add_argument("--output", "-o", required=True, help="Examples directory to write")
+    p.add_argument("--image-root", help="image root (list, directory)")
+    p.add_argument("--list-file", help="one list file `path 0 1 0 ...`, split by --split-rule")
+    p.add_argument("--train-list")
+    p.add_argument("--query-list", help="e.g. NUS-WIDE test.txt")
+    p.add_argument("--gallery-list", help="e.g. NUS-WIDE database.txt")
+    p.add_argument("--label-names", help="file of label names, whitespace separated, in label order")
+    p.add_argument("--coco-json", action="append", default=[], help="instances_*.json (repeatable)")
+    p.add_argument("--coco-image-root", dest="image_root_list", action="append", help="image folder of each --coco-json")
+    p.add_argument("--fashion-mnist-dir", default=os.environ.get("DSRHN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--split-rule", choices=["per-class", "random"])
+    p.add_argument("--query-per-class", type=int)
+    p.add_argument("--train-per-class", type=int)
+    p.add_argument("--n-query", type=int)
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-gallery", type=int)
+    p.add_argument("--hr-size", type=int, default=56, help="HR side (cpu preset 56, paper 224)")
+    p.add_argument("--scale", type=int, default=4, choices=[2, 4, 8])
+    p.add_argument("--kernel", default="bicubic", choices=["bicubic", "area", "bilinear"])
+    p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma before downsampling")
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma on LR (0..255)")
+    p.add_argument("--jpeg-quality", type=int, default=0, help="JPEG-compress LR at this quality (0: off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--beam-arg", action="append", help="Beam pipeline option, e.g. --beam-arg=--runner=FlinkRunner")
+    p.set_defaults(fn=cmd_ingest)
+
+    p = sub.add_parser("train", help="Examples -> SavedModel")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--output", "-o", required=True, help="SavedModel directory to write")
+    p.add_argument("--work-dir", help="checkpoints + TensorBoard logs (default: <output>/_work); re-run to resume")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--mode", choices=["dsrhn", "hashnet-hr", "hashnet-lr", "two-stage"])
+    p.add_argument("--hash-loss", choices=["dpsh", "dhn", "dch"])
+    p.add_argument("--bits", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--pretrained-weights", help="local Keras weights for HashNet's backbone (never downloaded)")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mAP@K, PR, precision@n, PSNR/SSIM report")
+    p.add_argument("--model", required=True)
+    p.add_argument("--examples", required=True)
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--topk", type=int, default=5000)
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("index", help="encode a gallery and write its Faiss index beside the model")
+    p.add_argument("--model", required=True, help="SavedModel directory (e.g. <base>/<name>/<version>)")
+    p.add_argument("--examples", help="Examples directory: its gallery split")
+    p.add_argument("--list-file")
+    p.add_argument("--image-root")
+    p.add_argument("--image-dir", help="root/<class>/<image> tree")
+    p.add_argument("--output", help="index directory (default: <model>/index)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--beam-arg", action="append")
+    p.set_defaults(fn=cmd_index)
+
+    p = sub.add_parser("serve", help="TF-Serving-compatible REST API + search")
+    p.add_argument("--base-dir", required=True, help="model base directory: <base>/<name>/<version>/")
+    p.add_argument("--model-name", default="dsrhn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--poll-seconds", type=float, default=5.0)
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("pipeline", help="run the TFX pipeline (local orchestrator)")
+    p.add_argument("--engine", default="local", choices=["local", "beam"])
+    p.add_argument("--home", help="where pipeline root, metadata and serving dir live (default: runs/tfx)")
+    p.add_argument("--config", help="JSON of PipelineConfig overrides")
+    p.add_argument("--tiny", action="store_true", help="a few hundred images, a few steps (smoke test)")
+    p.add_argument("--compile-kubeflow", metavar="DIR", help="only compile the Kubeflow V2 / Vertex spec into DIR")
+    p.set_defaults(fn=cmd_pipeline)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tf()
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Each loss against a hand-computed value on tiny tensors."""
+import math
+
+import numpy as np
+import pytest
+
+from trainer import losses
+from trainer.models import sign_codes
+
+
+def f(x):
+    return float(np.asarray(x))
+
+
+def sp(x):  # softplus
+    return math.log1p(math.exp(x))
+
+
+def test_mse_and_perceptual_and_sr_loss():
+    assert f(losses.mse_loss(np.zeros((1, 2), "f4"), np.array([[1.0, 3.0]], "f4"))) == pytest.approx(5.0)
+    assert f(losses.perceptual_loss(np.array([[2.0, 0.0]], "f4"), np.array([[0.0, 0.0]], "f4"))) == pytest.approx(2.0)
+    assert f(losses.sr_loss(2.0, 5.0, 0.1)) == pytest.approx(2.5)
+
+
+def test_similarity_is_one_for_pairs_sharing_a_label():
+    s = np.asarray(losses.similarity(np.array([[1, 1, 0], [0, 0, 1]]), np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])))
+    assert s.tolist() == [[1, 0, 1], [0, 1, 0]]
+
+
+def test_pairwise_likelihood_uses_dpsh_convention():
+    v = np.array([[1.0, 1.0], [1.0, 0.0]], "f4")  # theta = 1/2 v v^T = [[1, .5], [.5, .5]]
+    s_similar = np.ones((2, 2), "f4")
+    expected = (sp(-1.0) + 3 * sp(-0.5)) / 4  # -(s*theta - log(1+e^theta)) with s = 1
+    assert f(losses.pairwise_likelihood_loss(v, s_similar)) == pytest.approx(expected, rel=1e-5)
+    # the paper's Eq. 6 as printed (s = 0 for similar) would give this instead; we must not
+    assert expected != pytest.approx((sp(1.0) + 3 * sp(0.5)) / 4)
+    big = np.array([[30.0] * 4, [-30.0] * 4], "f4")  # theta = +-1800: stable, no inf/nan
+    assert np.isfinite(f(losses.pairwise_likelihood_loss(big, np.eye(2, dtype="f4"))))
+
+
+def test_quantization_uses_sign_zero_as_plus_one():
+    v = np.array([[0.5, -0.2], [0.0, 2.0]], "f4")  # b = [[1, -1], [1, 1]]
+    assert f(losses.quantization_loss(v)) == pytest.approx((0.25 + 0.64 + 1.0 + 1.0) / 4)
+    assert f(losses.dpsh_loss(v, np.array([[1, 0], [1, 0]]), 0.5)) == pytest.approx(
+        f(losses.pairwise_likelihood_loss(v, np.ones((2, 2), "f4"))) + 0.5 * 2.89 / 4, rel=1e-5)
+    assert np.asarray(sign_codes(np.array([0.0, -0.0, 1e-9, -1e-9, 3.0]))).tolist() == [1, 1, 1, -1, 1]
+
+
+def test_margin_and_hash_loss():
+    v_hr = np.array([[0.0, 0.0], [0.0, 0.0]], "f4")
+    v_sr = np.array([[1.0, 0.0], [2.0, 0.0]], "f4")  # squared distances 1 and 4
+    assert f(losses.margin_loss(v_hr, v_sr, 3.0)) == pytest.approx((2.0 + 0.0) / 2)
+    assert f(losses.hash_loss(1.0, 2.0, 0.01)) == pytest.approx(1.02)
+
+
+def test_dhn_and_dch_baselines():
+    v = np.array([[1.0, 1.0], [1.0, 0.0]], "f4")  # theta = v v^T = [[2, 1], [1, 1]]
+    labels = np.array([[1, 0], [1, 0]])
+    lc = lambda x: math.log(math.cosh(x))  # noqa: E731
+    expected = (sp(-2.0) + 3 * sp(-1.0)) / 4 + 0.1 * (lc(0) + lc(0) + lc(0) + lc(-1)) / 4
+    assert f(losses.dhn_loss(v, labels, 0.1)) == pytest.approx(expected, rel=1e-5)
+    # DCH: similar pairs at small Cauchy distance cost less than far ones
+    near = np.array([[1.0, 1.0], [1.0, 0.9]], "f4")
+    far = np.array([[1.0, 1.0], [-1.0, -1.0]], "f4")
+    assert f(losses.dch_loss(near, labels, 20.0, 0.0)) < f(losses.dch_loss(far, labels, 20.0, 0.0))
+    assert np.isfinite(f(losses.dch_loss(np.zeros((2, 4), "f4"), labels, 20.0, 0.1)))

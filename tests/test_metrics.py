@@ -1,0 +1,84 @@
+"""mAP@K, curves and SR metrics against hand values and a brute-force reference."""
+import math
+
+import numpy as np
+import pytest
+
+from components import metrics
+
+B = lambda rows: metrics.pack_bits(np.array(rows, "f4"))  # noqa: E731  +-1 rows -> packed
+
+
+def test_pack_bits_layout():
+    bits = [1, -1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1]
+    assert metrics.pack_bits(np.array([bits])).tolist() == [[0b10111111, 0b10000000]]
+    assert metrics.unpack_bits(metrics.pack_bits(np.array([bits])), 12).tolist() == [bits]
+
+
+def test_map_single_label_hand_example():
+    q = B([[1, 1, 1, 1]])
+    g = B([[1, 1, 1, 1], [1, 1, 1, -1], [1, 1, -1, -1]])  # distances 0, 1, 2
+    ql, gl = np.array([[1, 0]]), np.array([[1, 0], [0, 1], [1, 0]])
+    assert metrics.mean_average_precision(q, g, ql, gl, None) == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics.mean_average_precision(q, g, ql, gl, 2) == pytest.approx(1.0)
+
+
+def test_map_multi_label_ties_and_empty_queries():
+    q = B([[1, 1], [1, 1]])
+    g = B([[1, -1], [-1, 1], [-1, -1]])  # two ties at distance 1, then 2
+    ql = np.array([[1, 1, 0], [0, 0, 1]])
+    gl = np.array([[0, 0, 0], [0, 1, 0], [1, 0, 0]])  # query 0: rel = [0, 1, 1]; query 1: none
+    ap0 = (1 / 2 + 2 / 3) / 2  # ties broken by gallery order: g0 before g1
+    assert metrics.mean_average_precision(q, g, ql, gl, None, "zero") == pytest.approx(ap0 / 2)
+    assert metrics.mean_average_precision(q, g, ql, gl, None, "skip") == pytest.approx(ap0)
+    runs = {metrics.mean_average_precision(q, g, ql, gl, 2) for _ in range(5)}
+    assert len(runs) == 1
+
+
+def brute_force_map(qc, gc, ql, gl, k):
+    q_bits, g_bits = np.unpackbits(qc, axis=1), np.unpackbits(gc, axis=1)
+    aps = []
+    for i in range(len(qc)):
+        d = [(int((q_bits[i] != g_bits[j]).sum()), j) for j in range(len(gc))]
+        order = [j for _, j in sorted(d)][:k]
+        hits, total = 0, 0.0
+        for r, j in enumerate(order, start=1):
+            if (ql[i] & gl[j]).any():
+                hits += 1
+                total += hits / r
+        aps.append(total / hits if hits else 0.0)
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("bits,k", [(12, 50), (48, 200), (64, None)])
+def test_map_equals_brute_force_on_random_codes(bits, k):
+    rng = np.random.default_rng(bits)
+    qc = rng.integers(0, 256, (20, (bits + 7) // 8), dtype=np.uint8)
+    gc = rng.integers(0, 256, (300, (bits + 7) // 8), dtype=np.uint8)
+    if bits % 8:
+        mask = np.uint8((0xFF << (8 - bits % 8)) & 0xFF)
+        qc[:, -1] &= mask
+        gc[:, -1] &= mask
+    ql = (rng.random((20, 5)) < 0.3).astype(int)
+    gl = (rng.random((300, 5)) < 0.3).astype(int)
+    assert metrics.mean_average_precision(qc, gc, ql, gl, k) == pytest.approx(brute_force_map(qc, gc, ql, gl, k or 300))
+
+
+def test_curves_hand_example():
+    q = B([[1, 1, 1, 1]])
+    g = B([[1, 1, 1, 1], [1, 1, 1, -1], [1, 1, -1, -1], [-1, -1, -1, -1]])  # d = 0, 1, 2, 4
+    ql, gl = np.array([[1]]), np.array([[1], [0], [1], [1]])
+    c = metrics.retrieval_curves(q, g, ql, gl, 4, top_n=[1, 2, 4])
+    assert c.precision_at_radius == pytest.approx([1, 1 / 2, 2 / 3, 2 / 3, 3 / 4])
+    assert c.recall_at_radius == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 1])
+    assert c.precision_at_top_n == pytest.approx([1, 1 / 2, 3 / 4])
+    assert c.precision_radius2 == pytest.approx(2 / 3)
+
+
+def test_psnr_and_ssim():
+    a = np.random.default_rng(0).integers(0, 200, (16, 16, 3)).astype(np.uint8)
+    assert metrics.psnr_y(a, a, 4) == math.inf
+    b = a.astype(np.float64) + 10.0  # Y shifts by 10 * 219/255 everywhere
+    assert metrics.psnr_y(a, b, 4) == pytest.approx(10 * math.log10(255 ** 2 / (10 * 219 / 255) ** 2))
+    assert metrics.ssim_y(a, a, 2) == pytest.approx(1.0)
+    assert metrics.ssim_y(a, np.zeros_like(a), 2) < 0.1

@@ -1,0 +1,130 @@
+"""The trainer: frozen sides stay frozen, a short real run learns, resume is exact, export round-trips."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import metrics
+from components.evaluate import SavedModelEncoders, encode_split
+from dsrhn.config import get_preset
+from dsrhn.records import read_split, read_split_raw
+from trainer import losses
+from trainer.models import bicubic_upsample
+from trainer.export import CodeFunctions, export_saved_model, read_metadata
+from trainer.task import train_and_export
+from trainer.train import DSRHNTrainer, train
+
+
+def _snapshot(model):
+    return [np.array(v) for v in model.variables]
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_alternating_steps_update_only_their_side(tiny_preset):
+    trainer = DSRHNTrainer(tiny_preset.replace(hash_lr=0.1))
+    trainer.build_optimizers()
+    rng = np.random.default_rng(0)
+    hr = tf.constant(rng.random((8, 56, 56, 3)), tf.float32)
+    lr = tf.image.resize(hr, (14, 14), "area")
+    labels = tf.constant(np.eye(10)[rng.integers(0, 10, 8)], tf.float32)
+    sr0, h0 = _snapshot(trainer.srnet), _snapshot(trainer.hashnet)
+    trainer.sr_step(hr, lr, mse_only=False)  # step A: SRNet only
+    sr1, h1 = _snapshot(trainer.srnet), _snapshot(trainer.hashnet)
+    assert _same(h0, h1), "HashNet changed during the SRNet step"
+    assert not _same(sr0, sr1)
+    trainer.hash_step(hr, lr, labels, "hash-sr")  # step B: HashNet only
+    sr2, h2 = _snapshot(trainer.srnet), _snapshot(trainer.hashnet)
+    assert _same(sr1, sr2), "SRNet changed during the HashNet step"
+    assert not _same(h1, h2)
+
+
+def test_short_training_lowers_losses_and_beats_random_codes(single_examples, tmp_path):
+    preset = get_preset("cpu", mode="dsrhn", bits=16, epochs=4, steps_per_epoch=12, batch_size=32,
+                        sr_blocks=2, sr_filters=16)
+    result = train(single_examples, preset, str(tmp_path / "work"), verbose=0, tensorboard=False)
+    h = result.history["alternate"]
+    assert h["l_hash"][-1] < h["l_hash"][0] and h["l_mse"][-1] < h["l_mse"][0]
+    # L_per's target (HashNet's features) moves as HashNet trains, so compare against the
+    # final HashNet: SR images must sit closer to HR in its feature space than bicubic ones
+    batch = next(iter(read_split(single_examples, "query").batch(64)))
+    t = result.trainer
+    f_hr = t.hashnet(batch["hr"])[0]
+    per_sr = float(losses.perceptual_loss(f_hr, t.hashnet(t.srnet(batch["lr"]))[0]))
+    per_bicubic = float(losses.perceptual_loss(f_hr, t.hashnet(bicubic_upsample(batch["lr"], 56))[0]))
+    assert per_sr < per_bicubic, (per_sr, per_bicubic)
+    export_saved_model(t.srnet, t.hashnet, preset, str(tmp_path / "model"), [str(i) for i in range(10)])
+    enc = SavedModelEncoders(str(tmp_path / "model"))
+    q = encode_split(single_examples, "query", "lr", enc.query)
+    g = encode_split(single_examples, "gallery", "hr", enc.gallery)
+    trained = metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, None)
+    rng = np.random.default_rng(0)
+    rand = np.mean([metrics.mean_average_precision(rng.integers(0, 256, q.codes.shape, dtype=np.uint8),
+                                                   rng.integers(0, 256, g.codes.shape, dtype=np.uint8),
+                                                   q.labels, g.labels, None) for _ in range(3)])
+    assert trained > rand + 0.05, (trained, rand)
+
+
+def test_resume_after_a_kill_is_exact(mosaic_examples, tmp_path):
+    preset = get_preset("cpu", bits=12, epochs=2, steps_per_epoch=2, batch_size=16, sr_blocks=1, sr_filters=8)
+    straight = train(mosaic_examples, preset, str(tmp_path / "a"), verbose=0, tensorboard=False).trainer
+    train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False, stop_after_epochs=1)
+    resumed = train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False)
+    assert resumed.resumed_from == 1
+    for a, b in ((straight.srnet, resumed.trainer.srnet), (straight.hashnet, resumed.trainer.hashnet)):
+        for x, y in zip(a.variables, b.variables):
+            np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6)
+    for x, y in zip(straight.hash_optimizer.variables, resumed.trainer.hash_optimizer.variables):
+        np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["hashnet-hr", "hashnet-lr", "two-stage"])
+def test_ablation_modes_train_and_export(mode, mosaic_examples, tiny_preset, tmp_path):
+    preset = tiny_preset.replace(mode=mode, epochs=1, steps_per_epoch=1)
+    summary = train_and_export(mosaic_examples, preset, str(tmp_path / "w"), str(tmp_path / "m"), verbose=0)
+    expected = {"hashnet-hr": ["hash-hr"], "hashnet-lr": ["hash-bicubic"], "two-stage": ["sr-mse", "hash-sr"]}[mode]
+    assert list(summary["history"]) == expected
+    meta = read_metadata(str(tmp_path / "m"))
+    assert meta["mode"] == mode and meta["query_input"] == ("hr" if mode == "hashnet-hr" else "lr")
+
+
+def test_export_reloads_in_a_fresh_process_with_the_same_codes(mosaic_examples, tiny_preset, tmp_path):
+    trainer = DSRHNTrainer(tiny_preset)
+    export = str(tmp_path / "sm")
+    export_saved_model(trainer.srnet, trainer.hashnet, tiny_preset, export, [f"c{i}" for i in range(10)])
+    batch = next(read_split_raw(mosaic_examples, "query").batch(8).as_numpy_iterator())
+    fns = CodeFunctions(trainer.srnet, trainer.hashnet, tiny_preset)
+    mem = {"q": fns.serve_query(tf.constant(batch["lr"]))["codes"].numpy().tolist(),
+           "g": fns.serve_hr(tf.constant(batch["hr"]))["codes"].numpy().tolist(),
+           "sr": fns.serve_sr(tf.constant(batch["lr"]))["sr"].numpy().shape}
+    np.save(tmp_path / "lr.npy", batch["lr"])
+    np.save(tmp_path / "hr.npy", batch["hr"])
+    code = (
+        "import json, sys, numpy as np, tensorflow as tf\n"
+        f"m = tf.saved_model.load({export!r})\n"
+        f"lr = np.load({str(tmp_path / 'lr.npy')!r}, allow_pickle=True)\n"
+        f"hr = np.load({str(tmp_path / 'hr.npy')!r}, allow_pickle=True)\n"
+        "q = m.signatures['serving_default'](images=tf.constant(lr))\n"
+        "g = m.signatures['encode_hr'](images=tf.constant(hr))\n"
+        "s = m.signatures['super_resolve'](images=tf.constant(lr))['sr']\n"
+        "assert q['codes'].dtype == tf.uint8 and q['bits'].dtype == tf.float32\n"
+        "print(json.dumps({'q': q['codes'].numpy().tolist(), 'g': g['codes'].numpy().tolist(),"
+        " 'sr': list(s.shape), 'bits': q['bits'].shape[1]}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fresh["q"] == mem["q"] and fresh["g"] == mem["g"]
+    assert tuple(fresh["sr"]) == tuple(mem["sr"]) == (8, 56, 56, 3)
+    assert fresh["bits"] == 12 and len(fresh["q"][0]) == 2
+    cli = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", export, "--all"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    for sig in ("serving_default", "encode_hr", "super_resolve"):
+        assert f"signature_def['{sig}']" in cli.stdout
