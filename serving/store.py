@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from serving.index import GalleryIndex, load_index
+from serving.index import GalleryIndex, IndexMismatch, load_index
 from trainer.export import read_metadata
 
 log = logging.getLogger("dsrhn.serving")
@@ -50,6 +50,7 @@ class ModelStore:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failed: dict[int, tuple] = {}
 
     @property
     def model_dir(self) -> str:
@@ -74,15 +75,16 @@ class ModelStore:
         for v in self.versions_on_disk():
             if v <= current:
                 break
-            prev = self.status.get(v)
-            if prev and prev.state == "UNAVAILABLE" and prev.error_message.startswith("model:"):
-                continue  # a broken SavedModel is not retried every poll; a missing index is
+            signature = _dir_signature(os.path.join(self.model_dir, str(v)))
+            if self._failed.get(v) == signature:
+                continue  # failed before and nothing changed on disk since: don't reload every poll
             try:
                 servable = self.load_version(v)
             except Exception as e:  # a bad version must never take the service down
-                kind = "index" if "index" in type(e).__name__.lower() or "index" in str(e) else "model"
+                kind = "index" if isinstance(e, IndexMismatch) else "model"
                 self.status[v] = VersionStatus("UNAVAILABLE", "FAILED_PRECONDITION" if kind == "index" else "UNKNOWN",
                                                f"{kind}: {e}")
+                self._failed[v] = signature
                 log.warning("version %s not loaded: %s", v, e)
                 continue
             with self._lock:
@@ -115,6 +117,19 @@ class ModelStore:
                 self.refresh()
             except Exception:  # pragma: no cover - logged, poller keeps going
                 log.exception("version poll failed")
+
+
+def _dir_signature(path: str) -> tuple:
+    """What is on disk under a version directory (names, sizes, mtimes): a change means retry."""
+    out = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            out.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
 
 
 def _maybe_index(path: str, meta: dict) -> GalleryIndex | None:

@@ -1,0 +1,257 @@
+"""Index + REST service, over a real loopback HTTP server."""
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import threading
+import time
+
+import faiss
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+import uvicorn
+
+from components import metrics
+from dsrhn.records import read_split_raw
+from serving import index as gindex
+from serving.indexer import gallery_from_examples, gallery_from_source, run_indexing
+from serving.server import create_app
+from serving.store import ModelStore
+from tests.conftest import BEAM
+from trainer.export import export_saved_model, read_metadata
+from trainer.train import DSRHNTrainer
+
+
+def test_12_bit_codes_pad_to_16_without_changing_distances():
+    rng = np.random.default_rng(0)
+    bits = rng.choice([-1.0, 1.0], size=(50, 12))
+    codes = metrics.pack_bits(bits)
+    assert codes.shape == (50, 2) and not (codes[:, 1] & 0x0F).any()  # 4 zero padding bits
+    idx = gindex.build_index(codes, 12)
+    assert idx.d == 16
+    dist, rows = idx.search(codes[:5], 50)
+    ref = metrics.hamming_distances(codes[:5], codes)
+    for i in range(5):
+        assert (dist[i] == ref[i][rows[i]]).all()
+        assert (dist[i] == np.sort(((bits[i] != bits).sum(1)))).all()
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, trained_model, mosaic_examples):
+    """TF Serving layout <base>/dsrhn/1/ with the model and its gallery index."""
+    base = tmp_path_factory.mktemp("serving")
+    v1 = base / "dsrhn" / "1"
+    shutil.copytree(trained_model, v1)
+    summary = run_indexing(str(v1), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16)
+    assert summary.manifest["count"] == 48 and not summary.rejected
+    return base
+
+
+def other_model(tmp_path, tiny_preset) -> str:
+    t = DSRHNTrainer(tiny_preset.replace(seed=7))
+    return export_saved_model(t.srnet, t.hashnet, tiny_preset, str(tmp_path), [str(i) for i in range(10)])
+
+
+def test_index_is_bound_to_its_model(base_dir, tmp_path, tiny_preset):
+    v1 = str(base_dir / "dsrhn" / "1")
+    meta = read_metadata(v1)
+    g = gindex.load_index(v1, meta)
+    assert g.count == 48 and g.manifest["faiss_dim"] == 16 and g.manifest["bits"] == 12
+    other = other_model(tmp_path / "other", tiny_preset)
+    shutil.copytree(f"{v1}/index", f"{other}/index")
+    with pytest.raises(gindex.IndexMismatch, match="another model"):
+        gindex.load_index(other, meta)
+    broken = tmp_path / "broken"
+    shutil.copytree(v1, broken)
+    with open(broken / "index" / "ids.jsonl", "a") as f:
+        f.write('{"id": "intruder"}\n')
+    with pytest.raises(gindex.IndexMismatch, match="checksum"):
+        gindex.load_index(str(broken), meta)
+
+
+def test_a_crash_while_writing_leaves_the_old_index(base_dir, tmp_path, monkeypatch):
+    model = tmp_path / "m"
+    shutil.copytree(base_dir / "dsrhn" / "1", model)
+    before = (model / "index" / "manifest.json").read_text()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index_binary", boom)
+    with pytest.raises(OSError, match="disk full"):
+        gindex.write_index(str(model), np.zeros((3, 2), np.uint8), [{"id": str(i)} for i in range(3)], {"bits": 12})
+    assert (model / "index" / "manifest.json").read_text() == before
+    assert sorted(p.name for p in model.iterdir() if p.name.startswith("index")) == ["index"]
+
+
+def test_indexing_a_directory_reports_bad_images(base_dir, tmp_path):
+    from PIL import Image
+
+    tree = tmp_path / "photos"
+    (tree / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40 + i, 30), (i * 50, 100, 200)).save(tree / "a" / f"{i}.png")
+    (tree / "a" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    model = tmp_path / "m"
+    shutil.copytree(base_dir / "dsrhn" / "1", model, ignore=shutil.ignore_patterns("index"))
+    s = run_indexing(str(model), gallery_from_source({"kind": "directory", "root": str(tree)}), beam_args=BEAM)
+    assert s.manifest["count"] == 3 and len(s.rejected) == 1 and "bad.jpg" in s.rejected[0]["path"]
+
+
+class LiveServer:
+    def __init__(self, store: ModelStore, max_body_bytes: int = 1 << 20):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(create_app(store, max_body_bytes=max_body_bytes), host="127.0.0.1",
+                                                    port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live(base_dir):
+    store = ModelStore(str(base_dir), "dsrhn", poll_seconds=0.2)
+    store.start()
+    srv = LiveServer(store)
+    yield srv, store
+    srv.stop()
+    store.stop()
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+@pytest.fixture(scope="module")
+def queries(mosaic_examples):
+    return next(read_split_raw(mosaic_examples, "query").batch(6).as_numpy_iterator())
+
+
+def test_status_metadata_and_health(live):
+    srv, _ = live
+    r = httpx.get(f"{srv.url}/v1/models/dsrhn")
+    assert r.status_code == 200
+    assert r.json()["model_version_status"][0] == {"version": "1", "state": "AVAILABLE",
+                                                   "status": {"error_code": "OK", "error_message": ""}}
+    assert httpx.get(f"{srv.url}/v1/models/dsrhn/versions/1").json()["model_version_status"][0]["version"] == "1"
+    meta = httpx.get(f"{srv.url}/v1/models/dsrhn/metadata").json()
+    sigs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(sigs) >= {"serving_default", "encode_hr", "super_resolve"}
+    assert sigs["serving_default"]["inputs"]["images"]["dtype"] == "DT_STRING"
+    assert sigs["serving_default"]["outputs"]["codes"]["dtype"] == "DT_UINT8"
+    assert httpx.get(f"{srv.url}/healthz").status_code == 200
+    assert httpx.get(f"{srv.url}/readyz").json()["index_size"] == 48
+
+
+def test_predict_and_search_match_the_model_and_index(live, base_dir, queries):
+    srv, _ = live
+    v1 = str(base_dir / "dsrhn" / "1")
+    model = tf.saved_model.load(v1)
+    direct = model.signatures["serving_default"](images=tf.constant(queries["lr"]))["codes"].numpy()
+    rows = httpx.post(f"{srv.url}/v1/models/dsrhn:predict", json={"instances": [b64(x) for x in queries["lr"]]}).json()
+    assert [p["codes"] for p in rows["predictions"]] == direct.tolist()
+    cols = httpx.post(f"{srv.url}/v1/models/dsrhn/versions/1:predict",
+                      json={"inputs": {"images": [b64(x) for x in queries["lr"]]}}).json()
+    assert cols["outputs"]["codes"] == direct.tolist() and len(cols["outputs"]["bits"][0]) == 12
+    hr = httpx.post(f"{srv.url}/v1/models/dsrhn:predict", json={"signature_name": "encode_hr",
+                                                                 "instances": [{"images": b64(queries["hr"][0])}]}).json()
+    assert hr["predictions"][0]["codes"] == model.signatures["encode_hr"](images=tf.constant(queries["hr"][:1]))["codes"].numpy()[0].tolist()
+    g = gindex.load_index(v1, read_metadata(v1))
+    dist, idx = g.search(direct, 5)
+    res = httpx.post(f"{srv.url}/v1/models/dsrhn:search", json={"instances": [b64(x) for x in queries["lr"]], "k": 5}).json()
+    assert res["model_version"] == "1"
+    for i, r in enumerate(res["results"]):
+        assert r["distances"] == dist[i].tolist()
+        assert r["ids"] == [g.rows[j]["id"] for j in idx[i]]
+        assert all(isinstance(lab, list) for lab in r["labels"])
+
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("dsrhn:predict", b"{not json", 400, "JSON Parse error"),
+    ("dsrhn:predict", b"[1, 2]", 400, "JSON object"),
+    ("dsrhn:predict", {"instances": [{"b64": "%%%not base64"}]}, 400, "base64"),
+    ("dsrhn:predict", {"instances": [b64(b"plain text, not an image")]}, 400, "decode"),
+    ("dsrhn:predict", {"instances": ["raw string"]}, 400, "b64"),
+    ("dsrhn:predict", {"signature_name": "nope", "instances": [b64(b"x")]}, 400, "nope"),
+    ("dsrhn:predict", {"foo": 1}, 400, "instances"),
+    ("dsrhn:predict", {"instances": []}, 400, "non-empty"),
+    ("dsrhn:search", {"instances": [b64(b"x")], "k": 0}, 400, "'k'"),
+    ("dsrhn:search", {"instances": [b64(b"x")], "k": 100000}, 400, "'k'"),
+    ("dsrhn:search", {"instances": [b64(b"x")], "k": "ten"}, 400, "'k'"),
+    ("dsrhn:classify", {"instances": []}, 404, "Unknown verb"),
+    ("other:predict", {"instances": []}, 404, "Servable not found"),
+    ("dsrhn/versions/99:predict", {"instances": []}, 404, "Specific(dsrhn, 99)"),
+])
+def test_bad_requests_get_clear_errors(live, path, body, status, needle):
+    srv, _ = live
+    url = f"{srv.url}/v1/models/{path}"
+    r = httpx.post(url, content=body) if isinstance(body, bytes) else httpx.post(url, json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]
+    assert httpx.get(f"{srv.url}/healthz").status_code == 200
+
+
+def test_oversized_bodies_get_413(live):
+    srv, _ = live
+    r = httpx.post(f"{srv.url}/v1/models/dsrhn:predict", json={"instances": [b64(b"x" * (2 << 20))]})
+    assert r.status_code == 413 and "exceeds" in r.json()["error"]
+    assert httpx.get(f"{srv.url}/v1/models/dsrhn/versions/7").status_code == 404
+
+
+def test_version_swap_under_load_loses_no_request(live, base_dir, queries, tmp_path, tiny_preset, mosaic_examples):
+    srv, store = live
+    body = {"instances": [b64(x) for x in queries["lr"][:2]], "k": 3}
+    errors, versions, stop = [], [], threading.Event()
+
+    def client():
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                r = c.post(f"{srv.url}/v1/models/dsrhn:search", json=body)
+                if r.status_code != 200:
+                    errors.append(r.text)
+                else:
+                    versions.append(r.json()["model_version"])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    # a new version appears: model first, index after (as the pipeline's Pusher + indexer do)
+    staging = tmp_path / "v2"
+    other_model(staging, tiny_preset)
+    run_indexing(str(staging), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16)
+    shutil.copytree(staging, base_dir / "dsrhn" / ".staging-2")
+    (base_dir / "dsrhn" / ".staging-2").rename(base_dir / "dsrhn" / "2")  # appears atomically
+    deadline = time.time() + 60
+    while store.current.version != 2 and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert versions and "1" in versions and versions[-1] == "2"
+    status = {s["version"]: s["state"] for s in httpx.get(f"{srv.url}/v1/models/dsrhn").json()["model_version_status"]}
+    assert status == {"2": "AVAILABLE", "1": "END"}
+    # a version whose index belongs to another model is refused; version 2 keeps serving
+    bad = base_dir / "dsrhn" / "3"
+    other_model(tmp_path / "v3", tiny_preset.replace(bits=12))
+    shutil.copytree(tmp_path / "v3", bad)
+    shutil.copytree(base_dir / "dsrhn" / "2" / "index", bad / "index")
+    time.sleep(1.5)
+    assert store.current.version == 2
+    st = httpx.get(f"{srv.url}/v1/models/dsrhn/versions/3").json()["model_version_status"][0]
+    assert st["state"] == "UNAVAILABLE" and st["status"]["error_code"] == "FAILED_PRECONDITION"
