@@ -25,17 +25,17 @@ standard = tfx.types.standard_artifacts
 
 class IngestReport(Artifact):
     """ingest_report.json: counts (in = written + rejected) and every rejection with its reason."""
-    TYPE_NAME = "DsrhnIngestReport"
+    TYPE_NAME = "dsrhn.IngestReport"
 
 
 class RetrievalReport(Artifact):
     """report.json / report.md / PNG plots of a retrieval evaluation."""
-    TYPE_NAME = "DsrhnRetrievalReport"
+    TYPE_NAME = "dsrhn.RetrievalReport"
 
 
 class GalleryIndexArtifact(Artifact):
     """Where a gallery index was written (property index_dir) and its manifest."""
-    TYPE_NAME = "DsrhnGalleryIndex"
+    TYPE_NAME = "dsrhn.GalleryIndex"
 
 
 @tfx.dsl.components.component(use_beam=True)

@@ -53,7 +53,7 @@ def latest_outputs(cfg: PipelineConfig) -> dict:
         return max(arts, key=lambda a: a.id) if arts else None
 
     out: dict = {}
-    ev = newest("DsrhnRetrievalReport")
+    ev = newest("dsrhn.RetrievalReport")
     if ev is not None:
         out["evaluation_report"] = os.path.join(ev.uri, "report.md")
         with open(os.path.join(ev.uri, "report.json")) as f:
@@ -66,7 +66,7 @@ def latest_outputs(cfg: PipelineConfig) -> dict:
         out["pushed"] = bool(props["pushed"].int_value) if "pushed" in props else False
         if out["pushed"]:
             out["pushed_model"] = props["pushed_destination"].string_value
-    idx = newest("DsrhnGalleryIndex")
+    idx = newest("dsrhn.GalleryIndex")
     if idx is not None and "index_dir" in idx.custom_properties:
         out["index"] = idx.custom_properties["index_dir"].string_value
         out["index_count"] = idx.custom_properties["count"].int_value
