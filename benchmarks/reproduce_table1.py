@@ -71,6 +71,15 @@ def main() -> None:
             print(f"{name:<20} {loss:<5} {bits:>2} bits  mAP@{args.topk} {report['map']:.4f}  "
                   f"({time.time() - t0:.0f} s)", flush=True)
     print_tables(results, bits_list, args, time.time() - t_start)
+    from components.plots import map_vs_bits
+
+    rows = {name: {b: results[f"{mode}/dpsh/{b}"]["map"] for b in bits_list if f"{mode}/dpsh/{b}" in results}
+            for name, mode in ROWS}
+    if not args.no_table2:
+        rows.update({name: {b: results[f"hashnet-lr/{loss}/{b}"]["map"] for b in bits_list
+                            if f"hashnet-lr/{loss}/{b}" in results} for name, loss in TABLE2 if loss != "dpsh"})
+    map_vs_bits(rows, os.path.join(args.out, "map_vs_bits.png"), f"mAP@{args.topk} vs bits (LR queries)")
+    print(f"plot: {os.path.join(args.out, 'map_vs_bits.png')}")
 
 
 def print_tables(results: dict, bits_list: list[int], args, seconds: float) -> None:

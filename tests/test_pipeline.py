@@ -62,6 +62,28 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     assert os.path.exists(out["evaluation_report"].replace("report.md", "curves.png"))
     n_models = len(store.get_artifacts_by_type("Model"))
 
+    # `dsrhn serve` on the pushed base dir answers a search with the new model
+    import base64
+
+    import httpx
+
+    from dsrhn.records import read_split_raw
+    from serving.store import ModelStore
+    from tests.conftest import LiveServer
+
+    serving = ModelStore(cfg.serving_dir, cfg.model_name)
+    serving.start()
+    srv = LiveServer(serving)
+    try:
+        lr = next(read_split_raw(examples, "query").take(1).as_numpy_iterator())["lr"]
+        r = httpx.post(f"{srv.url}/v1/models/dsrhn:search",
+                       json={"instances": [{"b64": base64.b64encode(lr).decode()}], "k": 5}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["results"][0]["ids"]) == 5
+        assert r.json()["model_version"] == os.path.basename(out["pushed_model"])
+    finally:
+        srv.stop()
+        serving.stop()
+
     # a re-run reuses the cached artifacts: no new model is trained
     run([tfx_cli, "run", "create", "--engine", "local", "--pipeline_name", "dsrhn"], tiny_env)
     assert len(store.get_artifacts_by_type("Model")) == n_models

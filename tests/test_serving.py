@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
 import threading
 import time
 
@@ -12,15 +11,13 @@ import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
-import uvicorn
 
 from components import metrics
 from dsrhn.records import read_split_raw
 from serving import index as gindex
 from serving.indexer import gallery_from_examples, gallery_from_source, run_indexing
-from serving.server import create_app
 from serving.store import ModelStore
-from tests.conftest import BEAM
+from tests.conftest import BEAM, LiveServer
 from trainer.export import export_saved_model, read_metadata
 from trainer.train import DSRHNTrainer
 
@@ -99,26 +96,6 @@ def test_indexing_a_directory_reports_bad_images(base_dir, tmp_path):
     shutil.copytree(base_dir / "dsrhn" / "1", model, ignore=shutil.ignore_patterns("index"))
     s = run_indexing(str(model), gallery_from_source({"kind": "directory", "root": str(tree)}), beam_args=BEAM)
     assert s.manifest["count"] == 3 and len(s.rejected) == 1 and "bad.jpg" in s.rejected[0]["path"]
-
-
-class LiveServer:
-    def __init__(self, store: ModelStore, max_body_bytes: int = 1 << 20):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(create_app(store, max_body_bytes=max_body_bytes), host="127.0.0.1",
-                                                    port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
