@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--n-gallery", type=int, default=10000)
     ap.add_argument("--topk", type=int, default=5000)
     ap.add_argument("--no-table2", action="store_true")
+    ap.add_argument("--table2-bits", default="", help="bit lengths for the DHN/DCH rows (default: --bits)")
     args = ap.parse_args()
 
     from components.evaluate import evaluate_model
@@ -48,10 +49,11 @@ def main() -> None:
     bits_list = [int(b) for b in args.bits.split(",")]
     results_path = os.path.join(args.out, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
-    runs = [(name, mode, "dpsh") for name, mode in ROWS]
-    if not args.no_table2:
-        runs += [(name, "hashnet-lr", loss) for name, loss in TABLE2 if loss != "dpsh"]
+    table2_bits = [int(b) for b in args.table2_bits.split(",")] if args.table2_bits else bits_list
     for bits in bits_list:
+        runs = [(name, mode, "dpsh") for name, mode in ROWS]
+        if not args.no_table2 and bits in table2_bits:
+            runs += [(name, "hashnet-lr", loss) for name, loss in TABLE2 if loss != "dpsh"]
         for name, mode, loss in runs:
             key = f"{mode}/{loss}/{bits}"
             if key in results:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -91,9 +92,12 @@ def write_report(path: str, source: sources.Source, rejected: list[dict], per_sp
 
 
 def _reason_kind(reason: str) -> str:
-    """'train.txt line 7: 20 labels, expected 21' -> '20 labels, expected 21' style grouping key."""
-    head = reason.split(": ", 1)[-1] if " line " in reason or reason.endswith("annotations") else reason
-    return head.split(":")[0]
+    """A grouping key for the console summary: the reason without its location prefix
+    ("train.txt line 7: ", "x.json: ") or its details, numbers as N."""
+    parts = reason.split(": ")
+    if len(parts) > 1 and (" line " in parts[0] or parts[0].endswith(".json")):
+        parts = parts[1:]
+    return re.sub(r"\d+", "N", parts[0])
 
 
 def build_ingest_pipeline(p: beam.Pipeline, source: sources.Source, hr_size: int, lr: LRConfig,

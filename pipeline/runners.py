@@ -70,6 +70,12 @@ def latest_outputs(cfg: PipelineConfig) -> dict:
     if idx is not None and "index_dir" in idx.custom_properties:
         out["index"] = idx.custom_properties["index_dir"].string_value
         out["index_count"] = idx.custom_properties["count"].int_value
-    out["serving_base"] = os.path.join(cfg.serving_dir)
+    if "index" not in out and out.get("pushed_model"):
+        # the indexer writes beside the pushed model; seen once: its MLMD record not yet
+        # readable from this process right after LocalDagRunner returned
+        on_disk = os.path.join(out["pushed_model"], "index")
+        if os.path.exists(os.path.join(on_disk, "manifest.json")):
+            out["index"] = on_disk
+    out["serving_base"] = cfg.serving_dir
     out["model_name"] = cfg.model_name
     return out

@@ -298,7 +298,6 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
         if start < end:
             trainer.phase = phase
             trainer.compile(jit_compile=False)
-            trainer.build_optimizers()
             ds = training_dataset(examples_uri, preset, offset + start, offset + end, steps, info)
             callbacks = [EpochCheckpoint(trainer, ckpt_dir, offset)]
             if tensorboard:
