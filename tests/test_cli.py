@@ -1,0 +1,30 @@
+"""The stage commands as a user runs them, each reading what the previous one wrote."""
+import json
+import os
+import subprocess
+import sys
+
+DSRHN = os.path.join(os.path.dirname(sys.executable), "dsrhn")
+
+
+def dsrhn(*args: str) -> str:
+    out = subprocess.run([DSRHN, *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+def test_ingest_train_evaluate_index(tmp_path):
+    ex, model, ev = str(tmp_path / "ex"), str(tmp_path / "model"), str(tmp_path / "eval")
+    out = dsrhn("ingest", "fashion-mnist-mosaic", "-o", ex, "--n-train", "64", "--n-query", "8", "--n-gallery", "32",
+                "--jpeg-quality", "60", "--seed", "1")
+    assert "104 in = 104 written + 0 rejected" in out
+    assert json.load(open(os.path.join(ex, "dsrhn_dataset.json")))["lr"]["jpeg_quality"] == 60
+    dsrhn("train", "--examples", ex, "-o", model, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "16",
+          "--bits", "16", "--mode", "hashnet-lr", "--verbose", "0")
+    assert json.load(open(os.path.join(model, "assets.extra", "dsrhn.json")))["mode"] == "hashnet-lr"
+    out = dsrhn("evaluate", "--model", model, "--examples", ex, "-o", ev, "--topk", "10", "--no-plots")
+    assert "LR-query mAP@10:" in out and json.load(open(os.path.join(ev, "report.json")))["gallery"] == 32
+    out = dsrhn("index", "--model", model, "--examples", ex)
+    assert "index: 32 codes (16 bits, faiss d=16)" in out
+    assert json.load(open(os.path.join(model, "index", "manifest.json")))["count"] == 32
