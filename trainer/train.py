@@ -159,13 +159,6 @@ def configure_devices(preset: Preset) -> tf.distribute.Strategy:
 
 # ---------------------------------------------------------------- data
 
-def hash_batch_size(preset: Preset) -> int:
-    """HR images per batch. Every HashNet step sees 2B images: B HR + B query images (SR or
-    bicubic) in the other modes, so hashnet-hr takes 2B HR images and the ablation compares
-    models trained on the same number of images."""
-    return preset.batch_size * (2 if preset.mode == "hashnet-hr" else 1)
-
-
 def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_epoch: int, steps: int,
                      info: DatasetInfo | None = None) -> tf.data.Dataset:
     """Batches for epochs [first_epoch, last_epoch): epoch e is shuffled with seed+e, so
@@ -175,7 +168,7 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
 
     def epoch(e):
         return (base.shuffle(4096, seed=preset.seed + e, reshuffle_each_iteration=True).repeat()
-                .batch(hash_batch_size(preset), drop_remainder=True).take(steps))
+                .batch(preset.batch_size, drop_remainder=True).take(steps))
 
     ds = epoch(first_epoch)
     for e in range(first_epoch + 1, last_epoch):
@@ -283,10 +276,9 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
                          f"{preset.hr_size}px x{preset.scale}: re-ingest with --hr-size/--scale or pick another preset")
     strategy = configure_devices(preset)
     n_train = count_records(examples_uri, "train")
-    batch = hash_batch_size(preset)
-    steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train // batch)
-    if n_train < batch:
-        raise ValueError(f"{n_train} training records is fewer than one batch of {batch}")
+    steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train // preset.batch_size)
+    if n_train < preset.batch_size:
+        raise ValueError(f"{n_train} training records is fewer than one batch of {preset.batch_size}")
     with strategy.scope():
         trainer = DSRHNTrainer(preset)
         trainer.build_optimizers()
@@ -311,7 +303,7 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
             if tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(work_dir, "logs", phase), update_freq="epoch"))
             if verbose:
-                print(f"phase {phase}: epochs {start + 1}..{end} of {epochs}, {steps} steps of {batch}")
+                print(f"phase {phase}: epochs {start + 1}..{end} of {epochs}, {steps} steps of {preset.batch_size}")
             fit = trainer.fit(ds, epochs=end, initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                               verbose=verbose)
             history[phase] = {k: [float(x) for x in v] for k, v in fit.history.items()}
