@@ -50,10 +50,12 @@ def cmd_ingest(args) -> int:
                                                     ("gallery", args.gallery_list)) if p}
     elif args.source == "coco":
         if len(args.coco_json) != len(args.image_root_list or []):
-            sys.exit("dsrhn ingest coco: give one --image-root per --coco-json (in the same order)")
+            sys.exit("dsrhn ingest coco: give one --coco-image-root per --coco-json (in the same order)")
         spec = {"kind": "coco", "pairs": list(zip(args.coco_json, args.image_root_list)),
                 "rule": args.split_rule or "random", **split_kw}
     else:
+        if not args.image_root:
+            sys.exit("dsrhn ingest directory: needs --image-root (a root/<class>/<image> tree)")
         spec = {"kind": "directory", "root": args.image_root, "rule": args.split_rule or "per-class", **split_kw}
     lr = LRConfig(scale=args.scale, kernel=args.kernel, blur_sigma=args.blur, noise_sigma=args.noise,
                   jpeg_quality=args.jpeg_quality, seed=args.seed or 0)

@@ -50,7 +50,7 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
         if cur is None:
             return JSONResponse({"status": "no model version loaded"}, status_code=503)
         return {"status": "ready", "model": store.name, "version": cur.version,
-                "index_size": cur.index.count if cur.index else 0}
+                "index_size": cur.index.count}
 
     @app.get("/v1/models/{rest:path}")
     def get_model(rest: str):
@@ -205,8 +205,6 @@ def predict(s: Servable, body: dict) -> dict:
 
 
 def search(s: Servable, body: dict, max_k: int) -> dict:
-    if s.index is None:
-        raise ApiError(400, f"version {s.version} has no gallery index: build one with `dsrhn index`")
     k = body.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise ApiError(400, f"'k' must be an integer in [1, {max_k}], got {k!r}")

@@ -24,7 +24,7 @@ class Servable:
     path: str
     model: object
     meta: dict
-    index: GalleryIndex | None
+    index: GalleryIndex
 
     def signature(self, name: str):
         return self.model.signatures[name]
@@ -41,7 +41,6 @@ class VersionStatus:
 class ModelStore:
     base_dir: str
     name: str
-    require_index: bool = True
     poll_seconds: float = 5.0
     current: Servable | None = None
     status: dict[int, VersionStatus] = field(default_factory=dict)
@@ -65,7 +64,7 @@ class ModelStore:
     def load_version(self, version: int) -> Servable:
         path = os.path.join(self.model_dir, str(version))
         meta = read_metadata(path)
-        index = load_index(path, meta) if self.require_index else _maybe_index(path, meta)
+        index = load_index(path, meta)
         model = tf.saved_model.load(path)
         return Servable(version, path, model, meta, index)
 
@@ -130,11 +129,3 @@ def _dir_signature(path: str) -> tuple:
                 continue
             out.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
     return tuple(sorted(out))
-
-
-def _maybe_index(path: str, meta: dict) -> GalleryIndex | None:
-    try:
-        return load_index(path, meta)
-    except Exception as e:
-        log.warning("no usable index for %s: %s", path, e)
-        return None

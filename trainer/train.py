@@ -176,18 +176,7 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
     return ds.prefetch(2)
 
 
-def count_records(examples_uri: str, split: str) -> int:
-    from dsrhn.records import split_files
-
-    return sum(1 for _ in tf.data.TFRecordDataset(split_files(examples_uri, split), compression_type="GZIP"))
-
-
 # ---------------------------------------------------------------- checkpoints
-
-@dataclass
-class CheckpointState:
-    epoch: int  # epochs completed over all phases
-
 
 def save_checkpoint(trainer: DSRHNTrainer, directory: str, epoch: int) -> str:
     """Weights of both nets, both optimizers' slots and the epoch, written atomically."""
@@ -210,14 +199,21 @@ def save_checkpoint(trainer: DSRHNTrainer, directory: str, epoch: int) -> str:
     return final
 
 
-def latest_checkpoint(directory: str) -> str | None:
+def completed_checkpoints(directory: str) -> list[str]:
+    """Names of fully written checkpoints (epoch-NNNN, no .tmp), oldest first."""
     if not directory or not tf.io.gfile.exists(directory):
-        return None
-    done = sorted(d for d in tf.io.gfile.listdir(directory) if d.startswith("epoch-") and not d.rstrip("/").endswith(".tmp"))
-    return os.path.join(directory, done[-1].rstrip("/")) if done else None
+        return []
+    names = (d.rstrip("/") for d in tf.io.gfile.listdir(directory))
+    return sorted(d for d in names if d.startswith("epoch-") and not d.endswith(".tmp"))
 
 
-def restore_checkpoint(trainer: DSRHNTrainer, path: str) -> CheckpointState:
+def latest_checkpoint(directory: str) -> str | None:
+    done = completed_checkpoints(directory)
+    return os.path.join(directory, done[-1]) if done else None
+
+
+def restore_checkpoint(trainer: DSRHNTrainer, path: str) -> int:
+    """Restore nets, optimizers and RNG states; returns the epochs completed over all phases."""
     trainer.srnet.load_weights(os.path.join(path, "srnet.weights.h5"))
     trainer.hashnet.load_weights(os.path.join(path, "hashnet.weights.h5"))
     trainer.build_optimizers()
@@ -228,7 +224,7 @@ def restore_checkpoint(trainer: DSRHNTrainer, path: str) -> CheckpointState:
     for i, v in enumerate(_seed_states(trainer)):
         v.assign(state[f"rng/{i:04d}"])
     with open(os.path.join(path, "state.json")) as f:
-        return CheckpointState(epoch=json.load(f)["epoch"])
+        return int(json.load(f)["epoch"])
 
 
 def _seed_states(trainer: DSRHNTrainer) -> list:
@@ -249,8 +245,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         save_checkpoint(self.trainer, self.directory, self.offset + epoch + 1)
-        done = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(self.directory) if not d.rstrip("/").endswith(".tmp"))
-        for old in done[: -self.keep]:
+        for old in completed_checkpoints(self.directory)[: -self.keep]:
             tf.io.gfile.rmtree(os.path.join(self.directory, old))
 
 
@@ -275,7 +270,7 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
         raise ValueError(f"dataset is {info.hr_size}px x{info.scale} but preset {preset.name!r} expects "
                          f"{preset.hr_size}px x{preset.scale}: re-ingest with --hr-size/--scale or pick another preset")
     strategy = configure_devices(preset)
-    n_train = count_records(examples_uri, "train")
+    n_train = int(info.counts.get("train", 0))  # written by ingestion
     steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train // preset.batch_size)
     if n_train < preset.batch_size:
         raise ValueError(f"{n_train} training records is fewer than one batch of {preset.batch_size}")
@@ -285,7 +280,7 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
     ckpt_dir = os.path.join(work_dir, "checkpoints")
     tf.io.gfile.makedirs(ckpt_dir)
     latest = latest_checkpoint(ckpt_dir)
-    done = restore_checkpoint(trainer, latest).epoch if latest else 0
+    done = restore_checkpoint(trainer, latest) if latest else 0
     if latest and verbose:
         print(f"resuming from {latest} ({done} epochs done)")
     t0 = time.time()
