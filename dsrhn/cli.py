@@ -66,11 +66,11 @@ def cmd_ingest(args) -> int:
 
 
 def _preset(args):
-    from dsrhn.config import get_preset
+    from dsrhn.config import get_preset, parse_overrides
 
-    return get_preset(args.preset, bits=args.bits, mode=args.mode, hash_loss=args.hash_loss, epochs=args.epochs,
-                      steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
-                      pretrained_weights=args.pretrained_weights)
+    return get_preset(args.preset, **{**parse_overrides(args.set), **{k: v for k, v in dict(
+        bits=args.bits, mode=args.mode, hash_loss=args.hash_loss, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size, seed=args.seed, pretrained_weights=args.pretrained_weights).items() if v is not None}})
 
 
 def cmd_train(args) -> int:
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--pretrained-weights", help="local Keras weights for HashNet's backbone (never downloaded)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other preset field, e.g. --set lr_decay=cosine --set sr_steps=2 (repeatable)")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
     p.set_defaults(fn=cmd_train)
 
@@ -231,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_tf()
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as e:  # bad flags or inputs: one clear line, not a traceback
+        parser.exit(2, f"dsrhn {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

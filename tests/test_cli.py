@@ -21,10 +21,19 @@ def test_ingest_train_evaluate_index(tmp_path):
     assert "104 in = 104 written + 0 rejected" in out
     assert json.load(open(os.path.join(ex, "dsrhn_dataset.json")))["lr"]["jpeg_quality"] == 60
     dsrhn("train", "--examples", ex, "-o", model, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "16",
-          "--bits", "16", "--mode", "hashnet-lr", "--verbose", "0")
-    assert json.load(open(os.path.join(model, "assets.extra", "dsrhn.json")))["mode"] == "hashnet-lr"
+          "--bits", "16", "--mode", "hashnet-lr", "--verbose", "0", "--set", "lr_decay=cosine", "--set", "dropout=0.25")
+    meta = json.load(open(os.path.join(model, "assets.extra", "dsrhn.json")))
+    assert meta["mode"] == "hashnet-lr"
+    assert (meta["preset"]["lr_decay"], meta["preset"]["dropout"]) == ("cosine", 0.25)
     out = dsrhn("evaluate", "--model", model, "--examples", ex, "-o", ev, "--topk", "10", "--no-plots")
     assert "LR-query mAP@10:" in out and json.load(open(os.path.join(ev, "report.json")))["gallery"] == 32
     out = dsrhn("index", "--model", model, "--examples", ex)
     assert "index: 32 codes (16 bits, faiss d=16)" in out
     assert json.load(open(os.path.join(model, "index", "manifest.json")))["count"] == 32
+
+
+def test_bad_preset_override_is_one_clear_error(tmp_path):
+    out = subprocess.run([DSRHN, "train", "--examples", str(tmp_path), "-o", str(tmp_path / "m"), "--set", "sr_steps=two"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "--set 'sr_steps=two': sr_steps must be int" in out.stderr and "Traceback" not in out.stderr

@@ -73,7 +73,9 @@ def test_short_training_lowers_losses_and_beats_random_codes(single_examples, tm
 
 
 def test_resume_after_a_kill_is_exact(mosaic_examples, tmp_path):
-    preset = get_preset("cpu", bits=12, epochs=2, steps_per_epoch=2, batch_size=16, sr_blocks=1, sr_filters=8)
+    # dropout draws random masks and cosine decay reads the optimizers' step counters: both must resume
+    preset = get_preset("cpu", bits=12, epochs=2, steps_per_epoch=2, batch_size=16, sr_blocks=1, sr_filters=8,
+                        dropout=0.5, lr_decay="cosine")
     straight = train(mosaic_examples, preset, str(tmp_path / "a"), verbose=0, tensorboard=False).trainer
     train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False, stop_after_epochs=1)
     resumed = train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False)
@@ -83,6 +85,23 @@ def test_resume_after_a_kill_is_exact(mosaic_examples, tmp_path):
             np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6)
     for x, y in zip(straight.hash_optimizer.variables, resumed.trainer.hash_optimizer.variables):
         np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6)
+    for opt in (straight.hash_optimizer, straight.sr_optimizer, resumed.trainer.hash_optimizer):
+        assert float(opt.learning_rate) == pytest.approx(0.0, abs=1e-9)  # decayed over the 4 updates
+
+
+def test_two_stage_reuses_a_trained_stage1_srnet(mosaic_examples, tiny_preset, tmp_path):
+    """Stage 1 does not depend on the bit length: a second two-stage run starts from its SRNet."""
+    first = train(mosaic_examples, tiny_preset.replace(mode="two-stage"), str(tmp_path / "a"), verbose=0,
+                  tensorboard=False).trainer
+    weights = str(tmp_path / "stage1.srnet.weights.h5")
+    first.srnet.save_weights(weights)
+    second = train(mosaic_examples, tiny_preset.replace(mode="two-stage", bits=24, srnet_weights=weights),
+                   str(tmp_path / "b"), verbose=0, tensorboard=False)
+    assert list(second.history) == ["hash-sr"]  # no second MSE stage
+    for x, y in zip(first.srnet.variables, second.trainer.srnet.variables):
+        np.testing.assert_array_equal(np.array(x), np.array(y))  # frozen during stage 2
+    with pytest.raises(ValueError, match="two-stage only"):
+        DSRHNTrainer(tiny_preset.replace(srnet_weights=weights))
 
 
 @pytest.mark.parametrize("mode", ["hashnet-hr", "hashnet-lr", "two-stage"])

@@ -101,9 +101,9 @@ def HashNet(preset: Preset) -> keras.Model:  # Eq. 7: b = sign(F_hash(x))
     pooled = layers.MaxPooling2D(3 if preset.hashnet == "alexnet" else 2, 2, name="pool5")(conv)
     x = layers.Flatten(name="flatten")(pooled)
     x = layers.Dense(preset.hash_width, activation="relu", name="fc6")(x)
-    x = layers.Dropout(0.5, name="drop6", seed=preset.seed)(x)
+    x = layers.Dropout(preset.dropout, name="drop6", seed=preset.seed)(x)
     x = layers.Dense(preset.hash_width, activation="relu", name="fc7")(x)
-    x = layers.Dropout(0.5, name="drop7", seed=preset.seed + 1)(x)
+    x = layers.Dropout(preset.dropout, name="drop7", seed=preset.seed + 1)(x)
     fch = layers.Dense(preset.bits, name="fch", dtype="float32")(x)
     if preset.hashnet == "small":
         # centres each bit over the batch: v starts balanced and uncorrelated instead of all

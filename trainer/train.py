@@ -39,19 +39,28 @@ def mode_phases(preset: Preset) -> list[tuple[str, int]]:
         return [("hash-hr", preset.epochs)]
     if preset.mode == "hashnet-lr":
         return [("hash-bicubic", preset.epochs)]
+    if preset.srnet_weights:  # stage 1 already trained (e.g. for another bit length)
+        return [("hash-sr", preset.epochs)]
     return [("sr-mse", preset.sr_warmup_epochs or preset.epochs), ("hash-sr", preset.epochs)]
 
 
 class DSRHNTrainer(keras.Model):
     """Holds SRNet, HashNet and their two optimizers; `train_step` runs one phase's steps."""
 
-    def __init__(self, preset: Preset, **kwargs):
+    def __init__(self, preset: Preset, steps_per_epoch: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.preset = preset
         self.srnet = SRNet(preset)
         self.hashnet = HashNet(preset)
-        self.sr_optimizer = _maybe_loss_scale(keras.optimizers.Adam(preset.sr_lr), preset)
-        self.hash_optimizer = _maybe_loss_scale(_hash_optimizer(preset), preset)
+        if preset.srnet_weights:
+            if preset.mode != "two-stage":
+                raise ValueError("srnet_weights (a trained stage-1 SRNet) applies to mode two-stage only")
+            if not os.path.exists(preset.srnet_weights):
+                raise FileNotFoundError(f"srnet_weights {preset.srnet_weights} does not exist")
+            self.srnet.load_weights(preset.srnet_weights)
+        sr_updates, hash_updates = optimizer_updates(preset, steps_per_epoch)
+        self.sr_optimizer = _maybe_loss_scale(keras.optimizers.Adam(_learning_rate(preset, preset.sr_lr, sr_updates)), preset)
+        self.hash_optimizer = _maybe_loss_scale(_hash_optimizer(preset, hash_updates), preset)
         self.phase = "alternate"
         self.replicas = tf.distribute.get_strategy().num_replicas_in_sync
         names = ["l_sr", "l_per", "l_mse", "l_hash", "l_hs", "l_dis"]
@@ -135,10 +144,31 @@ class DSRHNTrainer(keras.Model):
         return optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
 
 
-def _hash_optimizer(preset: Preset) -> keras.optimizers.Optimizer:
+def optimizer_updates(preset: Preset, steps_per_epoch: int) -> tuple[int, int]:
+    """How many times the run updates SRNet and HashNet (the horizon of a decaying learning rate)."""
+    sr = hash_ = 0
+    for phase, epochs in mode_phases(preset):
+        step_a, step_b = PHASES[phase]
+        if step_a:
+            sr += epochs * steps_per_epoch * (preset.sr_steps if step_b else 1)
+        if step_b:
+            hash_ += epochs * steps_per_epoch
+    return sr, hash_
+
+
+def _learning_rate(preset: Preset, base: float, updates: int):
+    """A constant rate, or cosine decay to 0 over `updates` optimizer steps. The schedule reads the
+    optimizer's own iteration counter, which checkpoints restore, so a resumed run decays identically."""
+    if preset.lr_decay == "cosine" and updates > 0:
+        return keras.optimizers.schedules.CosineDecay(base, decay_steps=updates)
+    return base
+
+
+def _hash_optimizer(preset: Preset, updates: int = 0) -> keras.optimizers.Optimizer:
+    lr = _learning_rate(preset, preset.hash_lr, updates)
     if preset.hash_optimizer == "adam":
-        return keras.optimizers.Adam(preset.hash_lr)
-    return keras.optimizers.SGD(preset.hash_lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.SGD(lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
 
 
 def _maybe_loss_scale(optimizer, preset: Preset):
@@ -275,7 +305,7 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
     if n_train < preset.batch_size:
         raise ValueError(f"{n_train} training records is fewer than one batch of {preset.batch_size}")
     with strategy.scope():
-        trainer = DSRHNTrainer(preset)
+        trainer = DSRHNTrainer(preset, steps)
         trainer.build_optimizers()
     ckpt_dir = os.path.join(work_dir, "checkpoints")
     tf.io.gfile.makedirs(ckpt_dir)
