@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import socket
 import statistics
 import tempfile
 import threading
@@ -21,23 +20,14 @@ import httpx
 
 
 def start_server(base_dir: str, name: str):
-    import uvicorn
-
-    from serving.server import create_app
+    from serving.server import BackgroundServer
     from serving.store import ModelStore
 
     store = ModelStore(base_dir, name)
     store.start()
     if store.current is None:
         raise SystemExit(f"no servable version with an index under {base_dir}/{name}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}"
+    return BackgroundServer(store)
 
 
 def build_tiny(root: str) -> tuple[str, str]:
@@ -101,7 +91,8 @@ def main() -> None:
 
     lr = next(read_split_raw(examples, "query").take(1).as_numpy_iterator())["lr"]
     body = {"instances": [{"b64": base64.b64encode(lr).decode()}], "k": args.k}
-    server, url = start_server(base, args.model_name)
+    server = start_server(base, args.model_name)
+    url = server.url
     print(f"{args.clients} clients x {args.seconds:.0f} s on loopback, {os.cpu_count()} cores")
     results = {"GET /healthz (baseline)": load(f"{url}/healthz", "GET", None, args.clients, args.seconds),
                f"POST :search k={args.k}": load(f"{url}/v1/models/{args.model_name}:search", "POST", body,
@@ -111,7 +102,7 @@ def main() -> None:
               f"n={r['n']} errors={r['errors']}")
     b, s = results["GET /healthz (baseline)"], results[f"POST :search k={args.k}"]
     print(f"  search throughput = {s['rps'] / b['rps']:.2f}x of the no-model baseline")
-    server.should_exit = True
+    server.stop()
     if s["errors"] or b["errors"]:
         raise SystemExit("errors under load")
 

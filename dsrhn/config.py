@@ -80,6 +80,8 @@ class Preset:
             raise ValueError(f"hash_loss must be one of {HASH_LOSSES}, got {self.hash_loss!r}")
         if self.hash_optimizer not in ("sgd", "adam"):
             raise ValueError(f"hash_optimizer must be 'sgd' or 'adam', got {self.hash_optimizer!r}")
+        if self.srnet_weights and self.mode != "two-stage":
+            raise ValueError("srnet_weights (a trained stage-1 SRNet) applies to mode two-stage only")
         if self.lr_decay not in ("none", "cosine"):
             raise ValueError(f"lr_decay must be 'none' or 'cosine', got {self.lr_decay!r}")
         if self.scale not in SCALES:

@@ -223,6 +223,35 @@ def search(s: Servable, body: dict, max_k: int) -> dict:
     return {"model_version": str(s.version), "k": k, "results": results}
 
 
+class BackgroundServer:
+    """The REST app on a free loopback port, in a daemon thread (tests, load benchmarks)."""
+
+    def __init__(self, store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, start_timeout: float = 30.0):
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        app = create_app(store, max_body_bytes=max_body_bytes)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + start_timeout
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError(f"server on 127.0.0.1:{self.port} did not start in {start_timeout:.0f} s")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
 def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, poll_seconds: float = 5.0) -> None:
     import uvicorn
 

@@ -5,16 +5,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import socket  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
 import pytest  # noqa: E402
-import uvicorn  # noqa: E402
 
 from components.ingest import run_ingest  # noqa: E402
 from dsrhn.config import LRConfig, get_preset  # noqa: E402
-from serving.server import create_app  # noqa: E402
+from serving.server import BackgroundServer  # noqa: E402
 from serving.store import ModelStore  # noqa: E402
 
 BEAM = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -54,23 +49,8 @@ def trained_model(tmp_path_factory, mosaic_examples, tiny_preset) -> str:
     return export
 
 
-class LiveServer:
-    """The REST app on a free loopback port, in a thread."""
+class LiveServer(BackgroundServer):
+    """The REST app on a free loopback port, with a 1 MiB body limit for the 413 tests."""
 
     def __init__(self, store: ModelStore, max_body_bytes: int = 1 << 20):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        app = create_app(store, max_body_bytes=max_body_bytes)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(store, max_body_bytes=max_body_bytes)

@@ -101,7 +101,7 @@ def test_two_stage_reuses_a_trained_stage1_srnet(mosaic_examples, tiny_preset, t
     for x, y in zip(first.srnet.variables, second.trainer.srnet.variables):
         np.testing.assert_array_equal(np.array(x), np.array(y))  # frozen during stage 2
     with pytest.raises(ValueError, match="two-stage only"):
-        DSRHNTrainer(tiny_preset.replace(srnet_weights=weights))
+        tiny_preset.replace(srnet_weights=weights)
 
 
 @pytest.mark.parametrize("mode", ["hashnet-hr", "hashnet-lr", "two-stage"])

@@ -52,9 +52,7 @@ class DSRHNTrainer(keras.Model):
         self.preset = preset
         self.srnet = SRNet(preset)
         self.hashnet = HashNet(preset)
-        if preset.srnet_weights:
-            if preset.mode != "two-stage":
-                raise ValueError("srnet_weights (a trained stage-1 SRNet) applies to mode two-stage only")
+        if preset.srnet_weights:  # validated as two-stage-only by Preset
             if not os.path.exists(preset.srnet_weights):
                 raise FileNotFoundError(f"srnet_weights {preset.srnet_weights} does not exist")
             self.srnet.load_weights(preset.srnet_weights)
