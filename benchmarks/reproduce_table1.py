@@ -2,7 +2,11 @@
 embedded multi-label Fashion-MNIST mosaic data, cpu preset.
 
 Rows: HashNet-LR, two-stage SR->hash (the paper's HashNet-SRGAN row), DSRHN, HashNet-HR,
-at 12/24/32/48 bits; queries are LR (HR for HashNet-HR). Table 2 rows: HashNet-LR trained
+at 12/24/32/48 bits; queries are LR (HR for HashNet-HR). Every row gets the same number of
+HashNet updates. Stage 1 (SRNet trained by MSE alone, as many updates) does not depend on the
+bit length: it is trained once, frozen by the two-stage rows and the starting SRNet of the DSRHN
+rows (the way SRGAN starts from an MSE-trained SRResNet; the paper's HashNet starts from
+ImageNet weights instead, which we cannot download). Table 2 rows: HashNet-LR trained
 with the DPSH, DHN and DCH losses. Prints the tables and the gap closure
 (DSRHN - HashNet-LR) / (HashNet-HR - HashNet-LR) per bit length.
 
@@ -40,7 +44,7 @@ def main() -> None:
     from components.ingest import run_ingest
     from dsrhn.config import LRConfig, get_preset
     from trainer.task import train_and_export
-    from trainer.train import latest_checkpoint
+    from trainer.train import train
 
     t_start = time.time()
     examples = os.path.join(args.out, "examples")
@@ -53,7 +57,8 @@ def main() -> None:
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
     # cached rows (and run directories, which training resumes from) are reused only when they
     # were made with these settings
-    settings = {"steps": args.steps, "epochs": args.epochs, "cpu_preset": get_preset("cpu").to_dict()}
+    settings = {"steps": args.steps, "epochs": args.epochs, "cpu_preset": get_preset("cpu").to_dict(),
+                "srnet_init": "stage1 (MSE) for two-stage and dsrhn", "hash_batch": "joint [HR; query]"}
     if results.get("_settings") != settings:
         if results:
             print(f"{results_path} was made with other settings; retraining every row", flush=True)
@@ -62,7 +67,15 @@ def main() -> None:
                 path = os.path.join(args.out, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         results = {"_settings": settings}
-    stage1_srnet = os.path.join(args.out, "two-stage-stage1.srnet.weights.h5")
+    steps_per_epoch = max(1, args.steps // args.epochs)
+    stage1_srnet = os.path.join(args.out, "stage1.srnet.weights.h5")
+    if not os.path.exists(stage1_srnet):
+        t0 = time.time()
+        stage1 = train(examples, get_preset("cpu", mode="two-stage", epochs=args.epochs, steps_per_epoch=steps_per_epoch),
+                       os.path.join(args.out, "stage1"), verbose=0, tensorboard=False, stop_after_epochs=args.epochs)
+        stage1.trainer.srnet.save_weights(stage1_srnet)
+        results["stage1_seconds"] = time.time() - t0
+        print(f"stage 1: SRNet by MSE, {args.steps} steps ({time.time() - t0:.0f} s)", flush=True)
     table2_bits = [int(b) for b in args.table2_bits.split(",")] if args.table2_bits else bits_list
     for bits in bits_list:
         runs = [(name, mode, "dpsh") for name, mode in ROWS]
@@ -72,17 +85,12 @@ def main() -> None:
             key = f"{mode}/{loss}/{bits}"
             if key in results:
                 continue
-            steps_per_epoch = max(1, args.steps // args.epochs)
-            # two-stage's stage 1 (SRNet by MSE) does not depend on the bit length: train it once
-            stage1 = stage1_srnet if mode == "two-stage" and os.path.exists(stage1_srnet) else None
             preset = get_preset("cpu", mode=mode, hash_loss=loss, bits=bits, epochs=args.epochs,
-                                steps_per_epoch=steps_per_epoch, srnet_weights=stage1)
+                                steps_per_epoch=steps_per_epoch,
+                                srnet_weights=stage1_srnet if mode in ("two-stage", "dsrhn") else None)
             run_dir = os.path.join(args.out, key.replace("/", "-"))
             t0 = time.time()
             summary = train_and_export(examples, preset, os.path.join(run_dir, "work"), os.path.join(run_dir, "model"), verbose=0)
-            if mode == "two-stage" and not stage1:
-                ckpt = latest_checkpoint(os.path.join(run_dir, "work", "checkpoints"))
-                shutil.copyfile(os.path.join(ckpt, "srnet.weights.h5"), stage1_srnet)
             report = evaluate_model(os.path.join(run_dir, "model"), examples, os.path.join(run_dir, "eval"),
                                     topk=args.topk, plots=False)
             results[key] = {"name": name, "map": report["map"], "map_hr_query": report["hr_query"][f"map@{args.topk}"],

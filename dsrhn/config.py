@@ -67,10 +67,10 @@ class Preset:
     epochs: int = 150
     steps_per_epoch: int = 0  # 0: one pass over the training split
     sr_steps: int = 1  # SRNet updates per HashNet update (alternation schedule)
-    sr_warmup_epochs: int = 0  # two-stage: MSE-only SRNet epochs before HashNet training
+    sr_warmup_epochs: int = 0  # MSE-only SRNet epochs first, unless srnet_weights (two-stage: 0 means `epochs`; dsrhn: none)
     mixed_precision: bool = False  # used only when a GPU is present
     pretrained_weights: str = ""  # local .weights.h5 for HashNet's backbone; never downloaded
-    srnet_weights: str = ""  # two-stage: a trained SRNet's .weights.h5; skips stage 1 (it does not depend on bits)
+    srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,8 +80,8 @@ class Preset:
             raise ValueError(f"hash_loss must be one of {HASH_LOSSES}, got {self.hash_loss!r}")
         if self.hash_optimizer not in ("sgd", "adam"):
             raise ValueError(f"hash_optimizer must be 'sgd' or 'adam', got {self.hash_optimizer!r}")
-        if self.srnet_weights and self.mode != "two-stage":
-            raise ValueError("srnet_weights (a trained stage-1 SRNet) applies to mode two-stage only")
+        if self.srnet_weights and self.mode not in ("two-stage", "dsrhn"):
+            raise ValueError("srnet_weights (an MSE-trained SRNet) applies to modes two-stage and dsrhn only")
         if self.lr_decay not in ("none", "cosine"):
             raise ValueError(f"lr_decay must be 'none' or 'cosine', got {self.lr_decay!r}")
         if self.scale not in SCALES:

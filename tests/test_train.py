@@ -17,7 +17,7 @@ from trainer import losses
 from trainer.models import bicubic_upsample
 from trainer.export import CodeFunctions, export_saved_model, read_metadata
 from trainer.task import train_and_export
-from trainer.train import DSRHNTrainer, train
+from trainer.train import DSRHNTrainer, mode_phases, optimizer_updates, train
 
 
 def _snapshot(model):
@@ -89,8 +89,9 @@ def test_resume_after_a_kill_is_exact(mosaic_examples, tmp_path):
         assert float(opt.learning_rate) == pytest.approx(0.0, abs=1e-9)  # decayed over the 4 updates
 
 
-def test_two_stage_reuses_a_trained_stage1_srnet(mosaic_examples, tiny_preset, tmp_path):
-    """Stage 1 does not depend on the bit length: a second two-stage run starts from its SRNet."""
+def test_stage1_srnet_is_reused_by_two_stage_and_starts_dsrhn(mosaic_examples, tiny_preset, tmp_path):
+    """Stage 1 does not depend on the bit length: a second two-stage run skips it and keeps its
+    SRNet frozen, and a DSRHN run starts its SRNet from it."""
     first = train(mosaic_examples, tiny_preset.replace(mode="two-stage"), str(tmp_path / "a"), verbose=0,
                   tensorboard=False).trainer
     weights = str(tmp_path / "stage1.srnet.weights.h5")
@@ -100,8 +101,23 @@ def test_two_stage_reuses_a_trained_stage1_srnet(mosaic_examples, tiny_preset, t
     assert list(second.history) == ["hash-sr"]  # no second MSE stage
     for x, y in zip(first.srnet.variables, second.trainer.srnet.variables):
         np.testing.assert_array_equal(np.array(x), np.array(y))  # frozen during stage 2
-    with pytest.raises(ValueError, match="two-stage only"):
-        tiny_preset.replace(srnet_weights=weights)
+    dsrhn = DSRHNTrainer(tiny_preset.replace(srnet_weights=weights))
+    for x, y in zip(first.srnet.variables, dsrhn.srnet.variables):
+        np.testing.assert_array_equal(np.array(x), np.array(y))
+    with pytest.raises(ValueError, match="two-stage and dsrhn only"):
+        tiny_preset.replace(mode="hashnet-hr", srnet_weights=weights)
+
+
+def test_phase_schedules_of_the_modes():
+    cpu = get_preset("cpu", epochs=3)
+    assert mode_phases(cpu) == [("alternate", 3)]
+    assert mode_phases(cpu.replace(sr_warmup_epochs=2)) == [("sr-mse", 2), ("alternate", 3)]
+    assert mode_phases(cpu.replace(sr_warmup_epochs=2, srnet_weights="stage1.weights.h5")) == [("alternate", 3)]
+    assert mode_phases(cpu.replace(mode="two-stage")) == [("sr-mse", 3), ("hash-sr", 3)]
+    assert mode_phases(cpu.replace(mode="two-stage", srnet_weights="stage1.weights.h5")) == [("hash-sr", 3)]
+    assert mode_phases(cpu.replace(mode="hashnet-lr")) == [("hash-bicubic", 3)]
+    # SRNet: 2 warm-up epochs + 3 alternating epochs x 2 updates; HashNet: 3 epochs
+    assert optimizer_updates(cpu.replace(sr_warmup_epochs=2, sr_steps=2), 10) == (20 + 60, 30)
 
 
 @pytest.mark.parametrize("mode", ["hashnet-hr", "hashnet-lr", "two-stage"])

@@ -33,8 +33,9 @@ PHASES = {
 
 def mode_phases(preset: Preset) -> list[tuple[str, int]]:
     """The (phase, epochs) schedule of a mode."""
-    if preset.mode == "dsrhn":
-        return [("alternate", preset.epochs)]
+    if preset.mode == "dsrhn":  # optionally from an SRNet first trained by MSE alone, as SRGAN does
+        warmup = preset.sr_warmup_epochs if not preset.srnet_weights else 0  # srnet_weights: done already
+        return ([("sr-mse", warmup)] if warmup else []) + [("alternate", preset.epochs)]
     if preset.mode == "hashnet-hr":
         return [("hash-hr", preset.epochs)]
     if preset.mode == "hashnet-lr":
@@ -52,7 +53,7 @@ class DSRHNTrainer(keras.Model):
         self.preset = preset
         self.srnet = SRNet(preset)
         self.hashnet = HashNet(preset)
-        if preset.srnet_weights:  # validated as two-stage-only by Preset
+        if preset.srnet_weights:  # an MSE-trained SRNet (two-stage, dsrhn), checked by Preset
             if not os.path.exists(preset.srnet_weights):
                 raise FileNotFoundError(f"srnet_weights {preset.srnet_weights} does not exist")
             self.srnet.load_weights(preset.srnet_weights)
@@ -103,13 +104,15 @@ class DSRHNTrainer(keras.Model):
         else:
             query = None
         with tf.GradientTape() as tape:
-            _, v_hr = self.hashnet(hr, training=True)
             if query is None:
+                _, v_hr = self.hashnet(hr, training=True)
                 l_hs = losses.semantic_hash_loss(p.hash_loss, v_hr, labels, p.gamma, p.dch_gamma)
                 l_dis = tf.zeros(())
             else:
-                _, v_q = self.hashnet(query, training=True)
-                v = tf.concat([v_hr, v_q], axis=0)
+                # one forward pass over [HR; query], so batch norm normalises both with the same
+                # statistics and its moving averages describe the mix it is later run on
+                _, v = self.hashnet(tf.concat([hr, query], axis=0), training=True)
+                v_hr, v_q = tf.split(v, 2, axis=0)
                 l_hs = losses.semantic_hash_loss(p.hash_loss, v, tf.concat([labels, labels], 0), p.gamma, p.dch_gamma)
                 l_dis = losses.margin_loss(v_hr, v_q, p.margin)
             loss = losses.hash_loss(l_hs, l_dis, p.alpha)
