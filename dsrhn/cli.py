@@ -68,9 +68,12 @@ def cmd_ingest(args) -> int:
 def _preset(args):
     from dsrhn.config import get_preset, parse_overrides
 
-    return get_preset(args.preset, **{**parse_overrides(args.set), **{k: v for k, v in dict(
-        bits=args.bits, mode=args.mode, hash_loss=args.hash_loss, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size, seed=args.seed, pretrained_weights=args.pretrained_weights).items() if v is not None}})
+    flags = dict(bits=args.bits, mode=args.mode, hash_loss=args.hash_loss, epochs=args.epochs,
+                 steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
+                 pretrained_weights=args.pretrained_weights)
+    overrides = parse_overrides(args.set)
+    overrides.update({k: v for k, v in flags.items() if v is not None})  # a flag given wins over --set
+    return get_preset(args.preset, **overrides)
 
 
 def cmd_train(args) -> int:

@@ -293,8 +293,9 @@ class TrainResult:
 def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1, tensorboard: bool = True,
           steps_per_epoch: int | None = None, stop_after_epochs: int | None = None) -> TrainResult:
     """Train `preset.mode` on the Examples at `examples_uri`, checkpointing each epoch to
-    work_dir/checkpoints and resuming from the latest one there. `stop_after_epochs`
-    ends the run early (as a kill would), for tests."""
+    work_dir/checkpoints and resuming from the latest one there. `stop_after_epochs` ends the
+    run after that many epochs over all phases, as a kill would (tests; the Table 1 benchmark
+    uses it to train only two-stage's stage 1)."""
     keras.utils.set_random_seed(preset.seed)
     info = DatasetInfo.read(examples_uri)
     if (info.hr_size, info.scale) != (preset.hr_size, preset.scale):
