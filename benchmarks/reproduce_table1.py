@@ -3,8 +3,8 @@ embedded multi-label Fashion-MNIST mosaic data, cpu preset.
 
 Rows: HashNet-LR, two-stage SR->hash (the paper's HashNet-SRGAN row), DSRHN, HashNet-HR,
 at 12/24/32/48 bits; queries are LR (HR for HashNet-HR). Every row gets the same number of
-HashNet updates. Stage 1 (SRNet trained by MSE alone, as many updates) does not depend on the
-bit length: it is trained once, frozen by the two-stage rows and the starting SRNet of the DSRHN
+HashNet updates. Stage 1 (SRNet trained by MSE alone, --stage1-steps updates) does not depend
+on the bit length: it is trained once, frozen by the two-stage rows and the starting SRNet of the DSRHN
 rows (the way SRGAN starts from an MSE-trained SRResNet; the paper's HashNet starts from
 ImageNet weights instead, which we cannot download). Table 2 rows: HashNet-LR trained
 with the DPSH, DHN and DCH losses. Prints the tables and the gap closure
@@ -26,11 +26,92 @@ ROWS = [("HashNet-LR", "hashnet-lr"), ("Two-stage SR->hash", "two-stage"), ("DSR
 TABLE2 = [("DCH", "dch"), ("DHN", "dhn"), ("DPSH", "dpsh")]
 
 
+# scheduling order when rows run side by side: the long rows first, so the short ones fill the tail
+PRIORITY = {"stage1": 0, "dsrhn": 1, "two-stage": 2, "hashnet-lr": 3, "hashnet-hr": 4}
+
+
+def train_stage1(examples: str, epochs: int, steps_per_epoch: int, out: str, weights: str) -> dict:
+    """Two-stage's stage 1 (SRNet by MSE alone), saved for the two-stage and DSRHN rows."""
+    import time
+
+    from dsrhn.config import get_preset
+    from trainer.train import train
+
+    t0 = time.time()
+    stage1 = train(examples, get_preset("cpu", mode="two-stage", epochs=epochs, steps_per_epoch=steps_per_epoch),
+                   out, verbose=0, tensorboard=False, stop_after_epochs=epochs)
+    stage1.trainer.srnet.save_weights(weights)
+    return {"seconds": time.time() - t0}
+
+
+def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int) -> dict:
+    """One table cell: train, export and evaluate a preset (in a worker process when --jobs > 1)."""
+    import time
+
+    from components.evaluate import evaluate_model
+    from dsrhn.config import preset_from_dict
+    from trainer.task import train_and_export
+
+    t0 = time.time()
+    summary = train_and_export(examples, preset_from_dict(preset_dict), os.path.join(run_dir, "work"),
+                               os.path.join(run_dir, "model"), verbose=0)
+    report = evaluate_model(os.path.join(run_dir, "model"), examples, os.path.join(run_dir, "eval"),
+                            topk=topk, plots=False)
+    return {"map": report["map"], "map_hr_query": report["hr_query"][f"map@{topk}"],
+            "train_seconds": summary["seconds"], "seconds": time.time() - t0,
+            "sr_quality": report.get("sr_quality")}
+
+
+def _save(results: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+
+
+class Runner:
+    """Runs tasks inline (jobs=1) or up to `jobs` at a time in spawned worker processes."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self.pool = None
+        if jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def run(self, tasks: list, on_done) -> None:
+        """tasks: (priority, name, fn, args, unlocks) with unlocks a list of tasks made ready by
+        this one finishing. on_done(name, result) is called in the main process as each ends."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        ready = sorted(tasks, key=lambda t: t[0])
+        if self.pool is None:
+            while ready:
+                _, name, fn, args, unlocks = ready.pop(0)
+                on_done(name, fn(*args))
+                ready = sorted(ready + unlocks, key=lambda t: t[0])
+            return
+        running = {}
+        while ready or running:
+            while ready and len(running) < self.jobs:
+                task = ready.pop(0)
+                running[self.pool.submit(task[2], *task[3])] = task
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                _, name, _, _, unlocks = running.pop(future)
+                on_done(name, future.result())
+                ready = sorted(ready + unlocks, key=lambda t: t[0])
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/table1")
     ap.add_argument("--bits", default="12,24,32,48")
-    ap.add_argument("--steps", type=int, default=360, help="HashNet updates per run (SRNet gets as many)")
+    ap.add_argument("--steps", type=int, default=360, help="HashNet updates per run")
     ap.add_argument("--epochs", type=int, default=4, help="epochs; steps are split across them")
     ap.add_argument("--n-train", type=int, default=10000)
     ap.add_argument("--n-query", type=int, default=1000)
@@ -38,13 +119,14 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=5000)
     ap.add_argument("--no-table2", action="store_true")
     ap.add_argument("--table2-bits", default="12", help="bit lengths for the DHN/DCH rows")
+    ap.add_argument("--stage1-steps", type=int, default=0, help="SRNet MSE updates of stage 1 (default: 2 x --steps)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs side by side, each in its own process (for machines with more cores; on 2 cores "
+                         "two at a time ran each ~2.05x slower, no gain)")
     args = ap.parse_args()
 
-    from components.evaluate import evaluate_model
     from components.ingest import run_ingest
     from dsrhn.config import LRConfig, get_preset
-    from trainer.task import train_and_export
-    from trainer.train import train
 
     t_start = time.time()
     examples = os.path.join(args.out, "examples")
@@ -57,8 +139,10 @@ def main() -> None:
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
     # cached rows (and run directories, which training resumes from) are reused only when they
     # were made with these settings
+    stage1_steps = args.stage1_steps or 2 * args.steps
     settings = {"steps": args.steps, "epochs": args.epochs, "cpu_preset": get_preset("cpu").to_dict(),
-                "srnet_init": "stage1 (MSE) for two-stage and dsrhn", "hash_batch": "joint [HR; query]"}
+                "srnet_init": "stage1 (MSE) for two-stage and dsrhn", "hash_batch": "joint [HR; query]",
+                "stage1_steps": stage1_steps}
     if results.get("_settings") != settings:
         if results:
             print(f"{results_path} was made with other settings; retraining every row", flush=True)
@@ -69,14 +153,8 @@ def main() -> None:
         results = {"_settings": settings}
     steps_per_epoch = max(1, args.steps // args.epochs)
     stage1_srnet = os.path.join(args.out, "stage1.srnet.weights.h5")
-    if not os.path.exists(stage1_srnet):
-        t0 = time.time()
-        stage1 = train(examples, get_preset("cpu", mode="two-stage", epochs=args.epochs, steps_per_epoch=steps_per_epoch),
-                       os.path.join(args.out, "stage1"), verbose=0, tensorboard=False, stop_after_epochs=args.epochs)
-        stage1.trainer.srnet.save_weights(stage1_srnet)
-        results["stage1_seconds"] = time.time() - t0
-        print(f"stage 1: SRNet by MSE, {args.steps} steps ({time.time() - t0:.0f} s)", flush=True)
     table2_bits = [int(b) for b in args.table2_bits.split(",")] if args.table2_bits else bits_list
+    independent, after_stage1 = [], []
     for bits in bits_list:
         runs = [(name, mode, "dpsh") for name, mode in ROWS]
         if not args.no_table2 and bits in table2_bits:
@@ -88,17 +166,36 @@ def main() -> None:
             preset = get_preset("cpu", mode=mode, hash_loss=loss, bits=bits, epochs=args.epochs,
                                 steps_per_epoch=steps_per_epoch,
                                 srnet_weights=stage1_srnet if mode in ("two-stage", "dsrhn") else None)
-            run_dir = os.path.join(args.out, key.replace("/", "-"))
-            t0 = time.time()
-            summary = train_and_export(examples, preset, os.path.join(run_dir, "work"), os.path.join(run_dir, "model"), verbose=0)
-            report = evaluate_model(os.path.join(run_dir, "model"), examples, os.path.join(run_dir, "eval"),
-                                    topk=args.topk, plots=False)
-            results[key] = {"name": name, "map": report["map"], "map_hr_query": report["hr_query"][f"map@{args.topk}"],
-                            "train_seconds": summary["seconds"], "seconds": time.time() - t0,
-                            "sr_quality": report.get("sr_quality")}
-            json.dump(results, open(results_path, "w"), indent=2)
-            print(f"{name:<20} {loss:<5} {bits:>2} bits  mAP@{args.topk} {report['map']:.4f}  "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+            task = (PRIORITY[mode], (key, name), run_row,
+                    (examples, preset.to_dict(), os.path.join(args.out, key.replace("/", "-")), args.topk), [])
+            (after_stage1 if preset.srnet_weights else independent).append(task)
+    if os.path.exists(stage1_srnet):
+        tasks = independent + after_stage1
+    else:
+        stage1 = (PRIORITY["stage1"], ("stage1", None), train_stage1,
+                  (examples, args.epochs, max(1, stage1_steps // args.epochs), os.path.join(args.out, "stage1"),
+                   stage1_srnet), after_stage1)
+        tasks = [stage1] + independent
+
+    def on_done(task_name, out: dict) -> None:
+        key, name = task_name
+        if key == "stage1":
+            results["stage1_seconds"] = out["seconds"]
+            print(f"stage 1: SRNet by MSE, {stage1_steps} steps ({out['seconds']:.0f} s)", flush=True)
+        else:
+            results[key] = {"name": name, **out}
+            _, loss, bits = key.split("/")
+            print(f"{name:<20} {loss:<5} {bits:>2} bits  mAP@{args.topk} {out['map']:.4f}  ({out['seconds']:.0f} s)",
+                  flush=True)
+        _save(results, results_path)
+
+    runner = Runner(args.jobs)
+    try:
+        runner.run(tasks, on_done)
+    finally:
+        runner.close()
+    results["jobs"] = args.jobs
+    _save(results, results_path)
     print_tables(results, bits_list, args, time.time() - t_start)
     from components.plots import map_vs_bits
 
@@ -120,7 +217,7 @@ def print_tables(results: dict, bits_list: list[int], args, seconds: float) -> N
     sep = "|" + "---|" * (len(bits_list) + 1)
     print(f"\nTable 1 (LR queries; HashNet-HR: HR queries), mAP@{args.topk}, Fashion-MNIST mosaic, cpu preset, "
           f"{args.steps} HashNet steps/run, {platform.node()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
-          f"{seconds / 60:.1f} min")
+          f"{seconds / 60:.1f} min, {args.jobs} run(s) at a time")
     print(head)
     print(sep)
     for name, mode in ROWS:
