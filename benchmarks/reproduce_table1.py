@@ -32,8 +32,6 @@ PRIORITY = {"stage1": 0, "dsrhn": 1, "two-stage": 2, "hashnet-lr": 3, "hashnet-h
 
 def train_stage1(examples: str, epochs: int, steps_per_epoch: int, out: str, weights: str) -> dict:
     """Two-stage's stage 1 (SRNet by MSE alone), saved for the two-stage and DSRHN rows."""
-    import time
-
     from dsrhn.config import get_preset
     from trainer.train import train
 
@@ -46,8 +44,6 @@ def train_stage1(examples: str, epochs: int, steps_per_epoch: int, out: str, wei
 
 def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int) -> dict:
     """One table cell: train, export and evaluate a preset (in a worker process when --jobs > 1)."""
-    import time
-
     from components.evaluate import evaluate_model
     from dsrhn.config import preset_from_dict
     from trainer.task import train_and_export
@@ -122,7 +118,7 @@ def main() -> None:
     ap.add_argument("--stage1-steps", type=int, default=0, help="SRNet MSE updates of stage 1 (default: 2 x --steps)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs side by side, each in its own process (for machines with more cores; on 2 cores "
-                         "two at a time ran each ~2.05x slower, no gain)")
+                         "two at a time ran each ~2.05-2.1x slower, no gain)")
     args = ap.parse_args()
 
     from components.ingest import run_ingest
@@ -136,7 +132,10 @@ def main() -> None:
         print(s.console(), flush=True)
     bits_list = [int(b) for b in args.bits.split(",")]
     results_path = os.path.join(args.out, "results.json")
-    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
     # cached rows (and run directories, which training resumes from) are reused only when they
     # were made with these settings
     stage1_steps = args.stage1_steps or 2 * args.steps
