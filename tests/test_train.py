@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,7 +15,7 @@ from components.evaluate import SavedModelEncoders, encode_split
 from dsrhn.config import get_preset
 from dsrhn.records import read_split, read_split_raw
 from trainer import losses
-from trainer.models import bicubic_upsample
+from trainer.models import PReLU, bicubic_upsample
 from trainer.export import CodeFunctions, export_saved_model, read_metadata
 from trainer.task import train_and_export
 from trainer.train import DSRHNTrainer, mode_phases, optimizer_updates, train
@@ -36,7 +37,7 @@ def test_alternating_steps_update_only_their_side(tiny_preset):
     lr = tf.image.resize(hr, (14, 14), "area")
     labels = tf.constant(np.eye(10)[rng.integers(0, 10, 8)], tf.float32)
     sr0, h0 = _snapshot(trainer.srnet), _snapshot(trainer.hashnet)
-    trainer.sr_step(hr, lr, mse_only=False)  # step A: SRNet only
+    trainer.sr_step(hr, lr, trainer.hashnet(hr)[0])  # step A: SRNet only, L_per against HR features
     sr1, h1 = _snapshot(trainer.srnet), _snapshot(trainer.hashnet)
     assert _same(h0, h1), "HashNet changed during the SRNet step"
     assert not _same(sr0, sr1)
@@ -163,3 +164,23 @@ def test_export_reloads_in_a_fresh_process_with_the_same_codes(mosaic_examples, 
     assert cli.returncode == 0, cli.stderr[-2000:]
     for sig in ("serving_default", "encode_hr", "super_resolve"):
         assert f"signature_def['{sig}']" in cli.stdout
+
+
+def test_prelu_equals_keras_prelu_in_values_and_gradients():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(3, 5, 5, 4)), tf.float32)
+    ours, ref = PReLU(shared_axes=[1, 2]), keras.layers.PReLU(shared_axes=[1, 2])
+    ours.build(x.shape)
+    ref.build(x.shape)
+    alpha = rng.normal(size=(1, 1, 4)).astype(np.float32)
+    ours.set_weights([alpha])
+    ref.set_weights([alpha])
+    grads = []
+    for layer in (ours, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.cos(x))
+        grads.append((y.numpy(), *[g.numpy() for g in tape.gradient(loss, [x, layer.alpha])]))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

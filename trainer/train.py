@@ -77,17 +77,17 @@ class DSRHNTrainer(keras.Model):
         return self.hashnet(self.srnet(lr, training=training), training=training)[1]
 
     # -- step A: SRNet with HashNet frozen
-    def sr_step(self, hr, lr, mse_only: bool):
+    def sr_step(self, hr, lr, f_hr=None):
+        """f_hr: HashNet's last-conv features of hr (fixed while HashNet is frozen); None: MSE only."""
         with tf.GradientTape() as tape:
             sr = self.srnet(lr, training=True)
             l_mse = losses.mse_loss(sr, hr)
-            if mse_only:
+            if f_hr is None:
                 l_per = tf.zeros(())
                 loss = l_mse
             else:
                 f_sr, _ = self.hashnet(sr, training=False)
-                f_hr, _ = self.hashnet(hr, training=False)
-                l_per = losses.perceptual_loss(tf.stop_gradient(f_hr), f_sr)
+                l_per = losses.perceptual_loss(f_hr, f_sr)
                 loss = losses.sr_loss(l_per, l_mse, self.preset.lam)
             scaled = self._scale(self.sr_optimizer, loss / self.replicas)
         variables = self.srnet.trainable_variables
@@ -125,8 +125,9 @@ class DSRHNTrainer(keras.Model):
         step_a, step_b = PHASES[self.phase]
         hr, lr, labels = data["hr"], data["lr"], data["labels"]
         if step_a:
+            f_hr = None if step_a == "sr-mse" else tf.stop_gradient(self.hashnet(hr, training=False)[0])
             for _ in range(self.preset.sr_steps if step_b else 1):
-                self.sr_step(hr, lr, mse_only=step_a == "sr-mse")
+                self.sr_step(hr, lr, f_hr)
         if step_b:
             self.hash_step(hr, lr, labels, step_b)
         return {n: self.trackers[n].result() for n in self._phase_metrics()}
