@@ -12,10 +12,12 @@ with the DPSH, DHN and DCH losses. Prints the tables and the gap closure
 
     python benchmarks/reproduce_table1.py                 # defaults: 18 runs, 360 steps each
     python benchmarks/reproduce_table1.py --steps 40 --bits 12 --no-table2   # smoke run
+    python benchmarks/reproduce_table1.py --seeds 3 --jobs 8   # mean of 3 seeds per cell (more cores)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -56,6 +58,33 @@ def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int) -> dict:
     return {"map": report["map"], "map_hr_query": report["hr_query"][f"map@{topk}"],
             "train_seconds": summary["seconds"], "seconds": time.time() - t0,
             "sr_quality": report.get("sr_quality")}
+
+
+def cell(results: dict, mode: str, loss: str, bits: int, field: str = "map") -> list[float]:
+    """A table cell's values over the seeds run so far (keys mode/loss/bits/seedN)."""
+    prefix = f"{mode}/{loss}/{bits}/seed"
+    return [v[field] for k, v in sorted(results.items()) if k.startswith(prefix)]
+
+
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def fmt(values: list[float], signed: bool = False) -> str:
+    """Mean, with the spread (max - min) when there are several seeds."""
+    if not values:
+        return "  -   "
+    text = f"{mean(values):+.4f}" if signed else f"{mean(values):.4f}"
+    return text + (f" ±{(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else "")
+
+
+def gap_closure(results: dict, bits: int) -> str:
+    g = {m: mean(cell(results, m, "dpsh", bits)) for m in ("hashnet-lr", "dsrhn", "hashnet-hr")}
+    if None in g.values():
+        return "  -   "
+    denom = g["hashnet-hr"] - g["hashnet-lr"]
+    # undefined when HashNet-HR does not beat HashNet-LR (no gap to close)
+    return f"{(g['dsrhn'] - g['hashnet-lr']) / denom:.3f}" if denom > 1e-9 else "n/a (HR<=LR)"
 
 
 def _save(results: dict, path: str) -> None:
@@ -113,6 +142,8 @@ def main() -> None:
     ap.add_argument("--n-query", type=int, default=1000)
     ap.add_argument("--n-gallery", type=int, default=10000)
     ap.add_argument("--topk", type=int, default=5000)
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="runs per cell with seeds 0..N-1; the tables show the means (± half the spread)")
     ap.add_argument("--no-table2", action="store_true")
     ap.add_argument("--table2-bits", default="12", help="bit lengths for the DHN/DCH rows")
     ap.add_argument("--stage1-steps", type=int, default=0, help="SRNet MSE updates of stage 1 (default: 2 x --steps)")
@@ -141,7 +172,7 @@ def main() -> None:
     stage1_steps = args.stage1_steps or 2 * args.steps
     settings = {"steps": args.steps, "epochs": args.epochs, "cpu_preset": get_preset("cpu").to_dict(),
                 "srnet_init": "stage1 (MSE) for two-stage and dsrhn", "hash_batch": "joint [HR; query]",
-                "stage1_steps": stage1_steps}
+                "stage1_steps": stage1_steps, "keys": "mode/loss/bits/seedN"}
     if results.get("_settings") != settings:
         if results:
             print(f"{results_path} was made with other settings; retraining every row", flush=True)
@@ -158,12 +189,12 @@ def main() -> None:
         runs = [(name, mode, "dpsh") for name, mode in ROWS]
         if not args.no_table2 and bits in table2_bits:
             runs += [(name, "hashnet-lr", loss) for name, loss in TABLE2 if loss != "dpsh"]
-        for name, mode, loss in runs:
-            key = f"{mode}/{loss}/{bits}"
+        for (name, mode, loss), seed in itertools.product(runs, range(args.seeds)):
+            key = f"{mode}/{loss}/{bits}/seed{seed}"
             if key in results:
                 continue
             preset = get_preset("cpu", mode=mode, hash_loss=loss, bits=bits, epochs=args.epochs,
-                                steps_per_epoch=steps_per_epoch,
+                                steps_per_epoch=steps_per_epoch, seed=seed,
                                 srnet_weights=stage1_srnet if mode in ("two-stage", "dsrhn") else None)
             task = (PRIORITY[mode], (key, name), run_row,
                     (examples, preset.to_dict(), os.path.join(args.out, key.replace("/", "-")), args.topk), [])
@@ -183,9 +214,9 @@ def main() -> None:
             print(f"stage 1: SRNet by MSE, {stage1_steps} steps ({out['seconds']:.0f} s)", flush=True)
         else:
             results[key] = {"name": name, **out}
-            _, loss, bits = key.split("/")
-            print(f"{name:<20} {loss:<5} {bits:>2} bits  mAP@{args.topk} {out['map']:.4f}  ({out['seconds']:.0f} s)",
-                  flush=True)
+            _, loss, bits, seed = key.split("/")
+            print(f"{name:<20} {loss:<5} {bits:>2} bits {seed:<6} mAP@{args.topk} {out['map']:.4f}  "
+                  f"({out['seconds']:.0f} s)", flush=True)
         _save(results, results_path)
 
     runner = Runner(args.jobs)
@@ -198,45 +229,36 @@ def main() -> None:
     print_tables(results, bits_list, args, time.time() - t_start)
     from components.plots import map_vs_bits
 
-    rows = {name: {b: results[f"{mode}/dpsh/{b}"]["map"] for b in bits_list if f"{mode}/dpsh/{b}" in results}
-            for name, mode in ROWS}
+    runs = [(name, mode, "dpsh") for name, mode in ROWS]
     if not args.no_table2:
-        rows.update({name: {b: results[f"hashnet-lr/{loss}/{b}"]["map"] for b in bits_list
-                            if f"hashnet-lr/{loss}/{b}" in results} for name, loss in TABLE2 if loss != "dpsh"})
+        runs += [(name, "hashnet-lr", loss) for name, loss in TABLE2 if loss != "dpsh"]
+    rows = {name: {b: mean(cell(results, mode, loss, b)) for b in bits_list if cell(results, mode, loss, b)}
+            for name, mode, loss in runs}
     map_vs_bits(rows, os.path.join(args.out, "map_vs_bits.png"), f"mAP@{args.topk} vs bits (LR queries)")
     print(f"plot: {os.path.join(args.out, 'map_vs_bits.png')}")
 
 
 def print_tables(results: dict, bits_list: list[int], args, seconds: float) -> None:
     def row(name, mode, loss="dpsh"):
-        vals = [results.get(f"{mode}/{loss}/{b}", {}).get("map") for b in bits_list]
-        return f"| {name:<20} | " + " | ".join(f"{v:.4f}" if v is not None else "  -   " for v in vals) + " |"
+        return f"| {name:<20} | " + " | ".join(fmt(cell(results, mode, loss, b)) for b in bits_list) + " |"
 
     head = "| method               | " + " | ".join(f"{b} bits" for b in bits_list) + " |"
     sep = "|" + "---|" * (len(bits_list) + 1)
     print(f"\nTable 1 (LR queries; HashNet-HR: HR queries), mAP@{args.topk}, Fashion-MNIST mosaic, cpu preset, "
           f"{args.steps} HashNet steps/run, {platform.node()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
-          f"{seconds / 60:.1f} min, {args.jobs} run(s) at a time")
+          f"{seconds / 60:.1f} min, {args.jobs} run(s) at a time, seeds 0..{args.seeds - 1}")
     print(head)
     print(sep)
     for name, mode in ROWS:
         print(row(name, mode))
-    gaps = []
-    for b in bits_list:
-        g = {m: results.get(f"{m}/dpsh/{b}", {}).get("map") for m in ("hashnet-lr", "dsrhn", "hashnet-hr")}
-        if None in g.values():
-            gaps.append("  -   ")
-        else:
-            denom = g["hashnet-hr"] - g["hashnet-lr"]
-            # undefined when HashNet-HR does not beat HashNet-LR (no gap to close)
-            gaps.append(f"{(g['dsrhn'] - g['hashnet-lr']) / denom:.3f}" if denom > 1e-9 else "n/a (HR<=LR)")
-    print("| gap closure          | " + " | ".join(gaps) + " |")
+    print("| gap closure          | " + " | ".join(gap_closure(results, b) for b in bits_list) + " |")
     print(f"\nLR penalty: mAP@{args.topk} of the same model with HR queries minus with LR queries (gallery HR)")
     print(head)
     print(sep)
     for name, mode in ROWS[:3]:
-        vals = [results.get(f"{mode}/dpsh/{b}") for b in bits_list]
-        print(f"| {name:<20} | " + " | ".join(f"{v['map_hr_query'] - v['map']:+.4f}" if v else "  -   " for v in vals) + " |")
+        penalty = [[h - q for h, q in zip(cell(results, mode, "dpsh", b, "map_hr_query"), cell(results, mode, "dpsh", b))]
+                   for b in bits_list]
+        print(f"| {name:<20} | " + " | ".join(fmt(v, signed=True) for v in penalty) + " |")
     if not args.no_table2:
         print(f"\nTable 2 (LR queries, no SR), mAP@{args.topk}")
         print(head)

@@ -44,3 +44,19 @@ def test_process_runner_runs_every_task_once_after_its_dependency(bench):
     assert sorted(done) == sorted([("stage1", 32), ("dsrhn", 12), ("two-stage", 7), ("lr", 4), ("hr", 7)])
     names = [n for n, _ in done]
     assert names.index("stage1") < names.index("dsrhn") and names.index("stage1") < names.index("two-stage")
+
+
+def test_cells_average_seeds_and_gap_closure_uses_the_means(bench):
+    results = {"_settings": {}}
+    for seed, (lr, ds, hr) in enumerate([(0.70, 0.76, 0.80), (0.72, 0.80, 0.82)]):
+        for mode, value in (("hashnet-lr", lr), ("dsrhn", ds), ("hashnet-hr", hr)):
+            results[f"{mode}/dpsh/12/seed{seed}"] = {"map": value, "map_hr_query": value + 0.01}
+    assert bench.cell(results, "dsrhn", "dpsh", 12) == [0.76, 0.80]
+    assert bench.cell(results, "dsrhn", "dpsh", 24) == []
+    assert bench.fmt([0.76, 0.80]) == "0.7800 ±0.0200"
+    assert bench.fmt([0.7]) == "0.7000" and bench.fmt([]).strip() == "-"
+    # means: LR 0.71, DSRHN 0.78, HR 0.81 -> (0.78 - 0.71) / (0.81 - 0.71) = 0.7
+    assert bench.gap_closure(results, 12) == "0.700"
+    assert bench.gap_closure(results, 24).strip() == "-"
+    results["hashnet-hr/dpsh/12/seed1"]["map"] = 0.60  # HR mean below LR: no gap to close
+    assert bench.gap_closure(results, 12).startswith("n/a")
