@@ -60,6 +60,12 @@ def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int) -> dict:
             "sr_quality": report.get("sr_quality")}
 
 
+def table_runs(table2: bool) -> list[tuple[str, str, str]]:
+    """(row name, mode, hash loss) of the Table 1 rows, plus the DCH/DHN rows of Table 2 when asked."""
+    runs = [(name, mode, "dpsh") for name, mode in ROWS]
+    return runs + ([(name, "hashnet-lr", loss) for name, loss in TABLE2 if loss != "dpsh"] if table2 else [])
+
+
 def cell(results: dict, mode: str, loss: str, bits: int, field: str = "map") -> list[float]:
     """A table cell's values over the seeds run so far (keys mode/loss/bits/seedN)."""
     prefix = f"{mode}/{loss}/{bits}/seed"
@@ -186,9 +192,7 @@ def main() -> None:
     table2_bits = [int(b) for b in args.table2_bits.split(",")] if args.table2_bits else bits_list
     independent, after_stage1 = [], []
     for bits in bits_list:
-        runs = [(name, mode, "dpsh") for name, mode in ROWS]
-        if not args.no_table2 and bits in table2_bits:
-            runs += [(name, "hashnet-lr", loss) for name, loss in TABLE2 if loss != "dpsh"]
+        runs = table_runs(not args.no_table2 and bits in table2_bits)
         for (name, mode, loss), seed in itertools.product(runs, range(args.seeds)):
             key = f"{mode}/{loss}/{bits}/seed{seed}"
             if key in results:
@@ -229,11 +233,9 @@ def main() -> None:
     print_tables(results, bits_list, args, time.time() - t_start)
     from components.plots import map_vs_bits
 
-    runs = [(name, mode, "dpsh") for name, mode in ROWS]
-    if not args.no_table2:
-        runs += [(name, "hashnet-lr", loss) for name, loss in TABLE2 if loss != "dpsh"]
-    rows = {name: {b: mean(cell(results, mode, loss, b)) for b in bits_list if cell(results, mode, loss, b)}
-            for name, mode, loss in runs}
+    means = {name: {b: mean(cell(results, mode, loss, b)) for b in bits_list}
+             for name, mode, loss in table_runs(not args.no_table2)}
+    rows = {name: {b: m for b, m in by_bits.items() if m is not None} for name, by_bits in means.items()}
     map_vs_bits(rows, os.path.join(args.out, "map_vs_bits.png"), f"mAP@{args.topk} vs bits (LR queries)")
     print(f"plot: {os.path.join(args.out, 'map_vs_bits.png')}")
 
