@@ -25,16 +25,18 @@ def _tasks():
             (3, "lr", operator.floordiv, (9, 2), [])]
 
 
-def test_inline_runner_honours_priority_and_dependencies(bench):
+def test_one_worker_honours_priority_and_dependencies(bench):
     done = []
     runner = bench.Runner(jobs=1)
-    runner.run(_tasks(), lambda name, result: done.append((name, result)))
-    runner.close()
+    try:
+        runner.run(_tasks(), lambda name, result: done.append((name, result)))
+    finally:
+        runner.close()
     # stage1 first; the rows it unlocks outrank the lower-priority rows already waiting
     assert done == [("stage1", 32), ("dsrhn", 12), ("two-stage", 7), ("lr", 4), ("hr", 7)]
 
 
-def test_process_runner_runs_every_task_once_after_its_dependency(bench):
+def test_two_workers_run_every_task_once_after_its_dependency(bench):
     done = []
     runner = bench.Runner(jobs=2)
     try:
@@ -44,6 +46,16 @@ def test_process_runner_runs_every_task_once_after_its_dependency(bench):
     assert sorted(done) == sorted([("stage1", 32), ("dsrhn", 12), ("two-stage", 7), ("lr", 4), ("hr", 7)])
     names = [n for n, _ in done]
     assert names.index("stage1") < names.index("dsrhn") and names.index("stage1") < names.index("two-stage")
+
+
+def test_every_task_runs_in_a_fresh_process(bench):
+    pids = []
+    runner = bench.Runner(jobs=1)
+    try:
+        runner.run([(i, f"t{i}", os.getpid, (), []) for i in range(3)], lambda name, pid: pids.append(pid))
+    finally:
+        runner.close()
+    assert len(set(pids)) == 3 and os.getpid() not in pids
 
 
 def test_cells_average_seeds_and_gap_closure_uses_the_means(bench):

@@ -18,7 +18,7 @@ from trainer import losses
 from trainer.models import PReLU, bicubic_upsample
 from trainer.export import CodeFunctions, export_saved_model, read_metadata
 from trainer.task import train_and_export
-from trainer.train import DSRHNTrainer, mode_phases, optimizer_updates, train
+from trainer.train import DSRHNTrainer, mode_phases, optimizer_updates, sr_learning_rate, train
 
 
 def _snapshot(model):
@@ -119,6 +119,23 @@ def test_phase_schedules_of_the_modes():
     assert mode_phases(cpu.replace(mode="hashnet-lr")) == [("hash-bicubic", 3)]
     # SRNet: 2 warm-up epochs + 3 alternating epochs x 2 updates; HashNet: 3 epochs
     assert optimizer_updates(cpu.replace(sr_warmup_epochs=2, sr_steps=2), 10) == (20 + 60, 30)
+
+
+def test_srnet_fine_tunes_at_its_own_rate_after_an_mse_start():
+    cpu = get_preset("cpu", epochs=3, sr_lr=2e-3, sr_finetune_lr=5e-4)
+    rate = lambda preset, step: float(sr_learning_rate(preset, 10)(step))  # noqa: E731
+    assert sr_learning_rate(cpu, 10) == 2e-3  # dsrhn from a random SRNet: one rate
+    assert sr_learning_rate(cpu.replace(mode="two-stage"), 10) == 2e-3  # stage 1 is MSE training
+    assert sr_learning_rate(cpu.replace(sr_finetune_lr=0.0, srnet_weights="s.h5"), 10) == 2e-3  # 0: sr_lr
+    loaded = cpu.replace(srnet_weights="stage1.weights.h5")
+    assert [rate(loaded, s) for s in (0, 29)] == pytest.approx([5e-4, 5e-4])
+    warm = cpu.replace(sr_warmup_epochs=2)  # 20 MSE updates, then 30 alternating ones
+    assert [rate(warm, s) for s in (0, 19, 20, 49)] == pytest.approx([2e-3, 2e-3, 5e-4, 5e-4])
+    # cosine: each piece decays to 0 over its own updates
+    cos = warm.replace(lr_decay="cosine")
+    assert [rate(cos, s) for s in (0, 10, 20, 35, 50)] == pytest.approx([2e-3, 1e-3, 5e-4, 2.5e-4, 0.0], abs=1e-9)
+    with pytest.raises(ValueError, match="sr_finetune_lr"):
+        cpu.replace(sr_finetune_lr=-1.0)
 
 
 @pytest.mark.parametrize("mode", ["hashnet-hr", "hashnet-lr", "two-stage"])

@@ -8,6 +8,7 @@ land on their HR gallery neighbours in Hamming space.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from dsrhn.config import Preset
 from dsrhn.records import DatasetInfo, read_split
@@ -57,8 +59,8 @@ class DSRHNTrainer(keras.Model):
             if not os.path.exists(preset.srnet_weights):
                 raise FileNotFoundError(f"srnet_weights {preset.srnet_weights} does not exist")
             self.srnet.load_weights(preset.srnet_weights)
-        sr_updates, hash_updates = optimizer_updates(preset, steps_per_epoch)
-        self.sr_optimizer = _maybe_loss_scale(keras.optimizers.Adam(_learning_rate(preset, preset.sr_lr, sr_updates)), preset)
+        _, hash_updates = optimizer_updates(preset, steps_per_epoch)
+        self.sr_optimizer = _maybe_loss_scale(keras.optimizers.Adam(sr_learning_rate(preset, steps_per_epoch)), preset)
         self.hash_optimizer = _maybe_loss_scale(_hash_optimizer(preset, hash_updates), preset)
         self.phase = "alternate"
         self.replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -164,6 +166,40 @@ def _learning_rate(preset: Preset, base: float, updates: int):
     if preset.lr_decay == "cosine" and updates > 0:
         return keras.optimizers.schedules.CosineDecay(base, decay_steps=updates)
     return base
+
+
+class PhaseRates(keras.optimizers.schedules.LearningRateSchedule):
+    """`first` for the first `boundary` updates, `second` for the rest of `total`; with cosine=True each
+    piece decays to 0 over its own updates. It reads the optimizer's iteration counter, so a resumed
+    run gets the same rates."""
+
+    def __init__(self, boundary: int, first: float, second: float, total: int, cosine: bool = False):
+        self.boundary, self.first, self.second, self.total, self.cosine = boundary, first, second, total, cosine
+
+    def _piece(self, base: float, step, updates: int):
+        if not self.cosine:
+            return base * ops.ones_like(step)
+        return base * 0.5 * (1.0 + ops.cos(math.pi * ops.minimum(step, updates) / max(updates, 1)))
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        return ops.where(step < self.boundary, self._piece(self.first, step, self.boundary),
+                         self._piece(self.second, step - self.boundary, self.total - self.boundary))
+
+    def get_config(self) -> dict:
+        return {"boundary": self.boundary, "first": self.first, "second": self.second, "total": self.total,
+                "cosine": self.cosine}
+
+
+def sr_learning_rate(preset: Preset, steps_per_epoch: int):
+    """SRNet's Adam rate: sr_lr, except that dsrhn's alternating phase fine-tunes an SRNet that started
+    MSE-trained (srnet_weights or sr_warmup_epochs) at sr_finetune_lr, when that is set."""
+    updates, _ = optimizer_updates(preset, steps_per_epoch)
+    mse_start = preset.mode == "dsrhn" and bool(preset.srnet_weights or preset.sr_warmup_epochs)
+    if not (mse_start and preset.sr_finetune_lr):
+        return _learning_rate(preset, preset.sr_lr, updates)
+    warmup = sum(epochs for phase, epochs in mode_phases(preset) if phase == "sr-mse") * steps_per_epoch
+    return PhaseRates(warmup, preset.sr_lr, preset.sr_finetune_lr, updates, cosine=preset.lr_decay == "cosine")
 
 
 def _hash_optimizer(preset: Preset, updates: int = 0) -> keras.optimizers.Optimizer:
