@@ -8,7 +8,6 @@ land on their HR gallery neighbours in Hamming space.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -169,37 +168,37 @@ def _learning_rate(preset: Preset, base: float, updates: int):
 
 
 class PhaseRates(keras.optimizers.schedules.LearningRateSchedule):
-    """`first` for the first `boundary` updates, `second` for the rest of `total`; with cosine=True each
-    piece decays to 0 over its own updates. It reads the optimizer's iteration counter, so a resumed
-    run gets the same rates."""
+    """`first` for the first `boundary` updates, then `second` counted from the boundary; each a
+    constant or a schedule (what `_learning_rate` returns). It reads the optimizer's iteration
+    counter, so a resumed run gets the same rates."""
 
-    def __init__(self, boundary: int, first: float, second: float, total: int, cosine: bool = False):
-        self.boundary, self.first, self.second, self.total, self.cosine = boundary, first, second, total, cosine
+    def __init__(self, boundary: int, first, second):
+        self.boundary, self.first, self.second = boundary, first, second
 
-    def _piece(self, base: float, step, updates: int):
-        if not self.cosine:
-            return base * ops.ones_like(step)
-        return base * 0.5 * (1.0 + ops.cos(math.pi * ops.minimum(step, updates) / max(updates, 1)))
+    @staticmethod
+    def _rate(rate, step):
+        return rate(step) if callable(rate) else rate * ops.ones_like(step)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        return ops.where(step < self.boundary, self._piece(self.first, step, self.boundary),
-                         self._piece(self.second, step - self.boundary, self.total - self.boundary))
+        return ops.where(step < self.boundary, self._rate(self.first, step),
+                         self._rate(self.second, step - self.boundary))
 
     def get_config(self) -> dict:
-        return {"boundary": self.boundary, "first": self.first, "second": self.second, "total": self.total,
-                "cosine": self.cosine}
+        return {"boundary": self.boundary, "first": self.first, "second": self.second}
 
 
 def sr_learning_rate(preset: Preset, steps_per_epoch: int):
     """SRNet's Adam rate: sr_lr, except that dsrhn's alternating phase fine-tunes an SRNet that started
-    MSE-trained (srnet_weights or sr_warmup_epochs) at sr_finetune_lr, when that is set."""
+    MSE-trained (srnet_weights or sr_warmup_epochs) at sr_finetune_lr, when that is set; with
+    lr_decay=cosine each part decays over its own updates."""
     updates, _ = optimizer_updates(preset, steps_per_epoch)
     mse_start = preset.mode == "dsrhn" and bool(preset.srnet_weights or preset.sr_warmup_epochs)
     if not (mse_start and preset.sr_finetune_lr):
         return _learning_rate(preset, preset.sr_lr, updates)
     warmup = sum(epochs for phase, epochs in mode_phases(preset) if phase == "sr-mse") * steps_per_epoch
-    return PhaseRates(warmup, preset.sr_lr, preset.sr_finetune_lr, updates, cosine=preset.lr_decay == "cosine")
+    return PhaseRates(warmup, _learning_rate(preset, preset.sr_lr, warmup),
+                      _learning_rate(preset, preset.sr_finetune_lr, updates - warmup))
 
 
 def _hash_optimizer(preset: Preset, updates: int = 0) -> keras.optimizers.Optimizer:
