@@ -17,6 +17,7 @@ with the DPSH, DHN and DCH losses. Prints the tables and the gap closure
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -46,7 +47,7 @@ def train_stage1(examples: str, epochs: int, steps_per_epoch: int, out: str, wei
 
 def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int) -> dict:
     """One table cell: train, export and evaluate a preset (in a fresh worker process)."""
-    from components.evaluate import evaluate_model
+    from components.evaluate import AP_FILE, evaluate_model
     from dsrhn.config import preset_from_dict
     from trainer.task import train_and_export
 
@@ -54,10 +55,10 @@ def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int) -> dict:
     summary = train_and_export(examples, preset_from_dict(preset_dict), os.path.join(run_dir, "work"),
                                os.path.join(run_dir, "model"), verbose=0)
     report = evaluate_model(os.path.join(run_dir, "model"), examples, os.path.join(run_dir, "eval"),
-                            topk=topk, plots=False)
+                            topk=topk, plots=False, curves=False)
     return {"map": report["map"], "map_hr_query": report["hr_query"][f"map@{topk}"],
             "train_seconds": summary["seconds"], "seconds": time.time() - t0,
-            "sr_quality": report.get("sr_quality")}
+            "sr_quality": report.get("sr_quality"), "ap_file": os.path.join(run_dir, "eval", AP_FILE)}
 
 
 def table_runs(table2: bool) -> list[tuple[str, str, str]]:
@@ -84,13 +85,35 @@ def fmt(values: list[float], signed: bool = False) -> str:
     return text + (f" ±{(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else "")
 
 
-def gap_closure(results: dict, bits: int) -> str:
-    g = {m: mean(cell(results, m, "dpsh", bits)) for m in ("hashnet-lr", "dsrhn", "hashnet-hr")}
-    if None in g.values():
+def query_aps(results: dict, mode: str, bits: int):
+    """A cell's per-query AP@topk (its queries' input), averaged over its seeds; None if not recorded."""
+    import numpy as np
+
+    files = cell(results, mode, "dpsh", bits, "ap_file") if all(
+        "ap_file" in v for k, v in results.items() if k.startswith(f"{mode}/dpsh/{bits}/seed")) else []
+    if not files or not all(os.path.exists(f) for f in files):
+        return None
+    return np.mean([np.load(f)["lr_query"] for f in files], axis=0)
+
+
+def gap_closure(results: dict, bits: int) -> dict | None:
+    """(DSRHN - HashNet-LR) / (HashNet-HR - HashNet-LR) with a 90% paired bootstrap interval over the
+    queries (all rows are evaluated on the same queries), or None while a row is missing."""
+    from components.metrics import gap_closure_interval
+
+    aps = [query_aps(results, m, bits) for m in ("hashnet-lr", "dsrhn", "hashnet-hr")]
+    if any(a is None for a in aps):
+        return None
+    return gap_closure_interval(*aps)
+
+
+def fmt_closure(c: dict | None) -> str:
+    if c is None:
         return "  -   "
-    denom = g["hashnet-hr"] - g["hashnet-lr"]
-    # undefined when HashNet-HR does not beat HashNet-LR (no gap to close)
-    return f"{(g['dsrhn'] - g['hashnet-lr']) / denom:.3f}" if denom > 1e-9 else "n/a (HR<=LR)"
+    if c["closure"] is None:
+        return "n/a (HR<=LR)"
+    lo_hi = "[" + ", ".join(f"{x:.2f}" for x in c["closure_interval"]) + "]" if c["closure_interval"] else ""
+    return f"{c['closure']:.3f} {lo_hi}"
 
 
 def _save(results: dict, path: str) -> None:
@@ -138,8 +161,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=360, help="HashNet updates per run")
     ap.add_argument("--epochs", type=int, default=4, help="epochs; steps are split across them")
     ap.add_argument("--n-train", type=int, default=10000)
-    ap.add_argument("--n-query", type=int, default=1000)
+    ap.add_argument("--n-query", type=int, default=5000, help="query mosaics (MS-COCO protocol: 5,000)")
     ap.add_argument("--n-gallery", type=int, default=10000)
+    ap.add_argument("--lr-blur", type=float, default=2.0,
+                    help="Gaussian blur sigma (HR pixels) before the x4 bicubic downsampling that makes the LR "
+                         "partners (0: bicubic only)")
     ap.add_argument("--topk", type=int, default=5000)
     ap.add_argument("--seeds", type=int, default=1,
                     help="runs per cell with seeds 0..N-1; the tables show the means (± half the spread)")
@@ -156,10 +182,18 @@ def main() -> None:
 
     t_start = time.time()
     examples = os.path.join(args.out, "examples")
-    if not os.path.exists(os.path.join(examples, "dsrhn_dataset.json")):
-        s = run_ingest({"kind": "fashion-mnist-mosaic", "n_train": args.n_train, "n_query": args.n_query,
-                        "n_gallery": args.n_gallery}, examples, 56, LRConfig(scale=4))
+    source = {"kind": "fashion-mnist-mosaic", "n_train": args.n_train, "n_query": args.n_query,
+              "n_gallery": args.n_gallery}
+    lr_config = LRConfig(scale=4, blur_sigma=args.lr_blur)
+    ingest = {"source": source, "hr_size": 56, "lr": dataclasses.asdict(lr_config)}
+    ingest_record = os.path.join(args.out, "ingest.json")  # what examples/ was made from
+    made_from = json.load(open(ingest_record)) if os.path.exists(ingest_record) else None
+    if made_from != ingest or not os.path.exists(os.path.join(examples, "dsrhn_dataset.json")):
+        shutil.rmtree(examples, ignore_errors=True)
+        s = run_ingest(source, examples, 56, lr_config)
         print(s.console(), flush=True)
+        with open(ingest_record, "w") as f:
+            json.dump(ingest, f)
     bits_list = [int(b) for b in args.bits.split(",")]
     results_path = os.path.join(args.out, "results.json")
     results = {}
@@ -171,12 +205,12 @@ def main() -> None:
     stage1_steps = args.stage1_steps or 2 * args.steps
     settings = {"steps": args.steps, "epochs": args.epochs, "cpu_preset": get_preset("cpu").to_dict(),
                 "srnet_init": "stage1 (MSE) for two-stage and dsrhn", "hash_batch": "joint [HR; query]",
-                "stage1_steps": stage1_steps, "keys": "mode/loss/bits/seedN"}
+                "stage1_steps": stage1_steps, "keys": "mode/loss/bits/seedN", "ingest": ingest}
     if results.get("_settings") != settings:
         if results:
             print(f"{results_path} was made with other settings; retraining every row", flush=True)
         for name in os.listdir(args.out):
-            if name != "examples":
+            if name not in ("examples", "ingest.json"):
                 path = os.path.join(args.out, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         results = {"_settings": settings}
@@ -222,8 +256,8 @@ def main() -> None:
     finally:
         runner.close()
     results["jobs"] = args.jobs
+    print_tables(results, bits_list, args, time.time() - t_start)  # also records the gap closures
     _save(results, results_path)
-    print_tables(results, bits_list, args, time.time() - t_start)
     from components.plots import map_vs_bits
 
     means = {name: {b: mean(cell(results, mode, loss, b)) for b in bits_list}
@@ -246,7 +280,15 @@ def print_tables(results: dict, bits_list: list[int], args, seconds: float) -> N
     print(sep)
     for name, mode in ROWS:
         print(row(name, mode))
-    print("| gap closure          | " + " | ".join(gap_closure(results, b) for b in bits_list) + " |")
+    closures = {b: gap_closure(results, b) for b in bits_list}
+    print("| gap closure [90% CI] | " + " | ".join(fmt_closure(closures[b]) for b in bits_list) + " |")
+    print("| HR - LR gap [90% CI] | " + " | ".join(
+        f"{c['gap']:+.4f} [{c['gap_interval'][0]:+.4f}, {c['gap_interval'][1]:+.4f}]" if c else "  -   "
+        for c in closures.values()) + " |")
+    print(f"| P(closure >= 0.97)   | " + " | ".join(f"{c['p_goal']:.2f}" if c else "  -   " for c in closures.values()) + " |")
+    results["gap_closure"] = {str(b): c for b, c in closures.items()}
+    print("(paired bootstrap over the queries, 2000 resamples: how far the query sample alone moves the "
+          "closure; seed-to-seed variation of training is not in it, `--seeds N` averages that)")
     print(f"\nLR penalty: mAP@{args.topk} of the same model with HR queries minus with LR queries (gallery HR)")
     print(head)
     print(sep)

@@ -16,6 +16,7 @@ import numpy as np
 from components import metrics
 from dsrhn.records import DatasetInfo, read_split_raw
 
+AP_FILE = "per_query_ap.npz"  # per-query AP@topk (lr_query, hr_query) and query ids, in query order
 Encoder = Callable[[np.ndarray], np.ndarray]  # batch of encoded image bytes -> packed codes
 
 
@@ -66,16 +67,22 @@ class SavedModelEncoders:
         return self._sr(images=images)["sr"].numpy()
 
 
-def retrieval_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int) -> dict:
+def retrieval_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, curves: bool = True) -> dict:
+    """mAP@topk (both empty-query conventions), then mAP@all and the curves unless `curves` is False;
+    "ap" holds the per-query AP@topk (empty queries 0) for paired comparisons between models (not
+    written to report.json)."""
     t0 = time.time()
+    ap, n_rel = metrics.average_precisions(q.codes, g.codes, q.labels, g.labels, topk)
     out = {
-        f"map@{topk}": metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, topk, "zero"),
-        f"map@{topk}_skip_empty": metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, topk, "skip"),
-        "map@all": metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, None, "zero"),
+        f"map@{topk}": float(ap.mean()),
+        f"map@{topk}_skip_empty": float(ap[n_rel > 0].mean()) if (n_rel > 0).any() else 0.0,
     }
-    out["curves"] = asdict(metrics.retrieval_curves(q.codes, g.codes, q.labels, g.labels, bits))
-    out["precision_radius2"] = out["curves"]["precision_radius2"]
+    if curves:
+        out["map@all"] = metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, None, "zero")
+        out["curves"] = asdict(metrics.retrieval_curves(q.codes, g.codes, q.labels, g.labels, bits))
+        out["precision_radius2"] = out["curves"]["precision_radius2"]
     out["metric_seconds"] = time.time() - t0
+    out["ap"] = ap
     return out
 
 
@@ -99,8 +106,9 @@ def sr_quality(examples_uri: str, enc: SavedModelEncoders, info: DatasetInfo, n:
 
 
 def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 5000, plots: bool = True,
-                   batch_size: int = 256) -> dict:
-    """Evaluate the SavedModel at model_dir; write report.json / report.md / *.png to out_dir."""
+                   batch_size: int = 256, curves: bool = True) -> dict:
+    """Evaluate the SavedModel at model_dir; write report.json / report.md / *.png to out_dir.
+    curves=False: mAP@topk only (no mAP@all, PR or precision@n curves, hence no plots)."""
     info = DatasetInfo.read(examples_uri)
     enc = SavedModelEncoders(model_dir)
     bits = int(enc.meta["bits"])
@@ -112,19 +120,21 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     report = {
         "model": model_dir, "examples": examples_uri, "mode": enc.meta["mode"], "bits": bits, "topk": topk,
         "queries": len(q.ids), "gallery": len(g.ids), "query_input": enc.query_field,
-        "lr_query": retrieval_numbers(q, g, bits, topk),
-        "hr_query": retrieval_numbers(q_hr, g, bits, topk),
+        "lr_query": retrieval_numbers(q, g, bits, topk, curves),
+        "hr_query": retrieval_numbers(q_hr, g, bits, topk, curves),
         "encode_seconds": encode_seconds,
     }
     report["map"] = report["lr_query"][f"map@{topk}"]
+    os.makedirs(out_dir, exist_ok=True)
+    np.savez(os.path.join(out_dir, AP_FILE), ids=np.array(q.ids), lr_query=report["lr_query"].pop("ap"),
+             hr_query=report["hr_query"].pop("ap"))
     if enc.meta["mode"] in ("dsrhn", "two-stage", "hashnet-lr"):
         report["sr_quality"] = sr_quality(examples_uri, enc, info)
-    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(markdown_summary(report))
-    if plots:
+    if plots and curves:
         from components import plots as plotting
 
         plotting.write_plots(report, out_dir)
@@ -140,8 +150,8 @@ def markdown_summary(report: dict) -> str:
              "", f"{report['queries']} queries, {report['gallery']} gallery images.", "",
              f"| queries | mAP@{k} | mAP@{k} (skip empty) | mAP@all | P@r<=2 |", "|---|---|---|---|---|"]
     for name, r in rows:
-        lines.append(f"| {name} | {r[f'map@{k}']:.4f} | {r[f'map@{k}_skip_empty']:.4f} | {r['map@all']:.4f} | "
-                     f"{r['precision_radius2']:.4f} |")
+        extra = [f"{r[f]:.4f}" if f in r else "-" for f in ("map@all", "precision_radius2")]
+        lines.append(f"| {name} | {r[f'map@{k}']:.4f} | {r[f'map@{k}_skip_empty']:.4f} | {' | '.join(extra)} |")
     if "sr_quality" in report:
         s = report["sr_quality"]
         lines += ["", "| image | PSNR-Y (dB) | SSIM-Y |", "|---|---|---|",

@@ -61,23 +61,57 @@ def _relevant(q_labels: np.ndarray, g_labels: np.ndarray) -> np.ndarray:
     return (q_labels.astype(np.float32) @ g_labels.astype(np.float32).T) > 0
 
 
+def average_precisions(q_codes, g_codes, q_labels, g_labels, topk: int | None = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query AP@topk (topk None or 0: whole gallery) and each query's number of relevant
+    items in its top K, both [n_query], in query order. See the module docstring."""
+    n_gallery = len(g_codes)
+    k = min(topk or n_gallery, n_gallery)
+    aps, found = [np.zeros(0)], [np.zeros(0, np.int64)]
+    for sl in _chunks(len(q_codes), n_gallery):
+        top = rank(hamming_distances(q_codes[sl], g_codes))[:, :k]
+        rel = (q_labels[sl].astype(bool)[:, None, :] & g_labels.astype(bool)[top]).any(-1)
+        precision = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
+        n_rel = rel.sum(1)
+        aps.append((precision * rel).sum(1) / np.maximum(n_rel, 1))
+        found.append(n_rel)
+    return np.concatenate(aps), np.concatenate(found)
+
+
 def mean_average_precision(q_codes, g_codes, q_labels, g_labels, topk: int | None = 5000, empty: str = "zero") -> float:
     """mAP@topk (topk None or 0: over the whole gallery). See the module docstring."""
     if empty not in ("zero", "skip"):
         raise ValueError("empty must be 'zero' or 'skip'")
-    n_gallery = len(g_codes)
-    k = min(topk or n_gallery, n_gallery)
-    aps = []
-    for sl in _chunks(len(q_codes), n_gallery):
-        top = rank(hamming_distances(q_codes[sl], g_codes))[:, :k]
-        rel = (q_labels[sl].astype(bool)[:, None, :] & g_labels.astype(bool)[top]).any(-1)
-        hits = np.cumsum(rel, axis=1)
-        precision = hits / np.arange(1, k + 1)
-        n_rel = rel.sum(1)
-        ap = (precision * rel).sum(1) / np.maximum(n_rel, 1)
-        aps.append(ap if empty == "zero" else ap[n_rel > 0])
-    aps = np.concatenate(aps) if aps else np.zeros(0)
+    aps, n_rel = average_precisions(q_codes, g_codes, q_labels, g_labels, topk)
+    if empty == "skip":
+        aps = aps[n_rel > 0]
     return float(aps.mean()) if aps.size else 0.0
+
+
+def gap_closure_interval(ap_lr: np.ndarray, ap_method: np.ndarray, ap_hr: np.ndarray, goal: float = 0.97,
+                         level: float = 0.9, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Gap closure (method - LR) / (HR - LR) of three per-query AP arrays over the same queries, with
+    a paired bootstrap over queries: the `level` percentile interval of the closure and of the
+    HR - LR gap, and the share of resamples whose closure reaches `goal` (a resample with gap <= 0
+    has no closure and counts as not reaching it)."""
+    ap_lr, ap_method, ap_hr = (np.asarray(a, np.float64) for a in (ap_lr, ap_method, ap_hr))
+    if not ap_lr.shape == ap_method.shape == ap_hr.shape or ap_lr.ndim != 1 or not ap_lr.size:
+        raise ValueError("per-query AP arrays must be 1-D, non-empty and of one length (the same queries)")
+    idx = np.random.default_rng(seed).integers(0, ap_lr.size, (n_boot, ap_lr.size))
+    lr, method, hr = ap_lr[idx].mean(1), ap_method[idx].mean(1), ap_hr[idx].mean(1)
+    gap = hr - lr
+    closure = np.where(gap > 0, (method - lr) / np.where(gap > 0, gap, 1.0), np.nan)
+    tail = (1.0 - level) / 2 * 100
+    point_gap = float(ap_hr.mean() - ap_lr.mean())
+    ok = closure[~np.isnan(closure)]
+    return {
+        "closure": float((ap_method.mean() - ap_lr.mean()) / point_gap) if point_gap > 0 else None,
+        "closure_interval": [float(x) for x in np.percentile(ok, [tail, 100 - tail])] if ok.size else None,
+        "gap": point_gap,
+        "gap_interval": [float(x) for x in np.percentile(gap, [tail, 100 - tail])],
+        "p_gap_positive": float((gap > 0).mean()),
+        "goal": goal, "p_goal": float((np.nan_to_num(closure, nan=-np.inf) >= goal).mean()),
+        "level": level, "n_boot": n_boot, "queries": int(ap_lr.size),
+    }
 
 
 @dataclass

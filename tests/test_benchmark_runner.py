@@ -58,17 +58,26 @@ def test_every_task_runs_in_a_fresh_process(bench):
     assert len(set(pids)) == 3 and os.getpid() not in pids
 
 
-def test_cells_average_seeds_and_gap_closure_uses_the_means(bench):
+def test_cells_average_seeds_and_gap_closure_uses_per_query_means(bench, tmp_path):
+    import numpy as np
+
     results = {"_settings": {}}
+    # per-query APs of 4 queries: seed means LR 0.71, DSRHN 0.78, HR 0.81 at every query
     for seed, (lr, ds, hr) in enumerate([(0.70, 0.76, 0.80), (0.72, 0.80, 0.82)]):
         for mode, value in (("hashnet-lr", lr), ("dsrhn", ds), ("hashnet-hr", hr)):
-            results[f"{mode}/dpsh/12/seed{seed}"] = {"map": value, "map_hr_query": value + 0.01}
+            path = str(tmp_path / f"{mode}-{seed}.npz")
+            np.savez(path, lr_query=np.full(4, value), hr_query=np.full(4, value + 0.01))
+            results[f"{mode}/dpsh/12/seed{seed}"] = {"map": value, "map_hr_query": value + 0.01, "ap_file": path}
     assert bench.cell(results, "dsrhn", "dpsh", 12) == [0.76, 0.80]
     assert bench.cell(results, "dsrhn", "dpsh", 24) == []
     assert bench.fmt([0.76, 0.80]) == "0.7800 ±0.0200"
     assert bench.fmt([0.7]) == "0.7000" and bench.fmt([]).strip() == "-"
-    # means: LR 0.71, DSRHN 0.78, HR 0.81 -> (0.78 - 0.71) / (0.81 - 0.71) = 0.7
-    assert bench.gap_closure(results, 12) == "0.700"
-    assert bench.gap_closure(results, 24).strip() == "-"
-    results["hashnet-hr/dpsh/12/seed1"]["map"] = 0.60  # HR mean below LR: no gap to close
-    assert bench.gap_closure(results, 12).startswith("n/a")
+    # (0.78 - 0.71) / (0.81 - 0.71) = 0.7 in every resample: the queries agree
+    c = bench.gap_closure(results, 12)
+    assert c["closure"] == pytest.approx(0.7) and c["closure_interval"] == pytest.approx([0.7, 0.7])
+    assert c["p_goal"] == 0.0 and bench.fmt_closure(c) == "0.700 [0.70, 0.70]"
+    assert bench.gap_closure(results, 24) is None and bench.fmt_closure(None).strip() == "-"
+    np.savez(results["hashnet-hr/dpsh/12/seed1"]["ap_file"], lr_query=np.full(4, 0.60), hr_query=np.full(4, 0.6))
+    assert bench.fmt_closure(bench.gap_closure(results, 12)).startswith("n/a")  # HR below LR: no gap
+    del results["dsrhn/dpsh/12/seed0"]["ap_file"]  # a run recorded without per-query APs
+    assert bench.gap_closure(results, 12) is None

@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 DSRHN = os.path.join(os.path.dirname(sys.executable), "dsrhn")
 
 
@@ -26,7 +29,12 @@ def test_ingest_train_evaluate_index(tmp_path):
     assert meta["mode"] == "hashnet-lr"
     assert (meta["preset"]["lr_decay"], meta["preset"]["dropout"]) == ("cosine", 0.25)
     out = dsrhn("evaluate", "--model", model, "--examples", ex, "-o", ev, "--topk", "10", "--no-plots")
-    assert "LR-query mAP@10:" in out and json.load(open(os.path.join(ev, "report.json")))["gallery"] == 32
+    report = json.load(open(os.path.join(ev, "report.json")))
+    assert "LR-query mAP@10:" in out and report["gallery"] == 32
+    aps = np.load(os.path.join(ev, "per_query_ap.npz"))  # per-query APs for paired comparisons
+    assert len(aps["ids"]) == len(aps["lr_query"]) == len(aps["hr_query"]) == 8
+    assert aps["lr_query"].mean() == pytest.approx(report["map"])
+    assert aps["hr_query"].mean() == pytest.approx(report["hr_query"]["map@10"])
     out = dsrhn("index", "--model", model, "--examples", ex)
     assert "index: 32 codes (16 bits, faiss d=16)" in out
     assert json.load(open(os.path.join(model, "index", "manifest.json")))["count"] == 32

@@ -82,3 +82,25 @@ def test_psnr_and_ssim():
     assert metrics.psnr_y(a, b, 4) == pytest.approx(10 * math.log10(255 ** 2 / (10 * 219 / 255) ** 2))
     assert metrics.ssim_y(a, a, 2) == pytest.approx(1.0)
     assert metrics.ssim_y(a, np.zeros_like(a), 2) < 0.1
+
+
+def test_per_query_ap_matches_map_and_gap_closure_interval():
+    rng = np.random.default_rng(3)
+    qc, gc = rng.integers(0, 256, (40, 2), dtype=np.uint8), rng.integers(0, 256, (300, 2), dtype=np.uint8)
+    ql, gl = rng.integers(0, 2, (40, 5)), rng.integers(0, 2, (300, 5))
+    ap, n_rel = metrics.average_precisions(qc, gc, ql, gl, 100)
+    assert ap.shape == n_rel.shape == (40,)
+    assert ap.mean() == pytest.approx(metrics.mean_average_precision(qc, gc, ql, gl, 100, "zero"))
+    assert ap[n_rel > 0].mean() == pytest.approx(metrics.mean_average_precision(qc, gc, ql, gl, 100, "skip"))
+    # LR 0, method 0.5, HR 1 at every query: closure 0.5 in every resample
+    c = metrics.gap_closure_interval(np.zeros(50), np.full(50, 0.5), np.ones(50))
+    assert c["closure"] == 0.5 and c["closure_interval"] == [0.5, 0.5] and c["p_goal"] == 0.0
+    # a gap that is noise: HR beats LR on half the queries and loses on the other half
+    lr = np.tile([0.6, 0.8], 100)
+    hr = np.tile([0.8, 0.6], 100) + 0.001
+    c = metrics.gap_closure_interval(lr, hr, hr)
+    assert c["closure"] == pytest.approx(1.0) and 0.2 < c["p_gap_positive"] < 0.8
+    assert c["gap_interval"][0] < 0 < c["gap_interval"][1]
+    assert metrics.gap_closure_interval(lr, hr, hr) == c  # seeded: the same interval every run
+    with pytest.raises(ValueError, match="same queries"):
+        metrics.gap_closure_interval(np.zeros(3), np.zeros(4), np.zeros(3))
