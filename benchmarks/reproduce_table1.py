@@ -91,11 +91,10 @@ def query_aps(results: dict, mode: str, bits: int):
     """A cell's per-query AP@topk (its queries' input), averaged over its seeds; None if not recorded."""
     import numpy as np
 
-    files = cell(results, mode, "dpsh", bits, "ap_file") if all(
-        "ap_file" in v for k, v in results.items() if k.startswith(f"{mode}/dpsh/{bits}/seed")) else []
-    if not files or not all(os.path.exists(f) for f in files):
+    runs = [v for k, v in sorted(results.items()) if k.startswith(f"{mode}/dpsh/{bits}/seed")]
+    if not runs or not all(os.path.exists(v.get("ap_file", "")) for v in runs):
         return None
-    return np.mean([np.load(f)["lr_query"] for f in files], axis=0)
+    return np.mean([np.load(v["ap_file"])["lr_query"] for v in runs], axis=0)
 
 
 def gap_closure(results: dict, bits: int) -> dict | None:
@@ -189,7 +188,10 @@ def main() -> None:
     lr_config = LRConfig(scale=4, blur_sigma=args.lr_blur)
     ingest = {"source": source, "hr_size": 56, "lr": dataclasses.asdict(lr_config)}
     ingest_record = os.path.join(args.out, "ingest.json")  # what examples/ was made from
-    made_from = json.load(open(ingest_record)) if os.path.exists(ingest_record) else None
+    made_from = None
+    if os.path.exists(ingest_record):
+        with open(ingest_record) as f:
+            made_from = json.load(f)
     if made_from != ingest or not os.path.exists(os.path.join(examples, "dsrhn_dataset.json")):
         shutil.rmtree(examples, ignore_errors=True)
         s = run_ingest(source, examples, 56, lr_config)
