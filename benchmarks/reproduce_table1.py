@@ -260,8 +260,10 @@ def main() -> None:
     finally:
         runner.close()
     results["jobs"] = args.jobs
-    print_tables(results, bits_list, args, time.time() - t_start)  # also records the gap closures
+    closures = {b: gap_closure(results, b) for b in bits_list}
+    results["gap_closure"] = {str(b): c for b, c in closures.items()}
     _save(results, results_path)
+    print_tables(results, closures, bits_list, args, time.time() - t_start)
     from components.plots import map_vs_bits
 
     means = {name: {b: mean(cell(results, mode, loss, b)) for b in bits_list}
@@ -271,7 +273,7 @@ def main() -> None:
     print(f"plot: {os.path.join(args.out, 'map_vs_bits.png')}")
 
 
-def print_tables(results: dict, bits_list: list[int], args, seconds: float) -> None:
+def print_tables(results: dict, closures: dict, bits_list: list[int], args, seconds: float) -> None:
     def row(name, mode, loss="dpsh"):
         return f"| {name:<20} | " + " | ".join(fmt(cell(results, mode, loss, b)) for b in bits_list) + " |"
 
@@ -284,13 +286,11 @@ def print_tables(results: dict, bits_list: list[int], args, seconds: float) -> N
     print(sep)
     for name, mode in ROWS:
         print(row(name, mode))
-    closures = {b: gap_closure(results, b) for b in bits_list}
     print("| gap closure [90% CI] | " + " | ".join(fmt_closure(closures[b]) for b in bits_list) + " |")
     print("| HR - LR gap [90% CI] | " + " | ".join(
         f"{c['gap']:+.4f} [{c['gap_interval'][0]:+.4f}, {c['gap_interval'][1]:+.4f}]" if c else "  -   "
         for c in closures.values()) + " |")
     print(f"| P(closure >= 0.97)   | " + " | ".join(f"{c['p_goal']:.2f}" if c else "  -   " for c in closures.values()) + " |")
-    results["gap_closure"] = {str(b): c for b, c in closures.items()}
     print("(paired bootstrap over the queries, 2000 resamples: how far the query sample alone moves the "
           "closure; seed-to-seed variation of training is not in it, `--seeds N` averages that)")
     print(f"\nLR penalty: mAP@{args.topk} of the same model with HR queries minus with LR queries (gallery HR)")

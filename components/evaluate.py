@@ -74,8 +74,8 @@ def retrieval_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, cu
     t0 = time.time()
     ap, n_rel = metrics.average_precisions(q.codes, g.codes, q.labels, g.labels, topk)
     out = {
-        f"map@{topk}": float(ap.mean()),
-        f"map@{topk}_skip_empty": float(ap[n_rel > 0].mean()) if (n_rel > 0).any() else 0.0,
+        f"map@{topk}": metrics.map_from_aps(ap, n_rel, "zero"),
+        f"map@{topk}_skip_empty": metrics.map_from_aps(ap, n_rel, "skip"),
     }
     if curves:
         out["map@all"] = metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, None, "zero")

@@ -77,14 +77,20 @@ def average_precisions(q_codes, g_codes, q_labels, g_labels, topk: int | None = 
     return np.concatenate(aps), np.concatenate(found)
 
 
+def map_from_aps(aps: np.ndarray, n_rel: np.ndarray, empty: str = "zero") -> float:
+    """The mean of `average_precisions`' output under either empty-query convention."""
+    if empty not in ("zero", "skip"):
+        raise ValueError("empty must be 'zero' or 'skip'")
+    if empty == "skip":
+        aps = aps[n_rel > 0]
+    return float(aps.mean()) if aps.size else 0.0
+
+
 def mean_average_precision(q_codes, g_codes, q_labels, g_labels, topk: int | None = 5000, empty: str = "zero") -> float:
     """mAP@topk (topk None or 0: over the whole gallery). See the module docstring."""
     if empty not in ("zero", "skip"):
         raise ValueError("empty must be 'zero' or 'skip'")
-    aps, n_rel = average_precisions(q_codes, g_codes, q_labels, g_labels, topk)
-    if empty == "skip":
-        aps = aps[n_rel > 0]
-    return float(aps.mean()) if aps.size else 0.0
+    return map_from_aps(*average_precisions(q_codes, g_codes, q_labels, g_labels, topk), empty)
 
 
 def gap_closure_interval(ap_lr: np.ndarray, ap_method: np.ndarray, ap_hr: np.ndarray, goal: float = 0.97,
