@@ -35,14 +35,16 @@ TABLE2 = [("DCH", "dch"), ("DHN", "dhn"), ("DPSH", "dpsh")]
 PRIORITY = {"stage1": 0, "dsrhn": 1, "two-stage": 2, "hashnet-lr": 3, "hashnet-hr": 4}
 
 
-def train_stage1(examples: str, epochs: int, steps_per_epoch: int, out: str, weights: str) -> dict:
+def train_stage1(examples: str, epochs: int, steps_per_epoch: int, out: str, weights: str,
+                 degradation: str = "fixed") -> dict:
     """Two-stage's stage 1 (SRNet by MSE alone), saved for the two-stage and DSRHN rows."""
     from dsrhn.config import get_preset
     from trainer.train import train
 
     t0 = time.time()
-    stage1 = train(examples, get_preset("cpu", mode="two-stage", epochs=epochs, steps_per_epoch=steps_per_epoch),
-                   out, verbose=0, tensorboard=False, stop_after_epochs=epochs)
+    preset = get_preset("cpu", mode="two-stage", epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        **{"degradation.kind": degradation})
+    stage1 = train(examples, preset, out, verbose=0, tensorboard=False, stop_after_epochs=epochs)
     stage1.trainer.srnet.save_weights(weights)
     return {"seconds": time.time() - t0}
 
@@ -167,6 +169,9 @@ def main() -> None:
     ap.add_argument("--lr-blur", type=float, default=2.0,
                     help="Gaussian blur sigma (HR pixels) before the x4 bicubic downsampling that makes the LR "
                          "partners (0: bicubic only)")
+    ap.add_argument("--degradation", default="fixed", choices=["fixed", "blind"],
+                    help="training LR of every row: fixed (the stored partners, the paper's setting) or blind "
+                         "(the cpu preset's random degradations); queries are the stored LR either way")
     ap.add_argument("--topk", type=int, default=5000)
     ap.add_argument("--seeds", type=int, default=1,
                     help="runs per cell with seeds 0..N-1; the tables show the means (± half the spread)")
@@ -207,7 +212,8 @@ def main() -> None:
     # cached rows (and run directories, which training resumes from) are reused only when they
     # were made with these settings
     stage1_steps = args.stage1_steps or 2 * args.steps
-    settings = {"steps": args.steps, "epochs": args.epochs, "cpu_preset": get_preset("cpu").to_dict(),
+    cpu = get_preset("cpu", **{"degradation.kind": args.degradation})
+    settings = {"steps": args.steps, "epochs": args.epochs, "cpu_preset": json.loads(json.dumps(cpu.to_dict())),
                 "srnet_init": "stage1 (MSE) for two-stage and dsrhn", "hash_batch": "joint [HR; query]",
                 "stage1_steps": stage1_steps, "keys": "mode/loss/bits/seedN", "ingest": ingest}
     if results.get("_settings") != settings:
@@ -228,9 +234,9 @@ def main() -> None:
             key = f"{mode}/{loss}/{bits}/seed{seed}"
             if key in results:
                 continue
-            preset = get_preset("cpu", mode=mode, hash_loss=loss, bits=bits, epochs=args.epochs,
-                                steps_per_epoch=steps_per_epoch, seed=seed,
-                                srnet_weights=stage1_srnet if mode in ("two-stage", "dsrhn") else None)
+            preset = cpu.replace(mode=mode, hash_loss=loss, bits=bits, epochs=args.epochs,
+                                 steps_per_epoch=steps_per_epoch, seed=seed,
+                                 srnet_weights=stage1_srnet if mode in ("two-stage", "dsrhn") else "")
             task = (PRIORITY[mode], (key, name), run_row,
                     (examples, preset.to_dict(), os.path.join(args.out, key.replace("/", "-")), args.topk), [])
             (after_stage1 if preset.srnet_weights else independent).append(task)
@@ -239,7 +245,7 @@ def main() -> None:
     else:
         stage1 = (PRIORITY["stage1"], ("stage1", None), train_stage1,
                   (examples, args.epochs, max(1, stage1_steps // args.epochs), os.path.join(args.out, "stage1"),
-                   stage1_srnet), after_stage1)
+                   stage1_srnet, args.degradation), after_stage1)
         tasks = [stage1] + independent
 
     def on_done(task_name, out: dict) -> None:

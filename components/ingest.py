@@ -5,6 +5,7 @@ Runs on DirectRunner here and on any Beam runner at scale (pipeline options pass
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -156,3 +157,36 @@ def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report
     DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
                 scale=lr.scale, lr=asdict(lr), counts=report["per_split"]).write(examples_uri)
     return IngestSummary(examples_uri, report_path, report)
+
+
+def derive_query_set(examples_uri: str, out_uri: str, lr: LRConfig) -> DatasetInfo:
+    """A stored, repeatable query set: the query split of `examples_uri` with its LR partners made anew
+    from each HR by `lr` (deterministic per (lr.seed, id), components.images.make_lr), written as an
+    Examples directory holding Split-query and dsrhn_dataset.json. Written under a temporary name
+    and renamed into place, so a killed run never leaves a half set behind."""
+    import shutil
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from dsrhn.records import read_split_raw
+
+    info = DatasetInfo.read(examples_uri)
+    tmp = out_uri.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(split_dir(tmp, "query"))
+    n = 0
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(os.path.join(split_dir(tmp, "query"), "data_tfrecord-00000-of-00001.gz"), options) as w:
+        for rec in read_split_raw(examples_uri, "query", info).as_numpy_iterator():
+            item_id = rec["id"].decode("utf-8")
+            hr = Image.open(io.BytesIO(rec["hr"])).convert("RGB")
+            lr_png = encode_png(make_lr(hr, lr, item_id))
+            w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]])
+                    .SerializeToString())
+            n += 1
+    DatasetInfo(source=info.source, label_names=info.label_names, hr_size=info.hr_size,
+                lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n}).write(tmp)
+    shutil.rmtree(out_uri, ignore_errors=True)
+    os.rename(tmp, out_uri)
+    return DatasetInfo.read(out_uri)

@@ -71,6 +71,7 @@ def _preset(args):
     flags = dict(bits=args.bits, mode=args.mode, hash_loss=args.hash_loss, epochs=args.epochs,
                  steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
                  pretrained_weights=args.pretrained_weights)
+    flags["degradation.kind"] = args.degradation
     overrides = parse_overrides(args.set)
     overrides.update({k: v for k, v in flags.items() if v is not None})  # a flag given wins over --set
     return get_preset(args.preset, **overrides)
@@ -192,8 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--pretrained-weights", help="local Keras weights for HashNet's backbone (never downloaded)")
+    p.add_argument("--degradation", choices=["blind", "fixed"],
+                   help="training LR: blind (default: random scale x1-x8, blur, kernel, noise, JPEG drawn per "
+                        "example and epoch) or fixed (the LR partners stored by ingest, the paper's setting)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any other preset field, e.g. --set lr_decay=cosine --set sr_steps=2 (repeatable)")
+                   help="any other preset field, e.g. --set lr_decay=cosine --set sr_steps=2 "
+                        "--set degradation.scale_max=4 --set degradation.kernels=area,bicubic (repeatable)")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
     p.set_defaults(fn=cmd_train)
 

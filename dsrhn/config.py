@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 MODES = ("dsrhn", "hashnet-hr", "hashnet-lr", "two-stage")
 HASH_LOSSES = ("dpsh", "dhn", "dch")
 KERNELS = ("bicubic", "area", "bilinear")
 SCALES = (2, 4, 8)
+DEGRADATION_KINDS = ("blind", "fixed")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,57 @@ class LRConfig:
             raise ValueError(f"lr.jpeg_quality must be 0 (off) or 1..95, got {self.jpeg_quality}")
         if self.blur_sigma < 0 or self.noise_sigma < 0:
             raise ValueError("lr.blur_sigma and lr.noise_sigma must be >= 0")
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """Where training takes its LR images from: `fixed` reads the LR partners stored by ingestion (one
+    degradation, the paper's setting); `blind` draws a fresh LR from each HR image for every example and
+    epoch (scale, blur, downsampling kernel, noise, JPEG, in a random order, as Real-ESRGAN/BSRGAN do),
+    so one model serves queries of unknown size and damage. The sampler is dsrhn/degrade.py."""
+
+    kind: str = "blind"
+    scale_min: float = 1.0  # HR side / LR side, drawn log-uniformly from [scale_min, scale_max]
+    scale_max: float = 8.0
+    kernels: tuple = KERNELS  # downsampling kernel, drawn uniformly (antialiased)
+    blur_prob: float = 0.7
+    blur_sigma_min: float = 0.2  # Gaussian blur sigma, in HR pixels, per axis
+    blur_sigma_max: float = 3.0
+    aniso_prob: float = 0.5  # anisotropic (two sigmas, random rotation) instead of isotropic
+    noise_prob: float = 0.5
+    noise_sigma_min: float = 1.0  # additive Gaussian noise, 0..255 units
+    noise_sigma_max: float = 12.0
+    gray_noise_prob: float = 0.4  # the same noise on all three channels
+    jpeg_prob: float = 0.6
+    jpeg_quality_min: int = 30
+    jpeg_quality_max: int = 95
+    shuffle_prob: float = 0.5  # blur / resize / noise in a random order (JPEG always last); else in that order
+
+    def __post_init__(self) -> None:
+        if self.kind not in DEGRADATION_KINDS:
+            raise ValueError(f"degradation.kind must be one of {DEGRADATION_KINDS}, got {self.kind!r}")
+        if isinstance(self.kernels, str):  # from --set degradation.kernels=area,bicubic
+            object.__setattr__(self, "kernels", tuple(k.strip() for k in self.kernels.split(",") if k.strip()))
+        object.__setattr__(self, "kernels", tuple(self.kernels))
+        if not self.kernels or set(self.kernels) - set(KERNELS):
+            raise ValueError(f"degradation.kernels must be a non-empty subset of {KERNELS}, got {self.kernels}")
+        _range("scale", self.scale_min, self.scale_max, low=1.0)
+        _range("blur_sigma", self.blur_sigma_min, self.blur_sigma_max, low=0.0)
+        _range("noise_sigma", self.noise_sigma_min, self.noise_sigma_max, low=0.0)
+        _range("jpeg_quality", self.jpeg_quality_min, self.jpeg_quality_max, low=1, high=100)
+        for name in ("blur_prob", "aniso_prob", "noise_prob", "gray_noise_prob", "jpeg_prob", "shuffle_prob"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 1.0):
+                raise ValueError(f"degradation.{name} must be a probability in [0, 1], got {value}")
+
+    def query_sizes(self, hr_size: int) -> tuple[int, int]:
+        """The smallest and largest query side (px) the sampler trains on for this HR size."""
+        return max(1, round(hr_size / self.scale_max)), max(1, round(hr_size / self.scale_min))
+
+
+def _range(name: str, lo, hi, low, high=float("inf")) -> None:
+    if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
+        raise ValueError(f"degradation.{name}_min/max must satisfy {low} <= min <= max <= {high}, got {lo}, {hi}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +126,7 @@ class Preset:
     pretrained_weights: str = ""  # local .weights.h5 for HashNet's backbone; never downloaded
     srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
     seed: int = 0
+    degradation: Degradation = field(default_factory=Degradation)  # training LR: blind (random) or fixed (stored)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -93,10 +147,16 @@ class Preset:
             raise ValueError(f"hr_size {self.hr_size} is not a multiple of scale {self.scale}")
         if self.bits < 1:
             raise ValueError(f"bits must be positive, got {self.bits}")
+        if isinstance(self.degradation, dict):  # from JSON (checkpoints, export metadata, TFX custom_config)
+            object.__setattr__(self, "degradation", Degradation(**self.degradation))
 
     @property
     def lr_size(self) -> int:
         return self.hr_size // self.scale
+
+    @property
+    def blind(self) -> bool:
+        return self.degradation.kind == "blind"
 
     @property
     def code_bytes(self) -> int:
@@ -137,15 +197,22 @@ def get_preset(name: str, **overrides) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
+    nested = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("degradation.")}
     unknown = set(changes) - {f.name for f in dataclasses.fields(Preset)}
+    unknown |= {f"degradation.{k}" for k in set(nested) - {f.name for f in dataclasses.fields(Degradation)}}
     if unknown:
         raise ValueError(f"unknown preset fields: {sorted(unknown)}")
-    return PRESETS[name].replace(**changes)
+    preset = PRESETS[name].replace(**changes)
+    if nested:
+        degradation = preset.degradation if isinstance(preset.degradation, Degradation) else Degradation(**preset.degradation)
+        preset = preset.replace(degradation=dataclasses.replace(degradation, **nested))
+    return preset
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """`["lr_decay=cosine", "sr_steps=2"]` -> typed preset overrides (the CLI's --set)."""
-    types = {f.name: f.type for f in dataclasses.fields(Preset)}
+    """`["lr_decay=cosine", "degradation.scale_max=4"]` -> typed preset overrides (the CLI's --set)."""
+    types = {f.name: f.type for f in dataclasses.fields(Preset) if f.name != "degradation"}
+    types.update({f"degradation.{f.name}": f.type for f in dataclasses.fields(Degradation)})
     out: dict = {}
     for item in items:
         name, sep, raw = item.partition("=")
@@ -159,11 +226,17 @@ def parse_overrides(items: list[str]) -> dict:
                 out[name] = raw.lower() in ("true", "1")
             else:
                 out[name] = {"int": int, "float": float}.get(kind, str)(raw)
+                if kind == "float" and not math.isfinite(out[name]):
+                    raise ValueError(raw)
         except ValueError:
             raise ValueError(f"--set {item!r}: {name} must be {kind}") from None
     return out
 
 
 def preset_from_dict(d: dict) -> Preset:
+    """A Preset from its to_dict() form (checkpoints, export metadata); a dict written before the
+    `degradation` field existed trained on the stored LR partners, so it reads as kind=fixed."""
     known = {f.name for f in dataclasses.fields(Preset)}
-    return Preset(**{k: v for k, v in d.items() if k in known})
+    values = {k: v for k, v in d.items() if k in known}
+    values.setdefault("degradation", {"kind": "fixed"})
+    return Preset(**values)

@@ -213,14 +213,40 @@ def search(s: Servable, body: dict, max_k: int) -> dict:
         raise ApiError(400, f"search encodes queries with 'serving_default' (LR) or 'encode_hr' (HR), not {sig!r}")
     images, _ = parse_images(body)
     codes = _call(s, sig, images)["codes"]
+    sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
     dist, rows = s.index.search(np.asarray(codes, np.uint8), k)
     results = []
-    for d_row, r_row in zip(dist, rows):
+    for image, d_row, r_row in zip(images, dist, rows):
         keep = r_row >= 0
         hits = [s.index.rows[int(r)] for r in r_row[keep]]
-        results.append({"ids": [h["id"] for h in hits], "distances": [int(x) for x in d_row[keep]],
-                        "labels": [h.get("labels", []) for h in hits]})
+        result = {"ids": [h["id"] for h in hits], "distances": [int(x) for x in d_row[keep]],
+                  "labels": [h.get("labels", []) for h in hits]}
+        warning = query_size_warning(image, sizes)
+        if warning:
+            result["warning"] = warning
+        results.append(result)
     return {"model_version": str(s.version), "k": k, "results": results}
+
+
+def query_size_warning(image: bytes, sizes: list[int] | None) -> str | None:
+    """A note when a query's side (its centre square, read from the image header) is outside the
+    range of query sizes the model was trained for (export metadata `query_sizes`); None inside it."""
+    import io
+
+    from PIL import Image
+
+    if not sizes:
+        return None
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            side = min(img.size)
+    except Exception:  # the model decoded it, Pillow cannot read the header: nothing to say
+        return None
+    lo, hi = sizes
+    if lo <= side <= hi:
+        return None
+    return (f"query is {side} px (shorter side); this model was trained for {lo}..{hi} px queries, "
+            f"so its codes may be less accurate")
 
 
 class BackgroundServer:

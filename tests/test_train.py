@@ -15,7 +15,8 @@ from components.evaluate import SavedModelEncoders, encode_split
 from dsrhn.config import get_preset
 from dsrhn.records import read_split, read_split_raw
 from trainer import losses
-from trainer.models import PReLU, bicubic_upsample
+from dsrhn.degrade import to_hr_space
+from trainer.models import PReLU
 from trainer.export import CodeFunctions, export_saved_model, read_metadata
 from trainer.task import train_and_export
 from trainer.train import DSRHNTrainer, mode_phases, optimizer_updates, sr_learning_rate, train
@@ -34,7 +35,7 @@ def test_alternating_steps_update_only_their_side(tiny_preset):
     trainer.build_optimizers()
     rng = np.random.default_rng(0)
     hr = tf.constant(rng.random((8, 56, 56, 3)), tf.float32)
-    lr = tf.image.resize(hr, (14, 14), "area")
+    lr = tf.image.resize(tf.image.resize(hr, (14, 14), "area"), (56, 56), "bicubic")  # an LR query in HR space
     labels = tf.constant(np.eye(10)[rng.integers(0, 10, 8)], tf.float32)
     sr0, h0 = _snapshot(trainer.srnet), _snapshot(trainer.hashnet)
     trainer.sr_step(hr, lr, trainer.hashnet(hr)[0])  # step A: SRNet only, L_per against HR features
@@ -58,8 +59,9 @@ def test_short_training_lowers_losses_and_beats_random_codes(single_examples, tm
     batch = next(iter(read_split(single_examples, "query").batch(64)))
     t = result.trainer
     f_hr = t.hashnet(batch["hr"])[0]
-    per_sr = float(losses.perceptual_loss(f_hr, t.hashnet(t.srnet(batch["lr"]))[0]))
-    per_bicubic = float(losses.perceptual_loss(f_hr, t.hashnet(bicubic_upsample(batch["lr"], 56))[0]))
+    bicubic = tf.stack([to_hr_space(x, 56) for x in batch["lr"]])
+    per_sr = float(losses.perceptual_loss(f_hr, t.hashnet(t.srnet(bicubic))[0]))
+    per_bicubic = float(losses.perceptual_loss(f_hr, t.hashnet(bicubic)[0]))
     assert per_sr < per_bicubic, (per_sr, per_bicubic)
     export_saved_model(t.srnet, t.hashnet, preset, str(tmp_path / "model"), [str(i) for i in range(10)])
     enc = SavedModelEncoders(str(tmp_path / "model"))

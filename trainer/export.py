@@ -1,11 +1,14 @@
 """SavedModel export: encoded image bytes -> K-bit codes, with standard signatures only,
 so TF Serving (or `tf.saved_model.load`) serves it as is.
 
-Signatures (input `images`: 1-D string tensor of JPEG/PNG/GIF/BMP bytes, any size):
+Signatures (input `images`: 1-D string tensor of JPEG/PNG/GIF/BMP bytes, any size; every image is
+brought to HR size by dsrhn.degrade.to_hr_space, one resize whatever its size, so queries of
+different sizes can share one call):
   serving_default  query images (LR) -> codes uint8 [N, ceil(K/8)], bits float32 [N, K]
   encode_hr        gallery images (HR) -> codes, bits
   super_resolve    query images -> sr uint8 [N, H, W, 3] (the image HashNet sees)
-Metadata (bits, preset, mode, label names, code layout) is in assets.extra/dsrhn.json.
+Metadata (bits, preset, mode, label names, code layout, the query sizes the model was trained
+for) is in assets.extra/dsrhn.json.
 """
 from __future__ import annotations
 
@@ -18,26 +21,20 @@ import keras
 import tensorflow as tf
 
 from dsrhn.config import Preset
-from trainer.models import bicubic_upsample
+from dsrhn.degrade import to_hr_space
 
 METADATA = os.path.join("assets.extra", "dsrhn.json")
 CODE_LAYOUT = "sign bits packed MSB-first, bit 1 for b=+1 (sign(0)=+1), zero padding to whole bytes"
 IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
 
 
-def decode_resize(images: tf.Tensor, size: int) -> tf.Tensor:
-    """[N] encoded images -> float32 [N, size, size, 3] in [0,1]: centre square crop, antialiased bicubic resize."""
+def decode_hr_space(images: tf.Tensor, hr_size: int) -> tf.Tensor:
+    """[N] encoded images of any sizes -> float32 [N, hr_size, hr_size, 3] in [0,1] (to_hr_space)."""
     def one(data):
         img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-        h, w = tf.shape(img)[0], tf.shape(img)[1]
-        side = tf.minimum(h, w)
-        img = tf.image.crop_to_bounding_box(img, (h - side) // 2, (w - side) // 2, side, side)
-        img = tf.cast(img, tf.float32) / 255.0
-        resized = tf.image.resize(img, (size, size), method="bicubic", antialias=True)
-        same = tf.logical_and(tf.equal(side, size), tf.equal(h, w))
-        return tf.clip_by_value(tf.cond(same, lambda: img, lambda: resized), 0.0, 1.0)
+        return to_hr_space(tf.cast(img, tf.float32) / 255.0, hr_size)
 
-    return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+    return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([hr_size, hr_size, 3], tf.float32))
 
 
 def pack_bits_tf(bits: tf.Tensor) -> tf.Tensor:  # Eq. 1 codes -> bytes, MSB first
@@ -56,12 +53,13 @@ class CodeFunctions:
     def __init__(self, srnet: keras.Model, hashnet: keras.Model, preset: Preset):
         self.srnet, self.hashnet, self.preset = srnet, hashnet, preset
 
-    def query_image(self, lr: tf.Tensor) -> tf.Tensor:
-        """What HashNet sees for an LR query in this mode (SR, bicubic, or HR for hashnet-hr)."""
-        p = self.preset
-        if p.mode in ("dsrhn", "two-stage"):
-            return tf.cast(self.srnet(lr, training=False), tf.float32)
-        return bicubic_upsample(lr, p.hr_size)
+    def query_image(self, images: tf.Tensor) -> tf.Tensor:
+        """What HashNet sees for encoded query images in this mode: SRNet's output (dsrhn, two-stage),
+        else the query brought to HR size (bicubic; HR itself for hashnet-hr)."""
+        x = decode_hr_space(images, self.preset.hr_size)
+        if self.preset.mode in ("dsrhn", "two-stage"):
+            return tf.cast(self.srnet(x, training=False), tf.float32)
+        return x
 
     def codes(self, images_hr: tf.Tensor) -> dict:
         v = tf.cast(self.hashnet(images_hr, training=False)[1], tf.float32)
@@ -70,22 +68,30 @@ class CodeFunctions:
 
     # signatures
     def serve_query(self, images):
-        p = self.preset
-        if p.mode == "hashnet-hr":
-            return self.codes(decode_resize(images, p.hr_size))
-        return self.codes(self.query_image(decode_resize(images, p.lr_size)))
+        return self.codes(self.query_image(images))
 
     def serve_hr(self, images):
-        return self.codes(decode_resize(images, self.preset.hr_size))
+        return self.codes(decode_hr_space(images, self.preset.hr_size))
 
     def serve_sr(self, images):
-        p = self.preset
-        x = decode_resize(images, p.hr_size) if p.mode == "hashnet-hr" else self.query_image(decode_resize(images, p.lr_size))
+        x = self.query_image(images)
         return {"sr": tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)}
 
 
+def trained_query_sizes(preset: Preset, train_lr_size: int) -> tuple[int, int]:
+    """The range of query sides (px, of the centre square) a model was trained for: the blind
+    sampler's scale range, the stored LR partners' size (fixed), or HR (hashnet-hr)."""
+    if preset.mode == "hashnet-hr":
+        return preset.hr_size, preset.hr_size
+    if preset.blind:
+        return preset.degradation.query_sizes(preset.hr_size)
+    return train_lr_size, train_lr_size
+
+
 def export_saved_model(srnet: keras.Model, hashnet: keras.Model, preset: Preset, export_dir: str,
-                       label_names: list[str], extra: dict | None = None) -> str:
+                       label_names: list[str], extra: dict | None = None, train_lr_size: int | None = None) -> str:
+    """train_lr_size: the stored LR side the model trained on (degradation kind fixed); default
+    preset.lr_size."""
     fns = CodeFunctions(srnet, hashnet, preset)
     archive = keras.export.ExportArchive()
     archive.track(srnet)
@@ -99,6 +105,8 @@ def export_saved_model(srnet: keras.Model, hashnet: keras.Model, preset: Preset,
         "mode": preset.mode, "preset": preset.to_dict(), "scale": preset.scale,
         "hr_size": preset.hr_size, "lr_size": preset.lr_size, "label_names": list(label_names),
         "query_input": "hr" if preset.mode == "hashnet-hr" else "lr",
+        "query_sizes": list(trained_query_sizes(preset, train_lr_size or preset.lr_size)),
+        "degradation": preset.degradation.kind,
         "signatures": ["serving_default", "encode_hr", "super_resolve"],
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
     })

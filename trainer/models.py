@@ -30,6 +30,26 @@ class SubPixel(layers.Layer):
 
 
 @keras.saving.register_keras_serializable("dsrhn")
+class PixelUnshuffle(layers.Layer):
+    """The inverse of SubPixel (tf.nn.space_to_depth): [B,H,W,C] -> [B,H/r,W/r,C*r*r]."""
+
+    def __init__(self, factor: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        r = self.factor
+        shape = ops.shape(x)
+        b, h, w, c = shape[0], shape[1] // r, shape[2] // r, x.shape[-1]
+        x = ops.reshape(x, (b, h, r, w, r, c))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (b, h, w, r * r * c))
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable("dsrhn")
 class PReLU(layers.PReLU):
     """keras.layers.PReLU (same `alpha` weight, same values) computed as max(x, 0) + alpha * min(x, 0):
     one pass fewer than Keras' relu(x) - alpha * relu(-x), ~1.5x faster forward+backward on CPU."""
@@ -38,18 +58,17 @@ class PReLU(layers.PReLU):
         return ops.maximum(inputs, 0.0) + ops.cast(self.alpha, inputs.dtype) * ops.minimum(inputs, 0.0)
 
 
-def bicubic_upsample(x, size: int):
-    """Bicubic resize of a batch of images to size x size (the no-SR baseline and SRNet's global skip)."""
-    return ops.image.resize(x, (size, size), interpolation="bicubic")
-
-
 def SRNet(preset: Preset) -> keras.Model:  # Eq. 2: X_SR = F_SR(X_LR)
-    """SRResNet-style: conv (9x9 in the paper)+PReLU, residual blocks (conv-BN-PReLU-conv-BN + skip),
-    long skip, log2(scale) sub-pixel x2 upsamplers, output conv (9x9 in the paper). The output is added to
-    the bicubic upsampling of the input (global residual), so SR starts at bicubic quality."""
-    f, s = preset.sr_filters, preset.lr_size
-    lr = keras.Input((s, s, 3), name="lr")
-    x = layers.Conv2D(f, preset.sr_kernel, padding="same", name="head")(lr)
+    """SRResNet-style body on a query of any scale. The input is the LR query already brought to HR
+    size by dsrhn.degrade.to_hr_space (one bicubic resize, whatever the query's size); a pixel
+    unshuffle by `scale` (as Real-ESRGAN's x2/x1 models do) puts the body at HR/scale resolution, so it
+    costs what an LR-input SRResNet costs: conv (9x9 in the paper)+PReLU, residual blocks
+    (conv-BN-PReLU-conv-BN + skip), long skip, log2(scale) sub-pixel x2 upsamplers, output conv
+    (9x9 in the paper), added to the input (global residual), so SR starts at bicubic quality."""
+    f, s = preset.sr_filters, preset.hr_size
+    up = keras.Input((s, s, 3), name="lr_up")
+    x = PixelUnshuffle(preset.scale, name="unshuffle")(up)
+    x = layers.Conv2D(f, preset.sr_kernel, padding="same", name="head")(x)
     x = head = PReLU(shared_axes=[1, 2], name="head_prelu")(x)
     for i in range(preset.sr_blocks):
         y = layers.Conv2D(f, 3, padding="same", name=f"res{i}_conv1")(x)
@@ -66,9 +85,8 @@ def SRNet(preset: Preset) -> keras.Model:  # Eq. 2: X_SR = F_SR(X_LR)
         x = SubPixel(2, name=f"up{i}_shuffle")(x)
         x = PReLU(shared_axes=[1, 2], name=f"up{i}_prelu")(x)
     residual = layers.Conv2D(3, preset.sr_kernel, padding="same", name="tail", dtype="float32")(x)
-    base = layers.Lambda(lambda t: bicubic_upsample(t, preset.hr_size), name="bicubic", dtype="float32")(lr)
-    sr = layers.Add(name="sr", dtype="float32")([base, residual])
-    return keras.Model(lr, sr, name="SRNet")
+    sr = layers.Add(name="sr", dtype="float32")([up, residual])
+    return keras.Model(up, sr, name="SRNet")
 
 
 def _alexnet_features(x, preset: Preset):

@@ -1,5 +1,8 @@
 """Alternating DSRHN training (Section 3.1) and the ablation modes, with exact resume.
 
+Every batch holds HR images and their LR queries brought to HR size (`lr_up`, by
+dsrhn.degrade.to_hr_space): the stored LR partners (degradation kind `fixed`) or LR drawn
+afresh per example and epoch by the blind degradation model (kind `blind`).
 Step A (SRNet, Adam; HashNet frozen): L_SR = L_per + lambda * L_mse        (Eq. 5)
 Step B (HashNet, SGD+momentum; SRNet frozen): L_hash = L_hs + alpha * L_dis (Eq. 13)
 L_hs is computed over all pairs of the joint batch [HR; SR], so SR queries learn to
@@ -18,9 +21,10 @@ import tensorflow as tf
 from keras import ops
 
 from dsrhn.config import Preset
+from dsrhn.degrade import degrade, example_seed, to_hr_space
 from dsrhn.records import DatasetInfo, read_split
 from trainer import losses
-from trainer.models import HashNet, SRNet, bicubic_upsample
+from trainer.models import HashNet, SRNet
 
 # phase name -> (what step A does, what step B does)
 PHASES = {
@@ -74,14 +78,15 @@ class DSRHNTrainer(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
-    def call(self, lr, training=False):
-        return self.hashnet(self.srnet(lr, training=training), training=training)[1]
+    def call(self, lr_up, training=False):
+        return self.hashnet(self.srnet(lr_up, training=training), training=training)[1]
 
     # -- step A: SRNet with HashNet frozen
-    def sr_step(self, hr, lr, f_hr=None):
-        """f_hr: HashNet's last-conv features of hr (fixed while HashNet is frozen); None: MSE only."""
+    def sr_step(self, hr, lr_up, f_hr=None):
+        """lr_up: the LR queries in HR space; f_hr: HashNet's last-conv features of hr (fixed while
+        HashNet is frozen); None: MSE only."""
         with tf.GradientTape() as tape:
-            sr = self.srnet(lr, training=True)
+            sr = self.srnet(lr_up, training=True)
             l_mse = losses.mse_loss(sr, hr)
             if f_hr is None:
                 l_per = tf.zeros(())
@@ -96,12 +101,12 @@ class DSRHNTrainer(keras.Model):
         self._track(l_sr=loss, l_per=l_per, l_mse=l_mse)
 
     # -- step B: HashNet with SRNet frozen
-    def hash_step(self, hr, lr, labels, kind: str):
+    def hash_step(self, hr, lr_up, labels, kind: str):
         p = self.preset
         if kind == "hash-sr":
-            query = tf.stop_gradient(self.srnet(lr, training=False))
+            query = tf.stop_gradient(self.srnet(lr_up, training=False))
         elif kind == "hash-bicubic":
-            query = bicubic_upsample(lr, p.hr_size)
+            query = lr_up  # already the bicubic resize to HR size
         else:
             query = None
         with tf.GradientTape() as tape:
@@ -124,7 +129,7 @@ class DSRHNTrainer(keras.Model):
 
     def train_step(self, data):
         step_a, step_b = PHASES[self.phase]
-        hr, lr, labels = data["hr"], data["lr"], data["labels"]
+        hr, lr, labels = data["hr"], data["lr_up"], data["labels"]
         if step_a:
             f_hr = None if step_a == "sr-mse" else tf.stop_gradient(self.hashnet(hr, training=False)[0])
             for _ in range(self.preset.sr_steps if step_b else 1):
@@ -228,14 +233,26 @@ def configure_devices(preset: Preset) -> tf.distribute.Strategy:
 
 def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_epoch: int, steps: int,
                      info: DatasetInfo | None = None) -> tf.data.Dataset:
-    """Batches for epochs [first_epoch, last_epoch): epoch e is shuffled with seed+e, so
-    a resumed run sees exactly the batches an uninterrupted run would have."""
+    """Batches {hr, lr_up, labels} for epochs [first_epoch, last_epoch): epoch e is shuffled with
+    seed+e, and a blind LR is drawn from a stateless seed of (seed, e, position in the epoch), so a
+    resumed run sees exactly the batches an uninterrupted run would have."""
+    hr_size, blind = preset.hr_size, preset.blind
     base = read_split(examples_uri, "train", info).map(
         lambda r: {"hr": r["hr"], "lr": r["lr"], "labels": r["labels"]}).cache()
 
+    def fixed_lr(r):
+        return {"hr": r["hr"], "lr_up": to_hr_space(r["lr"], hr_size), "labels": r["labels"]}
+
     def epoch(e):
-        return (base.shuffle(4096, seed=preset.seed + e, reshuffle_each_iteration=True).repeat()
-                .batch(preset.batch_size, drop_remainder=True).take(steps))
+        ds = base.shuffle(4096, seed=preset.seed + e, reshuffle_each_iteration=True).repeat()
+        if blind:
+            ds = ds.enumerate().map(lambda i, r: {
+                "hr": r["hr"], "labels": r["labels"],
+                "lr_up": to_hr_space(degrade(r["hr"], example_seed(preset.seed, e, i), preset.degradation), hr_size)},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        else:
+            ds = ds.map(fixed_lr, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(preset.batch_size, drop_remainder=True).take(steps)
 
     ds = epoch(first_epoch)
     for e in range(first_epoch + 1, last_epoch):
@@ -334,9 +351,9 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
     uses it to train only two-stage's stage 1)."""
     keras.utils.set_random_seed(preset.seed)
     info = DatasetInfo.read(examples_uri)
-    if (info.hr_size, info.scale) != (preset.hr_size, preset.scale):
-        raise ValueError(f"dataset is {info.hr_size}px x{info.scale} but preset {preset.name!r} expects "
-                         f"{preset.hr_size}px x{preset.scale}: re-ingest with --hr-size/--scale or pick another preset")
+    if info.hr_size != preset.hr_size:
+        raise ValueError(f"dataset is {info.hr_size} px HR but preset {preset.name!r} expects {preset.hr_size} px: "
+                         f"re-ingest with --hr-size {preset.hr_size} or pick another preset")
     strategy = configure_devices(preset)
     n_train = int(info.counts.get("train", 0))  # written by ingestion
     steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train // preset.batch_size)
