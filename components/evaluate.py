@@ -109,19 +109,24 @@ def sr_quality(examples_uri: str, enc: SavedModelEncoders, info: DatasetInfo, n:
 
 
 def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 5000, plots: bool = True,
-                   batch_size: int = 256, curves: bool = True) -> dict:
+                   batch_size: int = 256, curves: bool = True, queries_uri: str | None = None) -> dict:
     """Evaluate the SavedModel at model_dir; write report.json / report.md / *.png to out_dir.
-    curves=False: mAP@topk only (no mAP@all, PR or precision@n curves, hence no plots)."""
+    curves=False: mAP@topk only (no mAP@all, PR or precision@n curves, hence no plots).
+    queries_uri: take the queries from another Examples directory (e.g. a query set with another
+    degradation, made by components.ingest.derive_query_set); the gallery stays examples_uri's."""
     info = DatasetInfo.read(examples_uri)
+    queries_uri = queries_uri or examples_uri
+    q_info = DatasetInfo.read(queries_uri)
     enc = SavedModelEncoders(model_dir)
     bits = int(enc.meta["bits"])
     t0 = time.time()
-    q = encode_split(examples_uri, "query", enc.query_field, enc.query, batch_size, info)
+    q = encode_split(queries_uri, "query", enc.query_field, enc.query, batch_size, q_info)
     g = encode_split(examples_uri, "gallery", "hr", enc.gallery, batch_size, info)
-    q_hr = encode_split(examples_uri, "query", "hr", enc.gallery, batch_size, info)
+    q_hr = encode_split(queries_uri, "query", "hr", enc.gallery, batch_size, q_info)
     encode_seconds = time.time() - t0
     report = {
-        "model": model_dir, "examples": examples_uri, "mode": enc.meta["mode"], "bits": bits, "topk": topk,
+        "model": model_dir, "examples": examples_uri, "queries_from": queries_uri, "query_lr": q_info.lr,
+        "mode": enc.meta["mode"], "bits": bits, "topk": topk,
         "queries": len(q.ids), "gallery": len(g.ids), "query_input": enc.query_field,
         "lr_query": retrieval_numbers(q, g, bits, topk, curves),
         "hr_query": retrieval_numbers(q_hr, g, bits, topk, curves),
@@ -132,7 +137,7 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     np.savez(os.path.join(out_dir, AP_FILE), ids=np.array(q.ids), lr_query=report["lr_query"].pop("ap"),
              hr_query=report["hr_query"].pop("ap"))
     if enc.meta["mode"] in ("dsrhn", "two-stage", "hashnet-lr"):
-        report["sr_quality"] = sr_quality(examples_uri, enc, info)
+        report["sr_quality"] = sr_quality(queries_uri, enc, q_info)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -141,7 +146,7 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
         from components import plots as plotting
 
         plotting.write_plots(report, out_dir)
-        plotting.sample_grid(examples_uri, enc, q, g, info, os.path.join(out_dir, "samples.png"))
+        plotting.sample_grid(examples_uri, enc, q, g, info, os.path.join(out_dir, "samples.png"), queries_uri=queries_uri)
     return report
 
 

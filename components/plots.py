@@ -42,7 +42,8 @@ def map_vs_bits(rows: dict[str, dict[int, float]], path: str, title: str = "mAP 
     plt.close(fig)
 
 
-def sample_grid(examples_uri, enc, q, g, info, path: str, n_queries: int = 4, top: int = 10) -> None:
+def sample_grid(examples_uri, enc, q, g, info, path: str, n_queries: int = 4, top: int = 10,
+                queries_uri: str | None = None) -> None:
     """Rows: LR | bicubic | model image | HR of a query, then its top-10 gallery images
     (green frame: relevant, red: not)."""
     import tensorflow as tf
@@ -50,7 +51,7 @@ def sample_grid(examples_uri, enc, q, g, info, path: str, n_queries: int = 4, to
     from dsrhn.degrade import to_hr_space
     from dsrhn.records import read_split_raw
 
-    raw_q = next(read_split_raw(examples_uri, "query", info).batch(n_queries).as_numpy_iterator())
+    raw_q = next(read_split_raw(queries_uri or examples_uri, "query").batch(n_queries).as_numpy_iterator())
     sr = enc.super_resolve(raw_q["lr"])
     gallery_hr = {}
     d = metrics.hamming_distances(q.codes[:n_queries], g.codes)

@@ -2,6 +2,7 @@
 
     dsrhn ingest    images -> HR/LR TFRecords (an Examples directory) + rejection report
     dsrhn train     Examples -> SavedModel (LR image bytes -> codes)
+    dsrhn queries   Examples -> a stored query set with another LR degradation (evaluation grids)
     dsrhn evaluate  SavedModel + Examples -> report.json / report.md / plots
     dsrhn index     SavedModel + gallery -> Faiss index beside the model
     dsrhn serve     TF-Serving-style REST service with k-NN search
@@ -25,7 +26,6 @@ def _beam_args(args) -> list[str]:
 
 def cmd_ingest(args) -> int:
     from components.ingest import run_ingest
-    from dsrhn.config import LRConfig
 
     split_kw = {k: v for k, v in {"query_per_class": args.query_per_class, "train_per_class": args.train_per_class,
                                   "n_query": args.n_query, "n_train": args.n_train, "seed": args.seed}.items() if v is not None}
@@ -57,12 +57,20 @@ def cmd_ingest(args) -> int:
         if not args.image_root:
             sys.exit("dsrhn ingest directory: needs --image-root (a root/<class>/<image> tree)")
         spec = {"kind": "directory", "root": args.image_root, "rule": args.split_rule or "per-class", **split_kw}
-    lr = LRConfig(scale=args.scale, kernel=args.kernel, blur_sigma=args.blur, noise_sigma=args.noise,
-                  jpeg_quality=args.jpeg_quality, seed=args.seed or 0)
-    summary = run_ingest(spec, args.output, args.hr_size, lr, beam_args=_beam_args(args))
+    summary = run_ingest(spec, args.output, args.hr_size, _lr_config(args), beam_args=_beam_args(args))
     print(summary.console())
     print(f"examples: {os.path.abspath(args.output)}\nreport:   {os.path.abspath(summary.report_path)}")
     return 0
+
+
+def _lr_args(p) -> None:
+    """How LR partners are made from HR (components.images.make_lr): ingest and query sets."""
+    p.add_argument("--scale", type=int, default=4, choices=[2, 4, 8])
+    p.add_argument("--kernel", default="bicubic", choices=["bicubic", "area", "bilinear"])
+    p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma before downsampling")
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma on LR (0..255)")
+    p.add_argument("--jpeg-quality", type=int, default=0, help="JPEG-compress LR at this quality (0: off)")
+    p.add_argument("--seed", type=int)
 
 
 def _preset(args):
@@ -87,10 +95,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _lr_config(args):
+    from dsrhn.config import LRConfig
+
+    return LRConfig(scale=args.scale, kernel=args.kernel, blur_sigma=args.blur, noise_sigma=args.noise,
+                    jpeg_quality=args.jpeg_quality, seed=args.seed or 0)
+
+
+def cmd_queries(args) -> int:
+    from components.ingest import derive_query_set
+
+    info = derive_query_set(args.examples, args.output, _lr_config(args))
+    print(f"queries: {info.counts['query']} at {info.lr_size} px ({info.lr}) -> {os.path.abspath(args.output)}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from components.evaluate import evaluate_model
 
-    report = evaluate_model(args.model, args.examples, args.output, topk=args.topk, plots=not args.no_plots)
+    report = evaluate_model(args.model, args.examples, args.output, topk=args.topk, plots=not args.no_plots,
+                            queries_uri=args.queries)
     print(open(os.path.join(args.output, "report.md")).read())
     print(f"LR-query mAP@{args.topk}: {report['map']:.4f}   report: {os.path.abspath(args.output)}")
     return 0
@@ -171,14 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int)
     p.add_argument("--n-gallery", type=int)
     p.add_argument("--hr-size", type=int, default=56, help="HR side (cpu preset 56, paper 224)")
-    p.add_argument("--scale", type=int, default=4, choices=[2, 4, 8])
-    p.add_argument("--kernel", default="bicubic", choices=["bicubic", "area", "bilinear"])
-    p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma before downsampling")
-    p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma on LR (0..255)")
-    p.add_argument("--jpeg-quality", type=int, default=0, help="JPEG-compress LR at this quality (0: off)")
-    p.add_argument("--seed", type=int)
+    _lr_args(p)
     p.add_argument("--beam-arg", action="append", help="Beam pipeline option, e.g. --beam-arg=--runner=FlinkRunner")
     p.set_defaults(fn=cmd_ingest)
+
+    p = sub.add_parser("queries", help="Examples -> its query split with LR made by another degradation")
+    p.add_argument("--examples", required=True, help="Examples directory written by `dsrhn ingest`")
+    p.add_argument("--output", "-o", required=True, help="query set directory to write (Split-query)")
+    _lr_args(p)
+    p.set_defaults(fn=cmd_queries)
 
     p = sub.add_parser("train", help="Examples -> SavedModel")
     p.add_argument("--examples", required=True)
@@ -206,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--examples", required=True)
     p.add_argument("--output", "-o", required=True)
+    p.add_argument("--queries", help="a query set from `dsrhn queries` (default: the Examples' own queries)")
     p.add_argument("--topk", type=int, default=5000)
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(fn=cmd_evaluate)

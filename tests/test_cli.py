@@ -24,9 +24,11 @@ def test_ingest_train_evaluate_index(tmp_path):
     assert "104 in = 104 written + 0 rejected" in out
     assert json.load(open(os.path.join(ex, "dsrhn_dataset.json")))["lr"]["jpeg_quality"] == 60
     dsrhn("train", "--examples", ex, "-o", model, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "16",
-          "--bits", "16", "--mode", "hashnet-lr", "--verbose", "0", "--set", "lr_decay=cosine", "--set", "dropout=0.25")
+          "--bits", "16", "--mode", "hashnet-lr", "--verbose", "0", "--set", "lr_decay=cosine", "--set", "dropout=0.25",
+          "--degradation", "fixed")
     meta = json.load(open(os.path.join(model, "assets.extra", "dsrhn.json")))
     assert meta["mode"] == "hashnet-lr"
+    assert meta["degradation"] == "fixed" and meta["query_sizes"] == [14, 14]  # the stored x4 partners
     assert (meta["preset"]["lr_decay"], meta["preset"]["dropout"]) == ("cosine", 0.25)
     out = dsrhn("evaluate", "--model", model, "--examples", ex, "-o", ev, "--topk", "10", "--no-plots")
     report = json.load(open(os.path.join(ev, "report.json")))
@@ -35,6 +37,21 @@ def test_ingest_train_evaluate_index(tmp_path):
     assert len(aps["ids"]) == len(aps["lr_query"]) == len(aps["hr_query"]) == 8
     assert aps["lr_query"].mean() == pytest.approx(report["map"])
     assert aps["hr_query"].mean() == pytest.approx(report["hr_query"]["map@10"])
+    # a stored query set with another degradation (x8, blur, noise, JPEG), repeatable, scored on the same gallery
+    q8, q8b, ev8 = str(tmp_path / "q8"), str(tmp_path / "q8b"), str(tmp_path / "ev8")
+    lr_args = ["--scale", "8", "--blur", "1.5", "--noise", "5", "--jpeg-quality", "60", "--seed", "2"]
+    assert "queries: 8 at 7 px" in dsrhn("queries", "--examples", ex, "-o", q8, *lr_args)
+    dsrhn("queries", "--examples", ex, "-o", q8b, *lr_args)
+    from dsrhn.records import read_split_raw
+
+    sets = [list(read_split_raw(d, "query").as_numpy_iterator()) for d in (q8, q8b)]
+    assert len(sets[0]) == len(sets[1]) == 8
+    for a, b in zip(*sets):  # the same records (a gzip stream's bytes need not repeat)
+        assert all(np.array_equal(a[k], b[k]) for k in ("id", "hr", "lr", "labels"))
+    dsrhn("evaluate", "--model", model, "--examples", ex, "--queries", q8, "-o", ev8, "--topk", "10", "--no-plots")
+    report8 = json.load(open(os.path.join(ev8, "report.json")))
+    assert report8["queries_from"] == q8 and report8["query_lr"]["scale"] == 8 and report8["gallery"] == 32
+    assert report8["hr_query"]["map@10"] == pytest.approx(report["hr_query"]["map@10"])  # same HR, same gallery
     out = dsrhn("index", "--model", model, "--examples", ex)
     assert "index: 32 codes (16 bits, faiss d=16)" in out
     assert json.load(open(os.path.join(model, "index", "manifest.json")))["count"] == 32
