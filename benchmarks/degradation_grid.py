@@ -2,7 +2,7 @@
 blur sigma 1.5, noise sigma 8, JPEG q 40, blur 1.5 + noise 5 + JPEG 60}, plus the specialist's own
 degradation (Gaussian blur sigma 2 HR px, x4 bicubic: the Table 1 benchmark's LR).
 
-Trains once (cpu preset, Fashion-MNIST mosaics, 48 bits, every run the same HashNet steps):
+Trains once (cpu preset, Fashion-MNIST mosaics, 48 bits, every run the same 720 HashNet steps):
   blind rows       HashNet-LR, two-stage (blind SRNet by MSE, frozen), DSRHN (from that SRNet),
                    all on the random degradations of the cpu preset (dsrhn/degrade.py)
   HashNet-HR       HR queries: the upper end of every cell's gap
@@ -14,7 +14,7 @@ of the image HashNet sees (first 200 queries), and a summary row (worst cell, me
 The grid's LR is made by components.images.make_lr (Pillow), not by the training sampler
 (TensorFlow ops), and none of its settings were used to choose the sampler's ranges.
 
-    python benchmarks/degradation_grid.py                       # defaults (about 45 min on 2 cores)
+    python benchmarks/degradation_grid.py                       # defaults (about 31 min on 2 cores)
     python benchmarks/degradation_grid.py --steps 24 --n-train 512 --n-query 200 --n-gallery 500 --out runs/grid-smoke
 """
 from __future__ import annotations
@@ -107,6 +107,24 @@ def closure(results: dict, model: str, cell: str) -> dict | None:
     return gap_closure_interval(lr, m, hr)
 
 
+def print_side_by_side(results: dict, cell_names: list[str]) -> None:
+    """One table: every model's mAP per cell, blind DSRHN's closure and PSNR-Y (README's table)."""
+    keys = [k for k, _, _, _ in MODELS[:-1] if k in results]
+    print("\n| cell | " + " | ".join(n for k, n, _, _ in MODELS[:-1] if k in results)
+          + " | DSRHN closure [90% CI] | PSNR-Y DSRHN / bicubic |")
+    print("|---" * (len(keys) + 3) + "|")
+    for cell in cell_names:
+        maps = [results[k]["cells"][cell]["map"] for k in keys]
+        best = max(maps)
+        row = " | ".join(f"**{m:.4f}**" if m == best else f"{m:.4f}" for m in maps)
+        c = closure(results, "dsrhn", cell) if "dsrhn" in results else None
+        ci = c["closure_interval"] if c and c["closure"] is not None else None
+        text = f"{c['closure']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
+        p = results["dsrhn"]["cells"][cell]["psnr"] if "dsrhn" in results else None
+        psnr = f"{p['psnr_y']:.2f} / {p['bicubic_psnr_y']:.2f}" if p else "-"
+        print(f"| {cell} | {row} | {text} | {psnr} |")
+
+
 def print_tables(results: dict, cell_names: list[str], args, minutes: float) -> None:
     hr = results.get("hashnet-hr", {}).get("cells", {}).get("HR", {}).get("map")
     print(f"\nDegradation grid, mAP@{args.topk}, {args.bits} bits, Fashion-MNIST mosaics, cpu preset, {args.steps} HashNet "
@@ -142,7 +160,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/grid")
     ap.add_argument("--bits", type=int, default=48)
-    ap.add_argument("--steps", type=int, default=360, help="HashNet updates per run")
+    ap.add_argument("--steps", type=int, default=720,
+                    help="HashNet updates per run (720: at 360 the blind rows were still far from converged)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--stage1-steps", type=int, default=0, help="SRNet MSE updates of each stage 1 (default 2 x --steps)")
     ap.add_argument("--n-train", type=int, default=10000)
@@ -237,6 +256,7 @@ def main() -> None:
         runner.close()
     names = [c for c in ingest["cells"]]
     print_tables(results, names, args, (time.time() - t_start) / 60)
+    print_side_by_side(results, names)
 
 
 if __name__ == "__main__":

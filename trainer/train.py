@@ -129,13 +129,13 @@ class DSRHNTrainer(keras.Model):
 
     def train_step(self, data):
         step_a, step_b = PHASES[self.phase]
-        hr, lr, labels = data["hr"], data["lr_up"], data["labels"]
+        hr, lr_up, labels = data["hr"], data["lr_up"], data["labels"]
         if step_a:
             f_hr = None if step_a == "sr-mse" else tf.stop_gradient(self.hashnet(hr, training=False)[0])
             for _ in range(self.preset.sr_steps if step_b else 1):
-                self.sr_step(hr, lr, f_hr)
+                self.sr_step(hr, lr_up, f_hr)
         if step_b:
-            self.hash_step(hr, lr, labels, step_b)
+            self.hash_step(hr, lr_up, labels, step_b)
         return {n: self.trackers[n].result() for n in self._phase_metrics()}
 
     def _phase_metrics(self) -> list[str]:
