@@ -205,3 +205,12 @@ def test_prelu_equals_keras_prelu_in_values_and_gradients():
         grads.append((y.numpy(), *[g.numpy() for g in tape.gradient(loss, [x, layer.alpha])]))
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_pixel_unshuffle_and_subpixel_are_tf_space_to_depth_and_inverse():
+    from trainer.models import PixelUnshuffle, SubPixel
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), tf.float32)
+    down = PixelUnshuffle(4)(x)
+    np.testing.assert_array_equal(down.numpy(), tf.nn.space_to_depth(x, 4).numpy())
+    np.testing.assert_array_equal(SubPixel(4)(down).numpy(), x.numpy())

@@ -9,13 +9,20 @@ from keras import layers, ops
 from dsrhn.config import Preset
 
 
-@keras.saving.register_keras_serializable("dsrhn")
-class SubPixel(layers.Layer):
-    """Sub-pixel convolution's shuffle (Shi et al.): [B,H,W,C*r*r] -> [B,H*r,W*r,C], as tf.nn.depth_to_space."""
+class _Shuffle(layers.Layer):
+    """A parameter-free layer with an integer `factor` (pixel shuffle and unshuffle)."""
 
     def __init__(self, factor: int = 2, **kwargs):
         super().__init__(**kwargs)
         self.factor = factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable("dsrhn")
+class SubPixel(_Shuffle):
+    """Sub-pixel convolution's shuffle (Shi et al.): [B,H,W,C*r*r] -> [B,H*r,W*r,C], as tf.nn.depth_to_space."""
 
     def call(self, x):
         r = self.factor
@@ -25,17 +32,10 @@ class SubPixel(layers.Layer):
         x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
         return ops.reshape(x, (b, h * r, w * r, c))
 
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
-
 
 @keras.saving.register_keras_serializable("dsrhn")
-class PixelUnshuffle(layers.Layer):
+class PixelUnshuffle(_Shuffle):
     """The inverse of SubPixel (tf.nn.space_to_depth): [B,H,W,C] -> [B,H/r,W/r,C*r*r]."""
-
-    def __init__(self, factor: int = 2, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = factor
 
     def call(self, x):
         r = self.factor
@@ -44,9 +44,6 @@ class PixelUnshuffle(layers.Layer):
         x = ops.reshape(x, (b, h, r, w, r, c))
         x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
         return ops.reshape(x, (b, h, w, r * r * c))
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
 
 
 @keras.saving.register_keras_serializable("dsrhn")
