@@ -49,7 +49,7 @@ MODELS = [  # key, row name, mode, degradation kind, starts from stage 1 of that
 ]
 
 
-def cells(specialist_blur: float) -> dict:
+def cells() -> dict:
     """cell name -> LRConfig fields (seed 1: the grid's draws differ from the training partners')."""
     out = {f"x{s}-{name}": {"scale": s, "kernel": "bicubic", "seed": 1, **fields}
            for s in SCALES for name, fields in CONDITIONS.items()}
@@ -107,19 +107,24 @@ def closure(results: dict, model: str, cell: str) -> dict | None:
     return gap_closure_interval(lr, m, hr)
 
 
+def closure_text(c: dict | None) -> str:
+    if not c or c["closure"] is None:
+        return "-"
+    ci = c["closure_interval"]
+    return f"{c['closure']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{c['closure']:.2f}"
+
+
 def print_side_by_side(results: dict, cell_names: list[str]) -> None:
     """One table: every model's mAP per cell, blind DSRHN's closure and PSNR-Y (README's table)."""
-    keys = [k for k, _, _, _ in MODELS[:-1] if k in results]
-    print("\n| cell | " + " | ".join(n for k, n, _, _ in MODELS[:-1] if k in results)
-          + " | DSRHN closure [90% CI] | PSNR-Y DSRHN / bicubic |")
+    rows = [(k, n) for k, n, _, _ in MODELS[:-1] if k in results]
+    keys = [k for k, _ in rows]
+    print("\n| cell | " + " | ".join(n for _, n in rows) + " | DSRHN closure [90% CI] | PSNR-Y DSRHN / bicubic |")
     print("|---" * (len(keys) + 3) + "|")
     for cell in cell_names:
         maps = [results[k]["cells"][cell]["map"] for k in keys]
         best = max(maps)
         row = " | ".join(f"**{m:.4f}**" if m == best else f"{m:.4f}" for m in maps)
-        c = closure(results, "dsrhn", cell) if "dsrhn" in results else None
-        ci = c["closure_interval"] if c and c["closure"] is not None else None
-        text = f"{c['closure']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
+        text = closure_text(closure(results, "dsrhn", cell) if "dsrhn" in results else None)
         p = results["dsrhn"]["cells"][cell]["psnr"] if "dsrhn" in results else None
         psnr = f"{p['psnr_y']:.2f} / {p['bicubic_psnr_y']:.2f}" if p else "-"
         print(f"| {cell} | {row} | {text} | {psnr} |")
@@ -142,13 +147,10 @@ def print_tables(results: dict, cell_names: list[str], args, minutes: float) -> 
             r = results[key]["cells"][cell]
             c = closure(results, key, cell)
             above += r["map"] > results.get("hashnet-lr", {}).get("cells", {}).get(cell, {}).get("map", 1.0)
-            text = "-"
             if c and c["closure"] is not None:
                 closures.append((c["closure"], cell))
-                ci = c["closure_interval"]
-                text = f"{c['closure']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{c['closure']:.2f}"
             p = r["psnr"]
-            print(f"| {cell} | {r['map']:.4f} | {text} | {p['psnr_y']:.2f} / {p['bicubic_psnr_y']:.2f} |")
+            print(f"| {cell} | {r['map']:.4f} | {closure_text(c)} | {p['psnr_y']:.2f} / {p['bicubic_psnr_y']:.2f} |")
         if key != "hashnet-lr" and closures:
             worst = min(closures)
             mean = sum(c for c, _ in closures) / len(closures)
@@ -180,7 +182,7 @@ def main() -> None:
     examples = os.path.join(args.out, "examples")
     source = {"kind": "fashion-mnist-mosaic", "n_train": args.n_train, "n_query": args.n_query, "n_gallery": args.n_gallery}
     lr_config = LRConfig(scale=4, blur_sigma=args.specialist_blur)
-    ingest = {"source": source, "hr_size": 56, "lr": dataclasses.asdict(lr_config), "cells": cells(args.specialist_blur)}
+    ingest = {"source": source, "hr_size": 56, "lr": dataclasses.asdict(lr_config), "cells": cells()}
     record = os.path.join(args.out, "ingest.json")
     made_from = json.load(open(record)) if os.path.exists(record) else None
     if made_from != json.loads(json.dumps(ingest)):
@@ -202,17 +204,19 @@ def main() -> None:
     steps_per_epoch = max(1, args.steps // args.epochs)
     stage1_steps = args.stage1_steps or 2 * args.steps
 
+    def stage1_weights(kind: str) -> str:
+        return os.path.join(args.out, f"stage1-{kind}.srnet.weights.h5")
+
     def save():
         with open(results_path, "w") as f:
             json.dump(results, f, indent=2)
 
-    score_tasks = {}
     tasks_by_kind: dict = {"blind": [], "fixed": []}
     independent = []
     for key, name, mode, kind in MODELS:
         if key not in wanted or key in results:
             continue
-        stage1 = os.path.join(args.out, f"stage1-{kind}.srnet.weights.h5")
+        stage1 = stage1_weights(kind)
         preset = get_preset("cpu", mode=mode, bits=args.bits, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
                             **{"degradation.kind": kind})
         if mode in ("two-stage", "dsrhn"):
@@ -221,7 +225,6 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         score = (1, ("score", key), score_model, (os.path.join(run_dir, "model"), examples, cell_dirs, args.topk,
                                                   os.path.join(run_dir, "ap"), mode == "hashnet-hr"), [])
-        score_tasks[key] = score
         task = (0, ("train", key), train_model, (examples, json.loads(json.dumps(preset.to_dict())), run_dir), [score])
         if preset.srnet_weights and not os.path.exists(stage1):
             tasks_by_kind[kind].append(task)
@@ -230,10 +233,9 @@ def main() -> None:
     tasks = list(independent)
     for kind, after in tasks_by_kind.items():
         if after:
-            weights = os.path.join(args.out, f"stage1-{kind}.srnet.weights.h5")
             tasks.append((0, ("stage1", kind), train_stage1,
                           (examples, args.epochs, max(1, stage1_steps // args.epochs),
-                           os.path.join(args.out, f"stage1-{kind}"), weights, kind), after))
+                           os.path.join(args.out, f"stage1-{kind}"), stage1_weights(kind), kind), after))
 
     def on_done(task_name, out: dict) -> None:
         what, key = task_name
@@ -254,7 +256,7 @@ def main() -> None:
         runner.run(tasks, on_done)
     finally:
         runner.close()
-    names = [c for c in ingest["cells"]]
+    names = list(ingest["cells"])
     print_tables(results, names, args, (time.time() - t_start) / 60)
     print_side_by_side(results, names)
 

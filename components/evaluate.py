@@ -91,7 +91,7 @@ def sr_quality(examples_uri: str, enc: SavedModelEncoders, info: DatasetInfo, n:
     first n queries."""
     import tensorflow as tf
 
-    from dsrhn.degrade import to_hr_space
+    from dsrhn.degrade import bicubic_uint8
 
     ps, ss, pb, sb = [], [], [], []
     for batch in read_split_raw(examples_uri, "query", info).take(n).batch(64).as_numpy_iterator():
@@ -99,7 +99,7 @@ def sr_quality(examples_uri: str, enc: SavedModelEncoders, info: DatasetInfo, n:
         for i in range(len(sr)):
             hr = tf.io.decode_png(batch["hr"][i], channels=3).numpy()
             lr = tf.io.decode_png(batch["lr"][i], channels=3).numpy()
-            bic = np.round(to_hr_space(lr.astype(np.float32) / 255.0, hr.shape[0]).numpy() * 255.0)
+            bic = bicubic_uint8(lr, hr.shape[0])
             ps.append(metrics.psnr_y(sr[i], hr, info.scale))
             ss.append(metrics.ssim_y(sr[i], hr, info.scale))
             pb.append(metrics.psnr_y(bic, hr, info.scale))

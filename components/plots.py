@@ -48,7 +48,7 @@ def sample_grid(examples_uri, enc, q, g, info, path: str, n_queries: int = 4, to
     (green frame: relevant, red: not)."""
     import tensorflow as tf
 
-    from dsrhn.degrade import to_hr_space
+    from dsrhn.degrade import bicubic_uint8
     from dsrhn.records import read_split_raw
 
     raw_q = next(read_split_raw(queries_uri or examples_uri, "query").batch(n_queries).as_numpy_iterator())
@@ -68,7 +68,7 @@ def sample_grid(examples_uri, enc, q, g, info, path: str, n_queries: int = 4, to
     for r in range(min(n_queries, len(sr))):
         hr = tf.io.decode_png(raw_q["hr"][r], channels=3).numpy()
         lr = tf.io.decode_png(raw_q["lr"][r], channels=3).numpy()
-        bic = np.round(to_hr_space(lr.astype(np.float32) / 255.0, hr.shape[0]).numpy() * 255.0).astype(np.uint8)
+        bic = bicubic_uint8(lr, hr.shape[0])
         for c, (img, title) in enumerate([(lr, "LR"), (bic, "bicubic"), (sr[r], "model"), (hr, "HR")]):
             axes[r, c].imshow(img, interpolation="nearest")
             axes[r, c].set_title(title, fontsize=7)

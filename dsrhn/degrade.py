@@ -42,6 +42,12 @@ def to_hr_space(img: tf.Tensor, hr_size: int) -> tf.Tensor:
     return tf.ensure_shape(out, [hr_size, hr_size, 3])
 
 
+def bicubic_uint8(lr, hr_size: int):
+    """uint8 LR [h, w, 3] -> the uint8 image to_hr_space makes of it (the no-SR baseline in reports)."""
+    x = tf.cast(lr, tf.float32) / 255.0
+    return tf.cast(tf.round(to_hr_space(x, hr_size) * 255.0), tf.uint8).numpy()
+
+
 def _uniform(seed, lo, hi, dtype=tf.float32):
     return tf.random.stateless_uniform([], seed, lo, hi, dtype=dtype) if lo < hi else tf.constant(lo, dtype)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import re
 
@@ -18,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from PIL import Image
 
 from serving.store import ModelStore, Servable
 
@@ -231,10 +233,6 @@ def search(s: Servable, body: dict, max_k: int) -> dict:
 def query_size_warning(image: bytes, sizes: list[int] | None) -> str | None:
     """A note when a query's side (its centre square, read from the image header) is outside the
     range of query sizes the model was trained for (export metadata `query_sizes`); None inside it."""
-    import io
-
-    from PIL import Image
-
     if not sizes:
         return None
     try:
