@@ -29,10 +29,16 @@ import time
 
 ROWS = [("HashNet-LR", "hashnet-lr"), ("Two-stage SR->hash", "two-stage"), ("DSRHN", "dsrhn"), ("HashNet-HR", "hashnet-hr")]
 TABLE2 = [("DCH", "dch"), ("DHN", "dhn"), ("DPSH", "dpsh")]
+# Table 3, the other seed methods (row id, name, registered method, its options): LR queries, no SR,
+# trained like HashNet-LR on HR + LR in one batch; the center-loss control has both center terms off
+TABLE3 = [("pointwise", "Point-wise", "pointwise", {}),
+          ("pointwise-seg", "Point-wise + segmentation", "pointwise-seg", {}),
+          ("center", "Center loss (DPSH + L_c + L_sep)", "center", {}),
+          ("center-off", "Center method, beta = 0 (control)", "center", {"center_weight": 0.0, "separation_weight": 0.0})]
 
 
 # scheduling order when rows run side by side: the long rows first, so the short ones fill the tail
-PRIORITY = {"stage1": 0, "dsrhn": 1, "two-stage": 2, "hashnet-lr": 3, "hashnet-hr": 4}
+PRIORITY = {"stage1": 0, "dsrhn": 1, "two-stage": 2, "pointwise-seg": 3, "hashnet-lr": 3, "hashnet-hr": 4}
 
 
 def train_stage1(examples: str, epochs: int, steps_per_epoch: int, out: str, weights: str,
@@ -49,7 +55,24 @@ def train_stage1(examples: str, epochs: int, steps_per_epoch: int, out: str, wei
     return {"seconds": time.time() - t0}
 
 
-def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int) -> dict:
+def hamming_spread(model_dir: str, examples: str, n: int = 2000) -> dict:
+    """Mean Hamming distance between gallery codes of images that share a label (intra-class) and of
+    images that share none (inter-class), over the first n gallery images."""
+    import numpy as np
+
+    from components.evaluate import SavedModelEncoders, encode_split
+    from components.metrics import unpack_bits
+
+    enc = SavedModelEncoders(model_dir)
+    g = encode_split(examples, "gallery", "hr", enc.gallery, limit=n)
+    b = unpack_bits(g.codes, int(enc.meta["bits"]))
+    dist = (b.shape[1] - b @ b.T) / 2.0
+    similar = (g.labels @ g.labels.T) > 0
+    off = ~np.eye(len(b), dtype=bool)
+    return {"intra": float(dist[similar & off].mean()), "inter": float(dist[~similar].mean()), "images": len(b)}
+
+
+def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int, spread: bool = False) -> dict:
     """One table cell: train, export and evaluate a preset (in a fresh worker process)."""
     from components.evaluate import AP_FILE, evaluate_model
     from dsrhn.config import preset_from_dict
@@ -60,9 +83,12 @@ def run_row(examples: str, preset_dict: dict, run_dir: str, topk: int) -> dict:
                                os.path.join(run_dir, "model"), verbose=0)
     report = evaluate_model(os.path.join(run_dir, "model"), examples, os.path.join(run_dir, "eval"),
                             topk=topk, plots=False, curves=False)
-    return {"map": report["map"], "map_hr_query": report["hr_query"][f"map@{topk}"],
-            "train_seconds": summary["seconds"], "seconds": time.time() - t0,
-            "sr_quality": report.get("sr_quality"), "ap_file": os.path.join(run_dir, "eval", AP_FILE)}
+    out = {"map": report["map"], "map_hr_query": report["hr_query"][f"map@{topk}"],
+           "train_seconds": summary["seconds"], "seconds": time.time() - t0,
+           "sr_quality": report.get("sr_quality"), "ap_file": os.path.join(run_dir, "eval", AP_FILE)}
+    if spread:
+        out["hamming"] = hamming_spread(os.path.join(run_dir, "model"), examples)
+    return out
 
 
 def table_runs(table2: bool) -> list[tuple[str, str, str]]:
@@ -108,6 +134,14 @@ def gap_closure(results: dict, bits: int) -> dict | None:
     if any(a is None for a in aps):
         return None
     return gap_closure_interval(*aps)
+
+
+def row_closure(results: dict, row: str, bits: int) -> dict | None:
+    """(row - HashNet-LR) / (HashNet-HR - HashNet-LR), with the same paired bootstrap as gap_closure."""
+    from components.metrics import gap_closure_interval
+
+    aps = [query_aps(results, m, bits) for m in ("hashnet-lr", row, "hashnet-hr")]
+    return None if any(a is None for a in aps) else gap_closure_interval(*aps)
 
 
 def fmt_closure(c: dict | None) -> str:
@@ -176,6 +210,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1,
                     help="runs per cell with seeds 0..N-1; the tables show the means (± half the spread)")
     ap.add_argument("--no-table2", action="store_true")
+    ap.add_argument("--table3", action="store_true",
+                    help="also the other seed methods (point-wise +- segmentation, center loss and its control) at "
+                         "--bits, with HashNet-LR's intra/inter-class Hamming distances for comparison")
     ap.add_argument("--table2-bits", default="12", help="bit lengths for the DHN/DCH rows")
     ap.add_argument("--stage1-steps", type=int, default=0, help="SRNet MSE updates of stage 1 (default: 2 x --steps)")
     ap.add_argument("--jobs", type=int, default=1,
@@ -191,7 +228,7 @@ def main() -> None:
     source = {"kind": "fashion-mnist-mosaic", "n_train": args.n_train, "n_query": args.n_query,
               "n_gallery": args.n_gallery}
     lr_config = LRConfig(scale=4, blur_sigma=args.lr_blur)
-    ingest = {"source": source, "hr_size": 56, "lr": dataclasses.asdict(lr_config)}
+    ingest = {"source": source, "hr_size": 56, "lr": dataclasses.asdict(lr_config), "records": "with masks"}
     ingest_record = os.path.join(args.out, "ingest.json")  # what examples/ was made from
     made_from = None
     if os.path.exists(ingest_record):
@@ -238,8 +275,18 @@ def main() -> None:
                                  steps_per_epoch=steps_per_epoch, seed=seed,
                                  srnet_weights=stage1_srnet if mode in ("two-stage", "dsrhn") else "")
             task = (PRIORITY[mode], (key, name), run_row,
-                    (examples, preset.to_dict(), os.path.join(args.out, key.replace("/", "-")), args.topk), [])
+                    (examples, preset.to_dict(), os.path.join(args.out, key.replace("/", "-")), args.topk,
+                     args.table3 and mode == "hashnet-lr" and loss == "dpsh"), [])
             (after_stage1 if preset.srnet_weights else independent).append(task)
+        for (row, name, mode, options), seed in itertools.product(TABLE3 if args.table3 else [], range(args.seeds)):
+            key = f"{row}/dpsh/{bits}/seed{seed}"
+            if key in results:
+                continue
+            preset = cpu.replace(mode=mode, bits=bits, epochs=args.epochs, steps_per_epoch=steps_per_epoch, seed=seed,
+                                 options=options)
+            independent.append((PRIORITY.get(mode, 3), (key, name), run_row,
+                                (examples, preset.to_dict(), os.path.join(args.out, key.replace("/", "-")), args.topk,
+                                 True), []))
     if os.path.exists(stage1_srnet):
         tasks = independent + after_stage1
     else:
@@ -274,6 +321,8 @@ def main() -> None:
 
     means = {name: {b: mean(cell(results, mode, loss, b)) for b in bits_list}
              for name, mode, loss in table_runs(not args.no_table2)}
+    if args.table3:
+        means.update({name: {b: mean(cell(results, row, "dpsh", b)) for b in bits_list} for row, name, _, _ in TABLE3})
     rows = {name: {b: m for b, m in by_bits.items() if m is not None} for name, by_bits in means.items()}
     map_vs_bits(rows, os.path.join(args.out, "map_vs_bits.png"), f"mAP@{args.topk} vs bits (LR queries)")
     print(f"plot: {os.path.join(args.out, 'map_vs_bits.png')}")
@@ -313,6 +362,25 @@ def print_tables(results: dict, closures: dict, bits_list: list[int], args, seco
         for name, loss in TABLE2:
             print(row(name, "hashnet-lr", loss))
         print(row("DSRHN", "dsrhn"))
+    if args.table3:
+        print(f"\nTable 3: the other seed methods (LR queries, no SR; trained on HR + LR like HashNet-LR), mAP@{args.topk}; "
+              "closure = (row - HashNet-LR) / (HashNet-HR - HashNet-LR)")
+        print(head)
+        print(sep)
+        for r, name, _, _ in TABLE3:
+            print(row(name, r))
+        print(row("HashNet-LR (DPSH)", "hashnet-lr"))
+        print(row("DSRHN", "dsrhn"))
+        print("| closure of each row  | " + " | ".join(" ".join(
+            f"{r}:{fmt_closure(row_closure(results, r, b))}" for r, _, _, _ in TABLE3) for b in bits_list) + " |")
+        print("\nMean Hamming distance between gallery codes, sharing a label (intra) / sharing none (inter), "
+              "first 2,000 gallery images")
+        for r, name in [(r, n) for r, n, _, _ in TABLE3] + [("hashnet-lr", "HashNet-LR (DPSH)")]:
+            cells = []
+            for b in bits_list:
+                h = [v["hamming"] for k, v in sorted(results.items()) if k.startswith(f"{r}/dpsh/{b}/seed") and "hamming" in v]
+                cells.append(f"{mean([x['intra'] for x in h]):.2f} / {mean([x['inter'] for x in h]):.2f}" if h else "  -   ")
+            print(f"| {name:<34} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

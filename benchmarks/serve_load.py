@@ -35,14 +35,14 @@ def build_tiny(root: str) -> tuple[str, str]:
     from dsrhn.config import LRConfig, get_preset
     from serving.indexer import gallery_from_examples, run_indexing
     from trainer.export import export_saved_model
-    from trainer.train import DSRHNTrainer
+    from trainer.train import build_trainer
 
     ex = os.path.join(root, "examples")
     run_ingest({"kind": "fashion-mnist-mosaic", "n_train": 0, "n_query": 50, "n_gallery": 2000}, ex, 56, LRConfig())
     p = get_preset("cpu")
-    t = DSRHNTrainer(p)
+    t = build_trainer(p)
     v1 = os.path.join(root, "serving", "dsrhn", "1")
-    export_saved_model(t.srnet, t.hashnet, p, v1, [str(i) for i in range(10)])
+    export_saved_model(t.method, t.nets, v1, [str(i) for i in range(10)])
     run_indexing(v1, gallery_from_examples(ex))
     return os.path.join(root, "serving"), ex
 

@@ -1,6 +1,7 @@
 """Retrieval evaluation of an exported model on an Examples artifact, and its report.
 
-Queries are encoded with the model's query signature (LR images; HR for hashnet-hr),
+Queries are encoded with the model's query signature (LR images; HR for HR-query methods such as
+hashnet-hr, as the export metadata says; nothing here imports the trainer),
 the gallery with `encode_hr`. Output: report.json, report.md and PNG plots.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ class SavedModelEncoders:
     def __init__(self, model_dir: str):
         import tensorflow as tf
 
-        from trainer.export import read_metadata
+        from dsrhn.contracts import read_metadata
 
         self.meta = read_metadata(model_dir)
         self.model = tf.saved_model.load(model_dir)
@@ -136,7 +137,7 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     os.makedirs(out_dir, exist_ok=True)
     np.savez(os.path.join(out_dir, AP_FILE), ids=np.array(q.ids), lr_query=report["lr_query"].pop("ap"),
              hr_query=report["hr_query"].pop("ap"))
-    if enc.meta["mode"] in ("dsrhn", "two-stage", "hashnet-lr"):
+    if enc.meta["query_input"] == "lr":  # the image the code network sees of an LR query (SR or bicubic)
         report["sr_quality"] = sr_quality(queries_uri, enc, q_info)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)

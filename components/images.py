@@ -72,14 +72,14 @@ def load_image(path: str) -> Image.Image:
     return decode_image(data)
 
 
-def prepare_hr(img: Image.Image, hr_size: int) -> Image.Image:
-    """Resize the shorter side to hr_size (bicubic) and centre-crop a square."""
+def prepare_hr(img: Image.Image, hr_size: int, resample=Image.BICUBIC) -> Image.Image:
+    """Resize the shorter side to hr_size (bicubic; nearest for masks) and centre-crop a square."""
     w, h = img.size
     if (w, h) == (hr_size, hr_size):
         return img
     s = hr_size / min(w, h)
     nw, nh = max(hr_size, round(w * s)), max(hr_size, round(h * s))
-    img = img.resize((nw, nh), Image.BICUBIC)
+    img = img.resize((nw, nh), resample)
     left, top = (nw - hr_size) // 2, (nh - hr_size) // 2
     return img.crop((left, top, left + hr_size, top + hr_size))
 

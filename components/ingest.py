@@ -15,9 +15,11 @@ from dataclasses import asdict, dataclass
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image
 
 from components import sources
 from components.images import ImageError, encode_png, load_image, make_lr, prepare_hr
+from components.masks import item_mask
 from dsrhn.config import LRConfig
 from dsrhn.records import SPLITS, DatasetInfo, make_example, split_dir
 
@@ -54,22 +56,30 @@ class ProcessItem(beam.DoFn):
 
     REJECTED = "rejected"
 
-    def __init__(self, hr_size: int, lr: LRConfig):
-        self.hr_size, self.lr = hr_size, lr
+    def __init__(self, hr_size: int, lr: LRConfig, masks: bool = False):
+        self.hr_size, self.lr, self.masks = hr_size, lr, masks
 
     def process(self, item: sources.SourceItem):
         if item.error:
             yield beam.pvalue.TaggedOutput(self.REJECTED, {"id": item.id, "path": item.ref, "reason": item.error})
             return
         try:
-            hr = prepare_hr(source_pixels(item.ref), self.hr_size)
+            img = source_pixels(item.ref)
+            hr = prepare_hr(img, self.hr_size)
             lr = make_lr(hr, self.lr, item.id)
+            mask_png = None
+            if self.masks:  # the same crop and resize as HR, nearest-neighbour
+                try:
+                    mask = item_mask(item, img.size)
+                except (ValueError, TypeError, KeyError) as e:
+                    raise ImageError(f"unreadable segmentation: {e}") from None
+                mask_png = encode_png(prepare_hr(mask, self.hr_size, Image.NEAREST))
         except ImageError as e:
             yield beam.pvalue.TaggedOutput(self.REJECTED, {"id": item.id, "path": item.ref, "reason": str(e)})
             return
         hr_png, lr_png = encode_png(hr), encode_png(lr)
         for role in item.splits:
-            yield role, make_example(item.id, role, hr_png, lr_png, list(item.labels)).SerializeToString()
+            yield role, make_example(item.id, role, hr_png, lr_png, list(item.labels), mask_png).SerializeToString()
 
 
 def write_report(path: str, source: sources.Source, rejected: list[dict], per_split: dict) -> dict:
@@ -105,7 +115,7 @@ def build_ingest_pipeline(p: beam.Pipeline, source: sources.Source, hr_size: int
                           examples_uri: str, report_path: str) -> None:
     """Add the ingestion transforms to pipeline `p`."""
     results = (p | "Items" >> beam.Create(source.items, reshuffle=False)
-               | "Process" >> beam.ParDo(ProcessItem(hr_size, lr)).with_outputs(ProcessItem.REJECTED, main="records"))
+               | "Process" >> beam.ParDo(ProcessItem(hr_size, lr, source.masks)).with_outputs(ProcessItem.REJECTED, main="records"))
     records = results.records
     by_role = records | "ByRole" >> beam.Partition(lambda kv, n: SPLITS.index(kv[0]), len(SPLITS))
     for role, pcoll in zip(SPLITS, by_role):
@@ -155,7 +165,8 @@ def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report
     with tf.io.gfile.GFile(report_path) as f:
         report = json.loads(f.read())
     DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
-                scale=lr.scale, lr=asdict(lr), counts=report["per_split"]).write(examples_uri)
+                scale=lr.scale, lr=asdict(lr), counts=report["per_split"],
+                multi_label=any(sum(it.labels) > 1 for it in source.items), masks=source.masks).write(examples_uri)
     return IngestSummary(examples_uri, report_path, report)
 
 
@@ -182,11 +193,12 @@ def derive_query_set(examples_uri: str, out_uri: str, lr: LRConfig) -> DatasetIn
             item_id = rec["id"].decode("utf-8")
             hr = Image.open(io.BytesIO(rec["hr"])).convert("RGB")
             lr_png = encode_png(make_lr(hr, lr, item_id))
-            w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]])
-                    .SerializeToString())
+            w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]],
+                                 bytes(rec["mask"]) if info.masks else None).SerializeToString())
             n += 1
     DatasetInfo(source=info.source, label_names=info.label_names, hr_size=info.hr_size,
-                lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n}).write(tmp)
+                lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n},
+                multi_label=info.multi_label, masks=info.masks).write(tmp)
     shutil.rmtree(out_uri, ignore_errors=True)
     os.rename(tmp, out_uri)
     return DatasetInfo.read(out_uri)

@@ -4,6 +4,7 @@ roles; split rules follow the deep-hashing papers and are documented per functio
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -25,6 +26,10 @@ class SourceItem:
     labels: tuple[int, ...]
     splits: tuple[str, ...]  # roles: any of train, query, gallery
     error: str = ""  # set when the item is rejected before any image is read
+    # pixel masks (COCO): ((label column, segmentation as COCO JSON: polygons or RLE), ...) and the
+    # image size (width, height) the annotations refer to
+    shapes: tuple = ()
+    shape_size: tuple = ()
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Source:
     name: str
     items: list[SourceItem]
     label_names: list[str]
+    masks: bool = False  # every item yields a pixel mask (components.masks)
 
 
 # ---------------------------------------------------------------- split rules
@@ -75,7 +81,7 @@ def split_random(n: int, n_query: int, n_train: int, seed: int) -> list[tuple[st
 
 
 def _with_roles(items: list[SourceItem], roles: list[tuple[str, ...]]) -> list[SourceItem]:
-    return [SourceItem(it.id, it.ref, it.labels, r, it.error) for it, r in zip(items, roles)]
+    return [dataclasses.replace(it, splits=r) for it, r in zip(items, roles)]
 
 
 def assign_roles(items: list[SourceItem], rule: str, num_labels: int, *, query_per_class: int = 100,
@@ -189,19 +195,25 @@ def coco_source(pairs: list[tuple[str, str]], **split_kwargs) -> Source:
     column = {c: i for i, c in enumerate(cat_ids)}
     for json_path, root, data in loaded:
         per_image: dict[int, set[int]] = {}
+        shapes: dict[int, list] = {}
         for a in data["annotations"]:
             per_image.setdefault(int(a["image_id"]), set()).add(column[int(a["category_id"])])
+            if a.get("segmentation"):  # instance polygons or RLE, rasterised at ingestion (components.masks)
+                shapes.setdefault(int(a["image_id"]), []).append(
+                    (column[int(a["category_id"])], json.dumps(a["segmentation"], separators=(",", ":"))))
         for img in data["images"]:
             path = os.path.join(root, img["file_name"])
             cols = per_image.get(int(img["id"]))
             if not cols:
                 items.append(SourceItem(path, path, (), (), f"{os.path.basename(json_path)}: image id {img['id']} has no category annotations"))
                 continue
-            items.append(SourceItem(path, path, tuple(int(i in cols) for i in range(len(cat_ids))), ()))
+            size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else ()
+            items.append(SourceItem(path, path, tuple(int(i in cols) for i in range(len(cat_ids))), (),
+                                    shapes=tuple(shapes.get(int(img["id"]), ())), shape_size=size))
     split_kwargs.setdefault("rule", "random")
     rule = split_kwargs.pop("rule")
     items = assign_roles(items, rule, len(cat_ids), **split_kwargs)
-    return Source("coco", items, [categories[c] for c in cat_ids])
+    return Source("coco", items, [categories[c] for c in cat_ids], masks=len(cat_ids) < 255)
 
 
 # ---------------------------------------------------------------- directory tree
@@ -268,6 +280,22 @@ def fashion_mnist_pixels(ref: str) -> np.ndarray:
     return np.block([[a, b], [c, d]])
 
 
+FASHION_MNIST_DRAWN = 10  # a pixel above this (0..255) is part of the item, else background
+
+
+def fashion_mnist_segmentation(ref: str) -> np.ndarray:
+    """The pixel mask of an "fmnist:..." reference, aligned with fashion_mnist_pixels: 1 + the item's
+    class where the item is drawn, 0 (background) elsewhere; a mosaic's tiles each carry their own class."""
+    _, directory, part, idx = ref.split(":")
+    images, labels = load_fashion_mnist(directory)[part]
+    tiles = [np.where(images[i] > FASHION_MNIST_DRAWN, int(labels[i]) + 1, 0).astype(np.uint8)
+             for i in (int(j) for j in idx.split(","))]
+    if len(tiles) == 1:
+        return tiles[0]
+    a, b, c, d = tiles
+    return np.block([[a, b], [c, d]])
+
+
 def fashion_mnist_query_mask(test_labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Query rule: `per_class` test images of each class, drawn by a seeded permutation;
     the rest of the test set is the gallery, and training uses the official train set."""
@@ -298,7 +326,7 @@ def fashion_mnist_source(directory: str = FASHION_MNIST_DIR, *, n_train: int = 1
     items = [item("train", i, "train", tr_lab[i]) for i in train_idx]
     items += [item("test", i, "query", te_lab[i]) for i in np.flatnonzero(qmask)]
     items += [item("test", i, "gallery", te_lab[i]) for i in gal_idx]
-    return Source("fashion-mnist", items, list(FASHION_MNIST_CLASSES))
+    return Source("fashion-mnist", items, list(FASHION_MNIST_CLASSES), masks=True)
 
 
 def mosaic_cells(rng: np.random.Generator, pools: list[np.ndarray]) -> tuple[list[int], set[int]]:
@@ -336,4 +364,4 @@ def fashion_mnist_mosaic_source(directory: str = FASHION_MNIST_DIR, *, n_train: 
             items.append(SourceItem(f"fashion-mnist-mosaic/{role}/{n:06d}/{joined.replace(',', '+')}",
                                     f"fmnist:{directory}:{part}:{joined}",
                                     tuple(int(c in labels) for c in range(10)), (role,)))
-    return Source("fashion-mnist-mosaic", items, list(FASHION_MNIST_CLASSES))
+    return Source("fashion-mnist-mosaic", items, list(FASHION_MNIST_CLASSES), masks=True)

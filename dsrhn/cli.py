@@ -1,7 +1,8 @@
 """`dsrhn`: the command line of the pipeline's stages.
 
     dsrhn ingest    images -> HR/LR TFRecords (an Examples directory) + rejection report
-    dsrhn train     Examples -> SavedModel (LR image bytes -> codes)
+    dsrhn train     Examples -> SavedModel (LR image bytes -> codes), any registered method (--mode)
+    dsrhn methods   the registered methods (dsrhn/registry.py) and their options
     dsrhn queries   Examples -> a stored query set with another LR degradation (evaluation grids)
     dsrhn evaluate  SavedModel + Examples -> report.json / report.md / plots
     dsrhn index     SavedModel + gallery -> Faiss index beside the model
@@ -14,6 +15,10 @@ import argparse
 import json
 import os
 import sys
+
+from dsrhn.registry import METHODS, method_help
+
+METHOD_HELP = method_help()
 
 
 def _quiet_tf() -> None:
@@ -82,7 +87,11 @@ def _preset(args):
     flags["degradation.kind"] = args.degradation
     overrides = parse_overrides(args.set)
     overrides.update({k: v for k, v in flags.items() if v is not None})  # a flag given wins over --set
-    return get_preset(args.preset, **overrides)
+    preset = get_preset(args.preset, **overrides)
+    from dsrhn.registry import get_method
+
+    get_method(preset.mode).parse_options(preset.options)  # unknown or mistyped options.NAME fail here
+    return preset
 
 
 def cmd_train(args) -> int:
@@ -92,6 +101,19 @@ def cmd_train(args) -> int:
     work = args.work_dir or os.path.join(args.output, "_work")
     summary = train_and_export(args.examples, preset, work, args.output, verbose=args.verbose)
     print(f"model: {os.path.abspath(args.output)} ({preset.mode}, {preset.bits} bits, {summary['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    """The registered methods, their query path and their own options (--set options.NAME=VALUE)."""
+    import dataclasses
+
+    from dsrhn.registry import get_method
+
+    for name, text in METHOD_HELP.items():
+        m = get_method(name)
+        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(m.Options)) or "none"
+        print(f"{name:<14} {text}\n{'':<14} {m.query_input.upper()} queries, encoded via {m.query_path}; options: {opts}")
     return 0
 
 
@@ -210,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="SavedModel directory to write")
     p.add_argument("--work-dir", help="checkpoints + TensorBoard logs (default: <output>/_work); re-run to resume")
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
-    p.add_argument("--mode", choices=["dsrhn", "hashnet-hr", "hashnet-lr", "two-stage"])
+    p.add_argument("--mode", choices=list(METHODS), metavar="METHOD",
+                   help="the registered method (dsrhn/registry.py): " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
+                   + " (`dsrhn methods` lists each one's options)")
     p.add_argument("--hash-loss", choices=["dpsh", "dhn", "dch"])
     p.add_argument("--bits", type=int)
     p.add_argument("--epochs", type=int)
@@ -226,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set degradation.scale_max=4 --set degradation.kernels=area,bicubic (repeatable)")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("methods", help="the registered methods and their options")
+    p.set_defaults(fn=cmd_methods)
 
     p = sub.add_parser("evaluate", help="mAP@K, PR, precision@n, PSNR/SSIM report")
     p.add_argument("--model", required=True)

@@ -9,7 +9,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-MODES = ("dsrhn", "hashnet-hr", "hashnet-lr", "two-stage")
+from dsrhn.registry import method_names
+
+MODES = method_names()  # the registered methods (dsrhn/registry.py)
 HASH_LOSSES = ("dpsh", "dhn", "dch")
 KERNELS = ("bicubic", "area", "bilinear")
 SCALES = (2, 4, 8)
@@ -127,6 +129,7 @@ class Preset:
     srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
     seed: int = 0
     degradation: Degradation = field(default_factory=Degradation)  # training LR: blind (random) or fixed (stored)
+    options: dict = field(default_factory=dict)  # the method's own settings (its Options dataclass), --set options.NAME=V
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -147,6 +150,8 @@ class Preset:
             raise ValueError(f"hr_size {self.hr_size} is not a multiple of scale {self.scale}")
         if self.bits < 1:
             raise ValueError(f"bits must be positive, got {self.bits}")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options must be a dict of the method's settings, got {self.options!r}")
         if isinstance(self.degradation, dict):  # from JSON (checkpoints, export metadata, TFX custom_config)
             object.__setattr__(self, "degradation", Degradation(**self.degradation))
 
@@ -204,6 +209,7 @@ def get_preset(name: str, **overrides) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     nested = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("degradation.")}
+    options = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("options.")}
     unknown = set(changes) - {f.name for f in dataclasses.fields(Preset)}
     unknown |= {f"degradation.{k}" for k in set(nested) - {f.name for f in dataclasses.fields(Degradation)}}
     if unknown:
@@ -211,18 +217,24 @@ def get_preset(name: str, **overrides) -> Preset:
     preset = PRESETS[name].replace(**changes)
     if nested:  # Preset.__post_init__ made any dict a Degradation
         preset = preset.replace(degradation=dataclasses.replace(preset.degradation, **nested))
+    if options:  # checked against the method's Options when it is built (dsrhn/registry.py)
+        preset = preset.replace(options={**preset.options, **options})
     return preset
 
 
 def parse_overrides(items: list[str]) -> dict:
     """`["lr_decay=cosine", "degradation.scale_max=4"]` -> typed preset overrides (the CLI's --set)."""
-    types = {f.name: f.type for f in dataclasses.fields(Preset) if f.name != "degradation"}
+    types = {f.name: f.type for f in dataclasses.fields(Preset) if f.name not in ("degradation", "options")}
     types.update({f"degradation.{f.name}": f.type for f in dataclasses.fields(Degradation)})
     out: dict = {}
     for item in items:
         name, sep, raw = item.partition("=")
+        if sep and name.startswith("options.") and len(name) > len("options."):
+            out[name] = raw  # typed by the method's Options dataclass (trainer/methods/base.py)
+            continue
         if not sep or name not in types:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)} "
+                             "or options.NAME (the method's own options)")
         kind = types[name] if isinstance(types[name], str) else types[name].__name__
         try:
             if kind == "bool":

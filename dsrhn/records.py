@@ -8,8 +8,10 @@ An Examples artifact written by ingestion has one directory per role
     hr      bytes   PNG, HR image (RGB, hr_size x hr_size)
     lr      bytes   PNG, LR partner (RGB, hr_size/scale square)
     labels  int64   multi-hot label vector, length num_labels
+    mask    bytes   optional (DatasetInfo.masks): PNG, 8-bit, hr_size x hr_size, per-pixel class:
+                    0 background, 1 + i for label i, 255 unknown (left out of the segmentation loss)
 
-and `dsrhn_dataset.json` at its root (label names, sizes, counts).
+and `dsrhn_dataset.json` at its root (label names, sizes, counts, multi_label, masks).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 SPLITS = ("train", "query", "gallery")
+MASK_BACKGROUND, MASK_IGNORE = 0, 255  # mask pixel values besides 1 + label index
 DATASET_INFO = "dsrhn_dataset.json"
 TFRECORD_PATTERN = "data_tfrecord-*.gz"
 
@@ -32,6 +35,14 @@ class DatasetInfo:
     scale: int
     lr: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
+    multi_label: bool | None = None  # images may carry several labels; None: written before this was recorded
+    masks: bool = False  # every record has a pixel mask
+
+    @property
+    def is_multi_label(self) -> bool:
+        if self.multi_label is not None:
+            return bool(self.multi_label)
+        return self.source not in ("fashion-mnist", "directory")
 
     @property
     def num_labels(self) -> int:
@@ -69,38 +80,45 @@ def split_files(examples_uri: str, split: str) -> list[str]:
     return files
 
 
-def make_example(item_id: str, split: str, hr_png: bytes, lr_png: bytes, labels: list[int]):
+def make_example(item_id: str, split: str, hr_png: bytes, lr_png: bytes, labels: list[int], mask_png: bytes | None = None):
     import tensorflow as tf
 
     def _bytes(v: bytes):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
-    return tf.train.Example(features=tf.train.Features(feature={
+    feature = {
         "id": _bytes(item_id.encode("utf-8")),
         "split": _bytes(split.encode("utf-8")),
         "hr": _bytes(hr_png),
         "lr": _bytes(lr_png),
         "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=list(labels))),
-    }))
+    }
+    if mask_png is not None:
+        feature["mask"] = _bytes(mask_png)
+    return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def feature_spec(num_labels: int) -> dict:
+def feature_spec(num_labels: int, masks: bool = False) -> dict:
     import tensorflow as tf
 
-    return {
+    spec = {
         "id": tf.io.FixedLenFeature([], tf.string),
         "split": tf.io.FixedLenFeature([], tf.string),
         "hr": tf.io.FixedLenFeature([], tf.string),
         "lr": tf.io.FixedLenFeature([], tf.string),
         "labels": tf.io.FixedLenFeature([num_labels], tf.int64),
     }
+    if masks:
+        spec["mask"] = tf.io.FixedLenFeature([], tf.string)
+    return spec
 
 
-def decode_pair(num_labels: int, hr_size: int, lr_size: int):
-    """A tf.data map fn: serialized Example -> dict(id, hr, lr float32 in [0,1], labels float32)."""
+def decode_pair(num_labels: int, hr_size: int, lr_size: int, masks: bool = False):
+    """A tf.data map fn: serialized Example -> dict(id, hr, lr float32 in [0,1], labels float32
+    [, mask int32 [hr_size, hr_size]])."""
     import tensorflow as tf
 
-    spec = feature_spec(num_labels)
+    spec = feature_spec(num_labels, masks)
 
     def _decode(serialized):
         ex = tf.io.parse_single_example(serialized, spec)
@@ -108,7 +126,11 @@ def decode_pair(num_labels: int, hr_size: int, lr_size: int):
         lr = tf.io.decode_png(ex["lr"], channels=3)
         hr = tf.ensure_shape(tf.cast(hr, tf.float32) / 255.0, [hr_size, hr_size, 3])
         lr = tf.ensure_shape(tf.cast(lr, tf.float32) / 255.0, [lr_size, lr_size, 3])
-        return {"id": ex["id"], "hr": hr, "lr": lr, "labels": tf.cast(ex["labels"], tf.float32)}
+        out = {"id": ex["id"], "hr": hr, "lr": lr, "labels": tf.cast(ex["labels"], tf.float32)}
+        if masks:
+            mask = tf.io.decode_png(ex["mask"], channels=1)[..., 0]
+            out["mask"] = tf.ensure_shape(tf.cast(mask, tf.int32), [hr_size, hr_size])
+        return out
 
     return _decode
 
@@ -120,7 +142,7 @@ def read_split(examples_uri: str, split: str, info: DatasetInfo | None = None):
     info = info or DatasetInfo.read(examples_uri)
     files = split_files(examples_uri, split)
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
-    return ds.map(decode_pair(info.num_labels, info.hr_size, info.lr_size), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(decode_pair(info.num_labels, info.hr_size, info.lr_size, info.masks), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def read_split_raw(examples_uri: str, split: str, info: DatasetInfo | None = None):
@@ -128,6 +150,6 @@ def read_split_raw(examples_uri: str, split: str, info: DatasetInfo | None = Non
     import tensorflow as tf
 
     info = info or DatasetInfo.read(examples_uri)
-    spec = feature_spec(info.num_labels)
+    spec = feature_spec(info.num_labels, info.masks)
     ds = tf.data.TFRecordDataset(split_files(examples_uri, split), compression_type="GZIP")
     return ds.map(lambda s: tf.io.parse_single_example(s, spec))

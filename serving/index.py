@@ -8,7 +8,6 @@ Layout inside a model version directory (TF Serving layout `<base>/<name>/<versi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,39 +17,11 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-INDEX_DIR = "index"
-INDEX_FILE = "gallery.faissindex"
-IDS_FILE = "ids.jsonl"
-MANIFEST_FILE = "manifest.json"
+from dsrhn.contracts import (IDS_FILE, INDEX_DIR, INDEX_FILE, MANIFEST_FILE, IndexMismatch,  # noqa: F401
+                             check_manifest, code_dim, model_fingerprint, sha256_file)
+
 MAX_GPU_K = 2048  # faiss GPU binary search limit
-
-
-class IndexMismatch(ValueError):
-    """The index on disk does not belong to the model beside it (or is damaged)."""
-
-
-def faiss_dim(bits: int) -> int:
-    """Faiss binary indexes need d % 8 == 0: K bits are zero-padded to whole bytes."""
-    return ((bits + 7) // 8) * 8
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def model_fingerprint(model_dir: str) -> str:
-    """sha256 over the SavedModel graph and variable index: changes whenever the model does."""
-    h = hashlib.sha256()
-    for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
-        path = os.path.join(model_dir, rel)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} missing: {model_dir} is not a SavedModel")
-        h.update(sha256_file(path).encode())
-    return h.hexdigest()
+faiss_dim = code_dim
 
 
 def build_index(codes: np.ndarray, bits: int) -> faiss.IndexBinaryFlat:
@@ -124,13 +95,7 @@ def load_index(model_dir: str, model_meta: dict, index_dir: str | None = None) -
         raise IndexMismatch(f"no index manifest at {manifest_path}")
     with open(manifest_path) as f:
         manifest = json.load(f)
-    if manifest.get("model_fingerprint") != model_fingerprint(model_dir):
-        raise IndexMismatch(f"index at {d} was built for another model (fingerprint mismatch); rebuild it with `dsrhn index`")
-    if int(manifest.get("bits", -1)) != int(model_meta["bits"]):
-        raise IndexMismatch(f"index has {manifest.get('bits')} bits, model has {model_meta['bits']}")
-    for name, key in ((INDEX_FILE, "index_sha256"), (IDS_FILE, "ids_sha256")):
-        if sha256_file(os.path.join(d, name)) != manifest[key]:
-            raise IndexMismatch(f"{os.path.join(d, name)} does not match its manifest checksum")
+    check_manifest(manifest, model_dir, model_meta, d)
     index = faiss.read_index_binary(os.path.join(d, INDEX_FILE))
     with open(os.path.join(d, IDS_FILE)) as f:
         rows = [json.loads(line) for line in f]

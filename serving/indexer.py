@@ -108,7 +108,7 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
                  beam_args: list[str] | None = None, batch_size: int = 128,
                  beam_pipeline: beam.Pipeline | None = None) -> IndexSummary:
     """Encode `items` with the model at model_dir and write model_dir/index (or out_dir)."""
-    from trainer.export import read_metadata
+    from dsrhn.contracts import read_metadata
 
     meta = read_metadata(model_dir)
     shards = tempfile.mkdtemp(prefix="dsrhn-codes-")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 
 from serving.index import GalleryIndex, IndexMismatch, load_index
-from trainer.export import read_metadata
+from dsrhn.contracts import read_metadata
 
 log = logging.getLogger("dsrhn.serving")
 

@@ -155,7 +155,7 @@ def _float(png: bytes) -> tf.Tensor:
 
 def test_queries_of_any_size_are_resized_once(trained_model, tiny_preset):
     from trainer.export import CodeFunctions
-    from trainer.train import DSRHNTrainer
+    from trainer.train import build_trainer
 
     q14, q28 = _png(14, 14, 1), _png(28, 28, 2)
     # the trained LR size and a 28 px query each take one bicubic resize straight to HR size
@@ -167,8 +167,8 @@ def test_queries_of_any_size_are_resized_once(trained_model, tiny_preset):
     hr56 = _float(_png(56, 56, 3))
     assert np.array_equal(to_hr_space(hr56, 56).numpy(), hr56.numpy())  # HR size: no resize at all
     # the query image of an SR model is SRNet of exactly that single resize
-    t = DSRHNTrainer(tiny_preset)
-    fns = CodeFunctions(t.srnet, t.hashnet, tiny_preset)
+    t = build_trainer(tiny_preset)
+    fns = CodeFunctions(t.method, t.nets)
     for png in (q14, q28):
         want = t.srnet(to_hr_space(_float(png), 56)[None]).numpy()[0]
         np.testing.assert_allclose(fns.query_image(tf.constant([png])).numpy()[0], want, atol=1e-5)

@@ -19,7 +19,7 @@ from serving.indexer import gallery_from_examples, gallery_from_source, run_inde
 from serving.store import ModelStore
 from tests.conftest import BEAM, LiveServer
 from trainer.export import export_saved_model, read_metadata
-from trainer.train import DSRHNTrainer
+from trainer.train import build_trainer
 
 
 def test_12_bit_codes_pad_to_16_without_changing_distances():
@@ -48,8 +48,8 @@ def base_dir(tmp_path_factory, trained_model, mosaic_examples):
 
 
 def other_model(tmp_path, tiny_preset) -> str:
-    t = DSRHNTrainer(tiny_preset.replace(seed=7))
-    return export_saved_model(t.srnet, t.hashnet, tiny_preset, str(tmp_path), [str(i) for i in range(10)])
+    t = build_trainer(tiny_preset.replace(seed=7))
+    return export_saved_model(t.method, t.nets, str(tmp_path), [str(i) for i in range(10)])
 
 
 def test_index_is_bound_to_its_model(base_dir, tmp_path, tiny_preset):

@@ -7,24 +7,22 @@ different sizes can share one call):
   serving_default  query images (LR) -> codes uint8 [N, ceil(K/8)], bits float32 [N, K]
   encode_hr        gallery images (HR) -> codes, bits
   super_resolve    query images -> sr uint8 [N, H, W, 3] (the image HashNet sees)
-Metadata (bits, preset, mode, label names, code layout, the query sizes the model was trained
-for) is in assets.extra/dsrhn.json.
+Every registered method exports the same signatures: its declared query path (SR, bicubic or HR)
+and code logits (codes = their sign, Eq. 1) make them. Metadata (dsrhn/contracts.py: bits, preset,
+method, label names, code layout, query path, the query sizes the model was trained for) is in
+assets.extra/dsrhn.json.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import keras
 import tensorflow as tf
 
 from dsrhn.config import Preset
+from dsrhn.contracts import CODE_LAYOUT, METADATA, read_metadata, write_metadata  # noqa: F401
 from dsrhn.degrade import to_hr_space
-
-METADATA = os.path.join("assets.extra", "dsrhn.json")
-CODE_LAYOUT = "sign bits packed MSB-first, bit 1 for b=+1 (sign(0)=+1), zero padding to whole bytes"
 IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
 
 
@@ -48,21 +46,18 @@ def pack_bits_tf(bits: tf.Tensor) -> tf.Tensor:  # Eq. 1 codes -> bytes, MSB fir
 
 
 class CodeFunctions:
-    """The image -> code paths of one trained model, as plain TF functions."""
+    """The image -> code paths of one trained method, as plain TF functions."""
 
-    def __init__(self, srnet: keras.Model, hashnet: keras.Model, preset: Preset):
-        self.srnet, self.hashnet, self.preset = srnet, hashnet, preset
+    def __init__(self, method, nets: dict):
+        self.method, self.nets, self.preset = method, dict(nets), method.preset
 
     def query_image(self, images: tf.Tensor) -> tf.Tensor:
-        """What HashNet sees for encoded query images in this mode: SRNet's output (dsrhn, two-stage),
-        else the query brought to HR size (bicubic; HR itself for hashnet-hr)."""
-        x = decode_hr_space(images, self.preset.hr_size)
-        if self.preset.mode in ("dsrhn", "two-stage"):
-            return tf.cast(self.srnet(x, training=False), tf.float32)
-        return x
+        """What the code network sees for encoded query images: the method's query path (SRNet's output,
+        the query brought to HR size by bicubic, or the HR image itself)."""
+        return tf.cast(self.method.query_image(self.nets, decode_hr_space(images, self.preset.hr_size)), tf.float32)
 
     def codes(self, images_hr: tf.Tensor) -> dict:
-        v = tf.cast(self.hashnet(images_hr, training=False)[1], tf.float32)
+        v = tf.cast(self.method.code_logits(self.nets, images_hr), tf.float32)
         bits = tf.where(v >= 0, 1.0, -1.0)
         return {"codes": pack_bits_tf(bits), "bits": bits}
 
@@ -78,24 +73,25 @@ class CodeFunctions:
         return {"sr": tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)}
 
 
-def trained_query_sizes(preset: Preset, train_lr_size: int) -> tuple[int, int]:
+def trained_query_sizes(preset: Preset, train_lr_size: int, query_input: str = "lr") -> tuple[int, int]:
     """The range of query sides (px, of the centre square) a model was trained for: the blind
-    sampler's scale range, the stored LR partners' size (fixed), or HR (hashnet-hr)."""
-    if preset.mode == "hashnet-hr":
+    sampler's scale range, the stored LR partners' size (fixed), or HR (HR-query methods)."""
+    if query_input == "hr":
         return preset.hr_size, preset.hr_size
     if preset.blind:
         return preset.degradation.query_sizes(preset.hr_size)
     return train_lr_size, train_lr_size
 
 
-def export_saved_model(srnet: keras.Model, hashnet: keras.Model, preset: Preset, export_dir: str,
-                       label_names: list[str], extra: dict | None = None, train_lr_size: int | None = None) -> str:
-    """train_lr_size: the stored LR side the model trained on (degradation kind fixed); default
-    preset.lr_size."""
-    fns = CodeFunctions(srnet, hashnet, preset)
+def export_saved_model(method, nets: dict, export_dir: str, label_names: list[str], extra: dict | None = None,
+                       train_lr_size: int | None = None) -> str:
+    """Export a trained method's networks. train_lr_size: the stored LR side the model trained on
+    (degradation kind fixed); default preset.lr_size."""
+    preset = method.preset
+    fns = CodeFunctions(method, nets)
     archive = keras.export.ExportArchive()
-    archive.track(srnet)
-    archive.track(hashnet)
+    for net in nets.values():
+        archive.track(net)
     archive.add_endpoint("serving_default", fns.serve_query, input_signature=[IMAGES_SPEC])
     archive.add_endpoint("encode_hr", fns.serve_hr, input_signature=[IMAGES_SPEC])
     archive.add_endpoint("super_resolve", fns.serve_sr, input_signature=[IMAGES_SPEC])
@@ -104,25 +100,10 @@ def export_saved_model(srnet: keras.Model, hashnet: keras.Model, preset: Preset,
         "bits": preset.bits, "code_bytes": preset.code_bytes, "code_layout": CODE_LAYOUT,
         "mode": preset.mode, "preset": preset.to_dict(), "scale": preset.scale,
         "hr_size": preset.hr_size, "lr_size": preset.lr_size, "label_names": list(label_names),
-        "query_input": "hr" if preset.mode == "hashnet-hr" else "lr",
-        "query_sizes": list(trained_query_sizes(preset, train_lr_size or preset.lr_size)),
+        "query_input": method.query_input, "query_path": method.query_path, "networks": sorted(nets),
+        "query_sizes": list(trained_query_sizes(preset, train_lr_size or preset.lr_size, method.query_input)),
         "degradation": preset.degradation.kind,
         "signatures": ["serving_default", "encode_hr", "super_resolve"],
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
     })
     return export_dir
-
-
-def write_metadata(export_dir: str, meta: dict) -> None:
-    path = os.path.join(export_dir, METADATA)
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(meta, indent=2))
-
-
-def read_metadata(export_dir: str) -> dict:
-    path = os.path.join(export_dir, METADATA)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: {export_dir} is not a SavedModel exported by dsrhn")
-    with tf.io.gfile.GFile(path) as f:
-        return json.loads(f.read())

@@ -89,6 +89,50 @@ def dch_loss(v, labels, gamma: float, quant_weight: float):
     return ops.mean(w * ce) + quant_weight * ops.mean(ops.log(1.0 + d_q / gamma))
 
 
+def pointwise_loss(logits, labels, multi_label: bool):
+    """Point-wise hashing's classification loss on the layer after the latent codes (Lin et al. 2015;
+    segmentation-hashing paper, Sec. III-B): sigmoid cross-entropy per label for multi-label data,
+    softmax cross-entropy for single-label data (one-hot labels)."""
+    logits, labels = ops.cast(logits, "float32"), ops.cast(labels, "float32")
+    if multi_label:
+        return ops.mean(ops.softplus(logits) - labels * logits)  # = BCE(sigmoid(logits), labels), stable
+    return ops.mean(ops.logsumexp(logits, axis=-1) - ops.sum(labels * logits, axis=-1))
+
+
+def segmentation_loss(seg_logits, masks, ignore: int = 255):
+    """Pixel-wise softmax cross-entropy of the segmentation branch (the paper's negative log-likelihood
+    criterion): masks int [B, H, W] of class ids (0 background, 1 + label), `ignore` pixels left out."""
+    logits = ops.cast(seg_logits, "float32")
+    masks = ops.cast(masks, "int32")
+    valid = ops.cast(ops.not_equal(masks, ignore), "float32")
+    target = ops.where(ops.equal(masks, ignore), 0, masks)
+    onehot = ops.one_hot(target, ops.shape(logits)[-1])
+    nll = ops.logsumexp(logits, axis=-1) - ops.sum(onehot * logits, axis=-1)
+    return ops.sum(nll * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+
+def label_centers(center_sums, labels):  # the center of an image: the mean of its labels' hash centers
+    n = ops.maximum(ops.sum(ops.cast(labels, "float32"), axis=-1, keepdims=True), 1.0)
+    return ops.cast(center_sums, "float32") / n
+
+
+def center_loss(v, centers):  # L_c = 1/K ||v_i - c_{y_i}||^2, averaged over the batch (DDCH's compact constraint)
+    v = ops.cast(v, "float32")
+    return ops.mean(ops.sum(ops.square(v - centers), axis=-1)) / v.shape[-1]
+
+
+def center_separation_loss(center_table, margin: float):
+    """Keeps the hash centers of different labels apart: mean over label pairs a != b of
+    max(0, margin - 1/K ||c_a - c_b||^2). With centers at +-1, margin 2 asks for half the bits to differ."""
+    c = ops.cast(center_table, "float32")
+    k = c.shape[-1]
+    sq = ops.sum(ops.square(c), axis=-1)
+    d = (sq[:, None] + sq[None, :] - 2.0 * ops.matmul(c, ops.transpose(c))) / k
+    n = ops.shape(c)[0]
+    off = 1.0 - ops.eye(n)
+    return ops.sum(ops.maximum(margin - d, 0.0) * off) / ops.maximum(ops.sum(off), 1.0)
+
+
 def semantic_hash_loss(name: str, v, labels, gamma: float, dch_gamma: float):
     """L_hs by name: dpsh (the paper's), dhn or dch (its Table 2 baselines)."""
     if name == "dpsh":

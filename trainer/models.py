@@ -47,6 +47,37 @@ class PixelUnshuffle(_Shuffle):
 
 
 @keras.saving.register_keras_serializable("dsrhn")
+class AdaptiveAvgPool(layers.Layer):
+    """Average pooling of an [B, H, W, C] map into a g x g grid, bin i spanning rows
+    [floor(i*H/g), ceil((i+1)*H/g)) (PyTorch's adaptive pooling), as two pooling matrices."""
+
+    def __init__(self, grid: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.grid = grid
+
+    @staticmethod
+    def _matrix(n: int, g: int):
+        import numpy as np
+
+        m = np.zeros((g, n), "float32")
+        for i in range(g):
+            lo, hi = (i * n) // g, -(-((i + 1) * n) // g)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        return m
+
+    def call(self, x):
+        ph = ops.convert_to_tensor(self._matrix(x.shape[1], self.grid), dtype=x.dtype)
+        pw = ops.convert_to_tensor(self._matrix(x.shape[2], self.grid), dtype=x.dtype)
+        return ops.einsum("ih,bhwc,jw->bijc", ph, x, pw)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.grid, self.grid, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "grid": self.grid}
+
+
+@keras.saving.register_keras_serializable("dsrhn")
 class PReLU(layers.PReLU):
     """keras.layers.PReLU (same `alpha` weight, same values) computed as max(x, 0) + alpha * min(x, 0):
     one pass fewer than Keras' relu(x) - alpha * relu(-x), ~1.5x faster forward+backward on CPU."""
@@ -114,30 +145,116 @@ def _small_features(x, preset: Preset):
     return conv(x, 64, 3, "c5")
 
 
-def HashNet(preset: Preset) -> keras.Model:  # Eq. 7: b = sign(F_hash(x))
-    """AlexNet (c1-c5, fc6, fc7) + K-node `fch`. Outputs [c5 features, fch]: the last conv
-    features feed the perceptual loss (Eq. 4), fch the relaxed codes v."""
+def Backbone(preset: Preset) -> keras.Model:
+    """HashNet's convolutional part: image in [0,1] -> the last conv map (c5), float32 (the features of
+    the perceptual loss, Eq. 4, and what every head reads)."""
     x_in = keras.Input((preset.hr_size, preset.hr_size, 3), name="image")
     # ImageNet-style normalisation of [0,1] inputs
     x = layers.Rescaling(1.0 / 0.25, offset=-0.45 / 0.25, name="normalize")(x_in)
     features = {"alexnet": _alexnet_features, "small": _small_features}[preset.hashnet]
     conv = features(x, preset)
-    pooled = layers.MaxPooling2D(3 if preset.hashnet == "alexnet" else 2, 2, name="pool5")(conv)
-    x = layers.Flatten(name="flatten")(pooled)
+    return keras.Model(x_in, layers.Activation("linear", name="last_conv", dtype="float32")(conv), name="backbone")
+
+
+def _fc_stack(x, preset: Preset):
+    """pool5, flatten, fc6, fc7 (AlexNet's classifier body, dropout after fc6 and fc7)."""
+    x = layers.MaxPooling2D(3 if preset.hashnet == "alexnet" else 2, 2, name="pool5")(x)
+    x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(preset.hash_width, activation="relu", name="fc6")(x)
     x = layers.Dropout(preset.dropout, name="drop6", seed=preset.seed)(x)
     x = layers.Dense(preset.hash_width, activation="relu", name="fc7")(x)
-    x = layers.Dropout(preset.dropout, name="drop7", seed=preset.seed + 1)(x)
-    fch = layers.Dense(preset.bits, name="fch", dtype="float32")(x)
+    return layers.Dropout(preset.dropout, name="drop7", seed=preset.seed + 1)(x)
+
+
+def _code_layer(x, preset: Preset, name: str):
+    """The K-node layer whose sign is the code. The `small` net batch-norms it: that centres each bit
+    over the batch, so v starts balanced and uncorrelated instead of all sharing the positive mean of
+    the ReLU features, which stalls DPSH at v ~ 0."""
+    v = layers.Dense(preset.bits, name=name, dtype="float32")(x)
     if preset.hashnet == "small":
-        # centres each bit over the batch: v starts balanced and uncorrelated instead of all
-        # sharing the positive mean of the ReLU features, which stalls DPSH at v ~ 0
-        fch = layers.BatchNormalization(momentum=0.9, name="fch_bn", dtype="float32")(fch)
-    conv = layers.Activation("linear", name="last_conv", dtype="float32")(conv)
-    model = keras.Model(x_in, [conv, fch], name="HashNet")
+        v = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn", dtype="float32")(v)
+    return v
+
+
+def HashHead(preset: Preset, feature_shape: tuple) -> keras.Model:  # Eq. 7: v = F_hash(x), b = sign(v)
+    """conv map -> pool5, fc6, fc7, K-node `fch`: {"code": v}."""
+    f_in = keras.Input(feature_shape, name="features")
+    return keras.Model(f_in, {"code": _code_layer(_fc_stack(f_in, preset), preset, "fch")}, name="hash_head")
+
+
+def compose(backbone: keras.Model, heads: dict, name: str, taps: dict | None = None) -> keras.Model:
+    """image -> {"features": backbone map, **each head's named outputs}. `taps` maps a head name to a
+    layer that transforms the backbone map before that head (e.g. a pyramid pooling module)."""
+    x_in = keras.Input(backbone.input_shape[1:], name="image")
+    f = backbone(x_in)
+    out = {"features": f}
+    for head_name, head in heads.items():
+        y = head((taps or {}).get(head_name, lambda t: t)(f))
+        out.update(y if isinstance(y, dict) else {head_name: y})
+    return keras.Model(x_in, out, name=name)
+
+
+def HashNet(preset: Preset) -> keras.Model:  # Eq. 7: b = sign(F_hash(x))
+    """AlexNet (c1-c5, fc6, fc7) + K-node `fch`, split into a backbone and a hash head. Outputs
+    {"features": the last conv map (Eq. 4's perceptual features), "code": fch, the relaxed codes v}."""
+    backbone = Backbone(preset)
+    model = compose(backbone, {"hash": HashHead(preset, backbone.output_shape[1:])}, "HashNet")
     if preset.pretrained_weights:
         load_backbone_weights(model, preset.pretrained_weights)
     return model
+
+
+def PyramidPooling(feature_shape: tuple, bins: tuple[int, ...], name: str = "psp") -> keras.Model:
+    """PSPNet's pyramid pooling module (Zhao et al.), as the segmentation-hashing paper uses it: average
+    pooling of the map into g x g bins for each g in `bins` (adaptive), a 1x1
+    convolution to C/4 features, batch norm, ReLU, bilinear upsampling back to the map's size; the
+    streams are stacked with the map itself -> [H, W, C + len(bins) * C/4]."""
+    h, w, c = feature_shape
+    f_in = keras.Input(feature_shape, name="features")
+    streams = [f_in]
+    for g in bins:
+        g = min(g, h, w)
+        y = AdaptiveAvgPool(g, name=f"{name}_pool{g}")(f_in)
+        y = layers.Conv2D(max(1, c // 4), 1, use_bias=False, name=f"{name}_conv{g}")(y)
+        y = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{g}")(y)
+        y = layers.ReLU(name=f"{name}_relu{g}")(y)
+        streams.append(layers.Resizing(h, w, interpolation="bilinear", name=f"{name}_up{g}")(y))
+    return keras.Model(f_in, layers.Concatenate(name=f"{name}_stack")(streams), name=name)
+
+
+def SegHead(feature_shape: tuple, classes: int, out_size: int) -> keras.Model:
+    """Stacked PSP features -> per-pixel class logits at out_size (conv 3x3-BN-ReLU, conv 1x1, bilinear
+    upsampling to the mask's resolution)."""
+    f_in = keras.Input(feature_shape, name="psp_features")
+    y = layers.Conv2D(feature_shape[-1] // 2, 3, padding="same", use_bias=False, name="seg_conv")(f_in)
+    y = layers.BatchNormalization(momentum=0.9, name="seg_bn")(y)
+    y = layers.ReLU(name="seg_relu")(y)
+    y = layers.Conv2D(classes, 1, name="seg_logits")(y)
+    y = layers.Resizing(out_size, out_size, interpolation="bilinear", name="seg_up", dtype="float32")(y)
+    return keras.Model(f_in, {"seg": y}, name="seg_head")
+
+
+def PointWiseHead(preset: Preset, feature_shape: tuple, num_labels: int) -> keras.Model:
+    """Point-wise hashing head (Lin et al. 2015, the segmentation-hashing paper's Sec. III-B): fc6, fc7,
+    a K-node latent layer r = sigmoid(z), then a classification layer on r. {"code": z, "logits"}; the code
+    is H = sgn(r - 0.5) (Eq. 2), which is sgn(z): the same sign rule as every other method."""
+    f_in = keras.Input(feature_shape, name="features")
+    z = _code_layer(_fc_stack(f_in, preset), preset, "latent")
+    r = layers.Activation("sigmoid", name="latent_sigmoid", dtype="float32")(z)
+    logits = layers.Dense(num_labels, name="classifier", dtype="float32")(r)
+    return keras.Model(f_in, {"code": z, "logits": logits}, name="pointwise_head")
+
+
+def HashCenters(num_labels: int, bits: int, seed: int) -> keras.Model:
+    """One K-dim hash center per label, as the kernel of a bias-free dense layer: labels (multi-hot) ->
+    their summed centers. Initialised to random +-1 vertices of the hypercube (seeded)."""
+    import numpy as np
+
+    init = np.where(np.random.default_rng(seed).random((num_labels, bits)) < 0.5, -1.0, 1.0).astype("float32")
+    y_in = keras.Input((num_labels,), name="labels")
+    out = layers.Dense(bits, use_bias=False, name="centers", dtype="float32",
+                       kernel_initializer=keras.initializers.Constant(init))(y_in)
+    return keras.Model(y_in, out, name="HashCenters")
 
 
 def load_backbone_weights(model: keras.Model, path: str) -> None:
@@ -149,9 +266,10 @@ def load_backbone_weights(model: keras.Model, path: str) -> None:
         raise FileNotFoundError(f"pretrained_weights {path} does not exist (weights are never downloaded)")
     donor = keras.models.clone_model(model)
     donor.load_weights(path, skip_mismatch=True)
-    for layer in model.layers:
-        if layer.name != "fch" and layer.weights:
-            layer.set_weights(donor.get_layer(layer.name).get_weights())
+    for part, donor_part in zip(model.layers, donor.layers):
+        for layer, donor_layer in zip(getattr(part, "layers", []), getattr(donor_part, "layers", [])):
+            if layer.name not in ("fch", "fch_bn") and layer.weights:
+                layer.set_weights(donor_layer.get_weights())
 
 
 def sign_codes(v):  # Eq. 1: sign(x) = +1 if x >= 0 else -1

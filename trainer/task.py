@@ -14,7 +14,7 @@ def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_di
 
     info = DatasetInfo.read(examples_uri)
     result = train(examples_uri, preset, work_dir, verbose=verbose)
-    export_saved_model(result.trainer.srnet, result.trainer.hashnet, preset, export_dir, info.label_names,
+    export_saved_model(result.trainer.method, result.trainer.nets, export_dir, info.label_names,
                        extra={"dataset": info.source, "train_seconds": result.seconds}, train_lr_size=info.lr_size)
     summary = {"export_dir": export_dir, "seconds": result.seconds, "history": result.history,
                "resumed_from_epoch": result.resumed_from}

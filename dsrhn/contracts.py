@@ -1,0 +1,102 @@
+"""The contracts between stages that are not the dataset records (dsrhn/records.py) or the config
+(dsrhn/config.py): what an exported model states about itself, and what binds a gallery index to the
+model that made its codes. Every stage imports these from here; none reaches into another stage.
+
+Export metadata (`<SavedModel>/assets.extra/dsrhn.json`), written by the trainer, read by evaluation,
+indexing and serving:
+    bits, code_bytes, code_layout   the code contract (sign rule + packing below)
+    mode                            the registered method (dsrhn/registry.py)
+    query_input                     "lr" (queries are LR images) or "hr"
+    query_path                      "sr" (SRNet), "bicubic" or "hr": what the code network sees of a query
+    query_sizes, degradation        the query sides (px) and LR kind the model was trained for
+    hr_size, lr_size, scale, label_names, preset, signatures, exported_at, ...
+
+Index manifest (`<model>/index/manifest.json`), written by `dsrhn index`, checked by the server:
+    model_fingerprint (sha256 of the SavedModel graph + variable index), bits, faiss_dim, count,
+    index_sha256, ids_sha256, code_layout, model_version, created
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+METADATA = os.path.join("assets.extra", "dsrhn.json")
+CODE_LAYOUT = "sign bits packed MSB-first, bit 1 for b=+1 (sign(0)=+1), zero padding to whole bytes"
+QUERY_PATHS = ("sr", "bicubic", "hr")
+
+INDEX_DIR = "index"
+INDEX_FILE = "gallery.faissindex"
+IDS_FILE = "ids.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+# ---------------------------------------------------------------- export metadata
+
+def write_metadata(export_dir: str, meta: dict) -> None:
+    import tensorflow as tf
+
+    path = os.path.join(export_dir, METADATA)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(meta, indent=2, allow_nan=False))
+
+
+def read_metadata(export_dir: str) -> dict:
+    import tensorflow as tf
+
+    path = os.path.join(export_dir, METADATA)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: {export_dir} is not a SavedModel exported by dsrhn")
+    with tf.io.gfile.GFile(path) as f:
+        meta = json.loads(f.read())
+    meta.setdefault("query_path", _legacy_query_path(meta))
+    return meta
+
+
+def _legacy_query_path(meta: dict) -> str:
+    """Models exported before `query_path` was written: derived from their mode."""
+    mode = meta.get("mode", "dsrhn")
+    return {"dsrhn": "sr", "two-stage": "sr", "hashnet-hr": "hr"}.get(mode, "bicubic")
+
+
+# ---------------------------------------------------------------- index manifest
+
+class IndexMismatch(ValueError):
+    """The index on disk does not belong to the model beside it (or is damaged)."""
+
+
+def code_dim(bits: int) -> int:
+    """Faiss binary indexes need d % 8 == 0: K bits are zero-padded to whole bytes."""
+    return ((bits + 7) // 8) * 8
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """sha256 over the SavedModel graph and variable index: changes whenever the model does."""
+    h = hashlib.sha256()
+    for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        path = os.path.join(model_dir, rel)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} missing: {model_dir} is not a SavedModel")
+        h.update(sha256_file(path).encode())
+    return h.hexdigest()
+
+
+def check_manifest(manifest: dict, model_dir: str, model_meta: dict, index_dir: str) -> None:
+    """Raise IndexMismatch unless the manifest binds index_dir's files to the model at model_dir."""
+    if manifest.get("model_fingerprint") != model_fingerprint(model_dir):
+        raise IndexMismatch(f"index at {index_dir} was built for another model (fingerprint mismatch); "
+                            "rebuild it with `dsrhn index`")
+    if int(manifest.get("bits", -1)) != int(model_meta["bits"]):
+        raise IndexMismatch(f"index has {manifest.get('bits')} bits, model has {model_meta['bits']}")
+    for name, key in ((INDEX_FILE, "index_sha256"), (IDS_FILE, "ids_sha256")):
+        if sha256_file(os.path.join(index_dir, name)) != manifest.get(key):
+            raise IndexMismatch(f"{os.path.join(index_dir, name)} does not match its manifest checksum")

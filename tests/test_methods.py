@@ -1,0 +1,268 @@
+"""The method registry's contract, for every registered method: each phase updates only what its
+optimizers own, a killed run resumes exactly, and the method trains, exports (reloaded in a fresh
+process), evaluates, indexes and serves through the same code paths. Plus the new methods' pieces:
+pixel masks at ingestion, the PSP branch, the point-wise and center losses."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.evaluate import evaluate_model
+from dsrhn.config import MODES, get_preset, parse_overrides
+from dsrhn.contracts import read_metadata
+from dsrhn.records import DatasetInfo, read_split, read_split_raw
+from dsrhn.registry import METHODS, get_method
+from trainer.train import build_trainer, training_dataset, train
+
+ALL = list(METHODS)
+
+
+def _tiny(mode: str, **kw):
+    options = {"options.seg_epochs": 1} if mode == "pointwise-seg" else {}
+    return get_preset("cpu", mode=mode, bits=12, batch_size=8, sr_blocks=1, sr_filters=8, **{**options, **kw})
+
+
+def test_the_registry_is_the_only_list_of_methods():
+    from dsrhn import cli
+
+    assert MODES == tuple(METHODS)
+    ap_help = subprocess.run([sys.executable, "-m", "dsrhn.cli", "train", "--help"], capture_output=True, text=True)
+    for name in METHODS:
+        assert get_method(name).name == name
+        assert name in cli.METHOD_HELP and name in ap_help.stdout
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        get_preset("cpu", mode="nope")
+
+
+def test_method_options_are_typed_and_checked():
+    preset = get_preset("cpu", mode="center", **parse_overrides(["options.center_weight=0.5"]))
+    assert get_method("center").parse_options(preset.options).center_weight == 0.5
+    with pytest.raises(ValueError, match="has no options \\['center_weight'\\]"):
+        get_method("pointwise").parse_options({"center_weight": "1"})
+    with pytest.raises(ValueError, match="options.center_weight of method 'center' must be float"):
+        get_method("center").parse_options({"center_weight": "heavy"})
+    with pytest.raises(ValueError, match="finite number"):
+        get_method("center").parse_options({"center_weight": "nan"})
+    with pytest.raises(ValueError, match="psp_bins"):
+        get_method("pointwise-seg").parse_options({"psp_bins": "0,x"})
+
+
+@pytest.mark.parametrize("mode", ALL)
+def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples):
+    info = DatasetInfo.read(mosaic_examples)
+    preset = _tiny(mode, epochs=1, steps_per_epoch=1, hash_lr=0.1, sr_warmup_epochs=1 if mode == "dsrhn" else 0)
+    trainer = build_trainer(preset, info)
+    trainer.build_optimizers()
+    method = trainer.method
+    batch = next(iter(training_dataset(mosaic_examples, preset, 0, 1, 1, info, method.needs_masks)))
+    every = {id(v): v for net in trainer.nets.values() for v in net.trainable_variables}
+    for phase in method.phases():
+        owned = {id(v) for opt in phase.updates for v in trainer.variables_for(opt)}
+        before = {k: np.array(v) for k, v in every.items()}
+        trainer.phase = phase.name
+        trainer.train_step(batch)
+        changed = {k for k, v in every.items() if not np.array_equal(before[k], np.array(v))}
+        assert changed, f"{mode}/{phase.name}: nothing trained"
+        assert changed <= owned, f"{mode}/{phase.name}: updated variables its optimizers do not own: " + \
+            str([every[k].path for k in changed - owned][:5])
+
+
+@pytest.mark.parametrize("mode", ALL)
+def test_every_method_resumes_exactly(mode, mosaic_examples, tmp_path):
+    # two epochs (for pointwise-seg: its seg phase, then its hash phase); killed after the first. Dropout
+    # draws random masks and cosine decay reads the optimizers' step counters: both must resume
+    preset = _tiny(mode, epochs=1 if mode == "pointwise-seg" else 2, steps_per_epoch=2, dropout=0.5,
+                   lr_decay="cosine", sr_warmup_epochs=0)
+    straight = train(mosaic_examples, preset, str(tmp_path / "a"), verbose=0, tensorboard=False).trainer
+    train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False, stop_after_epochs=1)
+    resumed = train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False)
+    assert resumed.resumed_from == 1
+    assert sorted(straight.nets) == sorted(resumed.trainer.nets)
+    for name in straight.nets:
+        for x, y in zip(straight.nets[name].variables, resumed.trainer.nets[name].variables):
+            np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6, err_msg=f"{mode} {name} {x.path}")
+    for name in straight.opts:
+        for x, y in zip(straight.opts[name].variables, resumed.trainer.opts[name].variables):
+            np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6, err_msg=f"{mode} optimizer {name}")
+        if straight.method.optimizer_updates(2).get(name):  # cosine decay read the restored step counters
+            for opt in (straight.opts[name], resumed.trainer.opts[name]):
+                assert float(opt.learning_rate) == pytest.approx(0.0, abs=1e-9), (mode, name)
+
+
+def test_a_checkpoint_of_another_method_is_refused(mosaic_examples, tmp_path):
+    train(mosaic_examples, _tiny("hashnet-lr", epochs=1, steps_per_epoch=1), str(tmp_path), verbose=0, tensorboard=False)
+    with pytest.raises(ValueError, match="holds method 'hashnet-lr'"):
+        train(mosaic_examples, _tiny("center", epochs=2, steps_per_epoch=1), str(tmp_path), verbose=0, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def exported(mosaic_examples, tmp_path_factory) -> dict:
+    """Every method trained for a step and exported through `dsrhn train` (the CLI)."""
+    root = tmp_path_factory.mktemp("methods")
+    out = {}
+    for mode in ALL:
+        model = str(root / mode / "1")
+        args = [sys.executable, "-m", "dsrhn.cli", "train", "--examples", mosaic_examples, "-o", model, "--mode", mode,
+                "--bits", "12", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8", "--verbose", "0",
+                "--set", "sr_blocks=1", "--set", "sr_filters=8", "--work-dir", str(root / mode / "work")]
+        if mode == "pointwise-seg":
+            args += ["--set", "options.seg_epochs=1"]
+        run = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        out[mode] = model
+    return out
+
+
+def test_every_method_exports_the_same_signatures_and_reloads_in_a_fresh_process(exported, mosaic_examples, tmp_path):
+    batch = next(read_split_raw(mosaic_examples, "query").batch(4).as_numpy_iterator())
+    np.save(tmp_path / "lr.npy", batch["lr"])
+    np.save(tmp_path / "hr.npy", batch["hr"])
+    code = (
+        "import json, sys, numpy as np, tensorflow as tf\n"
+        f"lr = np.load({str(tmp_path / 'lr.npy')!r}, allow_pickle=True)\n"
+        f"hr = np.load({str(tmp_path / 'hr.npy')!r}, allow_pickle=True)\n"
+        "out = {}\n"
+        f"for mode, path in {exported!r}.items():\n"
+        "    m = tf.saved_model.load(path)\n"
+        "    q = m.signatures['serving_default'](images=tf.constant(lr))\n"
+        "    s = m.signatures['super_resolve'](images=tf.constant(lr))['sr']\n"
+        "    g = m.signatures['encode_hr'](images=tf.constant(hr))\n"
+        "    assert q['codes'].dtype == tf.uint8 and q['bits'].dtype == tf.float32 and s.dtype == tf.uint8\n"
+        "    out[mode] = [q['codes'].numpy().tolist(), list(s.shape), g['codes'].numpy().tolist(), q['bits'].shape[1]]\n"
+        "print(json.dumps(out))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    fresh = json.loads(run.stdout.strip().splitlines()[-1])
+    for mode, path in exported.items():
+        meta = read_metadata(path)
+        method = get_method(mode)
+        assert meta["mode"] == mode and meta["query_path"] == method.query_path
+        assert meta["query_input"] == method.query_input and meta["code_bytes"] == 2
+        m = tf.saved_model.load(path)
+        mem_q = m.signatures["serving_default"](images=tf.constant(batch["lr"]))["codes"].numpy().tolist()
+        mem_g = m.signatures["encode_hr"](images=tf.constant(batch["hr"]))["codes"].numpy().tolist()
+        assert fresh[mode][0] == mem_q and fresh[mode][2] == mem_g, mode
+        assert fresh[mode][1] == [4, 56, 56, 3] and fresh[mode][3] == 12 and len(mem_q[0]) == 2
+    cli = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
+                          exported["pointwise-seg"], "--all"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    for sig in ("serving_default", "encode_hr", "super_resolve"):
+        assert f"signature_def['{sig}']" in cli.stdout
+
+
+def test_every_method_evaluates_indexes_and_serves(exported, mosaic_examples, tmp_path):
+    from serving.indexer import gallery_from_examples, run_indexing
+    from serving.server import BackgroundServer
+    from serving.store import ModelStore
+
+    query = next(read_split_raw(mosaic_examples, "query").take(1).as_numpy_iterator())
+    for mode, model in exported.items():
+        report = evaluate_model(model, mosaic_examples, str(tmp_path / mode / "eval"), topk=20, plots=False, curves=False)
+        assert 0.0 < report["map"] <= 1.0 and report["mode"] == mode
+        assert ("sr_quality" in report) == (get_method(mode).query_input == "lr")
+        base = tmp_path / "serving" / mode
+        shutil.copytree(model, base / mode / "1")
+        summary = run_indexing(str(base / mode / "1"), gallery_from_examples(mosaic_examples),
+                               beam_args=["--runner=DirectRunner"])
+        assert summary.manifest["count"] == 48
+        store = ModelStore(str(base), mode, poll_seconds=3600)
+        store.refresh()
+        server = BackgroundServer(store)
+        try:
+            field = "hr" if get_method(mode).query_input == "hr" else "lr"
+            body = json.dumps({"instances": [{"b64": base64.b64encode(query[field]).decode()}], "k": 5}).encode()
+            req = urllib.request.Request(f"{server.url}/v1/models/{mode}:search", body, method="POST")
+            with urllib.request.urlopen(req, timeout=60) as r:
+                res = json.loads(r.read())
+            assert len(res["results"][0]["ids"]) == 5, res
+        finally:
+            server.stop()
+
+
+# ---------------------------------------------------------------- masks and the new methods' parts
+
+def test_mosaic_masks_mark_each_tile_class_where_the_item_is_drawn(mosaic_examples):
+    from components.sources import FASHION_MNIST_DRAWN
+
+    info = DatasetInfo.read(mosaic_examples)
+    assert info.masks and info.multi_label
+    for rec in read_split(mosaic_examples, "train").take(8):
+        mask, hr = rec["mask"].numpy(), rec["hr"].numpy()[..., 0] * 255.0
+        drawn = np.rint(hr) > FASHION_MNIST_DRAWN
+        assert ((mask > 0) == drawn).all()
+        present = {int(c) - 1 for c in np.unique(mask) if c > 0}
+        assert present == set(np.flatnonzero(rec["labels"].numpy()).tolist())
+        for tile in (mask[:28, :28], mask[:28, 28:], mask[28:, :28], mask[28:, 28:]):
+            assert len(set(np.unique(tile).tolist()) - {0}) == 1  # one item, one class per tile
+
+
+def test_coco_polygons_and_rle_are_rasterised_through_the_hr_geometry(tmp_path):
+    from PIL import Image
+
+    from components.ingest import run_ingest
+    from components.masks import rle_counts
+    from dsrhn.config import LRConfig
+
+    root = tmp_path / "img"
+    root.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (80, 40), (120, 90, 60)).save(root / name)
+    # a: a polygon over x 20..39 (the left half of the centre square x 20..59) for category 7, and an
+    # uncompressed RLE (iscrowd) over rows 0..9, x 50..79 for category 3;
+    # b: a compressed RLE string (pycocotools' encoding of 10 zeros, 5 ones, then zeros)
+    crowd = np.zeros((40, 80), bool)
+    crowd[:10, 50:] = True
+    flat = crowd.T.reshape(-1)
+    runs, value, n = [], False, 0
+    for bit in flat:
+        if bit != value:
+            runs.append(n)
+            value, n = bit, 0
+        n += 1
+    runs.append(n)
+    rle = {"size": [40, 80], "counts": runs}
+    assert rle_counts(":5") == [10, 5]
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 80, "height": 40},
+                       {"id": 2, "file_name": "b.png", "width": 80, "height": 40}],
+            "annotations": [{"image_id": 1, "category_id": 7, "segmentation": [[20, 0, 39, 0, 39, 39, 20, 39]]},
+                            {"image_id": 1, "category_id": 3, "segmentation": rle, "iscrowd": 1},
+                            {"image_id": 2, "category_id": 3, "segmentation": {"size": [40, 80], "counts": ":5"}}],
+            "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    out = str(tmp_path / "ex")
+    run_ingest({"kind": "coco", "pairs": [[str(tmp_path / "coco.json"), str(root)]], "n_query": 1, "n_train": 1},
+               out, 40, LRConfig(scale=2), beam_args=["--runner=DirectRunner"])
+    info = DatasetInfo.read(out)
+    assert info.masks and info.label_names == ["car", "train"]
+    masks = {r["id"].numpy().decode().rsplit("/", 1)[1]: r["mask"].numpy() for sp in ("query", "gallery")
+             for r in read_split(out, sp, info)}
+    a, b = masks["a.png"], masks["b.png"]  # the centre 40x40 square: x 20..60 of the 80-px image
+    a_expected = np.zeros((40, 40), np.uint8)
+    a_expected[:, :20] = 2  # the polygon (train = column 1 -> 2)
+    a_expected[:10, 30:] = 1  # the crowd RLE (car = column 0 -> 1), cut by the centre crop
+    assert (a == a_expected).all()
+    b_full = np.zeros((40, 80), np.uint8)
+    b_full[10:15, 0] = 1  # column-major runs: x = 0, y = 10..14, outside the centre crop
+    assert (b == b_full[:, 20:60]).all()
+
+
+def test_pyramid_pooling_bins_and_shapes():
+    from trainer.models import AdaptiveAvgPool, PyramidPooling
+
+    x = tf.constant(np.arange(2 * 7 * 7 * 4, dtype=np.float32).reshape(2, 7, 7, 4))
+    pooled = AdaptiveAvgPool(3)(x).numpy()
+    np.testing.assert_allclose(pooled[:, 0, 0], x.numpy()[:, 0:3, 0:3].mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(pooled[:, 1, 2], x.numpy()[:, 2:5, 4:7].mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(AdaptiveAvgPool(1)(x).numpy()[:, 0, 0], x.numpy().mean(axis=(1, 2)), rtol=1e-6)
+    psp = PyramidPooling((7, 7, 64), (1, 2, 3, 4))
+    assert psp.output_shape == (None, 7, 7, 64 + 4 * 16)

@@ -1,0 +1,144 @@
+"""What a method declares, and the pieces methods share.
+
+A Method is built with the preset and the dataset's info (number of labels, multi-label, masks) and
+declares:
+  networks()                  {name: keras.Model}, built in a fixed order (initial weights are seeded)
+  optimizers(steps)           {name: optimizer}; `updates` says which networks' variables each updates
+  phases()                    [Phase(name, epochs, updates per step per optimizer, metrics)]
+  train_step(trainer, phase, batch)   one step of a phase (updates through trainer.apply, reports
+                              its losses through trainer.track)
+  query_image(nets, x)        a query in HR space -> the image the code network sees (SR, bicubic, HR)
+  code_logits(nets, images)   images -> v, whose sign is the code (Eq. 1; one rule for every method)
+and class attributes: query_input ("lr" | "hr"), query_path ("sr" | "bicubic" | "hr"), needs_masks,
+Options (a dataclass of the method's own settings, from `--set options.NAME=VALUE`).
+The generic trainer (trainer/train.py) runs the phases, checkpoints every network and optimizer and
+resumes exactly; export, evaluation and serving read only what the method declares.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import keras
+import tensorflow as tf
+
+from dsrhn.config import Preset
+from dsrhn.records import DatasetInfo
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    updates: dict = field(default_factory=dict)  # optimizer name -> updates per training step
+    metrics: tuple = ()
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+def learning_rate(preset: Preset, base: float, updates: int):
+    """A constant rate, or cosine decay to 0 over `updates` optimizer steps. The schedule reads the
+    optimizer's own iteration counter, which checkpoints restore, so a resumed run decays identically."""
+    if preset.lr_decay == "cosine" and updates > 0:
+        return keras.optimizers.schedules.CosineDecay(base, decay_steps=updates)
+    return base
+
+
+def hash_optimizer(preset: Preset, updates: int = 0) -> keras.optimizers.Optimizer:
+    """HashNet's optimizer: SGD with momentum (the paper) or Adam, at hash_lr."""
+    lr = learning_rate(preset, preset.hash_lr, updates)
+    if preset.hash_optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.SGD(lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
+
+
+class Method:
+    name = ""
+    query_input = "lr"
+    query_path = "bicubic"
+    needs_masks = False
+    Options = NoOptions
+    # optimizer name -> names of the networks (or "net/sub-model") whose trainable variables it updates
+    updates: dict = {}
+
+    def __init__(self, preset: Preset, info: DatasetInfo | None = None):
+        self.preset, self.info = preset, info
+        self.options = self.parse_options(preset.options)
+        if self.needs_masks and info is not None and not info.masks:
+            raise ValueError(f"method {self.name!r} trains a segmentation branch on pixel masks, and the dataset "
+                             f"({info.source}) has none: ingest fashion-mnist-mosaic or coco, which write masks")
+
+    @classmethod
+    def parse_options(cls, raw: dict):
+        """The method's Options from preset.options, each value converted to the field's type."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ValueError(f"method {cls.name!r} has no options {unknown}; its options: {sorted(fields) or 'none'}")
+        values = {}
+        for k, v in raw.items():
+            kind = fields[k].type if isinstance(fields[k].type, str) else fields[k].type.__name__
+            try:
+                values[k] = {"int": int, "float": float, "bool": _bool, "str": str}.get(kind, lambda x: x)(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"options.{k} of method {cls.name!r} must be {kind}, got {v!r}") from None
+        return cls.Options(**values)
+
+    @property
+    def num_labels(self) -> int:
+        if self.info is None:
+            raise ValueError(f"method {self.name!r} needs the dataset's info (number of labels) to build its networks")
+        return self.info.num_labels
+
+    # -- what every method declares
+    def networks(self) -> dict[str, keras.Model]:
+        raise NotImplementedError
+
+    def optimizers(self, steps_per_epoch: int) -> dict:
+        raise NotImplementedError
+
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def train_step(self, trainer, phase: str, batch: dict) -> None:
+        raise NotImplementedError
+
+    def query_image(self, nets: dict, x: tf.Tensor) -> tf.Tensor:
+        return x
+
+    def code_logits(self, nets: dict, images: tf.Tensor) -> tf.Tensor:
+        return nets["hashnet"](images, training=False)["code"]
+
+    # -- derived
+    def optimizer_updates(self, steps_per_epoch: int) -> dict[str, int]:
+        """How many times each optimizer steps over the whole run (the horizon of a decaying rate)."""
+        out: dict[str, int] = {}
+        for phase in self.phases():
+            for opt, n in phase.updates.items():
+                out[opt] = out.get(opt, 0) + phase.epochs * steps_per_epoch * n
+        return out
+
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for phase in self.phases():
+            names += [m for m in phase.metrics if m not in names]
+        return names
+
+
+def _bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("true", "1"):
+        return True
+    if str(v).lower() in ("false", "0"):
+        return False
+    raise ValueError(v)
+
+
+def joint_batch(hr, query):
+    """One forward pass over [HR; query], so batch norm normalises both with the same statistics and its
+    moving averages describe the mix it is later run on."""
+    return tf.concat([hr, query], axis=0)

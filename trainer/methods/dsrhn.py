@@ -1,0 +1,191 @@
+"""DSRHN (Section 3.1) and its ablation rows: SRNet + HashNet, trained alternately.
+
+Step A (SRNet, Adam; HashNet frozen): L_SR = L_per + lambda * L_mse        (Eq. 5)
+Step B (HashNet, SGD+momentum; SRNet frozen): L_hash = L_hs + alpha * L_dis (Eq. 13)
+L_hs is computed over all pairs of the joint batch [HR; SR], so SR queries learn to land on their HR
+gallery neighbours in Hamming space.
+Rows: dsrhn; hashnet-hr (HashNet on HR, HR queries); hashnet-lr (HashNet on HR + bicubic LR, no SR);
+two-stage (SRNet by MSE alone, frozen, then HashNet: the paper's HashNet-SRGAN row).
+"""
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from trainer import losses
+from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch, learning_rate
+from trainer.models import HashNet, SRNet
+
+SR_METRICS = ("l_sr", "l_per", "l_mse")
+HASH_METRICS = ("l_hash", "l_hs", "l_dis")
+
+
+class PhaseRates(keras.optimizers.schedules.LearningRateSchedule):
+    """`first` for the first `boundary` updates, then `second` counted from the boundary; each a
+    constant or a schedule (what `learning_rate` returns). It reads the optimizer's iteration
+    counter, so a resumed run gets the same rates."""
+
+    def __init__(self, boundary: int, first, second):
+        self.boundary, self.first, self.second = boundary, first, second
+
+    @staticmethod
+    def _rate(rate, step):
+        return rate(step) if callable(rate) else rate * ops.ones_like(step)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        return ops.where(step < self.boundary, self._rate(self.first, step),
+                         self._rate(self.second, step - self.boundary))
+
+    def get_config(self) -> dict:
+        return {"boundary": self.boundary, "first": self.first, "second": self.second}
+
+
+class SRHashing(Method):
+    """SRNet + HashNet with two optimizers; subclasses pick the phases and the query path."""
+
+    updates = {"sr": ("srnet",), "hash": ("hashnet",)}
+
+    def networks(self) -> dict:
+        p = self.preset
+        srnet = SRNet(p)  # built first: the seeded initial weights follow the build order
+        if p.srnet_weights:  # an MSE-trained SRNet (two-stage, dsrhn), checked by Preset
+            if not os.path.exists(p.srnet_weights):
+                raise FileNotFoundError(f"srnet_weights {p.srnet_weights} does not exist")
+            srnet.load_weights(p.srnet_weights)
+        return {"srnet": srnet, "hashnet": HashNet(p)}
+
+    def optimizers(self, steps_per_epoch: int) -> dict:
+        hash_updates = self.optimizer_updates(steps_per_epoch).get("hash", 0)
+        return {"sr": keras.optimizers.Adam(self.sr_learning_rate(steps_per_epoch)),
+                "hash": hash_optimizer(self.preset, hash_updates)}
+
+    def sr_learning_rate(self, steps_per_epoch: int):
+        """SRNet's Adam rate: sr_lr, except that dsrhn's alternating phase fine-tunes an SRNet that started
+        MSE-trained (srnet_weights or sr_warmup_epochs) at sr_finetune_lr, when that is set; with
+        lr_decay=cosine each part decays over its own updates."""
+        p = self.preset
+        updates = self.optimizer_updates(steps_per_epoch).get("sr", 0)
+        mse_start = self.name == "dsrhn" and bool(p.srnet_weights or p.sr_warmup_epochs)
+        if not (mse_start and p.sr_finetune_lr):
+            return learning_rate(p, p.sr_lr, updates)
+        warmup = sum(ph.epochs for ph in self.phases() if ph.name == "sr-mse") * steps_per_epoch
+        return PhaseRates(warmup, learning_rate(p, p.sr_lr, warmup), learning_rate(p, p.sr_finetune_lr, updates - warmup))
+
+    # phases, by what their step does: (step A, step B)
+    STEPS = {
+        "alternate": ("sr", "hash-sr"),  # dsrhn
+        "hash-hr": (None, "hash-hr"),  # hashnet-hr
+        "hash-bicubic": (None, "hash-bicubic"),  # hashnet-lr
+        "sr-mse": ("sr-mse", None),  # two-stage stage 1, dsrhn warm-up
+        "hash-sr": (None, "hash-sr"),  # two-stage stage 2
+    }
+
+    def phase(self, name: str, epochs: int) -> Phase:
+        step_a, step_b = self.STEPS[name]
+        updates, metrics = {}, ()
+        if step_a:
+            updates["sr"] = self.preset.sr_steps if step_b else 1
+            metrics += SR_METRICS if step_a == "sr" else ("l_mse",)
+        if step_b:
+            updates["hash"] = 1
+            metrics += HASH_METRICS
+        return Phase(name, epochs, updates, metrics)
+
+    def train_step(self, trainer, phase: str, batch: dict) -> None:
+        step_a, step_b = self.STEPS[phase]
+        hr, lr_up, labels = batch["hr"], batch["lr_up"], batch["labels"]
+        if step_a:
+            f_hr = None if step_a == "sr-mse" else tf.stop_gradient(trainer.nets["hashnet"](hr, training=False)["features"])
+            for _ in range(self.preset.sr_steps if step_b else 1):
+                values = self.sr_step(trainer, hr, lr_up, f_hr)
+                trainer.track(**(values if step_a == "sr" else {"l_mse": values["l_mse"]}))
+        if step_b:
+            trainer.track(**self.hash_step(trainer, hr, lr_up, labels, step_b))
+
+    # -- step A: SRNet with HashNet frozen
+    def sr_step(self, trainer, hr, lr_up, f_hr=None) -> dict:
+        """lr_up: the LR queries in HR space; f_hr: HashNet's last-conv features of hr (fixed while
+        HashNet is frozen); None: MSE only."""
+        srnet, hashnet = trainer.nets["srnet"], trainer.nets["hashnet"]
+        with tf.GradientTape() as tape:
+            sr = srnet(lr_up, training=True)
+            l_mse = losses.mse_loss(sr, hr)
+            if f_hr is None:
+                l_per = tf.zeros(())
+                loss = l_mse
+            else:
+                f_sr = hashnet(sr, training=False)["features"]
+                l_per = losses.perceptual_loss(f_hr, f_sr)
+                loss = losses.sr_loss(l_per, l_mse, self.preset.lam)
+            scaled = trainer.scaled("sr", loss)
+        trainer.apply("sr", tape, scaled)
+        return {"l_sr": loss, "l_per": l_per, "l_mse": l_mse}
+
+    # -- step B: HashNet with SRNet frozen
+    def hash_step(self, trainer, hr, lr_up, labels, kind: str) -> dict:
+        p = self.preset
+        hashnet = trainer.nets["hashnet"]
+        if kind == "hash-sr":
+            query = tf.stop_gradient(trainer.nets["srnet"](lr_up, training=False))
+        elif kind == "hash-bicubic":
+            query = lr_up  # already the bicubic resize to HR size
+        else:
+            query = None
+        with tf.GradientTape() as tape:
+            if query is None:
+                v_hr = hashnet(hr, training=True)["code"]
+                l_hs = losses.semantic_hash_loss(p.hash_loss, v_hr, labels, p.gamma, p.dch_gamma)
+                l_dis = tf.zeros(())
+            else:
+                v = hashnet(joint_batch(hr, query), training=True)["code"]
+                v_hr, v_q = tf.split(v, 2, axis=0)
+                l_hs = losses.semantic_hash_loss(p.hash_loss, v, tf.concat([labels, labels], 0), p.gamma, p.dch_gamma)
+                l_dis = losses.margin_loss(v_hr, v_q, p.margin)
+            loss = losses.hash_loss(l_hs, l_dis, p.alpha)
+            scaled = trainer.scaled("hash", loss)
+        trainer.apply("hash", tape, scaled)
+        return {"l_hash": loss, "l_hs": l_hs, "l_dis": l_dis}
+
+    def query_image(self, nets: dict, x: tf.Tensor) -> tf.Tensor:
+        if self.query_path == "sr":
+            return tf.cast(nets["srnet"](x, training=False), tf.float32)
+        return x
+
+
+class DSRHN(SRHashing):
+    name, query_path = "dsrhn", "sr"
+
+    def phases(self) -> list[Phase]:
+        """Optionally from an SRNet first trained by MSE alone (sr_warmup_epochs), as SRGAN does;
+        srnet_weights: that SRNet exists already."""
+        p = self.preset
+        warmup = p.sr_warmup_epochs if not p.srnet_weights else 0
+        return ([self.phase("sr-mse", warmup)] if warmup else []) + [self.phase("alternate", p.epochs)]
+
+
+class HashNetHR(SRHashing):
+    name, query_input, query_path = "hashnet-hr", "hr", "hr"
+
+    def phases(self) -> list[Phase]:
+        return [self.phase("hash-hr", self.preset.epochs)]
+
+
+class HashNetLR(SRHashing):
+    name, query_path = "hashnet-lr", "bicubic"
+
+    def phases(self) -> list[Phase]:
+        return [self.phase("hash-bicubic", self.preset.epochs)]
+
+
+class TwoStage(SRHashing):
+    name, query_path = "two-stage", "sr"
+
+    def phases(self) -> list[Phase]:
+        p = self.preset
+        if p.srnet_weights:  # stage 1 already trained (e.g. for another bit length)
+            return [self.phase("hash-sr", p.epochs)]
+        return [self.phase("sr-mse", p.sr_warmup_epochs or p.epochs), self.phase("hash-sr", p.epochs)]
