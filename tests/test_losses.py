@@ -64,3 +64,37 @@ def test_dhn_and_dch_baselines():
     far = np.array([[1.0, 1.0], [-1.0, -1.0]], "f4")
     assert f(losses.dch_loss(near, labels, 20.0, 0.0)) < f(losses.dch_loss(far, labels, 20.0, 0.0))
     assert np.isfinite(f(losses.dch_loss(np.zeros((2, 4), "f4"), labels, 20.0, 0.1)))
+
+
+def test_pointwise_loss_is_sigmoid_or_softmax_cross_entropy():
+    logits = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], np.float32)
+    multi = np.array([[1, 0, 1], [0, 1, 1]], np.float32)
+    p = 1.0 / (1.0 + np.exp(-logits))
+    bce = -(multi * np.log(p) + (1 - multi) * np.log(1 - p)).mean()
+    assert float(losses.pointwise_loss(logits, multi, True)) == pytest.approx(bce, rel=1e-5)
+    onehot = np.array([[0, 0, 1], [0, 1, 0]], np.float32)
+    soft = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ce = -np.log((soft * onehot).sum(1)).mean()
+    assert float(losses.pointwise_loss(logits, onehot, False)) == pytest.approx(ce, rel=1e-5)
+
+
+def test_segmentation_loss_leaves_out_unknown_pixels():
+    logits = np.zeros((1, 2, 2, 3), np.float32)
+    logits[0, 0, 0] = [3.0, 0.0, 0.0]
+    masks = np.array([[[0, 2], [255, 255]]])
+    soft = np.exp(logits[0, 0]) / np.exp(logits[0, 0]).sum(-1, keepdims=True)
+    want = -(np.log(soft[0, 0]) + np.log(soft[1, 2])) / 2  # the two known pixels only
+    assert float(losses.segmentation_loss(logits, masks)) == pytest.approx(want, rel=1e-5)
+
+
+def test_center_losses_by_hand():
+    v = np.array([[1.0, -1.0, 0.5, 0.0], [0.0, 2.0, -1.0, 1.0]], np.float32)
+    table = np.array([[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, 1.0, -1.0]], np.float32)
+    labels = np.array([[1, 0], [1, 1]], np.float32)
+    centers = losses.label_centers(labels @ table, labels)  # image 2 sits between both centers
+    np.testing.assert_allclose(np.asarray(centers), [[1, 1, -1, -1], [1, 0, 0, -1]])
+    want = (((v[0] - [1, 1, -1, -1]) ** 2).sum() + ((v[1] - [1, 0, 0, -1]) ** 2).sum()) / 2 / 4
+    assert float(losses.center_loss(v, centers)) == pytest.approx(want, rel=1e-6)
+    # the two centers differ in 2 of 4 bits: 1/K ||c_a - c_b||^2 = 2; margin 3 leaves 1, margin 2 nothing
+    assert float(losses.center_separation_loss(table, 3.0)) == pytest.approx(1.0)
+    assert float(losses.center_separation_loss(table, 2.0)) == pytest.approx(0.0)

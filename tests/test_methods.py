@@ -44,6 +44,15 @@ def test_the_registry_is_the_only_list_of_methods():
         get_preset("cpu", mode="nope")
 
 
+def test_a_segmentation_method_on_data_without_masks_is_refused_with_the_fix():
+    from trainer.train import build_method
+
+    info = DatasetInfo(source="list", label_names=["a", "b"], hr_size=56, lr_size=14, scale=4)
+    with pytest.raises(ValueError, match="has none: ingest fashion-mnist-mosaic or coco"):
+        build_method(_tiny("pointwise-seg"), info)
+    assert build_method(_tiny("pointwise"), info).multi_label  # a list source is multi-label (NUS-WIDE)
+
+
 def test_method_options_are_typed_and_checked():
     preset = get_preset("cpu", mode="center", **parse_overrides(["options.center_weight=0.5"]))
     assert get_method("center").parse_options(preset.options).center_weight == 0.5

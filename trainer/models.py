@@ -182,15 +182,15 @@ def HashHead(preset: Preset, feature_shape: tuple) -> keras.Model:  # Eq. 7: v =
     return keras.Model(f_in, {"code": _code_layer(_fc_stack(f_in, preset), preset, "fch")}, name="hash_head")
 
 
-def compose(backbone: keras.Model, heads: dict, name: str, taps: dict | None = None) -> keras.Model:
-    """image -> {"features": backbone map, **each head's named outputs}. `taps` maps a head name to a
-    layer that transforms the backbone map before that head (e.g. a pyramid pooling module)."""
+def compose(backbone: keras.Model, heads: list, name: str, neck: keras.Model | None = None) -> keras.Model:
+    """image -> {"features": the backbone map, **each head's named outputs}; `neck` (e.g. a pyramid
+    pooling module) transforms the map before the heads."""
     x_in = keras.Input(backbone.input_shape[1:], name="image")
     f = backbone(x_in)
+    g = neck(f) if neck is not None else f
     out = {"features": f}
-    for head_name, head in heads.items():
-        y = head((taps or {}).get(head_name, lambda t: t)(f))
-        out.update(y if isinstance(y, dict) else {head_name: y})
+    for head in heads:
+        out.update(head(g))
     return keras.Model(x_in, out, name=name)
 
 
@@ -198,7 +198,7 @@ def HashNet(preset: Preset) -> keras.Model:  # Eq. 7: b = sign(F_hash(x))
     """AlexNet (c1-c5, fc6, fc7) + K-node `fch`, split into a backbone and a hash head. Outputs
     {"features": the last conv map (Eq. 4's perceptual features), "code": fch, the relaxed codes v}."""
     backbone = Backbone(preset)
-    model = compose(backbone, {"hash": HashHead(preset, backbone.output_shape[1:])}, "HashNet")
+    model = compose(backbone, [HashHead(preset, backbone.output_shape[1:])], "HashNet")
     if preset.pretrained_weights:
         load_backbone_weights(model, preset.pretrained_weights)
     return model

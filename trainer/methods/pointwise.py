@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import keras
 import tensorflow as tf
 
 from trainer import losses
 from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch
-from trainer.models import Backbone, PointWiseHead, PyramidPooling, SegHead
+from trainer.models import Backbone, PointWiseHead, PyramidPooling, SegHead, compose
 
 
 @dataclass(frozen=True)
@@ -51,17 +50,14 @@ class PointWise(Method):
     def networks(self) -> dict:
         p = self.preset
         backbone = Backbone(p)
-        x_in = keras.Input((p.hr_size, p.hr_size, 3), name="image")
-        f = backbone(x_in)
-        out = {"features": f}
-        g, shape = f, backbone.output_shape[1:]
+        shape, psp = backbone.output_shape[1:], None
         if self.segmentation:
             psp = PyramidPooling(shape, self.options.bins)
-            g, shape = psp(f), psp.output_shape[1:]
-        out.update(PointWiseHead(p, shape, self.num_labels)(g))
+            shape = psp.output_shape[1:]
+        heads = [PointWiseHead(p, shape, self.num_labels)]
         if self.segmentation:
-            out.update(SegHead(shape, self.num_labels + 1, p.hr_size)(g))
-        return {"hashnet": keras.Model(x_in, out, name="HashNet")}
+            heads.append(SegHead(shape, self.num_labels + 1, p.hr_size))
+        return {"hashnet": compose(backbone, heads, "HashNet", neck=psp)}
 
     def optimizers(self, steps_per_epoch: int) -> dict:
         n = self.optimizer_updates(steps_per_epoch)
