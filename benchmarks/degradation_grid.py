@@ -5,6 +5,9 @@ degradation (Gaussian blur sigma 2 HR px, x4 bicubic: the Table 1 benchmark's LR
 Trains once (cpu preset, Fashion-MNIST mosaics, 48 bits, every run the same 720 HashNet steps):
   blind rows       HashNet-LR, two-stage (blind SRNet by MSE, frozen), DSRHN (from that SRNet),
                    all on the random degradations of the cpu preset (dsrhn/degrade.py)
+  FSR rows         one HashNet trained on HR (720 steps), then per row a feature generator G (720
+                   steps on blind LR): FSR-GAN (critic, focal r = 2), r = 1 (Eq. 8), r = 0 (critic alone),
+                   CNN-Baseline (no critic, MSE); and FSR-GAN on a HashNet trained on HR + LR
   HashNet-HR       HR queries: the upper end of every cell's gap
   specialist       DSRHN trained on the stored x4 blur-2 LR partners (degradation kind fixed)
 and prints one table per model: mAP@K per cell, gap closure (model - HashNet-LR) / (HashNet-HR -
@@ -45,8 +48,17 @@ MODELS = [  # key, row name, mode, degradation kind, starts from stage 1 of that
     ("two-stage", "Two-stage (blind SRNet)", "two-stage", "blind"),
     ("dsrhn", "DSRHN (blind)", "dsrhn", "blind"),
     ("specialist", "DSRHN specialist (x4 blur 2)", "dsrhn", "fixed"),
+    ("fsr-gan", "FSR-GAN (critic, focal r=2)", "fsr-gan", "blind"),
+    ("fsr-r1", "FSR-GAN r=1 (Eq. 8)", "fsr-gan", "blind"),
+    ("fsr-r0", "FSR-GAN r=0 (critic alone)", "fsr-gan", "blind"),
+    ("fsr-cnn", "FSR CNN-Baseline (no critic, MSE)", "fsr-gan", "blind"),
+    ("fsr-gan-hrlr", "FSR-GAN on a HashNet-LR", "fsr-gan", "blind"),
     ("hashnet-hr", "HashNet-HR (HR queries)", "hashnet-hr", "blind"),
 ]
+# the FSR rows' own options; rows with the same hash_on share one HashNet (their phase `hash`, trained
+# once), then each trains its own G
+FSR_OPTIONS = {"fsr-gan": {}, "fsr-r1": {"focal_r": 1.0}, "fsr-r0": {"focal_r": 0.0},
+               "fsr-cnn": {"critic": False}, "fsr-gan-hrlr": {"hash_on": "hr+lr"}}
 
 
 def cells() -> dict:
@@ -55,6 +67,20 @@ def cells() -> dict:
            for s in SCALES for name, fields in CONDITIONS.items()}
     out[SPECIALIST_CELL] = None  # the Examples' own stored query LR
     return out
+
+
+def train_fsr_hashnet(examples: str, bits: int, epochs: int, steps_per_epoch: int, out: str, weights: str,
+                      hash_on: str = "hr") -> dict:
+    """The FSR rows' shared phase `hash` (HashNet on HR images, or HR + LR), saved for their G phases."""
+    from dsrhn.config import get_preset
+    from trainer.train import train
+
+    t0 = time.time()
+    preset = get_preset("cpu", mode="fsr-gan", bits=bits, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        **{"options.hash_epochs": epochs, "options.hash_on": hash_on})
+    done = train(examples, preset, out, verbose=0, tensorboard=False, stop_after_epochs=epochs)
+    done.trainer.nets["hashnet"].save_weights(weights)
+    return {"seconds": time.time() - t0}
 
 
 def train_model(examples: str, preset_dict: dict, run_dir: str) -> dict:
@@ -118,16 +144,18 @@ def print_side_by_side(results: dict, cell_names: list[str]) -> None:
     """One table: every model's mAP per cell, blind DSRHN's closure and PSNR-Y (README's table)."""
     rows = [(k, n) for k, n, _, _ in MODELS[:-1] if k in results]
     keys = [k for k, _ in rows]
-    print("\n| cell | " + " | ".join(n for _, n in rows) + " | DSRHN closure [90% CI] | PSNR-Y DSRHN / bicubic |")
-    print("|---" * (len(keys) + 3) + "|")
+    extra = [k for k in ("dsrhn", "fsr-gan", "fsr-gan-hrlr") if k in results]
+    print("\n| cell | " + " | ".join(n for _, n in rows) + "".join(f" | {k} closure [90% CI]" for k in extra)
+          + " | PSNR-Y DSRHN / bicubic |")
+    print("|---" * (len(keys) + len(extra) + 2) + "|")
     for cell in cell_names:
         maps = [results[k]["cells"][cell]["map"] for k in keys]
         best = max(maps)
         row = " | ".join(f"**{m:.4f}**" if m == best else f"{m:.4f}" for m in maps)
-        text = closure_text(closure(results, "dsrhn", cell) if "dsrhn" in results else None)
+        text = "".join(f" | {closure_text(closure(results, k, cell))}" for k in extra)
         p = results["dsrhn"]["cells"][cell]["psnr"] if "dsrhn" in results else None
         psnr = f"{p['psnr_y']:.2f} / {p['bicubic_psnr_y']:.2f}" if p else "-"
-        print(f"| {cell} | {row} | {text} | {psnr} |")
+        print(f"| {cell} | {row}{text} | {psnr} |")
 
 
 def print_tables(results: dict, cell_names: list[str], args, minutes: float) -> None:
@@ -151,6 +179,9 @@ def print_tables(results: dict, cell_names: list[str], args, minutes: float) -> 
                 closures.append((c["closure"], cell))
             p = r["psnr"]
             print(f"| {cell} | {r['map']:.4f} | {closure_text(c)} | {p['psnr_y']:.2f} / {p['bicubic_psnr_y']:.2f} |")
+        x8 = [c for c, cell in closures if cell.startswith("x8-")]
+        if x8:
+            print(f"| x8 cells | | mean closure {sum(x8) / len(x8):.2f} | |")
         if key != "hashnet-lr" and closures:
             worst = min(closures)
             mean = sum(c for c, _ in closures) / len(closures)
@@ -207,6 +238,11 @@ def main() -> None:
     def stage1_weights(kind: str) -> str:
         return os.path.join(args.out, f"stage1-{kind}.srnet.weights.h5")
 
+    def fsr_hashnet(hash_on: str) -> str:
+        return os.path.join(args.out, f"fsr-hash-{hash_on.replace('+', '')}-{args.bits}.hashnet.weights.h5")
+
+    after_fsr_hash: dict = {}
+
     def save():
         with open(results_path, "w") as f:
             json.dump(results, f, indent=2)
@@ -221,6 +257,9 @@ def main() -> None:
                             **{"degradation.kind": kind})
         if mode in ("two-stage", "dsrhn"):
             preset = preset.replace(srnet_weights=stage1)
+        hash_on = FSR_OPTIONS.get(key, {}).get("hash_on", "hr")
+        if mode == "fsr-gan":
+            preset = preset.replace(options={**FSR_OPTIONS[key], "hashnet_weights": fsr_hashnet(hash_on)})
         run_dir = os.path.join(args.out, key)
         shutil.rmtree(run_dir, ignore_errors=True)
         score = (1, ("score", key), score_model, (os.path.join(run_dir, "model"), examples, cell_dirs, args.topk,
@@ -228,9 +267,15 @@ def main() -> None:
         task = (0, ("train", key), train_model, (examples, json.loads(json.dumps(preset.to_dict())), run_dir), [score])
         if preset.srnet_weights and not os.path.exists(stage1):
             tasks_by_kind[kind].append(task)
+        elif mode == "fsr-gan" and not os.path.exists(fsr_hashnet(hash_on)):
+            after_fsr_hash.setdefault(hash_on, []).append(task)
         else:
             independent.append(task)
     tasks = list(independent)
+    for hash_on, after in after_fsr_hash.items():
+        tasks.append((0, ("fsr-hash", hash_on), train_fsr_hashnet,
+                      (examples, args.bits, args.epochs, steps_per_epoch, os.path.join(args.out, f"fsr-hash-{hash_on}"),
+                       fsr_hashnet(hash_on), hash_on), after))
     for kind, after in tasks_by_kind.items():
         if after:
             tasks.append((0, ("stage1", kind), train_stage1,
@@ -242,6 +287,9 @@ def main() -> None:
         if what == "stage1":
             results[f"stage1-{key}_seconds"] = out["seconds"]
             print(f"stage 1 ({key}): SRNet by MSE, {stage1_steps} steps ({out['seconds']:.0f} s)", flush=True)
+        elif what == "fsr-hash":
+            results[f"fsr-hash-{key}_seconds"] = out["seconds"]
+            print(f"FSR rows' HashNet on {key}: {args.steps} steps ({out['seconds']:.0f} s)", flush=True)
         elif what == "train":
             trained[key] = out
             print(f"{key}: trained in {out['train_seconds']:.0f} s", flush=True)

@@ -29,12 +29,15 @@ import time
 
 ROWS = [("HashNet-LR", "hashnet-lr"), ("Two-stage SR->hash", "two-stage"), ("DSRHN", "dsrhn"), ("HashNet-HR", "hashnet-hr")]
 TABLE2 = [("DCH", "dch"), ("DHN", "dhn"), ("DPSH", "dpsh")]
-# Table 3, the other seed methods (row id, name, registered method, its options): LR queries, no SR,
-# trained like HashNet-LR on HR + LR in one batch; the center-loss control has both center terms off
+# Table 3, the other seed methods (row id, name, registered method, its options): LR queries; the
+# point-wise and center rows train like HashNet-LR on HR + LR in one batch (the center-loss control has
+# both center terms off); FSR-GAN trains HashNet on HR, then its feature generator on the LR
 TABLE3 = [("pointwise", "Point-wise", "pointwise", {}),
           ("pointwise-seg", "Point-wise + segmentation", "pointwise-seg", {}),
           ("center", "Center loss (DPSH + L_c + L_sep)", "center", {}),
-          ("center-off", "Center method, beta = 0 (control)", "center", {"center_weight": 0.0, "separation_weight": 0.0})]
+          ("center-off", "Center method, beta = 0 (control)", "center", {"center_weight": 0.0, "separation_weight": 0.0}),
+          ("center-1", "Center loss, beta = beta_s = 1", "center", {"center_weight": 1.0, "separation_weight": 1.0}),
+          ("fsr-gan", "FSR-GAN (feature SR)", "fsr-gan", {})]
 
 
 # scheduling order when rows run side by side: the long rows first, so the short ones fill the tail
@@ -363,7 +366,7 @@ def print_tables(results: dict, closures: dict, bits_list: list[int], args, seco
             print(row(name, "hashnet-lr", loss))
         print(row("DSRHN", "dsrhn"))
     if args.table3:
-        print(f"\nTable 3: the other seed methods (LR queries, no SR; trained on HR + LR like HashNet-LR), mAP@{args.topk}; "
+        print(f"\nTable 3: the other seed methods (LR queries), mAP@{args.topk}; "
               "closure = (row - HashNet-LR) / (HashNet-HR - HashNet-LR)")
         print(head)
         print(sep)

@@ -7,7 +7,8 @@ indexing and serving:
     bits, code_bytes, code_layout   the code contract (sign rule + packing below)
     mode                            the registered method (dsrhn/registry.py)
     query_input                     "lr" (queries are LR images) or "hr"
-    query_path                      "sr" (SRNet), "bicubic" or "hr": what the code network sees of a query
+    query_path                      "sr" (SRNet), "bicubic", "hr" or "fsr" (bicubic image, features enhanced
+                                    by a feature generator): how a query becomes codes
     query_sizes, degradation        the query sides (px) and LR kind the model was trained for
     hr_size, lr_size, scale, label_names, preset, signatures, exported_at, ...
 
@@ -23,7 +24,7 @@ import os
 
 METADATA = os.path.join("assets.extra", "dsrhn.json")
 CODE_LAYOUT = "sign bits packed MSB-first, bit 1 for b=+1 (sign(0)=+1), zero padding to whole bytes"
-QUERY_PATHS = ("sr", "bicubic", "hr")
+QUERY_PATHS = ("sr", "bicubic", "hr", "fsr")
 
 INDEX_DIR = "index"
 INDEX_FILE = "gallery.faissindex"

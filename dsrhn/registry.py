@@ -18,6 +18,7 @@ METHODS = {
     "pointwise": "trainer.methods.pointwise:PointWise",  # latent sigmoid layer + classifier (Eq. 2)
     "pointwise-seg": "trainer.methods.pointwise:PointWiseSeg",  # the same on PSP segmentation features
     "center": "trainer.methods.center:CenterHash",  # DPSH + center loss on hash centers (DDCH reading)
+    "fsr-gan": "trainer.methods.fsrgan:FSRGAN",  # HashNet on HR, then G (+ critic D) super-resolves LR features
 }
 
 

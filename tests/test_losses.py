@@ -98,3 +98,16 @@ def test_center_losses_by_hand():
     # the two centers differ in 2 of 4 bits: 1/K ||c_a - c_b||^2 = 2; margin 3 leaves 1, margin 2 nothing
     assert float(losses.center_separation_loss(table, 3.0)) == pytest.approx(1.0)
     assert float(losses.center_separation_loss(table, 2.0)) == pytest.approx(0.0)
+
+
+def test_fsr_gan_losses_by_hand():
+    from trainer.methods.fsrgan import critic_loss, feature_loss
+
+    f_sr = np.array([[[[1.0, 2.0]], [[0.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 0.0]]]], np.float32)  # [2, 2, 1, 2]
+    f_hr = np.zeros_like(f_sr)
+    rms = np.array([math.sqrt(5 / 4), 0.0])  # per image: ||d|| / sqrt(d), d = 4
+    assert f(feature_loss(f_sr, f_hr, 2.0)) == pytest.approx(np.mean(rms ** 2), rel=1e-5)  # = the MSE
+    assert f(feature_loss(f_sr, f_hr, 2.0)) == pytest.approx(np.mean((f_sr - f_hr) ** 2), rel=1e-5)
+    assert f(feature_loss(f_sr, f_hr, 1.0)) == pytest.approx(np.mean(rms), rel=1e-4)  # Eq. 8's norm
+    assert f(feature_loss(f_sr, f_hr, 0.0)) == pytest.approx(1.0)  # r = 0: a constant, the adversarial term alone
+    assert f(critic_loss(np.array([1.0, 3.0]), np.array([0.5, 0.5]))) == pytest.approx(1.5)  # Eq. 7

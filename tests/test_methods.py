@@ -26,7 +26,7 @@ ALL = list(METHODS)
 
 
 def _tiny(mode: str, **kw):
-    options = {"options.seg_epochs": 1} if mode == "pointwise-seg" else {}
+    options = {"pointwise-seg": {"options.seg_epochs": 1}, "fsr-gan": {"options.hash_epochs": 1}}.get(mode, {})
     return get_preset("cpu", mode=mode, bits=12, batch_size=8, sr_blocks=1, sr_filters=8, **{**options, **kw})
 
 
@@ -88,14 +88,16 @@ def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples):
 
 @pytest.mark.parametrize("mode", ALL)
 def test_every_method_resumes_exactly(mode, mosaic_examples, tmp_path):
-    # two epochs (for pointwise-seg: its seg phase, then its hash phase); killed after the first. Dropout
-    # draws random masks and cosine decay reads the optimizers' step counters: both must resume
+    # two epochs (pointwise-seg: its seg phase, then its hash phase), killed after the first; fsr-gan: one
+    # HashNet epoch, then two of G and D, killed between those two. Dropout draws random masks and cosine
+    # decay reads the optimizers' step counters: both must resume
     preset = _tiny(mode, epochs=1 if mode == "pointwise-seg" else 2, steps_per_epoch=2, dropout=0.5,
                    lr_decay="cosine", sr_warmup_epochs=0)
+    stop = 2 if mode == "fsr-gan" else 1
     straight = train(mosaic_examples, preset, str(tmp_path / "a"), verbose=0, tensorboard=False).trainer
-    train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False, stop_after_epochs=1)
+    train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False, stop_after_epochs=stop)
     resumed = train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False)
-    assert resumed.resumed_from == 1
+    assert resumed.resumed_from == stop
     assert sorted(straight.nets) == sorted(resumed.trainer.nets)
     for name in straight.nets:
         for x, y in zip(straight.nets[name].variables, resumed.trainer.nets[name].variables):
@@ -124,8 +126,8 @@ def exported(mosaic_examples, tmp_path_factory) -> dict:
         args = [sys.executable, "-m", "dsrhn.cli", "train", "--examples", mosaic_examples, "-o", model, "--mode", mode,
                 "--bits", "12", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8", "--verbose", "0",
                 "--set", "sr_blocks=1", "--set", "sr_filters=8", "--work-dir", str(root / mode / "work")]
-        if mode == "pointwise-seg":
-            args += ["--set", "options.seg_epochs=1"]
+        args += {"pointwise-seg": ["--set", "options.seg_epochs=1"],
+                 "fsr-gan": ["--set", "options.hash_epochs=1"]}.get(mode, [])
         run = subprocess.run(args, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         out[mode] = model

@@ -57,13 +57,21 @@ class CodeFunctions:
         return tf.cast(self.method.query_image(self.nets, decode_hr_space(images, self.preset.hr_size)), tf.float32)
 
     def codes(self, images_hr: tf.Tensor) -> dict:
-        v = tf.cast(self.method.code_logits(self.nets, images_hr), tf.float32)
-        bits = tf.where(v >= 0, 1.0, -1.0)
+        return self._packed(self.method.code_logits(self.nets, images_hr))
+
+    def query_codes(self, images: tf.Tensor) -> dict:
+        """Query images (any size) -> codes through the method's query path."""
+        x = decode_hr_space(images, self.preset.hr_size)
+        return self._packed(self.method.query_code_logits(self.nets, x))
+
+    @staticmethod
+    def _packed(v) -> dict:
+        bits = tf.where(tf.cast(v, tf.float32) >= 0, 1.0, -1.0)  # Eq. 1, sign(0) = +1
         return {"codes": pack_bits_tf(bits), "bits": bits}
 
     # signatures
     def serve_query(self, images):
-        return self.codes(self.query_image(images))
+        return self.query_codes(images)
 
     def serve_hr(self, images):
         return self.codes(decode_hr_space(images, self.preset.hr_size))

@@ -183,7 +183,10 @@ def restore_checkpoint(trainer: Trainer, path: str) -> int:
     """Restore networks, optimizers and RNG states; returns the epochs completed over all phases."""
     with open(os.path.join(path, "state.json")) as f:
         state_json = json.load(f)
-    saved = set(state_json.get("networks", [])) or {"srnet", "hashnet"}
+    if "networks" not in state_json:
+        raise ValueError(f"checkpoint {path} was written before the method registry (another weight layout) and "
+                         "cannot be resumed: train again in a new --work-dir")
+    saved = set(state_json["networks"])
     if saved != set(trainer.nets) or state_json.get("method", trainer.method.name) != trainer.method.name:
         raise ValueError(f"checkpoint {path} holds method {state_json.get('method')!r} with networks {sorted(saved)}, "
                          f"not {trainer.method.name!r} with {sorted(trainer.nets)}: use another --work-dir")

@@ -8,8 +8,10 @@ declares:
   train_step(trainer, phase, batch)   one step of a phase (updates through trainer.apply, reports
                               its losses through trainer.track)
   query_image(nets, x)        a query in HR space -> the image the code network sees (SR, bicubic, HR)
-  code_logits(nets, images)   images -> v, whose sign is the code (Eq. 1; one rule for every method)
-and class attributes: query_input ("lr" | "hr"), query_path ("sr" | "bicubic" | "hr"), needs_masks,
+  code_logits(nets, images)   gallery images -> v, whose sign is the code (Eq. 1; one rule for every method)
+  query_code_logits(nets, x)  a query in HR space -> v (default: code_logits of query_image; a method that
+                              enhances features instead of pixels, FSR-GAN, overrides it)
+and class attributes: query_input ("lr" | "hr"), query_path ("sr" | "bicubic" | "hr" | "fsr"), needs_masks,
 Options (a dataclass of the method's own settings, from `--set options.NAME=VALUE`).
 The generic trainer (trainer/train.py) runs the phases, checkpoints every network and optimizer and
 resumes exactly; export, evaluation and serving read only what the method declares.
@@ -111,6 +113,9 @@ class Method:
 
     def code_logits(self, nets: dict, images: tf.Tensor) -> tf.Tensor:
         return nets["hashnet"](images, training=False)["code"]
+
+    def query_code_logits(self, nets: dict, x: tf.Tensor) -> tf.Tensor:
+        return self.code_logits(nets, tf.cast(self.query_image(nets, x), tf.float32))
 
     # -- derived
     def optimizer_updates(self, steps_per_epoch: int) -> dict[str, int]:
