@@ -34,9 +34,9 @@ TABLE2 = [("DCH", "dch"), ("DHN", "dhn"), ("DPSH", "dpsh")]
 # both center terms off); FSR-GAN trains HashNet on HR, then its feature generator on the LR
 TABLE3 = [("pointwise", "Point-wise", "pointwise", {}),
           ("pointwise-seg", "Point-wise + segmentation", "pointwise-seg", {}),
-          ("center", "Center loss (DPSH + L_c + L_sep)", "center", {}),
+          ("center", "Center loss, beta = beta_s = 0.1", "center", {"center_weight": 0.1, "separation_weight": 0.1}),
           ("center-off", "Center method, beta = 0 (control)", "center", {"center_weight": 0.0, "separation_weight": 0.0}),
-          ("center-1", "Center loss, beta = beta_s = 1", "center", {"center_weight": 1.0, "separation_weight": 1.0}),
+          ("center-1", "Center loss, beta = beta_s = 1 (default)", "center", {}),
           ("fsr-gan", "FSR-GAN (feature SR)", "fsr-gan", {})]
 
 

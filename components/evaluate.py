@@ -153,7 +153,7 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
 
 def markdown_summary(report: dict) -> str:
     k = report["topk"]
-    rows = [("LR query" if report["query_input"] == "lr" else "HR query (hashnet-hr)", report["lr_query"]),
+    rows = [("LR query" if report["query_input"] == "lr" else "HR query (an HR-query method)", report["lr_query"]),
             ("HR query (upper bound)", report["hr_query"])]
     lines = [f"# Retrieval report: {report['mode']}, {report['bits']} bits",
              "", f"{report['queries']} queries, {report['gallery']} gallery images.", "",

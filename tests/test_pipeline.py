@@ -89,11 +89,13 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     assert len(store.get_artifacts_by_type("Model")) == n_models
 
 
-def test_another_registered_method_runs_through_the_same_pipeline(tmp_path):
-    """`dsrhn pipeline --config` with the point-wise + segmentation method: ingest writes masks, the
-    Trainer's run_fn builds the method from the registry, evaluation, push and index are unchanged."""
-    config = {"preset_overrides": {"mode": "pointwise-seg", "bits": 12, "epochs": 1, "batch_size": 32,
-                                   "steps_per_epoch": 2, "options.seg_epochs": 1}}
+@pytest.mark.parametrize("mode,option", [("pointwise-seg", "seg_epochs"), ("fsr-gan", "hash_epochs")])
+def test_another_registered_method_runs_through_the_same_pipeline(mode, option, tmp_path):
+    """`dsrhn pipeline --config` with another method (point-wise + segmentation: ingest writes masks;
+    FSR-GAN: three networks, a feature-space query path): the Trainer's run_fn builds the method from
+    the registry; evaluation, push and index are unchanged."""
+    config = {"preset_overrides": {"mode": mode, "bits": 12, "epochs": 1, "batch_size": 32,
+                                   "steps_per_epoch": 2, f"options.{option}": 1}}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("DSRHN_PIPELINE_CONFIG", None)
     log = run([os.path.join(BIN, "dsrhn"), "pipeline", "--tiny", "--home", str(tmp_path), "--config", json.dumps(config)],
@@ -105,7 +107,8 @@ def test_another_registered_method_runs_through_the_same_pipeline(tmp_path):
     from trainer.export import read_metadata
 
     meta = read_metadata(pushed[0])
-    assert meta["mode"] == "pointwise-seg" and meta["query_path"] == "bicubic" and meta["bits"] == 12
+    assert meta["mode"] == mode and meta["query_path"] == {"pointwise-seg": "bicubic", "fsr-gan": "fsr"}[mode]
+    assert meta["bits"] == 12
     assert load_index(pushed[0], meta).count == 120
 
 

@@ -257,6 +257,9 @@ def HashCenters(num_labels: int, bits: int, seed: int) -> keras.Model:
     return keras.Model(y_in, out, name="HashCenters")
 
 
+MAX_CHANNELS = 512  # G's and D's widest convolution (AlexNet's 256-channel map would ask for 2048)
+
+
 def _leaky_conv(x, filters: int, kernel: int, strides: int, name: str):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", name=name)(x)
     return layers.LeakyReLU(0.2, name=f"{name}_lrelu")(x)
@@ -265,15 +268,15 @@ def _leaky_conv(x, filters: int, kernel: int, strides: int, name: str):
 def FeatureGenerator(feature_shape: tuple, dropout: float = 0.7, seed: int = 0, residual: bool = True) -> keras.Model:
     """FSR-GAN's G (its Table 2, scaled to our feature map): the backbone map of an upsampled LR query ->
     an HR-like map. Six convolutions with leaky ReLU (the first with a large kernel, min(8, H), stride 1;
-    then 5x5 alternating strides 2 and 1), channels C/4 .. 8C doubling every other layer as 4 -> 128 does
-    on the paper's 1-channel input, dropout (70%), one fully connected layer to the map's size.
+    then 5x5 alternating strides 2 and 1), channels C/4 .. 8C (at most 512) doubling every other layer as
+    4 -> 128 does on the paper's 1-channel input, dropout (70%), one fully connected layer to the map's size.
     residual: the output is added to the input map and the linear layer starts at zero, so G starts as
     the identity (not in the paper; see README)."""
     h, w, c = feature_shape
     f_in = keras.Input(feature_shape, name="features_lr")
     x = _leaky_conv(f_in, max(4, c // 4), min(8, h, w), 1, "g_conv1")
     for i, (mult, stride) in enumerate(((0.5, 2), (1, 1), (2, 2), (4, 1), (8, 2)), start=2):
-        x = _leaky_conv(x, max(8, int(c * mult)), 5, stride, f"g_conv{i}")
+        x = _leaky_conv(x, min(MAX_CHANNELS, max(8, int(c * mult))), 5, stride, f"g_conv{i}")
     x = layers.Flatten(name="g_flatten")(x)
     x = layers.Dropout(dropout, seed=seed, name="g_dropout")(x)
     x = layers.Dense(h * w * c, name="g_linear", dtype="float32",
@@ -291,7 +294,7 @@ def FeatureCritic(feature_shape: tuple) -> keras.Model:
     f_in = keras.Input(feature_shape, name="features")
     x = f_in
     for i, (mult, kernel, stride) in enumerate(((0.5, 5, 2), (1, 5, 2), (2, 3, 2), (4, 3, 1)), start=1):
-        x = _leaky_conv(x, max(8, int(c * mult)), kernel, stride, f"d_conv{i}")
+        x = _leaky_conv(x, min(MAX_CHANNELS, max(8, int(c * mult))), kernel, stride, f"d_conv{i}")
     x = layers.Flatten(name="d_flatten")(x)
     return keras.Model(f_in, layers.Dense(1, name="d_linear", dtype="float32")(x), name="FeatureCritic")
 
