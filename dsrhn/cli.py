@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
 
     preset = _preset(args)
     work = args.work_dir or os.path.join(args.output, "_work")
-    summary = train_and_export(args.examples, preset, work, args.output, verbose=args.verbose)
+    summary = train_and_export(args.examples, preset, work, args.output, verbose=args.verbose, restart=args.restart)
     print(f"model: {os.path.abspath(args.output)} ({preset.mode}, {preset.bits} bits, {summary['seconds']:.0f} s)")
     return 0
 
@@ -230,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="Examples -> SavedModel")
     p.add_argument("--examples", required=True)
     p.add_argument("--output", "-o", required=True, help="SavedModel directory to write")
-    p.add_argument("--work-dir", help="checkpoints + TensorBoard logs (default: <output>/_work); re-run to resume")
+    p.add_argument("--work-dir", help="checkpoints + TensorBoard logs (default: <output>/_work); re-run to resume "
+                                      "(the same run only: other settings or data are refused)")
+    p.add_argument("--restart", action="store_true", help="discard the checkpoints in --work-dir and train from scratch")
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     p.add_argument("--mode", choices=list(METHODS), metavar="METHOD",
                    help="the registered method (dsrhn/registry.py): " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:  # bad flags or inputs: one clear line, not a traceback
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad flags, inputs or a diverged run: one line
         parser.exit(2, f"dsrhn {args.command}: error: {e}\n")
 
 

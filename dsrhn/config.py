@@ -140,7 +140,7 @@ class Preset:
             raise ValueError(f"hash_optimizer must be 'sgd' or 'adam', got {self.hash_optimizer!r}")
         if self.srnet_weights and self.mode not in ("two-stage", "dsrhn"):
             raise ValueError("srnet_weights (an MSE-trained SRNet) applies to modes two-stage and dsrhn only")
-        if self.sr_lr <= 0 or self.sr_finetune_lr < 0:
+        if not (math.isfinite(self.sr_lr) and math.isfinite(self.sr_finetune_lr)) or self.sr_lr <= 0 or self.sr_finetune_lr < 0:
             raise ValueError("sr_lr must be > 0 and sr_finetune_lr >= 0 (0: fine-tune at sr_lr)")
         if self.lr_decay not in ("none", "cosine"):
             raise ValueError(f"lr_decay must be 'none' or 'cosine', got {self.lr_decay!r}")
@@ -150,6 +150,21 @@ class Preset:
             raise ValueError(f"hr_size {self.hr_size} is not a multiple of scale {self.scale}")
         if self.bits < 1:
             raise ValueError(f"bits must be positive, got {self.bits}")
+        for name, low in (("hr_size", 8), ("sr_filters", 1), ("hash_width", 1), ("sr_kernel", 1), ("batch_size", 1),
+                          ("epochs", 1), ("sr_steps", 1), ("sr_blocks", 0), ("steps_per_epoch", 0),
+                          ("sr_warmup_epochs", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}"
+                                 + (" (0 is allowed: one pass over the training split)" if name == "steps_per_epoch" else ""))
+        for name, low, high in (("lam", 0, None), ("alpha", 0, None), ("gamma", 0, None), ("margin", 0, None),
+                                ("dch_gamma", 1e-12, None), ("hash_lr", 1e-12, None), ("momentum", 0, 1),
+                                ("weight_decay", 0, None), ("dropout", 0, 1)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low
+                    and (high is None or value < high)):
+                raise ValueError(f"{name} must be a finite number >= {low}" + (f" and < {high}" if high else "")
+                                 + f", got {value!r}")
         if not isinstance(self.options, dict):
             raise ValueError(f"options must be a dict of the method's settings, got {self.options!r}")
         if isinstance(self.degradation, dict):  # from JSON (checkpoints, export metadata, TFX custom_config)

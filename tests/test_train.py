@@ -157,3 +157,36 @@ def test_pixel_unshuffle_and_subpixel_are_tf_space_to_depth_and_inverse():
     down = PixelUnshuffle(4)(x)
     np.testing.assert_array_equal(down.numpy(), tf.nn.space_to_depth(x, 4).numpy())
     np.testing.assert_array_equal(SubPixel(4)(down).numpy(), x.numpy())
+
+
+def test_resuming_a_different_run_is_refused_and_restart_discards_it(mosaic_examples, tiny_preset, tmp_path):
+    work = str(tmp_path / "w")
+    train(mosaic_examples, tiny_preset, work, verbose=0, tensorboard=False)
+    with pytest.raises(ValueError, match=r"different run \(preset.bits: 12 -> 16.*--restart"):
+        train(mosaic_examples, tiny_preset.replace(bits=16), work, verbose=0, tensorboard=False)
+    with pytest.raises(ValueError, match=r"steps_per_epoch: 2 -> 3"):
+        train(mosaic_examples, tiny_preset, work, verbose=0, tensorboard=False, steps_per_epoch=3)
+    again = train(mosaic_examples, tiny_preset, work, verbose=0, tensorboard=False)  # the same run: resumes
+    assert again.resumed_from == 1 and again.history == {}
+    fresh = train(mosaic_examples, tiny_preset.replace(bits=16), work, verbose=0, tensorboard=False, restart=True)
+    assert fresh.resumed_from == 0 and list(fresh.history) == ["alternate"]
+
+
+def test_nonsense_settings_are_refused_with_the_field_named():
+    for bad, message in (({"epochs": 0}, "epochs must be an integer >= 1"),
+                         ({"steps_per_epoch": -5}, "steps_per_epoch must be an integer >= 0"),
+                         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+                         ({"lam": float("nan")}, "lam must be a finite number"),
+                         ({"hash_lr": float("inf")}, "hash_lr must be a finite number"),
+                         ({"dropout": 1.0}, "dropout must be a finite number >= 0 and < 1")):
+        with pytest.raises(ValueError, match=message):
+            get_preset("cpu", **bad)
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing(mosaic_examples, tiny_preset, tmp_path):
+    from trainer.train import completed_checkpoints
+
+    preset = tiny_preset.replace(mode="hashnet-hr", hash_lr=1e30, momentum=0.0, weight_decay=0.0)
+    with pytest.raises(FloatingPointError, match="phase hash-hr, epoch 1: non-finite loss"):
+        train(mosaic_examples, preset, str(tmp_path / "w"), verbose=0, tensorboard=False)
+    assert completed_checkpoints(str(tmp_path / "w" / "checkpoints")) == []

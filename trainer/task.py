@@ -8,12 +8,13 @@ from dsrhn.config import Preset, get_preset, preset_from_dict
 from dsrhn.records import DatasetInfo
 
 
-def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_dir: str, verbose: int = 1) -> dict:
+def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_dir: str, verbose: int = 1,
+                     restart: bool = False) -> dict:
     from trainer.export import export_saved_model
     from trainer.train import train
 
     info = DatasetInfo.read(examples_uri)
-    result = train(examples_uri, preset, work_dir, verbose=verbose)
+    result = train(examples_uri, preset, work_dir, verbose=verbose, restart=restart)
     export_saved_model(result.trainer.method, result.trainer.nets, export_dir, info.label_names,
                        extra={"dataset": info.source, "train_seconds": result.seconds}, train_lr_size=info.lr_size)
     summary = {"export_dir": export_dir, "seconds": result.seconds, "history": result.history,

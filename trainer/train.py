@@ -159,7 +159,8 @@ def save_checkpoint(trainer: Trainer, directory: str, epoch: int) -> str:
     np.savez(os.path.join(tmp, "state.npz"), **opt, **rng)
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump({"epoch": epoch, "method": trainer.method.name, "networks": sorted(trainer.nets),
-                   "optimizers": sorted(trainer.opts), "preset": trainer.preset.to_dict()}, f)
+                   "optimizers": sorted(trainer.opts), "preset": trainer.preset.to_dict(),
+                   "identity": json.loads(getattr(trainer, "identity_json", "null"))}, f, allow_nan=False)
     if tf.io.gfile.exists(final):
         tf.io.gfile.rmtree(final)
     tf.io.gfile.rename(tmp, final)
@@ -190,6 +191,12 @@ def restore_checkpoint(trainer: Trainer, path: str) -> int:
     if saved != set(trainer.nets) or state_json.get("method", trainer.method.name) != trainer.method.name:
         raise ValueError(f"checkpoint {path} holds method {state_json.get('method')!r} with networks {sorted(saved)}, "
                          f"not {trainer.method.name!r} with {sorted(trainer.nets)}: use another --work-dir")
+    differences = identity_differences(state_json.get("identity"), json.loads(getattr(trainer, "identity_json", "null")))
+    if differences:
+        raise ValueError(f"{os.path.dirname(os.path.dirname(path))} holds checkpoints of a different run "
+                         f"({'; '.join(differences[:8])}{'; ...' if len(differences) > 8 else ''}): resuming would train "
+                         "something you did not ask for. Pass --restart (train(..., restart=True)) to discard them, "
+                         "or use another --work-dir")
     for name, net in trainer.nets.items():
         net.load_weights(os.path.join(path, f"{name}.weights.h5"))
     trainer.build_optimizers()
@@ -200,6 +207,44 @@ def restore_checkpoint(trainer: Trainer, path: str) -> int:
     for i, v in enumerate(_seed_states(trainer)):
         v.assign(state[f"rng/{i:04d}"])
     return int(state_json["epoch"])
+
+
+def run_identity(preset: Preset, info: DatasetInfo, steps_per_epoch: int) -> dict:
+    """What a run is: its preset (method, options, every rate and count), the data it reads and its epoch
+    length. Stored with every checkpoint; resuming a run with another identity is refused."""
+    data = {k: getattr(info, k) for k in ("source", "label_names", "hr_size", "lr_size", "scale", "lr", "counts",
+                                          "multi_label", "masks")}
+    return json.loads(json.dumps({"preset": preset.to_dict(), "data": data, "steps_per_epoch": steps_per_epoch}))
+
+
+def identity_differences(saved: dict | None, now: dict | None, prefix: str = "") -> list[str]:
+    """`field: saved -> now` for every leaf that differs (nothing when either side has no identity)."""
+    if saved is None or now is None:
+        return []
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += identity_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Ends training with a clear error when a loss becomes NaN or infinite (checked each epoch, before
+    the checkpoint callback, so no non-finite weights are saved or exported)."""
+
+    def __init__(self, phase: str):
+        super().__init__()
+        self.phase = phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = {k: float(v) for k, v in (logs or {}).items() if not np.isfinite(float(v))}
+        if bad:
+            raise FloatingPointError(f"phase {self.phase}, epoch {epoch + 1}: non-finite loss {bad}; training stopped "
+                                     "and nothing was saved for this epoch. Lower the learning rates (--set hash_lr=..., "
+                                     "sr_lr=...) or check the data")
 
 
 def _seed_states(trainer: Trainer) -> list:
@@ -235,10 +280,11 @@ class TrainResult:
 
 
 def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1, tensorboard: bool = True,
-          steps_per_epoch: int | None = None, stop_after_epochs: int | None = None) -> TrainResult:
+          steps_per_epoch: int | None = None, stop_after_epochs: int | None = None, restart: bool = False) -> TrainResult:
     """Train the method `preset.mode` on the Examples at `examples_uri`, checkpointing each epoch to
-    work_dir/checkpoints and resuming from the latest one there. `stop_after_epochs` ends the
-    run after that many epochs over all phases, as a kill would (tests; the Table 1 benchmark
+    work_dir/checkpoints and resuming from the latest one there when it is the same run (preset, data,
+    epoch length; another run's checkpoints are refused, `restart` discards them). `stop_after_epochs`
+    ends the run after that many epochs over all phases, as a kill would (tests; the Table 1 benchmark
     uses it to train only two-stage's stage 1)."""
     keras.utils.set_random_seed(preset.seed)
     info = DatasetInfo.read(examples_uri)
@@ -254,7 +300,10 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
     with strategy.scope():
         trainer = Trainer(method, steps)
         trainer.build_optimizers()
+    trainer.identity_json = json.dumps(run_identity(preset, info, steps))
     ckpt_dir = os.path.join(work_dir, "checkpoints")
+    if restart and tf.io.gfile.exists(ckpt_dir):
+        tf.io.gfile.rmtree(ckpt_dir)
     tf.io.gfile.makedirs(ckpt_dir)
     latest = latest_checkpoint(ckpt_dir)
     done = restore_checkpoint(trainer, latest) if latest else 0
@@ -272,7 +321,7 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
             trainer.phase = phase
             trainer.compile(jit_compile=False)
             ds = training_dataset(examples_uri, preset, offset + start, offset + end, steps, info, method.needs_masks)
-            callbacks = [EpochCheckpoint(trainer, ckpt_dir, offset)]
+            callbacks = [StopOnNonFinite(phase), EpochCheckpoint(trainer, ckpt_dir, offset)]
             if tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(work_dir, "logs", phase), update_freq="epoch"))
             if verbose:
