@@ -31,11 +31,25 @@ def decode_image(data: bytes) -> Image.Image:
         raise ImageError(f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
         raise ImageError(f"not a readable image: {e}") from None
+    except Exception as e:  # a decoder's own bug on hostile bytes (e.g. IndexError in Pillow's QOI reader)
+        raise ImageError(f"not a readable image: the {_format(data)} decoder failed ({type(e).__name__}: {e})") from None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose an otherwise good image
         pass
-    return to_rgb(img)
+    try:
+        return to_rgb(img)
+    except Exception as e:
+        raise ImageError(f"not a convertible image ({img.mode}): {type(e).__name__}: {e}") from None
+
+
+def _format(data: bytes) -> str:
+    """The format a file claims by its first bytes (for messages)."""
+    for sig, name in ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"qoif", "QOI"),
+                      (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")):
+        if data.startswith(sig):
+            return name
+    return "WebP" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else "image"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
