@@ -160,9 +160,10 @@ def cmd_index(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from serving.server import serve
+    from serving.server import InputLimits, serve
 
-    serve(args.base_dir, args.model_name, host=args.host, port=args.port, poll_seconds=args.poll_seconds)
+    serve(args.base_dir, args.model_name, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
+          limits=InputLimits(args.max_instances, args.max_pixels))
     return 0
 
 
@@ -282,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--poll-seconds", type=float, default=5.0)
+    p.add_argument("--max-instances", type=int, default=256, help="images per request (more: 400)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="pixels per image, read from its header before decoding (more: 400)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("pipeline", help="run the TFX pipeline (local orchestrator)")

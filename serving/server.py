@@ -14,6 +14,7 @@ import binascii
 import io
 import json
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +26,9 @@ from serving.store import ModelStore, Servable
 
 MAX_BODY_BYTES = 16 << 20
 MAX_K = 1000
+MAX_INSTANCES = 256  # images per request
+MAX_PIXELS = 40_000_000  # per image (width x height, read from its header before anything is decoded)
+FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what the SavedModel's decoder reads
 _ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?::(?P<verb>[a-z]+)|/(?P<sub>metadata))?$")
 _DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64"}
 
@@ -35,7 +39,36 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K) -> FastAPI:
+@dataclass(frozen=True)
+class InputLimits:
+    """What one request may ask of the model: images per request and pixels per image (an image bomb,
+    a 48 KB PNG that decodes to 20000 x 20000, is refused from its header)."""
+
+    max_instances: int = MAX_INSTANCES
+    max_pixels: int = MAX_PIXELS
+
+    def check(self, images: list[bytes]) -> None:
+        if len(images) > self.max_instances:
+            raise ApiError(400, f"{len(images)} images in one request; at most {self.max_instances} "
+                                "(split the request, or start the server with a larger --max-instances)")
+        for i, data in enumerate(images):
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    (w, h), fmt = img.size, img.format
+            except Image.DecompressionBombError as e:  # beyond Pillow's own limit, from the header alone
+                raise ApiError(400, f"instances[{i}]: image is too large ({e}); the limit is "
+                                    f"{self.max_pixels / 1e6:.0f} megapixels") from None
+            except Exception as e:  # not an image
+                raise ApiError(400, f"instances[{i}]: could not decode the image ({type(e).__name__}: {e})") from None
+            if fmt not in FORMATS:
+                raise ApiError(400, f"instances[{i}]: {fmt} images are not accepted; send {', '.join(FORMATS)}")
+            if w * h > self.max_pixels:
+                raise ApiError(400, f"instances[{i}]: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); the limit is "
+                                    f"{self.max_pixels / 1e6:.0f} megapixels")
+
+
+def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
+               limits: InputLimits = InputLimits()) -> FastAPI:
     app = FastAPI(title="dsrhn", description=__doc__)
 
     @app.exception_handler(ApiError)
@@ -71,8 +104,8 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
         body = await _json_body(request, max_body_bytes)
         servable = _servable(store, m["version"])
         if m["verb"] == "predict":
-            return await _run(predict, servable, body)
-        return await _run(search, servable, body, max_k)
+            return await _run(predict, servable, body, limits)
+        return await _run(search, servable, body, max_k, limits)
 
     return app
 
@@ -186,9 +219,10 @@ def parse_images(body: dict, input_name: str = "images") -> tuple[list[bytes], b
     return [_decode_b64(x, f"inputs[{i}]") for i, x in enumerate(inputs)], False
 
 
-def _call(s: Servable, signature_name: str, images: list[bytes]) -> dict:
+def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits) -> dict:
     if signature_name not in s.model.signatures:
         raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
+    limits.check(images)
     try:
         out = s.signature(signature_name)(images=tf.constant(images, dtype=tf.string))
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
@@ -197,16 +231,18 @@ def _call(s: Servable, signature_name: str, images: list[bytes]) -> dict:
     return {k: v.numpy() for k, v in out.items()}
 
 
-def predict(s: Servable, body: dict) -> dict:
+def predict(s: Servable, body: dict, limits: InputLimits = InputLimits()) -> dict:
     sig = body.get("signature_name", "serving_default")
+    if not isinstance(sig, str):
+        raise ApiError(400, f"'signature_name' must be a string, got {type(sig).__name__}")
     images, rows = parse_images(body)
-    out = _call(s, sig, images)
+    out = _call(s, sig, images, limits)
     if rows:
         return {"predictions": [{k: v[i].tolist() for k, v in out.items()} for i in range(len(images))]}
     return {"outputs": {k: v.tolist() for k, v in out.items()}}
 
 
-def search(s: Servable, body: dict, max_k: int) -> dict:
+def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimits()) -> dict:
     k = body.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise ApiError(400, f"'k' must be an integer in [1, {max_k}], got {k!r}")
@@ -214,7 +250,7 @@ def search(s: Servable, body: dict, max_k: int) -> dict:
     if sig not in ("serving_default", "encode_hr"):
         raise ApiError(400, f"search encodes queries with 'serving_default' (LR) or 'encode_hr' (HR), not {sig!r}")
     images, _ = parse_images(body)
-    codes = _call(s, sig, images)["codes"]
+    codes = _call(s, sig, images, limits)["codes"]
     sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
     dist, rows = s.index.search(np.asarray(codes, np.uint8), k)
     results = []
@@ -250,7 +286,8 @@ def query_size_warning(image: bytes, sizes: list[int] | None) -> str | None:
 class BackgroundServer:
     """The REST app on a free loopback port, in a daemon thread (tests, load benchmarks)."""
 
-    def __init__(self, store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, start_timeout: float = 30.0):
+    def __init__(self, store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, start_timeout: float = 30.0,
+                 limits: InputLimits = InputLimits()):
         import socket
         import threading
         import time
@@ -260,7 +297,7 @@ class BackgroundServer:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        app = create_app(store, max_body_bytes=max_body_bytes)
+        app = create_app(store, max_body_bytes=max_body_bytes, limits=limits)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -276,11 +313,12 @@ class BackgroundServer:
         self.thread.join(10)
 
 
-def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, poll_seconds: float = 5.0) -> None:
+def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, poll_seconds: float = 5.0,
+          limits: InputLimits = InputLimits()) -> None:
     import uvicorn
 
     store = ModelStore(base_dir, name, poll_seconds=poll_seconds)
     store.start()
     if store.current is None:
         print(f"warning: no loadable version under {store.model_dir} yet; polling every {poll_seconds}s")
-    uvicorn.run(create_app(store), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(store, limits=limits), host=host, port=port, log_level="info")

@@ -58,8 +58,13 @@ class ModelStore:
     def versions_on_disk(self) -> list[int]:
         if not os.path.isdir(self.model_dir):
             return []
-        return sorted((int(d) for d in os.listdir(self.model_dir)
-                       if d.isdigit() and os.path.exists(os.path.join(self.model_dir, d, "saved_model.pb"))), reverse=True)
+        out = []
+        for d in os.listdir(self.model_dir):
+            if not (d.isascii() and d.isdigit()):  # "²" passes str.isdigit() but not int(); "tmp", "1.tmp": not versions
+                continue
+            if os.path.exists(os.path.join(self.model_dir, d, "saved_model.pb")):
+                out.append(int(d))
+        return sorted(out, reverse=True)
 
     def load_version(self, version: int) -> Servable:
         path = os.path.join(self.model_dir, str(version))
