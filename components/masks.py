@@ -50,9 +50,7 @@ def rasterise_coco(shapes: tuple, size: tuple[int, int]) -> np.ndarray:
     """uint8 [h, w] mask of one image's COCO annotations ((label column, segmentation JSON), ...) at its
     (width, height): each instance painted with 1 + its label, later instances over earlier ones."""
     w, h = size
-    canvas = Image.new("L", (w, h), MASK_BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    mask = np.asarray(canvas).copy()
+    mask = np.full((h, w), MASK_BACKGROUND, np.uint8)
     for column, seg_json in shapes:
         seg = json.loads(seg_json)
         value = int(column) + 1
@@ -70,7 +68,6 @@ def rasterise_coco(shapes: tuple, size: tuple[int, int]) -> np.ndarray:
             mask[m] = value
         else:
             raise ValueError(f"unknown COCO segmentation form: {seg_json[:80]}")
-    del draw
     return mask
 
 

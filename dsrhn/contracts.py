@@ -24,7 +24,6 @@ import os
 
 METADATA = os.path.join("assets.extra", "dsrhn.json")
 CODE_LAYOUT = "sign bits packed MSB-first, bit 1 for b=+1 (sign(0)=+1), zero padding to whole bytes"
-QUERY_PATHS = ("sr", "bicubic", "hr", "fsr")
 
 INDEX_DIR = "index"
 INDEX_FILE = "gallery.faissindex"

@@ -10,27 +10,21 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = {
-    "dsrhn": "trainer.methods.dsrhn:DSRHN",  # SRNet + HashNet trained alternately (the paper)
-    "hashnet-hr": "trainer.methods.dsrhn:HashNetHR",  # HashNet on HR images, HR queries (upper bound)
-    "hashnet-lr": "trainer.methods.dsrhn:HashNetLR",  # HashNet on HR + bicubic LR, no SR
-    "two-stage": "trainer.methods.dsrhn:TwoStage",  # SRNet by MSE, frozen, then HashNet
-    "pointwise": "trainer.methods.pointwise:PointWise",  # latent sigmoid layer + classifier (Eq. 2)
-    "pointwise-seg": "trainer.methods.pointwise:PointWiseSeg",  # the same on PSP segmentation features
-    "center": "trainer.methods.center:CenterHash",  # DPSH + center loss on hash centers (DDCH reading)
-    "fsr-gan": "trainer.methods.fsrgan:FSRGAN",  # HashNet on HR, then G (+ critic D) super-resolves LR features
+METHODS = {  # name -> (module:class, one-line description)
+    "dsrhn": ("trainer.methods.dsrhn:DSRHN", "SRNet + HashNet trained alternately (the paper)"),
+    "hashnet-hr": ("trainer.methods.dsrhn:HashNetHR", "HashNet on HR images, HR queries (upper bound)"),
+    "hashnet-lr": ("trainer.methods.dsrhn:HashNetLR", "HashNet on HR + bicubic LR, no SR"),
+    "two-stage": ("trainer.methods.dsrhn:TwoStage", "SRNet by MSE, frozen, then HashNet"),
+    "pointwise": ("trainer.methods.pointwise:PointWise", "latent sigmoid layer + classifier (Eq. 2)"),
+    "pointwise-seg": ("trainer.methods.pointwise:PointWiseSeg", "the same on PSP segmentation features"),
+    "center": ("trainer.methods.center:CenterHash", "DPSH + center loss on hash centers (DDCH reading)"),
+    "fsr-gan": ("trainer.methods.fsrgan:FSRGAN", "HashNet on HR, then G (+ critic D) super-resolves LR features"),
 }
 
 
 def method_help() -> dict[str, str]:
-    """name -> the registry line's comment (its one-line description), read from this file: no import."""
-    out = {}
-    with open(__file__, encoding="utf-8") as f:
-        for line in f:
-            stripped = line.strip()
-            if stripped.startswith('"') and '":' in stripped and "#" in stripped:
-                out[stripped.split('"')[1]] = stripped.split("#", 1)[1].strip()
-    return out
+    """name -> its one-line description."""
+    return {name: text for name, (_, text) in METHODS.items()}
 
 
 def method_names() -> tuple[str, ...]:
@@ -41,5 +35,5 @@ def get_method(name: str):
     """The Method class registered as `name`."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {list(METHODS)}")
-    module, _, cls = METHODS[name].partition(":")
+    module, _, cls = METHODS[name][0].partition(":")
     return getattr(importlib.import_module(module), cls)

@@ -17,18 +17,17 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from dsrhn.contracts import (IDS_FILE, INDEX_DIR, INDEX_FILE, MANIFEST_FILE, IndexMismatch,  # noqa: F401
-                             check_manifest, code_dim, model_fingerprint, sha256_file)
+from dsrhn.contracts import (IDS_FILE, INDEX_DIR, INDEX_FILE, MANIFEST_FILE, IndexMismatch, check_manifest, code_dim,
+                             model_fingerprint, sha256_file)
 
 MAX_GPU_K = 2048  # faiss GPU binary search limit
-faiss_dim = code_dim
 
 
 def build_index(codes: np.ndarray, bits: int) -> faiss.IndexBinaryFlat:
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if codes.ndim != 2 or codes.shape[1] != faiss_dim(bits) // 8:
-        raise ValueError(f"codes must be uint8 [N, {faiss_dim(bits) // 8}] for {bits} bits, got {codes.shape}")
-    index = faiss.IndexBinaryFlat(faiss_dim(bits))
+    if codes.ndim != 2 or codes.shape[1] != code_dim(bits) // 8:
+        raise ValueError(f"codes must be uint8 [N, {code_dim(bits) // 8}] for {bits} bits, got {codes.shape}")
+    index = faiss.IndexBinaryFlat(code_dim(bits))
     index.add(codes)
     return index
 
@@ -50,7 +49,7 @@ def write_index(model_dir: str, codes: np.ndarray, rows: list[dict], model_meta:
         manifest = {
             "model_fingerprint": model_fingerprint(model_dir),
             "model_version": os.path.basename(os.path.normpath(model_dir)),
-            "bits": bits, "faiss_dim": faiss_dim(bits), "code_layout": model_meta.get("code_layout", ""),
+            "bits": bits, "faiss_dim": code_dim(bits), "code_layout": model_meta.get("code_layout", ""),
             "count": int(len(codes)),
             "index_sha256": sha256_file(os.path.join(tmp, INDEX_FILE)),
             "ids_sha256": sha256_file(os.path.join(tmp, IDS_FILE)),

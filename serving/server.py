@@ -47,10 +47,12 @@ class InputLimits:
     max_instances: int = MAX_INSTANCES
     max_pixels: int = MAX_PIXELS
 
-    def check(self, images: list[bytes]) -> None:
+    def check(self, images: list[bytes]) -> list[tuple[int, int]]:
+        """Each image's (width, height), read from its header; ApiError(400) past a limit."""
         if len(images) > self.max_instances:
             raise ApiError(400, f"{len(images)} images in one request; at most {self.max_instances} "
                                 "(split the request, or start the server with a larger --max-instances)")
+        sizes = []
         for i, data in enumerate(images):
             try:
                 with Image.open(io.BytesIO(data)) as img:
@@ -65,6 +67,8 @@ class InputLimits:
             if w * h > self.max_pixels:
                 raise ApiError(400, f"instances[{i}]: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); the limit is "
                                     f"{self.max_pixels / 1e6:.0f} megapixels")
+            sizes.append((w, h))
+        return sizes
 
 
 def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
@@ -219,16 +223,17 @@ def parse_images(body: dict, input_name: str = "images") -> tuple[list[bytes], b
     return [_decode_b64(x, f"inputs[{i}]") for i, x in enumerate(inputs)], False
 
 
-def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits) -> dict:
+def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits) -> tuple[dict, list]:
+    """The signature's outputs for these images, and each image's (width, height) from its header."""
     if signature_name not in s.model.signatures:
         raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
-    limits.check(images)
+    image_sizes = limits.check(images)
     try:
         out = s.signature(signature_name)(images=tf.constant(images, dtype=tf.string))
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
         msg = e.message.strip().splitlines()[0] if e.message else str(e)
         raise ApiError(400, f"Could not decode an image: {msg}") from None
-    return {k: v.numpy() for k, v in out.items()}
+    return {k: v.numpy() for k, v in out.items()}, image_sizes
 
 
 def predict(s: Servable, body: dict, limits: InputLimits = InputLimits()) -> dict:
@@ -236,7 +241,7 @@ def predict(s: Servable, body: dict, limits: InputLimits = InputLimits()) -> dic
     if not isinstance(sig, str):
         raise ApiError(400, f"'signature_name' must be a string, got {type(sig).__name__}")
     images, rows = parse_images(body)
-    out = _call(s, sig, images, limits)
+    out, _ = _call(s, sig, images, limits)
     if rows:
         return {"predictions": [{k: v[i].tolist() for k, v in out.items()} for i in range(len(images))]}
     return {"outputs": {k: v.tolist() for k, v in out.items()}}
@@ -250,31 +255,27 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
     if sig not in ("serving_default", "encode_hr"):
         raise ApiError(400, f"search encodes queries with 'serving_default' (LR) or 'encode_hr' (HR), not {sig!r}")
     images, _ = parse_images(body)
-    codes = _call(s, sig, images, limits)["codes"]
-    sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
+    out, image_sizes = _call(s, sig, images, limits)
+    codes = out["codes"]
+    trained_sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
     dist, rows = s.index.search(np.asarray(codes, np.uint8), k)
     results = []
-    for image, d_row, r_row in zip(images, dist, rows):
+    for (width, height), d_row, r_row in zip(image_sizes, dist, rows):
         keep = r_row >= 0
         hits = [s.index.rows[int(r)] for r in r_row[keep]]
         result = {"ids": [h["id"] for h in hits], "distances": [int(x) for x in d_row[keep]],
                   "labels": [h.get("labels", []) for h in hits]}
-        warning = query_size_warning(image, sizes)
+        warning = query_size_warning(min(width, height), trained_sizes)
         if warning:
             result["warning"] = warning
         results.append(result)
     return {"model_version": str(s.version), "k": k, "results": results}
 
 
-def query_size_warning(image: bytes, sizes: list[int] | None) -> str | None:
-    """A note when a query's side (its centre square, read from the image header) is outside the
-    range of query sizes the model was trained for (export metadata `query_sizes`); None inside it."""
+def query_size_warning(side: int, sizes: list[int] | None) -> str | None:
+    """A note when a query's side (the shorter side of its header's size: its centre square) is outside
+    the range of query sizes the model was trained for (export metadata `query_sizes`); None inside it."""
     if not sizes:
-        return None
-    try:
-        with Image.open(io.BytesIO(image)) as img:
-            side = min(img.size)
-    except Exception:  # the model decoded it, Pillow cannot read the header: nothing to say
         return None
     lo, hi = sizes
     if lo <= side <= hi:

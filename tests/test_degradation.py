@@ -187,7 +187,7 @@ def test_queries_of_any_size_are_resized_once(trained_model, tiny_preset):
 
 
 def test_metadata_states_the_trained_query_sizes(trained_model, mosaic_examples, tiny_preset, tmp_path):
-    from trainer.export import read_metadata
+    from dsrhn.contracts import read_metadata
     from trainer.task import train_and_export
 
     meta = read_metadata(trained_model)

@@ -101,7 +101,7 @@ def test_center_losses_by_hand():
 
 
 def test_fsr_gan_losses_by_hand():
-    from trainer.methods.fsrgan import critic_loss, feature_loss
+    from trainer.losses import critic_loss, feature_loss
 
     f_sr = np.array([[[[1.0, 2.0]], [[0.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 0.0]]]], np.float32)  # [2, 2, 1, 2]
     f_hr = np.zeros_like(f_sr)

@@ -47,7 +47,7 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     from dsrhn.records import read_split
     from pipeline.runners import _metadata
     from serving.index import load_index
-    from trainer.export import read_metadata
+    from dsrhn.contracts import read_metadata
 
     store = mlmd.MetadataStore(_metadata(cfg))
     examples = store.get_artifacts_by_type("Examples")[-1].uri
@@ -104,7 +104,7 @@ def test_another_registered_method_runs_through_the_same_pipeline(mode, option, 
     pushed = [line.split()[-1] for line in log.splitlines() if line.startswith("pushed_model")]
     assert pushed, log[-3000:]
     from serving.index import load_index
-    from trainer.export import read_metadata
+    from dsrhn.contracts import read_metadata
 
     meta = read_metadata(pushed[0])
     assert meta["mode"] == mode and meta["query_path"] == {"pointwise-seg": "bicubic", "fsr-gan": "fsr"}[mode]

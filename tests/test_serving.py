@@ -13,12 +13,13 @@ import pytest
 import tensorflow as tf
 
 from components import metrics
+from dsrhn.contracts import read_metadata
 from dsrhn.records import read_split_raw
 from serving import index as gindex
 from serving.indexer import gallery_from_examples, gallery_from_source, run_indexing
 from serving.store import ModelStore
 from tests.conftest import BEAM, LiveServer
-from trainer.export import export_saved_model, read_metadata
+from trainer.export import export_saved_model
 from trainer.train import build_trainer
 
 

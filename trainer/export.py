@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from dsrhn.config import Preset
-from dsrhn.contracts import CODE_LAYOUT, METADATA, read_metadata, write_metadata  # noqa: F401
+from dsrhn.contracts import CODE_LAYOUT, write_metadata
 from dsrhn.degrade import to_hr_space
 IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
 

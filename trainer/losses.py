@@ -133,6 +133,17 @@ def center_separation_loss(center_table, margin: float):
     return ops.sum(ops.maximum(margin - d, 0.0) * off) / ops.maximum(ops.sum(off), 1.0)
 
 
+def feature_loss(f_sr, f_hr, r: float):  # Eq. 9's second term: 1/m sum_i (||F_SR_i - F_HR_i|| / sqrt(d))^r
+    d = ops.cast(f_sr, "float32") - ops.cast(f_hr, "float32")
+    d = ops.reshape(d, (ops.shape(d)[0], -1))
+    rms = ops.sqrt(ops.mean(ops.square(d), axis=-1) + 1e-12)
+    return ops.mean(ops.power(rms, r))
+
+
+def critic_loss(d_fake, d_real):  # Eq. 7: L(D) = E[D(fake)] - E[D(real)]
+    return ops.mean(d_fake) - ops.mean(d_real)
+
+
 def semantic_hash_loss(name: str, v, labels, gamma: float, dch_gamma: float):
     """L_hs by name: dpsh (the paper's), dhn or dch (its Table 2 baselines)."""
     if name == "dpsh":

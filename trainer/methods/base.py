@@ -19,6 +19,7 @@ resumes exactly; export, evaluation and serving read only what the method declar
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import keras
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from dsrhn.config import Preset
 from dsrhn.records import DatasetInfo
+from trainer import losses
 
 
 @dataclass(frozen=True)
@@ -147,3 +149,19 @@ def joint_batch(hr, query):
     """One forward pass over [HR; query], so batch norm normalises both with the same statistics and its
     moving averages describe the mix it is later run on."""
     return tf.concat([hr, query], axis=0)
+
+
+def joint_hash_terms(preset: Preset, v, labels) -> tuple:
+    """(L_hs, L_dis) of the relaxed codes v of a joint batch [HR; query]: L_hs over all its pairs
+    (Eq. 11, or dhn/dch by hash_loss) and L_dis between each HR image and its query (Eq. 12)."""
+    v_hr, v_q = tf.split(v, 2, axis=0)
+    l_hs = losses.semantic_hash_loss(preset.hash_loss, v, tf.concat([labels, labels], 0), preset.gamma, preset.dch_gamma)
+    return l_hs, losses.margin_loss(v_hr, v_q, preset.margin)
+
+
+def load_trained_weights(net: keras.Model, path: str, field: str) -> keras.Model:
+    """Load a network already trained elsewhere (srnet_weights, options.hashnet_weights); never downloads."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{field} {path} does not exist")
+    net.load_weights(path)
+    return net

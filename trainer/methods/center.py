@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from trainer import losses
-from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch
+from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch, joint_hash_terms
 from trainer.models import HashCenters, HashNet
 
 
@@ -59,9 +59,7 @@ class CenterHash(Method):
         labels = tf.concat([batch["labels"], batch["labels"]], axis=0)
         with tf.GradientTape() as tape:
             v = hashnet(joint_batch(batch["hr"], batch["lr_up"]), training=True)["code"]
-            v_hr, v_q = tf.split(v, 2, axis=0)
-            l_hs = losses.semantic_hash_loss(p.hash_loss, v, labels, p.gamma, p.dch_gamma)
-            l_dis = losses.margin_loss(v_hr, v_q, p.margin)
+            l_hs, l_dis = joint_hash_terms(p, v, batch["labels"])
             l_center = losses.center_loss(v, losses.label_centers(centers(labels), labels))
             l_sep = losses.center_separation_loss(self.center_table(trainer.nets), o.separation_margin)
             loss = losses.hash_loss(l_hs, l_dis, p.alpha) + o.center_weight * l_center + o.separation_weight * l_sep

@@ -9,14 +9,12 @@ two-stage (SRNet by MSE alone, frozen, then HashNet: the paper's HashNet-SRGAN r
 """
 from __future__ import annotations
 
-import os
-
 import keras
 import tensorflow as tf
 from keras import ops
 
 from trainer import losses
-from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch, learning_rate
+from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch, joint_hash_terms, learning_rate, load_trained_weights
 from trainer.models import HashNet, SRNet
 
 SR_METRICS = ("l_sr", "l_per", "l_mse")
@@ -53,9 +51,7 @@ class SRHashing(Method):
         p = self.preset
         srnet = SRNet(p)  # built first: the seeded initial weights follow the build order
         if p.srnet_weights:  # an MSE-trained SRNet (two-stage, dsrhn), checked by Preset
-            if not os.path.exists(p.srnet_weights):
-                raise FileNotFoundError(f"srnet_weights {p.srnet_weights} does not exist")
-            srnet.load_weights(p.srnet_weights)
+            load_trained_weights(srnet, p.srnet_weights, "srnet_weights")
         return {"srnet": srnet, "hashnet": HashNet(p)}
 
     def optimizers(self, steps_per_epoch: int) -> dict:
@@ -141,10 +137,7 @@ class SRHashing(Method):
                 l_hs = losses.semantic_hash_loss(p.hash_loss, v_hr, labels, p.gamma, p.dch_gamma)
                 l_dis = tf.zeros(())
             else:
-                v = hashnet(joint_batch(hr, query), training=True)["code"]
-                v_hr, v_q = tf.split(v, 2, axis=0)
-                l_hs = losses.semantic_hash_loss(p.hash_loss, v, tf.concat([labels, labels], 0), p.gamma, p.dch_gamma)
-                l_dis = losses.margin_loss(v_hr, v_q, p.margin)
+                l_hs, l_dis = joint_hash_terms(p, hashnet(joint_batch(hr, query), training=True)["code"], labels)
             loss = losses.hash_loss(l_hs, l_dis, p.alpha)
             scaled = trainer.scaled("hash", loss)
         trainer.apply("hash", tape, scaled)

@@ -17,7 +17,6 @@ The feature distance is divided by sqrt(d) (d = H*W*C) so that r = 2 is the mean
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import keras
@@ -25,7 +24,7 @@ import tensorflow as tf
 from keras import ops
 
 from trainer import losses
-from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch, learning_rate
+from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch, learning_rate, load_trained_weights
 from trainer.models import FeatureCritic, FeatureGenerator, HashNet
 
 
@@ -51,17 +50,6 @@ class FSROptions:
             raise ValueError("options.lr and options.clip must be > 0, options.dropout in [0, 1), hash_epochs >= 0")
 
 
-def feature_loss(f_sr, f_hr, r: float):  # Eq. 9's second term: 1/m sum_i (||F_SR_i - F_HR_i|| / sqrt(d))^r
-    d = ops.cast(f_sr, "float32") - ops.cast(f_hr, "float32")
-    d = ops.reshape(d, (ops.shape(d)[0], -1))
-    rms = ops.sqrt(ops.mean(ops.square(d), axis=-1) + 1e-12)
-    return ops.mean(ops.power(rms, r))
-
-
-def critic_loss(d_fake, d_real):  # Eq. 7: L(D) = E[D(fake)] - E[D(real)]
-    return ops.mean(d_fake) - ops.mean(d_real)
-
-
 class FSRGAN(Method):
     name, query_path = "fsr-gan", "fsr"
     Options = FSROptions
@@ -70,9 +58,7 @@ class FSRGAN(Method):
     def networks(self) -> dict:
         hashnet = HashNet(self.preset)
         if self.options.hashnet_weights:
-            if not os.path.exists(self.options.hashnet_weights):
-                raise FileNotFoundError(f"options.hashnet_weights {self.options.hashnet_weights} does not exist")
-            hashnet.load_weights(self.options.hashnet_weights)
+            load_trained_weights(hashnet, self.options.hashnet_weights, "options.hashnet_weights")
         shape = hashnet.get_layer("backbone").output_shape[1:]
         return {"hashnet": hashnet, "generator": FeatureGenerator(shape, self.options.dropout, self.preset.seed,
                                                                   self.options.residual),
@@ -112,14 +98,14 @@ class FSRGAN(Method):
         if o.critic:  # the critic's step, on this batch's generated and real features
             f_fake = tf.stop_gradient(generator(f_lr, training=True))
             with tf.GradientTape() as tape:
-                l_d = critic_loss(critic(f_fake, training=True), critic(f_hr, training=True))
+                l_d = losses.critic_loss(critic(f_fake, training=True), critic(f_hr, training=True))
                 scaled = trainer.scaled("d", l_d)
             trainer.apply("d", tape, scaled)
             for w in critic.trainable_variables:
                 w.assign(tf.clip_by_value(w, -o.clip, o.clip))
         with tf.GradientTape() as tape:
             f_sr = generator(f_lr, training=True)
-            l_feat = feature_loss(f_sr, f_hr, o.focal_r)
+            l_feat = losses.feature_loss(f_sr, f_hr, o.focal_r)
             l_adv = -ops.mean(critic(f_sr, training=False)) if o.critic else tf.zeros(())
             l_g = l_adv + l_feat  # Eq. 9
             scaled = trainer.scaled("g", l_g)
