@@ -1,7 +1,9 @@
 """Load test of the REST service on loopback: N concurrent clients for a bounded time.
 
-Reports requests/s, p50/p99 latency and errors (must be 0) for :search and, as the named
-baseline measured in the same run, GET /healthz (the framework's floor: no model call).
+Reports requests/s, p50/p99 latency and errors (must be 0) for :search with server-side batching off
+(the named baseline: one SavedModel call and one index search per request, as before batching) and
+on (concurrent requests gathered into one model call and one search), and GET /healthz (the
+framework's floor: no model call), all in the same run.
 
     python benchmarks/serve_load.py --base-dir runs/tfx/serving --model-name dsrhn [--clients 8 --seconds 20]
     python benchmarks/serve_load.py --build-tiny   # makes a tiny untrained model + index first
@@ -19,15 +21,17 @@ import time
 import httpx
 
 
-def start_server(base_dir: str, name: str):
+def start_server(base_dir: str, name: str, batching: bool = True, timeout_ms: float = 0.0, threads: int = 1):
+    from serving.batching import BatchingConfig
     from serving.server import BackgroundServer
     from serving.store import ModelStore
 
-    store = ModelStore(base_dir, name)
-    store.start()
+    store = ModelStore(base_dir, name, poll_seconds=3600)
+    store.refresh()
     if store.current is None:
         raise SystemExit(f"no servable version with an index under {base_dir}/{name}")
-    return BackgroundServer(store)
+    return BackgroundServer(store, batching=BatchingConfig(enabled=batching, batch_timeout_ms=timeout_ms,
+                                                                   num_batch_threads=threads))
 
 
 def build_tiny(root: str) -> tuple[str, str]:
@@ -48,6 +52,40 @@ def build_tiny(root: str) -> tuple[str, str]:
 
 
 def load(url: str, method: str, body: dict | None, clients: int, seconds: float) -> dict:
+    """The clients run in their own process, so they do not compete with the server for its GIL."""
+    import json
+    import subprocess
+    import sys
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"url": url, "method": method, "body": body, "clients": clients, "seconds": seconds}, f)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--client", f.name], capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(f.name)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def client_process(spec_path: str) -> None:
+    import json
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    print(json.dumps(run_clients(spec["url"], spec["method"], spec["body"], spec["clients"], spec["seconds"])))
+
+
+def run_threads(targets: list) -> float:
+    """Start one thread per target, wait for all; the wall time in seconds."""
+    threads = [threading.Thread(target=t) for t in targets]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def run_clients(url: str, method: str, body: dict | None, clients: int, seconds: float) -> dict:
     lat, errors = [], []
     stop = time.time() + seconds
 
@@ -60,13 +98,7 @@ def load(url: str, method: str, body: dict | None, clients: int, seconds: float)
                 if r.status_code != 200:
                     errors.append(r.status_code)
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads([worker] * clients)
     lat.sort()
     return {"rps": len(lat) / wall, "p50": statistics.median(lat) * 1e3, "p99": lat[int(0.99 * (len(lat) - 1))] * 1e3,
             "n": len(lat), "errors": len(errors)}
@@ -81,7 +113,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--batch-timeout-ms", type=float, default=2.0, help="the third row's batch timeout")
+    ap.add_argument("--client", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client:
+        return client_process(args.client)
     base, examples = args.base_dir, args.examples
     if args.build_tiny:
         base, examples = build_tiny(tempfile.mkdtemp(prefix="dsrhn-load-"))
@@ -91,19 +127,34 @@ def main() -> None:
 
     lr = next(read_split_raw(examples, "query").take(1).as_numpy_iterator())["lr"]
     body = {"instances": [{"b64": base64.b64encode(lr).decode()}], "k": args.k}
-    server = start_server(base, args.model_name)
-    url = server.url
     print(f"{args.clients} clients x {args.seconds:.0f} s on loopback, {os.cpu_count()} cores")
-    results = {"GET /healthz (baseline)": load(f"{url}/healthz", "GET", None, args.clients, args.seconds),
-               f"POST :search k={args.k}": load(f"{url}/v1/models/{args.model_name}:search", "POST", body,
-                                                 args.clients, args.seconds)}
+    results = {}
+    for label, batching, timeout_ms, threads in (
+            ("unbatched (baseline)", False, 0.0, 1), ("batched", True, 0.0, 1),
+            (f"batched, timeout {args.batch_timeout_ms:g} ms", True, args.batch_timeout_ms, 1),
+            ("batched, 2 batch threads", True, 0.0, 2),
+            (f"batched, 2 batch threads, timeout {args.batch_timeout_ms:g} ms", True, args.batch_timeout_ms, 2)):
+        server = start_server(base, args.model_name, batching, timeout_ms, threads)
+        try:
+            if not results:
+                results["GET /healthz (no model)"] = load(f"{server.url}/healthz", "GET", None, args.clients, args.seconds)
+            results[f":search k={args.k} {label}"] = load(f"{server.url}/v1/models/{args.model_name}:search", "POST",
+                                                          body, args.clients, args.seconds)
+            if batching:
+                b = server.app.state.model.batcher
+                results[f":search k={args.k} {label}"]["per_call"] = b.batched_images / max(1, b.batches)
+        finally:
+            server.stop()
     for name, r in results.items():
-        print(f"  {name:<26} {r['rps']:8.1f} req/s  p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
-              f"n={r['n']} errors={r['errors']}")
-    b, s = results["GET /healthz (baseline)"], results[f"POST :search k={args.k}"]
-    print(f"  search throughput = {s['rps'] / b['rps']:.2f}x of the no-model baseline")
-    server.stop()
-    if s["errors"] or b["errors"]:
+        extra = f"  {r['per_call']:.1f} images per model call" if "per_call" in r else ""
+        print(f"  {name:<40} {r['rps']:8.1f} req/s  p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
+              f"n={r['n']} errors={r['errors']}{extra}")
+    names = list(results)
+    base_r = results[names[1]]
+    for name in names[2:]:
+        r = results[name]
+        print(f"  {name}: {r['rps'] / base_r['rps']:.2f}x the unbatched req/s, p99 {r['p99'] / base_r['p99']:.2f}x")
+    if any(r["errors"] for r in results.values()):
         raise SystemExit("errors under load")
 
 

@@ -30,14 +30,21 @@ class EncodedSplit:
 
 def encode_split(examples_uri: str, split: str, field: str, encode: Encoder, batch_size: int = 256,
                  info: DatasetInfo | None = None, limit: int = 0) -> EncodedSplit:
+    from dsrhn.progress import Progress
+
+    info = info or DatasetInfo.read(examples_uri)
     ds = read_split_raw(examples_uri, split, info)
     if limit:
         ds = ds.take(limit)
+    total = info.counts.get(split) if isinstance(info.counts, dict) else None
+    progress = Progress(f"evaluate: encode {split}", min(total, limit) if (total and limit) else total, "images")
     ids, codes, labels = [], [], []
     for batch in ds.batch(batch_size).as_numpy_iterator():
         codes.append(np.asarray(encode(batch[field])))
         ids += [i.decode("utf-8") for i in batch["id"]]
         labels.append(batch["labels"])
+        progress.update(len(batch["id"]))
+    progress.finish()
     if not ids:
         raise ValueError(f"split {split!r} of {examples_uri} is empty")
     return EncodedSplit(ids, np.concatenate(codes), np.concatenate(labels).astype(np.int32))

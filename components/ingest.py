@@ -20,6 +20,7 @@ from PIL import Image
 from components import sources
 from components.images import ImageError, encode_png, load_image, make_lr, prepare_hr
 from components.masks import item_mask
+from dsrhn.atomic import remove_stale, swap_into_place, temp_path
 from dsrhn.config import LRConfig
 from dsrhn.records import SPLITS, DatasetInfo, make_example, split_dir
 
@@ -55,43 +56,65 @@ class ProcessItem(beam.DoFn):
     """Decode, prepare HR, generate LR; emit (role, serialized Example) or a rejection."""
 
     REJECTED = "rejected"
+    WRITTEN = "written"
 
-    def __init__(self, hr_size: int, lr: LRConfig, masks: bool = False):
-        self.hr_size, self.lr, self.masks = hr_size, lr, masks
+    def __init__(self, hr_size: int, lr: LRConfig, masks: bool = False, total: int = 0, share: float = 1.0):
+        self.hr_size, self.lr, self.masks, self.total, self.share = hr_size, lr, masks, total, share
+
+    def setup(self):
+        from dsrhn.progress import Progress
+
+        self._progress = Progress("ingest", self.total or None, "images", share=self.share, worker=self.share < 1)
+
+    def teardown(self):
+        if getattr(self, "_progress", None):
+            self._progress.finish()
 
     def process(self, item: sources.SourceItem):
+        if getattr(self, "_progress", None):
+            self._progress.update()
         if item.error:
             yield beam.pvalue.TaggedOutput(self.REJECTED, {"id": item.id, "path": item.ref, "reason": item.error})
             return
         try:
-            img = source_pixels(item.ref)
-            hr = prepare_hr(img, self.hr_size)
-            lr = make_lr(hr, self.lr, item.id)
-            mask_png = None
-            if self.masks:  # the same crop and resize as HR, nearest-neighbour
-                try:
-                    mask = item_mask(item, img.size)
-                except (ValueError, TypeError, KeyError) as e:
-                    raise ImageError(f"unreadable segmentation: {e}") from None
-                mask_png = encode_png(prepare_hr(mask, self.hr_size, Image.NEAREST))
-        except ImageError as e:
-            yield beam.pvalue.TaggedOutput(self.REJECTED, {"id": item.id, "path": item.ref, "reason": str(e)})
+            records = self._records(item)
+        except Exception as e:  # dead letter: any failure on one item rejects that item, the job goes on
+            reason = str(e) if isinstance(e, ImageError) else f"could not process the image ({type(e).__name__}: {e})"
+            yield beam.pvalue.TaggedOutput(self.REJECTED, {"id": item.id, "path": item.ref, "reason": reason})
             return
+        yield from records
+        yield beam.pvalue.TaggedOutput(self.WRITTEN, item.id)
+
+    def _records(self, item: sources.SourceItem) -> list:
+        img = source_pixels(item.ref)
+        hr = prepare_hr(img, self.hr_size)
+        lr = make_lr(hr, self.lr, item.id)
+        mask_png = None
+        if self.masks:  # the same crop and resize as HR, nearest-neighbour
+            try:
+                mask = item_mask(item, img.size)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ImageError(f"unreadable segmentation: {e}") from None
+            mask_png = encode_png(prepare_hr(mask, self.hr_size, Image.NEAREST))
         hr_png, lr_png = encode_png(hr), encode_png(lr)
-        for role in item.splits:
-            yield role, make_example(item.id, role, hr_png, lr_png, list(item.labels), mask_png).SerializeToString()
+        return [(role, make_example(item.id, role, hr_png, lr_png, list(item.labels), mask_png).SerializeToString())
+                for role in item.splits]
 
 
-def write_report(path: str, source: sources.Source, rejected: list[dict], per_split: dict) -> dict:
-    """The report: counts in = written + rejected, always; every rejection with its reason."""
+def write_report(path: str, source: sources.Source, rejected: list[dict], per_split: dict,
+                 written: int | None = None) -> dict:
+    """The report: counts in = written + rejected, always (both counted); every rejection with its reason."""
     import tensorflow as tf
 
     rejected = sorted(rejected, key=lambda r: r["id"])
     n_in = len(source.items)
+    written = n_in - len(rejected) if written is None else written
+    if written + len(rejected) != n_in:
+        raise RuntimeError(f"ingest lost items: {n_in} in, {written} written + {len(rejected)} rejected")
     report = {
         "source": source.name,
         "in": n_in,
-        "written": n_in - len(rejected),
+        "written": written,
         "rejected": len(rejected),
         "per_split": {s: int(per_split.get(s, 0)) for s in SPLITS},
         "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejected).most_common()),
@@ -112,10 +135,11 @@ def _reason_kind(reason: str) -> str:
 
 
 def build_ingest_pipeline(p: beam.Pipeline, source: sources.Source, hr_size: int, lr: LRConfig,
-                          examples_uri: str, report_path: str) -> None:
+                          examples_uri: str, report_path: str, share: float = 1.0) -> None:
     """Add the ingestion transforms to pipeline `p`."""
     results = (p | "Items" >> beam.Create(source.items, reshuffle=False)
-               | "Process" >> beam.ParDo(ProcessItem(hr_size, lr, source.masks)).with_outputs(ProcessItem.REJECTED, main="records"))
+               | "Process" >> beam.ParDo(ProcessItem(hr_size, lr, source.masks, len(source.items), share))
+               .with_outputs(ProcessItem.REJECTED, ProcessItem.WRITTEN, main="records"))
     records = results.records
     by_role = records | "ByRole" >> beam.Partition(lambda kv, n: SPLITS.index(kv[0]), len(SPLITS))
     for role, pcoll in zip(SPLITS, by_role):
@@ -125,9 +149,11 @@ def build_ingest_pipeline(p: beam.Pipeline, source: sources.Source, hr_size: int
              file_name_suffix=".gz", compression_type=CompressionTypes.GZIP))
     per_split = records | "Roles" >> beam.Keys() | "CountRoles" >> beam.combiners.Count.PerElement()
     rejected = results[ProcessItem.REJECTED] | "ListRejected" >> beam.combiners.ToList()
+    written = results[ProcessItem.WRITTEN] | "CountWritten" >> beam.combiners.Count.Globally()
     (p | "ReportSeed" >> beam.Create([None])
-     | "Report" >> beam.Map(lambda _, rej, counts: write_report(report_path, source, rej, dict(counts)),
-                            rej=beam.pvalue.AsSingleton(rejected), counts=beam.pvalue.AsList(per_split)))
+     | "Report" >> beam.Map(lambda _, rej, counts, n: write_report(report_path, source, rej, dict(counts), n),
+                            rej=beam.pvalue.AsSingleton(rejected), counts=beam.pvalue.AsList(per_split),
+                            n=beam.pvalue.AsSingleton(written)))
 
 
 @dataclass
@@ -151,22 +177,44 @@ class IngestSummary:
 
 def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report_uri: str | None = None,
                beam_pipeline: beam.Pipeline | None = None, beam_args: list[str] | None = None) -> IngestSummary:
-    """Ingest `spec` into an Examples directory at `examples_uri` (Split-train/query/gallery)."""
+    """Ingest `spec` into an Examples directory at `examples_uri` (Split-train/query/gallery).
+
+    A local `examples_uri` is written under a temporary name and renamed into place at the end, so a
+    killed run leaves the previous output (records, dsrhn_dataset.json, report) intact and whole."""
     import tensorflow as tf
 
+    from dsrhn.progress import beam_workers
+
     source = build_source(spec)
-    report_uri = report_uri or examples_uri
-    for d in (examples_uri, report_uri):
+    local = "://" not in examples_uri
+    final = examples_uri.rstrip("/")
+    work = temp_path(final) if local else examples_uri
+    if local:
+        remove_stale(final)
+    report_in_examples = report_uri is None or report_uri.rstrip("/") == final
+    report_uri = work if report_in_examples else report_uri
+    for d in (work, report_uri):
         tf.io.gfile.makedirs(d)
     report_path = os.path.join(report_uri, REPORT_FILE)
-    pipeline = beam_pipeline or beam.Pipeline(options=PipelineOptions(beam_args or ["--runner=DirectRunner"]))
-    with pipeline as p:
-        build_ingest_pipeline(p, source, hr_size, lr, examples_uri, report_path)
-    with tf.io.gfile.GFile(report_path) as f:
-        report = json.loads(f.read())
-    DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
-                scale=lr.scale, lr=asdict(lr), counts=report["per_split"],
-                multi_label=any(sum(it.labels) > 1 for it in source.items), masks=source.masks).write(examples_uri)
+    try:
+        pipeline = beam_pipeline or beam.Pipeline(options=PipelineOptions(beam_args or ["--runner=DirectRunner"]))
+        with pipeline as p:
+            build_ingest_pipeline(p, source, hr_size, lr, work, report_path, share=1.0 / beam_workers(beam_args))
+        with tf.io.gfile.GFile(report_path) as f:
+            report = json.loads(f.read())
+        DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
+                    scale=lr.scale, lr=asdict(lr), counts=report["per_split"],
+                    multi_label=any(sum(it.labels) > 1 for it in source.items), masks=source.masks).write(work)
+        if local:
+            swap_into_place(work, final)
+    except BaseException:
+        if local:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if report_in_examples:
+        report_path = os.path.join(examples_uri, REPORT_FILE)
     return IngestSummary(examples_uri, report_path, report)
 
 

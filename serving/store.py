@@ -1,7 +1,9 @@
 """Model versions in TF Serving's layout (`<base>/<name>/<version>/`), loaded with their index.
 
-The store serves the highest version that loads and whose index matches it, polls for
-new versions, and swaps atomically: a request holds the `Servable` it started with.
+The store serves the highest version that loads and whose index matches it and follows the directory
+(polling): new versions are loaded, a version re-indexed or re-exported in place is reloaded, a removed
+version is unloaded (the highest remaining one serves), folders that are not version numbers are
+ignored with a log line. Swaps are atomic: a request holds the `Servable` it started with.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ class ModelStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed: dict[int, tuple] = {}
+        self._loaded_signature: dict[int, tuple] = {}
+        self._ignored: set[str] = set()
 
     @property
     def model_dir(self) -> str:
@@ -60,7 +64,11 @@ class ModelStore:
             return []
         out = []
         for d in os.listdir(self.model_dir):
-            if not (d.isascii() and d.isdigit()):  # "²" passes str.isdigit() but not int(); "tmp", "1.tmp": not versions
+            if not (d.isascii() and d.isdigit() and len(d) <= 18):  # "²" passes str.isdigit() but not int()
+                if d not in self._ignored:
+                    self._ignored.add(d)
+                    log.info("ignoring %s/%s: not a version folder (a version is a number of up to 18 digits)",
+                             self.name, d)
                 continue
             if os.path.exists(os.path.join(self.model_dir, d, "saved_model.pb")):
                 out.append(int(d))
@@ -74,20 +82,36 @@ class ModelStore:
         return Servable(version, path, model, meta, index)
 
     def refresh(self) -> bool:
-        """Load the newest loadable version if it is newer than the current one. True if swapped."""
-        current = self.current.version if self.current else -1
-        for v in self.versions_on_disk():
-            if v <= current:
+        """Follow the directory as TF Serving's latest-version policy does: serve the highest version that
+        loads; a re-indexed or re-exported version (its manifest or graph changed on disk) is reloaded; a
+        removed version is unloaded and the highest remaining one serves (rollback). True if swapped."""
+        on_disk = self.versions_on_disk()
+        cur = self.current
+        if cur is not None and cur.version not in on_disk:
+            with self._lock:
+                self.current = None
+                self.status[cur.version] = VersionStatus("END", error_message="version folder removed")
+            log.info("unloaded %s version %s: its folder was removed", self.name, cur.version)
+        for version, st in list(self.status.items()):
+            if version not in on_disk and st.state != "END":
+                self.status[version] = VersionStatus("END", error_message="version folder removed")
+        for v in on_disk:
+            cur = self.current
+            if cur is not None and v < cur.version:
                 break
             signature = _dir_signature(os.path.join(self.model_dir, str(v)))
+            if cur is not None and v == cur.version and self._loaded_signature.get(v) == signature:
+                break  # the served version is the highest loadable one and unchanged
             if self._failed.get(v) == signature:
                 continue  # failed before and nothing changed on disk since: don't reload every poll
             try:
                 servable = self.load_version(v)
             except Exception as e:  # a bad version must never take the service down
                 kind = "index" if isinstance(e, IndexMismatch) else "model"
-                self.status[v] = VersionStatus("UNAVAILABLE", "FAILED_PRECONDITION" if kind == "index" else "UNKNOWN",
-                                               f"{kind}: {e}")
+                message = self._public(f"{kind}: {e}")
+                if cur is None or v != cur.version:
+                    self.status[v] = VersionStatus("UNAVAILABLE", "FAILED_PRECONDITION" if kind == "index" else "UNKNOWN",
+                                                   message)
                 self._failed[v] = signature
                 log.warning("version %s not loaded: %s", v, e)
                 continue
@@ -95,11 +119,16 @@ class ModelStore:
                 old = self.current
                 self.current = servable
                 self.status[v] = VersionStatus("AVAILABLE")
-                if old:
+                self._loaded_signature[v] = signature
+                if old and old.version != v:
                     self.status[old.version] = VersionStatus("END")
-            log.info("serving %s version %s", self.name, v)
+            log.info("serving %s version %s%s", self.name, v, " (reloaded: changed on disk)" if old and old.version == v else "")
             return True
         return False
+
+    def _public(self, message: str) -> str:
+        """Status messages are served over HTTP: no absolute server paths in them."""
+        return message.replace(self.model_dir, self.name).replace(self.base_dir, "<base>")
 
     def get(self, version: int | None = None) -> Servable | None:
         cur = self.current
@@ -123,14 +152,19 @@ class ModelStore:
                 log.exception("version poll failed")
 
 
+SIGNATURE_FILES = ("saved_model.pb", os.path.join("variables", "variables.index"), os.path.join("assets.extra", "dsrhn.json"),
+                   os.path.join("index", "manifest.json"))
+
+
 def _dir_signature(path: str) -> tuple:
-    """What is on disk under a version directory (names, sizes, mtimes): a change means retry."""
+    """What identifies a version on disk: the graph, the variables, the metadata and the index manifest
+    (size, mtime, inode: an index rebuilt by `dsrhn index` is a new folder with a new manifest)."""
     out = []
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.stat(os.path.join(root, name))
-            except FileNotFoundError:
-                continue
-            out.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
-    return tuple(sorted(out))
+    for rel in SIGNATURE_FILES:
+        try:
+            st = os.stat(os.path.join(path, rel))
+        except FileNotFoundError:
+            out.append((rel, None))
+            continue
+        out.append((rel, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)

@@ -53,7 +53,7 @@ def test_ingest_train_evaluate_index(tmp_path):
     assert report8["queries_from"] == q8 and report8["query_lr"]["scale"] == 8 and report8["gallery"] == 32
     assert report8["hr_query"]["map@10"] == pytest.approx(report["hr_query"]["map@10"])  # same HR, same gallery
     out = dsrhn("index", "--model", model, "--examples", ex)
-    assert "index: 32 codes (16 bits, faiss d=16)" in out
+    assert "index: 32 codes (16 bits, faiss BFlat, stored d=32)" in out
     assert json.load(open(os.path.join(model, "index", "manifest.json")))["count"] == 32
 
 

@@ -1,6 +1,7 @@
-"""Hostile and mistaken input (started here; the rest of the hardening issue is still open): decoders
-fuzzed with random bytes behind real image signatures, through ingestion and indexing, where every item
-must be written or rejected with a reason and the job must complete."""
+"""Hostile and mistaken input: decoders fuzzed with random bytes behind real image signatures, through
+ingestion and indexing (every item written or rejected with a reason, the job completes); list and COCO
+mistakes; killed and stale state; the server's view of versions; and a real server on loopback under
+bombs, oversized, deep, slow and malformed requests mixed into a good client load."""
 from __future__ import annotations
 
 import io
@@ -151,3 +152,229 @@ def test_stray_version_folders_are_ignored(trained_model, tmp_path):
     shutil.copytree(trained_model, tmp_path / "m" / "3")
     (tmp_path / "m" / "²" / "saved_model.pb").write_bytes(b"")
     assert ModelStore(str(tmp_path), "m").versions_on_disk() == [3]
+
+
+# ---------------------------------------------------------------- list and COCO semantics
+
+def _photos(root, names):
+    root.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), (i * 20 % 256, 90, 200)).save(root / n)
+
+
+def test_list_semantics_one_record_per_image_no_leaks_paths_inside_the_root(tmp_path):
+    from components import sources
+
+    root = tmp_path / "root"
+    _photos(root, ["a.png", "b.png", "my photo 1.png", "c.png"])
+    _photos(tmp_path / "outside", ["x.png"])
+    lines = ["a.png 1 0", "b.png 0 1", "a.png 1 0",  # a repeat with the same labels: merged
+             "c.png 1 0", "c.png 0 1",  # different labels: both rejected
+             "my photo 1.png 1 1",  # spaces in the path; labels are the trailing columns
+             "../outside/x.png 1 0", f"{tmp_path}/outside/x.png 1 0", "b.png 0 1 1"]
+    (tmp_path / "l.txt").write_text("\n".join(lines) + "\n")
+    items, n = sources.parse_list_file(str(tmp_path / "l.txt"), str(root))
+    assert n == 2 and len(items) == len(lines)
+    good = {it.id: it.labels for it in items if not it.error}
+    assert good == {"a.png": (1, 0), "b.png": (0, 1), "my photo 1.png": (1, 1)}
+    errors = [it.error for it in items if it.error]
+    assert sum("listed again with the same labels (first on line 1): merged" in e for e in errors) == 1
+    assert sum("listed with different labels" in e for e in errors) == 2
+    assert sum("is outside --image-root (use --allow-outside-root" in e for e in errors) == 2
+    assert any("line 9: 3 labels, expected 2" in e for e in errors)
+    outside, _ = sources.parse_list_file(str(tmp_path / "l.txt"), str(root), allow_outside_root=True)
+    assert sum(not it.error for it in outside) == 4  # x.png twice (relative and absolute): one record
+    (tmp_path / "empty.txt").write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="empty.txt has no entries"):
+        sources.parse_list_file(str(tmp_path / "empty.txt"), str(root))
+    # explicit role lists: a query listed in the gallery list too stays a query only, and is reported
+    (tmp_path / "q.txt").write_text("a.png 1 0\n")
+    (tmp_path / "g.txt").write_text("a.png 1 0\nb.png 0 1\n")
+    (tmp_path / "t.txt").write_text("b.png 0 1\n")
+    src = sources.list_source(str(root), lists={"query": str(tmp_path / "q.txt"), "gallery": str(tmp_path / "g.txt"),
+                                                "train": str(tmp_path / "t.txt")})
+    roles = {it.id: it.splits for it in src.items if not it.error}
+    assert roles == {"a.png": ("query",), "b.png": ("train", "gallery")}
+    assert any("'a.png' is also a query (q.txt)" in it.error for it in src.items)
+
+
+def test_single_list_ingest_never_puts_a_query_in_the_gallery(tmp_path):
+    from components.ingest import run_ingest
+    from dsrhn.config import LRConfig
+    from dsrhn.records import read_split_raw
+
+    root = tmp_path / "root"
+    names = [f"{c}{i}.png" for c in "ab" for i in range(6)]
+    _photos(root, names)
+    lines = [f"{n} {int(n[0] == 'a')} {int(n[0] == 'b')}" for n in names]
+    (tmp_path / "l.txt").write_text("\n".join(lines + lines[:4]) + "\n")  # four lines listed twice
+    s = run_ingest({"kind": "list", "image_root": str(root), "single_list": str(tmp_path / "l.txt"),
+                    "query_per_class": 2, "train_per_class": 2}, str(tmp_path / "ex"), 16, LRConfig(scale=2),
+                   beam_args=["--runner=DirectRunner"])
+    assert (s.report["in"], s.report["written"], s.report["rejected"]) == (16, 12, 4)
+    ids = {sp: {r["id"].decode() for r in read_split_raw(str(tmp_path / "ex"), sp).as_numpy_iterator()}
+           for sp in ("train", "query", "gallery")}
+    assert len(ids["query"]) == 4 and not ids["query"] & (ids["gallery"] | ids["train"])
+    assert all(not i.startswith("/") for sp in ids.values() for i in sp)  # relative ids, no server paths
+
+
+def test_coco_mistakes_are_named(tmp_path):
+    from components import sources
+
+    root = tmp_path / "img"
+    _photos(root, ["1.png", "2.png", "3.png"])
+    coco = {"images": [{"id": 1, "file_name": "1.png"}, {"id": 2, "file_name": "2.png"}, {"id": 3}],
+            "annotations": [{"image_id": 1, "category_id": 1}, {"image_id": 2, "category_id": 99},
+                            {"image_id": 7, "category_id": 1}],
+            "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    src = sources.coco_source([(str(tmp_path / "c.json"), str(root))], n_query=0, n_train=0)
+    errors = sorted(it.error for it in src.items if it.error)
+    assert len(src.items) == 4 and [it.id for it in src.items if not it.error] == ["1.png"]
+    assert any("category_id 99, not in 'categories'" in e for e in errors)
+    assert any("images[2] needs an 'id' and a 'file_name'" in e for e in errors)
+    assert any("refers to image id 7, which is not in 'images'" in e for e in errors)
+    (tmp_path / "t.json").write_text(json.dumps(coco)[:-30])
+    with pytest.raises(ValueError, match="t.json: not valid JSON"):
+        sources.coco_source([(str(tmp_path / "t.json"), str(root))])
+
+
+# ---------------------------------------------------------------- stale state
+
+def test_a_failed_reingest_leaves_the_previous_output_whole(tmp_path, monkeypatch):
+    import os
+
+    from components import ingest
+    from dsrhn.config import LRConfig
+    from dsrhn.records import DatasetInfo
+
+    out = tmp_path / "ex"
+    spec = {"kind": "fashion-mnist", "n_train": 20, "query_per_class": 1, "n_gallery": 10}
+    ingest.run_ingest(spec, str(out), 16, LRConfig(scale=2), beam_args=["--runner=DirectRunner"])
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (tmp_path / "ex.tmp-999999999").mkdir()  # a temp folder of a killed run (no such process)
+
+    def killed(*a, **k):  # the job dies before it finishes (a kill at any point before the rename is the same)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(ingest, "write_report", killed)
+    with pytest.raises(Exception, match="killed"):
+        ingest.run_ingest({**spec, "n_train": 30}, str(out), 16, LRConfig(scale=2), beam_args=["--runner=DirectRunner"])
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and DatasetInfo.read(str(out)).counts["train"] == 20
+    assert sorted(os.listdir(tmp_path)) == ["ex"]  # no temp folders left, the stale one removed
+
+
+def test_the_served_versions_follow_the_directory(trained_model, tmp_path):
+    import shutil
+
+    from dsrhn.contracts import read_metadata
+    from serving.index import write_index
+    from serving.store import ModelStore
+
+    base = tmp_path / "serving"
+    for v in (1, 2):
+        shutil.copytree(trained_model, base / "m" / str(v))
+        write_index(str(base / "m" / str(v)), np.zeros((3, 2), np.uint8), [{"id": f"g{i}"} for i in range(3)],
+                    read_metadata(trained_model))
+    (base / "m" / "9").mkdir()  # a version folder without a model: not a version
+    (base / "m" / ("1" * 25)).mkdir()  # too many digits for a version
+    store = ModelStore(str(base), "m", poll_seconds=3600)
+    assert store.refresh() and store.current.version == 2 and store.current.index.count == 3
+    assert not store.refresh()  # nothing changed: nothing reloaded
+    write_index(str(base / "m" / "2"), np.zeros((5, 2), np.uint8), [{"id": f"g{i}"} for i in range(5)],
+                read_metadata(trained_model))  # re-indexed in place
+    assert store.refresh() and store.current.version == 2 and store.current.index.count == 5
+    shutil.rmtree(base / "m" / "2")  # the served version removed: unloaded, version 1 serves (rollback)
+    assert store.refresh() and store.current.version == 1
+    assert store.status[2].state == "END" and store.status[1].state == "AVAILABLE"
+    (base / "m" / "1" / "index" / "manifest.json").write_text("{}")  # damaged in place: keeps serving the loaded one
+    assert not store.refresh() and store.current.version == 1
+    shutil.copytree(trained_model, base / "m" / "3")  # a version without an index: refused, no server paths shown
+    store.refresh()
+    assert store.current.version == 1 and store.status[3].state == "UNAVAILABLE"
+    assert str(tmp_path) not in store.status[3].error_message and "m/3/index" in store.status[3].error_message
+
+
+# ---------------------------------------------------------------- the server under hostile load
+
+def test_good_clients_see_no_errors_while_bombs_and_malformed_requests_hit_the_server(trained_model, tmp_path):
+    import base64
+    import shutil
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import psutil
+
+    from dsrhn.contracts import read_metadata
+    from serving.index import write_index
+    from serving.server import BackgroundServer
+    from serving.store import ModelStore
+
+    base = tmp_path / "serving"
+    shutil.copytree(trained_model, base / "m" / "1")
+    write_index(str(base / "m" / "1"), np.zeros((50, 2), np.uint8), [{"id": f"g{i}"} for i in range(50)],
+                read_metadata(trained_model))
+    store = ModelStore(str(base), "m", poll_seconds=3600)
+    store.refresh()
+    server = BackgroundServer(store, body_timeout_s=1.0)
+    buf = io.BytesIO()
+    Image.new("RGB", (14, 14), (200, 10, 10)).save(buf, format="PNG")
+    good = {"instances": [{"b64": base64.b64encode(buf.getvalue()).decode()}], "k": 5}
+    url = f"{server.url}/v1/models/m:search"
+    one_px = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(one_px, format="PNG")
+    hostile = [
+        (url, {"instances": [{"b64": base64.b64encode(_png_header_only(20000, 20000)).decode()}]}, 400),
+        (url, {"instances": [{"b64": base64.b64encode(one_px.getvalue()).decode()}] * 5000, "k": 1000}, 400),
+        (url, {"instances": good["instances"] * 100, "k": 1000}, 400),  # k x images beyond the answer limit
+        (f"{server.url}/v1/models/m/versions/{'9' * 5000}:search", good, 404),
+        (url, "[" * 100_000 + "]" * 100_000, 400),
+    ]
+    rss0 = psutil.Process().memory_info().rss
+    errors, answered, stop = [], [0], threading.Event()
+
+    def client():
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                r = c.post(url, json=good)
+                if r.status_code != 200 or len(r.json()["results"][0]["ids"]) != 5:
+                    errors.append((r.status_code, r.text[:200]))
+                answered[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        peak = rss0
+        with httpx.Client(timeout=60) as c:
+            for _ in range(2):
+                for target, body, status in hostile:
+                    r = (c.post(target, content=body, headers={"content-type": "application/json"})
+                         if isinstance(body, str) else c.post(target, json=body))
+                    assert r.status_code == status and "error" in r.json(), (target[-40:], r.status_code, r.text[:200])
+                    peak = max(peak, psutil.Process().memory_info().rss)
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:  # a body that never finishes
+            slow.sendall(b"POST /v1/models/m:search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"inst")
+            slow.settimeout(10)
+            reply = b""
+            while b'"error"' not in reply:  # headers and body may come in separate packets
+                chunk = slow.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            reply = reply.decode()
+        assert " 408 " in reply.splitlines()[0] and '"error"' in reply
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        server.stop()
+    assert not errors, errors[:3]
+    assert answered[0] > 8
+    assert peak - rss0 < 512 * 2**20, f"RSS grew by {(peak - rss0) / 2**20:.0f} MiB under hostile requests"

@@ -255,7 +255,7 @@ def test_coco_polygons_and_rle_are_rasterised_through_the_hr_geometry(tmp_path):
                out, 40, LRConfig(scale=2), beam_args=["--runner=DirectRunner"])
     info = DatasetInfo.read(out)
     assert info.masks and info.label_names == ["car", "train"]
-    masks = {r["id"].numpy().decode().rsplit("/", 1)[1]: r["mask"].numpy() for sp in ("query", "gallery")
+    masks = {r["id"].numpy().decode().rsplit("/", 1)[-1]: r["mask"].numpy() for sp in ("query", "gallery")
              for r in read_split(out, sp, info)}
     a, b = masks["a.png"], masks["b.png"]  # the centre 40x40 square: x 20..60 of the 80-px image
     a_expected = np.zeros((40, 40), np.uint8)

@@ -29,8 +29,8 @@ def test_12_bit_codes_pad_to_16_without_changing_distances():
     codes = metrics.pack_bits(bits)
     assert codes.shape == (50, 2) and not (codes[:, 1] & 0x0F).any()  # 4 zero padding bits
     idx = gindex.build_index(codes, 12)
-    assert idx.d == 16
-    dist, rows = idx.search(codes[:5], 50)
+    assert idx.d == 32  # stored at faiss's 4-byte kernel width
+    dist, rows = idx.search(gindex.pad_codes(codes[:5], 4), 50)
     ref = metrics.hamming_distances(codes[:5], codes)
     for i in range(5):
         assert (dist[i] == ref[i][rows[i]]).all()
@@ -57,15 +57,16 @@ def test_index_is_bound_to_its_model(base_dir, tmp_path, tiny_preset):
     v1 = str(base_dir / "dsrhn" / "1")
     meta = read_metadata(v1)
     g = gindex.load_index(v1, meta)
-    assert g.count == 48 and g.manifest["faiss_dim"] == 16 and g.manifest["bits"] == 12
+    assert g.count == 48 and g.manifest["bits"] == 12 and g.manifest["code_bytes"] == 2
+    assert g.manifest["stored_bytes"] == 4 and g.manifest["faiss_dim"] == 32  # padded to faiss's 4-byte kernel
     other = other_model(tmp_path / "other", tiny_preset)
     shutil.copytree(f"{v1}/index", f"{other}/index")
     with pytest.raises(gindex.IndexMismatch, match="another model"):
         gindex.load_index(other, meta)
     broken = tmp_path / "broken"
     shutil.copytree(v1, broken)
-    with open(broken / "index" / "ids.jsonl", "a") as f:
-        f.write('{"id": "intruder"}\n')
+    with open(broken / "index" / "ids.bin", "ab") as f:
+        f.write(b"intruder")
     with pytest.raises(gindex.IndexMismatch, match="checksum"):
         gindex.load_index(str(broken), meta)
 
@@ -153,7 +154,7 @@ def test_predict_and_search_match_the_model_and_index(live, base_dir, queries):
     assert res["model_version"] == "1"
     for i, r in enumerate(res["results"]):
         assert r["distances"] == dist[i].tolist()
-        assert r["ids"] == [g.rows[j]["id"] for j in idx[i]]
+        assert r["ids"] == [g.row(j)["id"] for j in idx[i]]
         assert all(isinstance(lab, list) for lab in r["labels"])
 
 

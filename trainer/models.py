@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 from keras import layers, ops
@@ -118,7 +119,9 @@ def SRNet(preset: Preset) -> keras.Model:  # Eq. 2: X_SR = F_SR(X_LR)
 
 
 def _alexnet_features(x, preset: Preset):
-    """AlexNet c1-c5 (Krizhevsky et al.; no LRN), for 224 px inputs."""
+    """AlexNet c1-c5 (Krizhevsky et al.; one tower, no LRN), for 224 px inputs: c1 pads 2 pixels as
+    torchvision and caffe do, so the maps are 55 -> 27 -> 13 and pool5 is 6 x 6 x 256 = 9,216."""
+    x = layers.ZeroPadding2D(2, name="c1_pad")(x)
     x = layers.Conv2D(96, 11, strides=4, padding="valid", activation="relu", name="c1")(x)
     x = layers.MaxPooling2D(3, 2, name="pool1")(x)
     x = layers.Conv2D(256, 5, padding="same", activation="relu", name="c2")(x)
@@ -145,21 +148,71 @@ def _small_features(x, preset: Preset):
     return conv(x, 64, 3, "c5")
 
 
+# torchvision MobileNetV2 (t expansion, c channels, n repeats, s first stride), ImageNet weights 1:1
+MOBILENETV2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                      (6, 320, 1, 1))
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, depthwise: bool = False, relu: bool = True):
+    """torchvision's Conv-BN(-ReLU6) with symmetric padding and BN eps 1e-5, named after the torch modules
+    (`name`_0 the conv, `name`_1 the BN) so converted weights load by name. The BN layers are frozen
+    (inference-mode statistics, as usual when fine-tuning a pretrained net on small batches)."""
+    if kernel > 1:
+        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+    if depthwise:
+        x = layers.DepthwiseConv2D(kernel, strides=stride, use_bias=False, name=f"{name}_0")(x)
+    else:
+        x = layers.Conv2D(filters, kernel, strides=stride, use_bias=False, name=f"{name}_0")(x)
+    bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_1")
+    bn.trainable = False
+    x = bn(x)
+    return layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
+
+
+def _mobilenetv2_features(x, preset: Preset):
+    """MobileNetV2 (Sandler et al.) as torchvision builds it, features 0-18: the 1280-channel map at 1/32."""
+    x = _conv_bn(x, 32, 3, 2, "features_0")
+    channels, index = 32, 1
+    for t, c, n, s in MOBILENETV2_BLOCKS:
+        for i in range(n):
+            name, stride, inp = f"features_{index}_conv", s if i == 0 else 1, x
+            hidden, j = channels * t, 0
+            if t != 1:
+                x = _conv_bn(x, hidden, 1, 1, f"{name}_0")
+                j = 1
+            x = _conv_bn(x, hidden, 3, stride, f"{name}_{j}", depthwise=True)
+            x = layers.Conv2D(c, 1, use_bias=False, name=f"{name}_{j + 1}")(x)
+            bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_{j + 2}")
+            bn.trainable = False
+            x = bn(x)
+            if stride == 1 and channels == c:
+                x = layers.Add(name=f"features_{index}_add")([inp, x])
+            channels, index = c, index + 1
+    return _conv_bn(x, 1280, 1, 1, "features_18")
+
+
 def Backbone(preset: Preset) -> keras.Model:
     """HashNet's convolutional part: image in [0,1] -> the last conv map (c5), float32 (the features of
     the perceptual loss, Eq. 4, and what every head reads)."""
     x_in = keras.Input((preset.hr_size, preset.hr_size, 3), name="image")
-    # ImageNet-style normalisation of [0,1] inputs
-    x = layers.Rescaling(1.0 / 0.25, offset=-0.45 / 0.25, name="normalize")(x_in)
-    features = {"alexnet": _alexnet_features, "small": _small_features}[preset.hashnet]
-    conv = features(x, preset)
+    if preset.hashnet == "mobilenetv2":  # torchvision's ImageNet normalisation, per channel
+        x = layers.Normalization(mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], name="normalize")(x_in)
+    else:  # ImageNet-style normalisation of [0,1] inputs
+        x = layers.Rescaling(1.0 / 0.25, offset=-0.45 / 0.25, name="normalize")(x_in)
+    features = {"alexnet": _alexnet_features, "small": _small_features, "mobilenetv2": _mobilenetv2_features}
+    conv = features[preset.hashnet](x, preset)
     return keras.Model(x_in, layers.Activation("linear", name="last_conv", dtype="float32")(conv), name="backbone")
 
 
 def _fc_stack(x, preset: Preset):
-    """pool5, flatten, fc6, fc7 (AlexNet's classifier body, dropout after fc6 and fc7)."""
-    x = layers.MaxPooling2D(3 if preset.hashnet == "alexnet" else 2, 2, name="pool5")(x)
-    x = layers.Flatten(name="flatten")(x)
+    """pool5, flatten, fc6, fc7 (AlexNet's classifier body, dropout after fc6 and fc7); MobileNetV2
+    pools globally, as its ImageNet classifier does."""
+    if preset.hashnet == "mobilenetv2":
+        x = layers.GlobalAveragePooling2D(name="pool5")(x)
+    else:
+        x = layers.MaxPooling2D(3 if preset.hashnet == "alexnet" else 2, 2, name="pool5")(x)
+        x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(preset.hash_width, activation="relu", name="fc6")(x)
     x = layers.Dropout(preset.dropout, name="drop6", seed=preset.seed)(x)
     x = layers.Dense(preset.hash_width, activation="relu", name="fc7")(x)
@@ -167,11 +220,11 @@ def _fc_stack(x, preset: Preset):
 
 
 def _code_layer(x, preset: Preset, name: str):
-    """The K-node layer whose sign is the code. The `small` net batch-norms it: that centres each bit
+    """The K-node layer whose sign is the code. The `small` and `mobilenetv2` nets batch-norm it: that centres each bit
     over the batch, so v starts balanced and uncorrelated instead of all sharing the positive mean of
     the ReLU features, which stalls DPSH at v ~ 0."""
     v = layers.Dense(preset.bits, name=name, dtype="float32")(x)
-    if preset.hashnet == "small":
+    if preset.hashnet in ("small", "mobilenetv2"):  # both under ReLU(6) features; AlexNet keeps the paper's head
         v = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn", dtype="float32")(v)
     return v
 
@@ -199,8 +252,7 @@ def HashNet(preset: Preset) -> keras.Model:  # Eq. 7: b = sign(F_hash(x))
     {"features": the last conv map (Eq. 4's perceptual features), "code": fch, the relaxed codes v}."""
     backbone = Backbone(preset)
     model = compose(backbone, [HashHead(preset, backbone.output_shape[1:])], "HashNet")
-    if preset.pretrained_weights:
-        load_backbone_weights(model, preset.pretrained_weights)
+    load_backbone_weights(model, preset)
     return model
 
 
@@ -299,19 +351,33 @@ def FeatureCritic(feature_shape: tuple) -> keras.Model:
     return keras.Model(f_in, layers.Dense(1, name="d_linear", dtype="float32")(x), name="FeatureCritic")
 
 
-def load_backbone_weights(model: keras.Model, path: str) -> None:
-    """Load c1..fc7 weights by layer name from a local Keras .weights.h5 / .keras file
-    (e.g. converted ImageNet AlexNet weights). fch stays freshly initialised. Never downloads."""
-    import os
+def load_backbone_weights(model: keras.Model, preset: Preset) -> int:
+    """Pretrained weights for the backbone (and fc6/fc7 where the file has them): `--pretrained-weights`,
+    else MobileNetV2's converted ImageNet weights (`dsrhn weights`). Strict: every layer gets its weights
+    or a ValueError lists each mismatch (trainer/pretrained.py). The code layer stays freshly initialised.
+    Never downloads. Returns the arrays loaded (0: none asked for)."""
+    from trainer.pretrained import default_weights, load_weights_strict
 
+    path = preset.pretrained_weights or default_weights(preset.hashnet)
+    if not path:
+        return 0
     if not os.path.exists(path):
-        raise FileNotFoundError(f"pretrained_weights {path} does not exist (weights are never downloaded)")
-    donor = keras.models.clone_model(model)
-    donor.load_weights(path, skip_mismatch=True)
-    for part, donor_part in zip(model.layers, donor.layers):
-        for layer, donor_layer in zip(getattr(part, "layers", []), getattr(donor_part, "layers", [])):
-            if layer.name not in ("fch", "fch_bn") and layer.weights:
-                layer.set_weights(donor_layer.get_weights())
+        raise FileNotFoundError(f"pretrained_weights {path} does not exist (weights are never downloaded)"
+                                if preset.pretrained_weights else
+                                f"hashnet=mobilenetv2 needs its ImageNet weights at {path}: run `dsrhn weights` "
+                                "(scripts/setup.sh does) or give --pretrained-weights")
+    skip = ("fch", "fch_bn")
+    with_fc = preset.hashnet == "alexnet" or _file_has(path, "fc6/kernel")
+    if not with_fc:
+        skip += ("fc6", "fc7")
+    return load_weights_strict(model, path, skip=skip)
+
+
+def _file_has(path: str, key: str) -> bool:
+    import numpy as np
+
+    with np.load(path) as f:
+        return key in f.files
 
 
 def sign_codes(v):  # Eq. 1: sign(x) = +1 if x >= 0 else -1

@@ -51,6 +51,7 @@ class Trainer(keras.Model):
         self.replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.trackers = {n: keras.metrics.Mean(name=n) for n in method.metric_names()}
         self._phase_metrics = {p.name: list(p.metrics) for p in method.phases()}
+        self._slow_ids = frozenset(self._backbone_variable_ids())
 
     def __getattr__(self, name):  # trainer.srnet, trainer.hashnet, ...: the method's networks by name
         nets = self.__dict__.get("nets") or {}
@@ -83,7 +84,24 @@ class Trainer(keras.Model):
 
     def apply(self, optimizer: str, tape, scaled_loss) -> None:
         variables = self.variables_for(optimizer)
-        self.opts[optimizer].apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+        grads = tape.gradient(scaled_loss, variables)
+        slow = self._slow_ids
+        if slow:  # a pretrained backbone learns at pretrained_lr_mult x the rate (scaled gradients)
+            mult = self.preset.pretrained_lr_mult
+            grads = [g * mult if g is not None and id(v) in slow else g for g, v in zip(grads, variables)]
+        self.opts[optimizer].apply_gradients(zip(grads, variables))
+
+    def _backbone_variable_ids(self) -> set:
+        """Variables of a pretrained backbone (every net's `backbone` sub-model), when they learn slower."""
+        if not self.preset.pretrained or self.preset.pretrained_lr_mult == 1.0:
+            return set()
+        out = set()
+        for net in self.nets.values():
+            try:
+                out |= {id(v) for v in net.get_layer("backbone").trainable_variables}
+            except ValueError:
+                continue
+        return out
 
     def track(self, **values) -> None:
         for name, value in values.items():

@@ -1,0 +1,140 @@
+"""The Milvus backend: gallery codes in a Milvus collection (BINARY_VECTOR, HAMMING), for galleries beyond
+one machine. The id map and manifest stay in `<model>/index/` as for faiss; the collection stores
+(row, code) and, in its description, the manifest's model fingerprint, so a collection rebuilt for
+another model is refused exactly like a foreign faiss index.
+
+URIs: a local `*.db` path runs Milvus Lite in-process (milvus-lite 2.5.1: BIN_FLAT only);
+`http://host:19530` (with MILVUS_TOKEN in the environment where the server needs one) is a
+standalone or cluster server, where BIN_IVF_FLAT is available as well.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsrhn.config import IndexConfig
+from dsrhn.contracts import IndexMismatch, code_dim
+
+INSERT_BATCH = 10_000
+MAX_LIMIT = 16_384  # Milvus's top-k limit
+
+
+def resolve_uri(uri: str) -> str:
+    return uri if re.match(r"^[a-z]+://", uri) else os.path.abspath(uri)
+
+
+def connect(uri: str):
+    from pymilvus import MilvusClient
+
+    uri = resolve_uri(uri)
+    if "://" not in uri and not uri.endswith(".db"):
+        raise ValueError(f"Milvus URI {uri!r}: a Milvus Lite file must end in .db, a server is http://host:port")
+    token = os.environ.get("MILVUS_TOKEN", "")
+    return MilvusClient(uri, token=token) if token else MilvusClient(uri)
+
+
+def collection_name(config: IndexConfig, manifest: dict) -> str:
+    name = config.milvus_collection or f"dsrhn_v{manifest['model_version']}_{manifest['model_fingerprint'][:12]}"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", name) or "__" in name:
+        raise ValueError(f"Milvus collection name {name!r}: letters, digits and single underscores, not starting with a digit")
+    return name
+
+
+KEEP = 2  # generations of a collection kept: the one just written and the one a running server may still use
+
+
+def write_collection(config: IndexConfig, codes: np.ndarray, bits: int, manifest: dict) -> dict:
+    """Write codes into a new generation `<name>__<ns>` of the collection; the manifest that names it is
+    renamed into place afterwards, so a reader sees the old generation or the complete new one (Milvus
+    Lite has no rename or alias). Generations older than the previous one are dropped. Returns the
+    manifest's `milvus` entry."""
+    from pymilvus import DataType
+
+    name = collection_name(config, manifest)
+    client = connect(config.milvus_uri)
+    tmp = f"{name}__{time.time_ns()}"
+    try:
+        schema = client.create_schema(auto_id=False, description=json.dumps(
+            {"model_fingerprint": manifest["model_fingerprint"], "bits": bits, "count": manifest["count"]}))
+        schema.add_field("row", DataType.INT64, is_primary=True)
+        schema.add_field("code", DataType.BINARY_VECTOR, dim=code_dim(bits))
+        client.create_collection(tmp, schema=schema)
+        params = client.prepare_index_params()
+        extra = {"nlist": 1024} if config.milvus_index_type == "BIN_IVF_FLAT" else {}
+        params.add_index(field_name="code", index_type=config.milvus_index_type, metric_type="HAMMING", params=extra)
+        client.create_index(tmp, params)
+        for start in range(0, len(codes), INSERT_BATCH):
+            chunk = codes[start:start + INSERT_BATCH]
+            client.insert(tmp, [{"row": start + i, "code": c.tobytes()} for i, c in enumerate(chunk)])
+        client.flush(tmp)
+        generations = sorted((c for c in client.list_collections() if c.rpartition("__")[0] == name),
+                             key=lambda c: int(c.rpartition("__")[2]) if c.rpartition("__")[2].isdigit() else -1)
+        for old in generations[:-KEEP]:
+            client.drop_collection(old)
+    except BaseException:
+        if client.has_collection(tmp):
+            client.drop_collection(tmp)
+        raise
+    finally:
+        client.close()
+    return {"uri": resolve_uri(config.milvus_uri), "collection": tmp, "index_type": config.milvus_index_type}
+
+
+@dataclass
+class MilvusGallery:
+    """The same search contract as serving.index.GalleryIndex, answered by a Milvus collection."""
+
+    client: object
+    collection: str
+    ids: object  # serving.index.IdMap
+    manifest: dict
+
+    @classmethod
+    def open(cls, manifest: dict, ids) -> "MilvusGallery":
+        spec = manifest["milvus"]
+        client = connect(spec["uri"])
+        name = spec["collection"]
+        if not client.has_collection(name):
+            raise IndexMismatch(f"Milvus collection {name!r} not found at {spec['uri']}; rebuild with "
+                                "`dsrhn index --backend milvus`")
+        try:
+            bound = json.loads(client.describe_collection(name).get("description") or "{}")
+        except ValueError:
+            bound = {}
+        if bound.get("model_fingerprint") != manifest["model_fingerprint"]:
+            raise IndexMismatch(f"Milvus collection {name!r} holds codes of another model (fingerprint mismatch); "
+                                "rebuild it with `dsrhn index --backend milvus`")
+        client.load_collection(name)
+        count = int(client.get_collection_stats(name).get("row_count", -1))
+        if count != manifest["count"]:
+            raise IndexMismatch(f"Milvus collection {name!r} holds {count} codes; the manifest says {manifest['count']}")
+        return cls(client, name, ids, manifest)
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    def search(self, codes: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.count, MAX_LIMIT)
+        codes = np.ascontiguousarray(codes, np.uint8)
+        hits = self.client.search(self.collection, data=[c.tobytes() for c in codes], limit=k, anns_field="code",
+                                  search_params={"metric_type": "HAMMING"})
+        dist = np.full((len(codes), k), -1, np.int32)
+        rows = np.full((len(codes), k), -1, np.int64)
+        for q, found in enumerate(hits):
+            for j, h in enumerate(found):
+                dist[q, j], rows[q, j] = int(round(h["distance"])), int(h["id"])
+        return dist, rows
+
+    def row(self, row: int) -> dict:
+        return self.ids.row(row)
+
+    def query(self, codes: np.ndarray, k: int) -> list[dict]:
+        from serving.index import query_results
+
+        return query_results(self, *self.search(codes, k))
