@@ -120,6 +120,7 @@ class Preset:
     momentum: float = 0.9
     lr_decay: str = "none"  # "cosine": both learning rates decay to 0 over each net's updates in the run
     weight_decay: float = 5e-4
+    hash_clipnorm: float = 0.0  # clip HashNet's gradients to this global norm (0: off)
     batch_size: int = 64
     epochs: int = 150
     steps_per_epoch: int = 0  # 0: one pass over the training split
@@ -166,7 +167,8 @@ class Preset:
                                  + (" (0 is allowed: one pass over the training split)" if name == "steps_per_epoch" else ""))
         for name, low, high in (("lam", 0, None), ("alpha", 0, None), ("gamma", 0, None), ("margin", 0, None),
                                 ("dch_gamma", 1e-12, None), ("hash_lr", 1e-12, None), ("momentum", 0, 1),
-                                ("weight_decay", 0, None), ("dropout", 0, 1), ("pretrained_lr_mult", 0, None)):
+                                ("weight_decay", 0, None), ("dropout", 0, 1), ("pretrained_lr_mult", 0, None),
+                                ("hash_clipnorm", 0, None)):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low
                     and (high is None or value < high)):
@@ -204,6 +206,7 @@ class Preset:
 PAPER = Preset(
     name="paper", hr_size=224, scale=4, hashnet="alexnet", sr_blocks=16, sr_filters=64,
     hash_width=4096, batch_size=64, epochs=150, mixed_precision=True,
+    hash_clipnorm=1.0,  # without it a random AlexNet diverged to NaN in its 2nd step on CPU (README)
 )
 
 # No dropout in the cpu preset: the small HashNet trains from scratch for a few hundred steps, and

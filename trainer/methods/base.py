@@ -54,9 +54,10 @@ def learning_rate(preset: Preset, base: float, updates: int):
 def hash_optimizer(preset: Preset, updates: int = 0) -> keras.optimizers.Optimizer:
     """HashNet's optimizer: SGD with momentum (the paper) or Adam, at hash_lr."""
     lr = learning_rate(preset, preset.hash_lr, updates)
+    clip = {"global_clipnorm": preset.hash_clipnorm} if preset.hash_clipnorm else {}
     if preset.hash_optimizer == "adam":
-        return keras.optimizers.Adam(lr)
-    return keras.optimizers.SGD(lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
+        return keras.optimizers.Adam(lr, **clip)
+    return keras.optimizers.SGD(lr, momentum=preset.momentum, weight_decay=preset.weight_decay, **clip)
 
 
 class Method:
