@@ -47,6 +47,22 @@ class Answer:
     results: list | None  # search results (k > 0)
 
 
+def locate_failure(run_model, on_error, servable, signature: str, images: list[bytes], error: Exception) -> Exception:
+    """For a request of several images whose model call failed: the error of the first image that fails
+    alone, named by its index (instances[i]); the original error when none does."""
+    if len(images) == 1:
+        return error
+    for i, image in enumerate(images):
+        try:
+            run_model(servable, signature, [image])
+        except Exception as e:
+            mapped = on_error(e)
+            if hasattr(mapped, "message"):
+                mapped.message = f"instances[{i}]: {mapped.message}"
+            return mapped
+    return error
+
+
 class Batcher:
     def __init__(self, config: BatchingConfig, run_model, on_error):
         """run_model(servable, signature, images) -> {name: np.ndarray}; on_error(exception) -> the exception
@@ -105,6 +121,9 @@ class Batcher:
                     if not t.future.done():
                         t.future.set_exception(self.on_error(e))
 
+    def _locate(self, task: Task, error: Exception) -> Exception:
+        return locate_failure(self.run_model, self.on_error, task.servable, task.signature, task.images, error)
+
     def _run(self, batch: list[Task]) -> None:
         first = batch[0]
         images = [img for t in batch for img in t.images]
@@ -112,7 +131,7 @@ class Batcher:
             outputs = self.run_model(first.servable, first.signature, images)
         except Exception as e:
             if len(batch) == 1:
-                first.future.set_exception(self.on_error(e))
+                first.future.set_exception(self.on_error(self._locate(first, e)))
                 return
             for t in batch:  # isolate the request that broke the batch
                 self._run([t])

@@ -23,12 +23,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from serving.batching import Answer, Batcher, BatchingConfig
+from serving.batching import Answer, Batcher, BatchingConfig, locate_failure
 from serving.store import ModelStore, Servable
 
 MAX_BODY_BYTES = 16 << 20
 MAX_INFLIGHT = 64  # requests being answered at once; more get 429
 MAX_RESULTS = 25_600  # k x images in one :search answer
+MAX_CONNECTIONS = 1000  # open connections + tasks; uvicorn answers 503 beyond (bounds held sockets)
 BODY_TIMEOUT_S = 30.0  # a client that has not sent its whole body by then gets 408
 MAX_K = 1000
 MAX_INSTANCES = 256  # images per request
@@ -89,7 +90,7 @@ class Model:
         try:
             outputs = _run_signature(s, signature_name, images)
         except Exception as e:
-            raise _graph_error(e) from None
+            raise _graph_error(locate_failure(_run_signature, _graph_error, s, signature_name, images, e)) from None
         return Answer(outputs, s.index.query(np.asarray(outputs["codes"], np.uint8), k) if k else None)
 
 
@@ -100,11 +101,21 @@ def _run_signature(s: Servable, signature_name: str, images: list[bytes]) -> dic
 
 def _graph_error(e: BaseException) -> Exception:
     if isinstance(e, (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)):
-        msg = e.message.strip().splitlines()[0] if e.message else str(e)
-        return ApiError(400, f"Could not decode an image: {msg}")
+        return ApiError(400, f"Could not decode an image: {graph_reason(e)}")
     if isinstance(e, (MemoryError, tf.errors.ResourceExhaustedError)):
         return ApiError(503, "out of memory while running the model; retry with fewer or smaller images")
     return e if isinstance(e, ApiError) else ApiError(500, f"internal error while running the model ({type(e).__name__})")
+
+
+def graph_reason(e: BaseException) -> str:
+    """The informative line of a TensorFlow error ("Invalid PNG data, size 71"), not its
+    "Graph execution error:" / "Detected at node" / "[[{{node ...}}]]" wrapping."""
+    text = getattr(e, "message", None) or str(e)
+    for line in text.splitlines():
+        line = re.sub(r"\{\{function_node [^}]*\}\}", "", line).strip()
+        if line and not line.startswith(("Graph execution error", "Detected at node", "[[", "File ", "Stack trace")):
+            return line.rstrip(":").strip()
+    return type(e).__name__
 
 
 def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
@@ -386,4 +397,4 @@ def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, p
     if store.current is None:
         print(f"warning: no loadable version under {store.model_dir} yet; polling every {poll_seconds}s")
     uvicorn.run(create_app(store, limits=limits, batching=batching, max_inflight=max_inflight), host=host, port=port,
-                log_level="info", timeout_keep_alive=5)
+                log_level="info", timeout_keep_alive=5, limit_concurrency=MAX_CONNECTIONS)

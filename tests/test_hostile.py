@@ -378,3 +378,36 @@ def test_good_clients_see_no_errors_while_bombs_and_malformed_requests_hit_the_s
     assert not errors, errors[:3]
     assert answered[0] > 8
     assert peak - rss0 < 512 * 2**20, f"RSS grew by {(peak - rss0) / 2**20:.0f} MiB under hostile requests"
+
+
+def test_a_decoder_failure_names_the_instance_and_the_reason(trained_model, tmp_path):
+    import base64
+    import shutil
+
+    import httpx
+
+    from dsrhn.contracts import read_metadata
+    from serving.batching import BatchingConfig
+    from serving.index import write_index
+    from serving.server import BackgroundServer
+    from serving.store import ModelStore
+
+    base = tmp_path / "serving"
+    shutil.copytree(trained_model, base / "m" / "1")
+    write_index(str(base / "m" / "1"), np.zeros((3, 2), np.uint8), [{"id": f"g{i}"} for i in range(3)],
+                read_metadata(trained_model))
+    store = ModelStore(str(base), "m", poll_seconds=3600)
+    store.refresh()
+    buf = io.BytesIO()
+    Image.new("RGB", (14, 14), (9, 9, 9)).save(buf, format="PNG")
+    good, bad = buf.getvalue(), buf.getvalue()[:-20]  # the header reads; the data does not decode
+    body = {"instances": [{"b64": base64.b64encode(x).decode()} for x in (good, good, bad)], "k": 1}
+    for batching in (True, False):
+        server = BackgroundServer(store, batching=BatchingConfig(enabled=batching))
+        try:
+            r = httpx.post(f"{server.url}/v1/models/m:search", json=body, timeout=60)
+            error = r.json()["error"]
+            assert r.status_code == 400 and error.startswith("instances[2]: Could not decode an image: "), error
+            assert "Graph execution error" not in error and len(error) > len("instances[2]: Could not decode an image: ")
+        finally:
+            server.stop()
