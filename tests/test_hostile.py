@@ -96,23 +96,31 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
-def test_image_bombs_and_batch_bombs_get_a_json_400_and_the_server_keeps_serving(trained_model, tmp_path):
-    import base64
+def _served(trained_model, tmp_path, n_codes: int = 3):
+    """A ModelStore serving a copy of the trained model as version 1 of "m", with an index of n_codes."""
     import shutil
-
-    import httpx
 
     from dsrhn.contracts import read_metadata
     from serving.index import write_index
-    from serving.server import BackgroundServer, InputLimits
     from serving.store import ModelStore
 
     base = tmp_path / "serving"
     shutil.copytree(trained_model, base / "m" / "1")
-    write_index(str(base / "m" / "1"), np.zeros((3, 2), np.uint8), [{"id": f"g{i}", "labels": []} for i in range(3)],
-                read_metadata(str(base / "m" / "1")))
+    write_index(str(base / "m" / "1"), np.zeros((n_codes, 2), np.uint8), [{"id": f"g{i}"} for i in range(n_codes)],
+                read_metadata(trained_model))
     store = ModelStore(str(base), "m", poll_seconds=3600)
     store.refresh()
+    return store
+
+
+def test_image_bombs_and_batch_bombs_get_a_json_400_and_the_server_keeps_serving(trained_model, tmp_path):
+    import base64
+
+    import httpx
+
+    from serving.server import BackgroundServer, InputLimits
+
+    store = _served(trained_model, tmp_path)
     server = BackgroundServer(store, limits=InputLimits(max_instances=8, max_pixels=4_000_000))
     good = Image.new("RGB", (14, 14), (200, 10, 10))
     buf = io.BytesIO()
@@ -301,7 +309,6 @@ def test_the_served_versions_follow_the_directory(trained_model, tmp_path):
 
 def test_good_clients_see_no_errors_while_bombs_and_malformed_requests_hit_the_server(trained_model, tmp_path):
     import base64
-    import shutil
     import socket
     import threading
     import time
@@ -309,17 +316,9 @@ def test_good_clients_see_no_errors_while_bombs_and_malformed_requests_hit_the_s
     import httpx
     import psutil
 
-    from dsrhn.contracts import read_metadata
-    from serving.index import write_index
     from serving.server import BackgroundServer
-    from serving.store import ModelStore
 
-    base = tmp_path / "serving"
-    shutil.copytree(trained_model, base / "m" / "1")
-    write_index(str(base / "m" / "1"), np.zeros((50, 2), np.uint8), [{"id": f"g{i}"} for i in range(50)],
-                read_metadata(trained_model))
-    store = ModelStore(str(base), "m", poll_seconds=3600)
-    store.refresh()
+    store = _served(trained_model, tmp_path, n_codes=50)
     server = BackgroundServer(store, body_timeout_s=1.0)
     buf = io.BytesIO()
     Image.new("RGB", (14, 14), (200, 10, 10)).save(buf, format="PNG")
@@ -382,22 +381,13 @@ def test_good_clients_see_no_errors_while_bombs_and_malformed_requests_hit_the_s
 
 def test_a_decoder_failure_names_the_instance_and_the_reason(trained_model, tmp_path):
     import base64
-    import shutil
 
     import httpx
 
-    from dsrhn.contracts import read_metadata
     from serving.batching import BatchingConfig
-    from serving.index import write_index
     from serving.server import BackgroundServer
-    from serving.store import ModelStore
 
-    base = tmp_path / "serving"
-    shutil.copytree(trained_model, base / "m" / "1")
-    write_index(str(base / "m" / "1"), np.zeros((3, 2), np.uint8), [{"id": f"g{i}"} for i in range(3)],
-                read_metadata(trained_model))
-    store = ModelStore(str(base), "m", poll_seconds=3600)
-    store.refresh()
+    store = _served(trained_model, tmp_path)
     buf = io.BytesIO()
     Image.new("RGB", (14, 14), (9, 9, 9)).save(buf, format="PNG")
     good, bad = buf.getvalue(), buf.getvalue()[:-20]  # the header reads; the data does not decode
