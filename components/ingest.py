@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -101,14 +102,12 @@ class ProcessItem(beam.DoFn):
                 for role in item.splits]
 
 
-def write_report(path: str, source: sources.Source, rejected: list[dict], per_split: dict,
-                 written: int | None = None) -> dict:
+def write_report(path: str, source: sources.Source, rejected: list[dict], per_split: dict, written: int) -> dict:
     """The report: counts in = written + rejected, always (both counted); every rejection with its reason."""
     import tensorflow as tf
 
     rejected = sorted(rejected, key=lambda r: r["id"])
     n_in = len(source.items)
-    written = n_in - len(rejected) if written is None else written
     if written + len(rejected) != n_in:
         raise RuntimeError(f"ingest lost items: {n_in} in, {written} written + {len(rejected)} rejected")
     report = {
@@ -209,8 +208,6 @@ def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report
             swap_into_place(work, final)
     except BaseException:
         if local:
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
         raise
     if report_in_examples:
@@ -223,30 +220,32 @@ def derive_query_set(examples_uri: str, out_uri: str, lr: LRConfig) -> DatasetIn
     from each HR by `lr` (deterministic per (lr.seed, id), components.images.make_lr), written as an
     Examples directory holding Split-query and dsrhn_dataset.json. Written under a temporary name
     and renamed into place, so a killed run never leaves a half set behind."""
-    import shutil
-
     import tensorflow as tf
     from PIL import Image
 
     from dsrhn.records import read_split_raw
 
     info = DatasetInfo.read(examples_uri)
-    tmp = out_uri.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final = out_uri.rstrip("/")
+    remove_stale(final)
+    tmp = temp_path(final)
     os.makedirs(split_dir(tmp, "query"))
-    n = 0
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    with tf.io.TFRecordWriter(os.path.join(split_dir(tmp, "query"), "data_tfrecord-00000-of-00001.gz"), options) as w:
-        for rec in read_split_raw(examples_uri, "query", info).as_numpy_iterator():
-            item_id = rec["id"].decode("utf-8")
-            hr = Image.open(io.BytesIO(rec["hr"])).convert("RGB")
-            lr_png = encode_png(make_lr(hr, lr, item_id))
-            w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]],
-                                 bytes(rec["mask"]) if info.masks else None).SerializeToString())
-            n += 1
-    DatasetInfo(source=info.source, label_names=info.label_names, hr_size=info.hr_size,
-                lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n},
-                multi_label=info.multi_label, masks=info.masks).write(tmp)
-    shutil.rmtree(out_uri, ignore_errors=True)
-    os.rename(tmp, out_uri)
+    try:
+        n = 0
+        options = tf.io.TFRecordOptions(compression_type="GZIP")
+        with tf.io.TFRecordWriter(os.path.join(split_dir(tmp, "query"), "data_tfrecord-00000-of-00001.gz"), options) as w:
+            for rec in read_split_raw(examples_uri, "query", info).as_numpy_iterator():
+                item_id = rec["id"].decode("utf-8")
+                hr = Image.open(io.BytesIO(rec["hr"])).convert("RGB")
+                lr_png = encode_png(make_lr(hr, lr, item_id))
+                w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]],
+                                     bytes(rec["mask"]) if info.masks else None).SerializeToString())
+                n += 1
+        DatasetInfo(source=info.source, label_names=info.label_names, hr_size=info.hr_size,
+                    lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n},
+                    multi_label=info.multi_label, masks=info.masks).write(tmp)
+        swap_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return DatasetInfo.read(out_uri)

@@ -10,6 +10,7 @@ decoder refuses) is re-run request by request, so only the bad request fails.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -45,6 +46,17 @@ class Task:
 class Answer:
     outputs: dict  # signature outputs, this request's rows
     results: list | None  # search results (k > 0)
+
+
+def graph_reason(e: BaseException) -> str:
+    """The informative line of a TensorFlow error ("Invalid PNG data, size 71"), not its
+    "Graph execution error:" / "Detected at node" / "[[{{node ...}}]]" wrapping."""
+    text = getattr(e, "message", None) or str(e)
+    for line in text.splitlines():
+        line = re.sub(r"\{\{function_node [^}]*\}\}", "", line).strip()
+        if line and not line.startswith(("Graph execution error", "Detected at node", "[[", "File ", "Stack trace")):
+            return line.rstrip(":").strip()
+    return type(e).__name__
 
 
 def locate_failure(run_model, on_error, servable, signature: str, images: list[bytes], error: Exception) -> Exception:
@@ -121,9 +133,6 @@ class Batcher:
                     if not t.future.done():
                         t.future.set_exception(self.on_error(e))
 
-    def _locate(self, task: Task, error: Exception) -> Exception:
-        return locate_failure(self.run_model, self.on_error, task.servable, task.signature, task.images, error)
-
     def _run(self, batch: list[Task]) -> None:
         first = batch[0]
         images = [img for t in batch for img in t.images]
@@ -131,7 +140,8 @@ class Batcher:
             outputs = self.run_model(first.servable, first.signature, images)
         except Exception as e:
             if len(batch) == 1:
-                first.future.set_exception(self.on_error(self._locate(first, e)))
+                located = locate_failure(self.run_model, self.on_error, first.servable, first.signature, first.images, e)
+                first.future.set_exception(self.on_error(located))
                 return
             for t in batch:  # isolate the request that broke the batch
                 self._run([t])

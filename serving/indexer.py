@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from dsrhn.atomic import remove_stale, temp_path
 from dsrhn.config import IndexConfig
 from dsrhn.progress import Progress
 from serving.index import write_index
@@ -103,6 +104,8 @@ class EncodeGallery(beam.DoFn):
         one is rejected (with the decoder's reason)."""
         import tensorflow as tf
 
+        from serving.batching import graph_reason
+
         if not images:
             return []
         try:
@@ -115,7 +118,7 @@ class EncodeGallery(beam.DoFn):
             try:
                 out.append(self._encode(images=np.array([png], dtype=object))["codes"].numpy()[0])
             except tf.errors.OpError as e:
-                out.append(f"the model could not decode the image: {(e.message or str(e)).strip().splitlines()[0]}")
+                out.append(f"the model could not decode the image: {graph_reason(e)}")
         return out
 
     def teardown(self):
@@ -149,16 +152,6 @@ class IndexSummary:
         return "\n".join(lines)
 
 
-def _remove_stale_shards() -> None:
-    """Code shards a killed `dsrhn index` left in the temp folder (their process is gone)."""
-    from dsrhn.atomic import alive
-
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), "dsrhn-codes-*-*")):
-        pid = os.path.basename(path).split("-")[2]
-        if pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None = None,
                  beam_args: list[str] | None = None, batch_size: int = 128,
                  beam_pipeline: beam.Pipeline | None = None, config: IndexConfig = IndexConfig()) -> IndexSummary:
@@ -168,8 +161,10 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
 
     meta = read_metadata(model_dir)
     share = 1.0 / beam_workers(beam_args)
-    _remove_stale_shards()
-    shards = tempfile.mkdtemp(prefix=f"dsrhn-codes-{os.getpid()}-")
+    shards_home = os.path.join(tempfile.gettempdir(), "dsrhn-codes")
+    remove_stale(shards_home)  # code shards of a killed `dsrhn index`
+    shards = temp_path(shards_home)
+    os.makedirs(shards)
     try:
         pipeline = beam_pipeline or beam.Pipeline(options=PipelineOptions(beam_args or ["--runner=DirectRunner"]))
         with pipeline as p:

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from serving.batching import Answer, Batcher, BatchingConfig, locate_failure
+from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
 from serving.store import ModelStore, Servable
 
 MAX_BODY_BYTES = 16 << 20
@@ -105,17 +105,6 @@ def _graph_error(e: BaseException) -> Exception:
     if isinstance(e, (MemoryError, tf.errors.ResourceExhaustedError)):
         return ApiError(503, "out of memory while running the model; retry with fewer or smaller images")
     return e if isinstance(e, ApiError) else ApiError(500, f"internal error while running the model ({type(e).__name__})")
-
-
-def graph_reason(e: BaseException) -> str:
-    """The informative line of a TensorFlow error ("Invalid PNG data, size 71"), not its
-    "Graph execution error:" / "Detected at node" / "[[{{node ...}}]]" wrapping."""
-    text = getattr(e, "message", None) or str(e)
-    for line in text.splitlines():
-        line = re.sub(r"\{\{function_node [^}]*\}\}", "", line).strip()
-        if line and not line.startswith(("Graph execution error", "Detected at node", "[[", "File ", "Stack trace")):
-            return line.rstrip(":").strip()
-    return type(e).__name__
 
 
 def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
@@ -298,14 +287,14 @@ def parse_images(body: dict, input_name: str = "images") -> tuple[list[bytes], b
     return [_decode_b64(x, f"inputs[{i}]") for i, x in enumerate(inputs)], False
 
 
-def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits, model: Model,
+def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits, model: Model | None,
           k: int = 0) -> tuple[Answer, list]:
     """The signature's outputs for these images (and their top-k when k > 0), and each image's
-    (width, height) from its header."""
+    (width, height) from its header; without a `model`, one unbatched call."""
     if signature_name not in s.model.signatures:
         raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
     image_sizes = limits.check(images)
-    return model.answer(s, signature_name, images, k), image_sizes
+    return (model or Model(BatchingConfig(enabled=False))).answer(s, signature_name, images, k), image_sizes
 
 
 def predict(s: Servable, body: dict, limits: InputLimits = InputLimits(), model: Model | None = None) -> dict:
@@ -313,7 +302,7 @@ def predict(s: Servable, body: dict, limits: InputLimits = InputLimits(), model:
     if not isinstance(sig, str):
         raise ApiError(400, f"'signature_name' must be a string, got {type(sig).__name__}")
     images, rows = parse_images(body)
-    answer, _ = _call(s, sig, images, limits, model or Model(BatchingConfig(enabled=False)))
+    answer, _ = _call(s, sig, images, limits, model)
     out = answer.outputs
     if rows:
         return {"predictions": [{k: v[i].tolist() for k, v in out.items()} for i in range(len(images))]}
@@ -331,7 +320,7 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
     if k * len(images) > limits.max_results:
         raise ApiError(400, f"k x images = {k} x {len(images)} = {k * len(images)} results; at most {limits.max_results} "
                             "per request (ask for a smaller k, or split the request)")
-    answer, image_sizes = _call(s, sig, images, limits, model or Model(BatchingConfig(enabled=False)), k)
+    answer, image_sizes = _call(s, sig, images, limits, model, k)
     trained_sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
     results = []
     for (width, height), result in zip(image_sizes, answer.results):

@@ -90,9 +90,8 @@ class ModelStore:
         if cur is not None and cur.version not in on_disk:
             with self._lock:
                 self.current = None
-                self.status[cur.version] = VersionStatus("END", error_message="version folder removed")
             log.info("unloaded %s version %s: its folder was removed", self.name, cur.version)
-        for version, st in list(self.status.items()):
+        for version, st in list(self.status.items()):  # the unloaded one included
             if version not in on_disk and st.state != "END":
                 self.status[version] = VersionStatus("END", error_message="version folder removed")
         for v in on_disk:

@@ -154,20 +154,24 @@ MOBILENETV2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, depthwise: bool = False, relu: bool = True):
-    """torchvision's Conv-BN(-ReLU6) with symmetric padding and BN eps 1e-5, named after the torch modules
-    (`name`_0 the conv, `name`_1 the BN) so converted weights load by name. The BN layers are frozen
-    (inference-mode statistics, as usual when fine-tuning a pretrained net on small batches)."""
+def _frozen_bn(x, name: str):
+    """torchvision's BatchNorm (eps 1e-5), frozen: inference-mode statistics, as usual when fine-tuning a
+    pretrained net on small batches."""
+    bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=name)
+    bn.trainable = False
+    return bn(x)
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, depthwise: bool = False):
+    """torchvision's Conv-BN-ReLU6 with symmetric padding, named after the torch modules (`name`_0 the conv,
+    `name`_1 the BN) so converted weights load by name."""
     if kernel > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
     if depthwise:
         x = layers.DepthwiseConv2D(kernel, strides=stride, use_bias=False, name=f"{name}_0")(x)
     else:
         x = layers.Conv2D(filters, kernel, strides=stride, use_bias=False, name=f"{name}_0")(x)
-    bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_1")
-    bn.trainable = False
-    x = bn(x)
-    return layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
+    return layers.ReLU(6.0, name=f"{name}_relu")(_frozen_bn(x, f"{name}_1"))
 
 
 def _mobilenetv2_features(x, preset: Preset):
@@ -182,10 +186,8 @@ def _mobilenetv2_features(x, preset: Preset):
                 x = _conv_bn(x, hidden, 1, 1, f"{name}_0")
                 j = 1
             x = _conv_bn(x, hidden, 3, stride, f"{name}_{j}", depthwise=True)
-            x = layers.Conv2D(c, 1, use_bias=False, name=f"{name}_{j + 1}")(x)
-            bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_{j + 2}")
-            bn.trainable = False
-            x = bn(x)
+            x = layers.Conv2D(c, 1, use_bias=False, name=f"{name}_{j + 1}")(x)  # linear projection
+            x = _frozen_bn(x, f"{name}_{j + 2}")
             if stride == 1 and channels == c:
                 x = layers.Add(name=f"features_{index}_add")([inp, x])
             channels, index = c, index + 1
