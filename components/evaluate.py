@@ -18,7 +18,8 @@ from components import metrics
 from dsrhn.records import DatasetInfo, read_split_raw
 
 AP_FILE = "per_query_ap.npz"  # per-query AP@topk (lr_query, hr_query) and query ids, in query order
-Encoder = Callable[[np.ndarray], np.ndarray]  # batch of encoded image bytes -> packed codes
+Encoder = Callable[[np.ndarray], "np.ndarray | dict"]  # image bytes -> packed codes, or {"codes", "local"}
+RERANK_SHORTLISTS = (500, 1000, 5000)  # multi-level models: mAP of the two-stage search at these shortlists
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EncodedSplit:
     ids: list[str]
     codes: np.ndarray  # uint8 [N, ceil(K/8)]
     labels: np.ndarray  # int [N, L]
+    local: np.ndarray | None = None  # multi-level models: uint8 [N, R, 2, W] (dsrhn/multilevel.py)
 
 
 def encode_split(examples_uri: str, split: str, field: str, encode: Encoder, batch_size: int = 256,
@@ -38,16 +40,21 @@ def encode_split(examples_uri: str, split: str, field: str, encode: Encoder, bat
         ds = ds.take(limit)
     total = info.counts.get(split) if isinstance(info.counts, dict) else None
     progress = Progress(f"evaluate: encode {split}", min(total, limit) if (total and limit) else total, "images")
-    ids, codes, labels = [], [], []
+    ids, codes, labels, local = [], [], [], []
     for batch in ds.batch(batch_size).as_numpy_iterator():
-        codes.append(np.asarray(encode(batch[field])))
+        out = encode(batch[field])
+        if isinstance(out, dict):
+            local.append(out["local"])
+            out = out["codes"]
+        codes.append(np.asarray(out))
         ids += [i.decode("utf-8") for i in batch["id"]]
         labels.append(batch["labels"])
         progress.update(len(batch["id"]))
     progress.finish()
     if not ids:
         raise ValueError(f"split {split!r} of {examples_uri} is empty")
-    return EncodedSplit(ids, np.concatenate(codes), np.concatenate(labels).astype(np.int32))
+    return EncodedSplit(ids, np.concatenate(codes), np.concatenate(labels).astype(np.int32),
+                        np.concatenate(local) if local else None)
 
 
 class SavedModelEncoders:
@@ -74,6 +81,24 @@ class SavedModelEncoders:
     def super_resolve(self, images: np.ndarray) -> np.ndarray:
         return self._sr(images=images)["sr"].numpy()
 
+    @property
+    def multi_level(self) -> bool:
+        return "local" in self.meta
+
+    def query_outputs(self, images: np.ndarray) -> dict:
+        """{"codes", "local"}: a multi-level model's query codes with its local codes in the stored layout."""
+        return self._with_local(self._query(images=images))
+
+    def gallery_outputs(self, images: np.ndarray) -> dict:
+        return self._with_local(self._hr(images=images))
+
+    def _with_local(self, out: dict) -> dict:
+        from dsrhn.multilevel import stack_local
+
+        out = {k: v.numpy() for k, v in out.items()}
+        return {"codes": out["codes"], "local": stack_local(out["local_codes"], out["local_selected"],
+                                                            out["local_valid"], int(self.meta["bits"]))}
+
 
 def retrieval_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, curves: bool = True) -> dict:
     """mAP@topk (both empty-query conventions), then mAP@all and the curves unless `curves` is False;
@@ -91,6 +116,18 @@ def retrieval_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, cu
         out["precision_radius2"] = out["curves"]["precision_radius2"]
     out["metric_seconds"] = time.time() - t0
     out["ap"] = ap
+    return out
+
+
+def rerank_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, weight: float,
+                   shortlists=RERANK_SHORTLISTS) -> dict:
+    """Multi-level models: mAP@topk of the two-stage search (global shortlist, local re-ranking) per shortlist."""
+    out = {}
+    for s in shortlists:
+        ap, n_rel = metrics.rerank_average_precisions(q.codes, g.codes, q.labels, g.labels, q.local, g.local, bits,
+                                                      s, weight, topk)
+        out[str(s)] = {f"map@{topk}": metrics.map_from_aps(ap, n_rel, "zero"),
+                       f"map@{topk}_skip_empty": metrics.map_from_aps(ap, n_rel, "skip")}
     return out
 
 
@@ -128,8 +165,10 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     enc = SavedModelEncoders(model_dir)
     bits = int(enc.meta["bits"])
     t0 = time.time()
-    q = encode_split(queries_uri, "query", enc.query_field, enc.query, batch_size, q_info)
-    g = encode_split(examples_uri, "gallery", "hr", enc.gallery, batch_size, info)
+    q = encode_split(queries_uri, "query", enc.query_field, enc.query_outputs if enc.multi_level else enc.query,
+                     batch_size, q_info)
+    g = encode_split(examples_uri, "gallery", "hr", enc.gallery_outputs if enc.multi_level else enc.gallery,
+                     batch_size, info)
     q_hr = encode_split(queries_uri, "query", "hr", enc.gallery, batch_size, q_info)
     encode_seconds = time.time() - t0
     report = {
@@ -141,6 +180,8 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
         "encode_seconds": encode_seconds,
     }
     report["map"] = report["lr_query"][f"map@{topk}"]
+    if enc.multi_level:  # the same queries through the two-stage search
+        report["lr_query"]["rerank"] = rerank_numbers(q, g, bits, topk, float(enc.meta["local"]["rerank_weight"]))
     os.makedirs(out_dir, exist_ok=True)
     np.savez(os.path.join(out_dir, AP_FILE), ids=np.array(q.ids), lr_query=report["lr_query"].pop("ap"),
              hr_query=report["hr_query"].pop("ap"))
@@ -168,6 +209,11 @@ def markdown_summary(report: dict) -> str:
     for name, r in rows:
         extra = [f"{r[f]:.4f}" if f in r else "-" for f in ("map@all", "precision_radius2")]
         lines.append(f"| {name} | {r[f'map@{k}']:.4f} | {r[f'map@{k}_skip_empty']:.4f} | {' | '.join(extra)} |")
+    if "rerank" in report["lr_query"]:
+        lines += ["", f"Multi-level re-ranking ({rows[0][0]}): global top-N re-ranked with the local codes.", "",
+                  f"| shortlist N | mAP@{k} | vs global only |", "|---|---|---|"]
+        for n, r in report["lr_query"]["rerank"].items():
+            lines.append(f"| {n} | {r[f'map@{k}']:.4f} | {r[f'map@{k}'] - report['lr_query'][f'map@{k}']:+.4f} |")
     if "sr_quality" in report:
         s = report["sr_quality"]
         lines += ["", "| image | PSNR-Y (dB) | SSIM-Y |", "|---|---|---|",

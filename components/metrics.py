@@ -68,11 +68,38 @@ def average_precisions(q_codes, g_codes, q_labels, g_labels, topk: int | None = 
     k = min(topk or n_gallery, n_gallery)
     aps, found = [np.zeros(0)], [np.zeros(0, np.int64)]
     for sl in _chunks(len(q_codes), n_gallery):
-        top = rank(hamming_distances(q_codes[sl], g_codes))[:, :k]
-        rel = (q_labels[sl].astype(bool)[:, None, :] & g_labels.astype(bool)[top]).any(-1)
-        precision = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
-        n_rel = rel.sum(1)
-        aps.append((precision * rel).sum(1) / np.maximum(n_rel, 1))
+        ap, n_rel = _ap_of_ranking(rank(hamming_distances(q_codes[sl], g_codes))[:, :k], q_labels[sl], g_labels)
+        aps.append(ap)
+        found.append(n_rel)
+    return np.concatenate(aps), np.concatenate(found)
+
+
+def _ap_of_ranking(top: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AP over each query's ranked gallery rows top [n, k], and its number of relevant items there."""
+    rel = (q_labels.astype(bool)[:, None, :] & g_labels.astype(bool)[top]).any(-1)
+    precision = np.cumsum(rel, axis=1) / np.arange(1, top.shape[1] + 1)
+    n_rel = rel.sum(1)
+    return (precision * rel).sum(1) / np.maximum(n_rel, 1), n_rel
+
+
+def rerank_average_precisions(q_codes, g_codes, q_labels, g_labels, q_local, g_local, bits: int, shortlist: int,
+                              weight: float, topk: int | None = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """average_precisions of the two-stage search (dsrhn/multilevel.py): each query's global top `shortlist`
+    re-ranked with the local codes (q_local [nq, R, 2, W], g_local [ng, R, 2, W]), the global order after it."""
+    from dsrhn.multilevel import rerank
+
+    n_gallery = len(g_codes)
+    k, s = min(topk or n_gallery, n_gallery), min(shortlist, n_gallery)
+    per_query = max(1, s * g_local.shape[1] ** 2 * g_local.shape[3] * 4)  # bytes of the largest re-ranking array
+    step = max(1, min(CHUNK_BYTES // per_query, CHUNK_BYTES // max(1, n_gallery * 8)))
+    aps, found = [np.zeros(0)], [np.zeros(0, np.int64)]
+    for start in range(0, len(q_codes), step):
+        sl = slice(start, min(len(q_codes), start + step))
+        d = hamming_distances(q_codes[sl], g_codes)
+        order = rank(d)
+        rows, *_ = rerank(np.take_along_axis(d, order[:, :s], 1), order[:, :s], q_local[sl], g_local, bits, weight)
+        ap, n_rel = _ap_of_ranking(np.concatenate([rows, order[:, s:]], axis=1)[:, :k], q_labels[sl], g_labels)
+        aps.append(ap)
         found.append(n_rel)
     return np.concatenate(aps), np.concatenate(found)
 

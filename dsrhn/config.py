@@ -146,8 +146,8 @@ class Preset:
                              f"got {self.hr_size}")
         if self.hash_optimizer not in ("sgd", "adam"):
             raise ValueError(f"hash_optimizer must be 'sgd' or 'adam', got {self.hash_optimizer!r}")
-        if self.srnet_weights and self.mode not in ("two-stage", "dsrhn"):
-            raise ValueError("srnet_weights (an MSE-trained SRNet) applies to modes two-stage and dsrhn only")
+        if self.srnet_weights and self.mode not in ("two-stage", "dsrhn", "multi-level"):
+            raise ValueError("srnet_weights (an MSE-trained SRNet) applies to modes two-stage, dsrhn and multi-level only")
         if not (math.isfinite(self.sr_lr) and math.isfinite(self.sr_finetune_lr)) or self.sr_lr <= 0 or self.sr_finetune_lr < 0:
             raise ValueError("sr_lr must be > 0 and sr_finetune_lr >= 0 (0: fine-tune at sr_lr)")
         if self.lr_decay not in ("none", "cosine"):

@@ -10,6 +10,8 @@ indexing and serving:
     query_path                      "sr" (SRNet), "bicubic", "hr" or "fsr" (bicubic image, features enhanced
                                     by a feature generator): how a query becomes codes
     query_sizes, degradation        the query sides (px) and LR kind the model was trained for
+    local                           multi-level models only: grid, count, regions, rerank_weight, ... of the
+                                    local codes their signatures also return (dsrhn/multilevel.py)
     hr_size, lr_size, scale, label_names, preset, signatures, exported_at, ...
 
 Index manifest (`<model>/index/manifest.json`), written by `dsrhn index`, checked by the server:
@@ -18,7 +20,9 @@ Index manifest (`<model>/index/manifest.json`), written by `dsrhn index`, checke
     width the index stores: code_bytes zero-padded to a width faiss has a fast Hamming kernel for),
     factory (faiss binary index factory string; "BFlat" = exact), search_params, exact, recall (of an
     approximate index against exact search), count, label_names, files ({name: sha256} of every file the
-    index reads), milvus ({uri, collection, index_type}, backend milvus), code_layout, created
+    index reads), milvus ({uri, collection, index_type}, backend milvus), code_layout, created,
+    local (multi-level models: {file, count, word_bytes, bits, rerank_weight}; `local.npy`, uint8
+    [rows, R, 2, word_bytes] local codes + bit selection, memory-mapped by the server to re-rank a shortlist)
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ INDEX_DIR = "index"
 INDEX_FILE = "gallery.faissindex"
 ID_BYTES_FILE = "ids.bin"  # the gallery ids, UTF-8, concatenated
 ID_OFFSETS_FILE = "ids.offsets.npy"  # uint64 [count + 1]: row r's id is ids.bin[off[r]:off[r+1]]
+LOCAL_FILE = "local.npy"  # multi-level models: uint8 [count, R, 2, W], local codes + bit selection per row
 LABELS_FILE = "labels.npy"  # uint8 [count, ceil(L / 8)]: row r's labels as bits over label_names, MSB first
 MANIFEST_FILE = "manifest.json"
 INDEX_FORMAT = 2

@@ -19,6 +19,7 @@ METHODS = {  # name -> (module:class, one-line description)
     "pointwise-seg": ("trainer.methods.pointwise:PointWiseSeg", "the same on PSP segmentation features"),
     "center": ("trainer.methods.center:CenterHash", "DPSH + center loss on hash centers (DDCH reading)"),
     "fsr-gan": ("trainer.methods.fsrgan:FSRGAN", "HashNet on HR, then G (+ critic D) super-resolves LR features"),
+    "multi-level": ("trainer.methods.multilevel:DSCNN", "DSRHN + local codes of grid regions, re-ranked search (DSCNN reading)"),
 }
 
 

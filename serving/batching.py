@@ -40,6 +40,7 @@ class Task:
     images: list[bytes]
     k: int  # 0: no search (:predict)
     future: Future
+    rerank: object = None  # serving.index.Rerank: a two-stage (multi-level) search
 
 
 @dataclass
@@ -88,8 +89,8 @@ class Batcher:
             t.start()
         self.batches = self.batched_images = 0  # counters (benchmarks)
 
-    def submit(self, servable, signature: str, images: list[bytes], k: int) -> Answer:
-        task = Task(servable, signature, images, k, Future())
+    def submit(self, servable, signature: str, images: list[bytes], k: int, rerank=None) -> Answer:
+        task = Task(servable, signature, images, k, Future(), rerank)
         with self._cond:
             self._queue.append(task)
             self._cond.notify()
@@ -148,20 +149,20 @@ class Batcher:
             return
         self.batches += 1
         self.batched_images += len(images)
-        k = max(t.k for t in batch)
+        from serving.index import answer_results, search_depth
+
+        depth = max(search_depth(t.k, t.rerank) for t in batch)
         dist = rows = None
-        if k:
+        if depth:
             codes = np.asarray(outputs["codes"], np.uint8)
             # the batch threads are the only searchers: a batch may use every core (one per query at most)
             threads = max(1, min(len(codes), (os.cpu_count() or 1) // self.config.num_batch_threads))
-            dist, rows = first.servable.index.search(codes, k, threads=threads)
+            dist, rows = first.servable.index.search(codes, depth, threads=threads)
         start = 0
-        from serving.index import query_results
-
         for t in batch:
             end = start + len(t.images)
             mine = {name: v[start:end] for name, v in outputs.items()}
-            results = (query_results(first.servable.index, dist[start:end, :t.k], rows[start:end, :t.k])
+            results = (answer_results(first.servable.index, mine, dist[start:end], rows[start:end], t.k, t.rerank)
                        if t.k else None)
             t.future.set_result(Answer(mine, results))
             start = end

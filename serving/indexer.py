@@ -1,7 +1,8 @@
 """Batch gallery indexing as a Beam job: images -> codes (SavedModel `encode_hr`) -> gallery index.
 
 Encoding is the parallel part and runs on any Beam runner; its output is JSON-lines
-shards of (id, code, labels) or (id, error). Assembling the index is a single-machine step that
+shards of (id, code, labels[, local]) or (id, error); `local` (hex): a multi-level model's local codes in
+their stored layout (dsrhn/multilevel.py). Assembling the index is a single-machine step that
 reads the shards, orders rows by id and writes the index atomically beside the model (faiss files,
 or a Milvus collection plus the id map). Every item is indexed or rejected with its reason.
 """
@@ -67,8 +68,10 @@ def gallery_from_source(spec: dict) -> list[GalleryItem]:
 class EncodeGallery(beam.DoFn):
     """Batches of GalleryItems -> JSON rows {"id", "code" (hex), "labels"} or {"id", "error"}."""
 
-    def __init__(self, model_dir: str, hr_size: int, total: int = 0, share: float = 1.0):
+    def __init__(self, model_dir: str, hr_size: int, total: int = 0, share: float = 1.0, bits: int = 0,
+                 local: bool = False):
         self.model_dir, self.hr_size, self.total, self.share = model_dir, hr_size, total, share
+        self.bits, self.local = bits, local  # local: the model returns local codes (export metadata `local`)
         self._encode = None
 
     def setup(self):
@@ -96,12 +99,16 @@ class EncodeGallery(beam.DoFn):
             if isinstance(result, str):
                 yield json.dumps({"id": it.id, "path": it.path, "error": result})
             else:
-                yield json.dumps({"id": it.id, "code": result.tobytes().hex(), "labels": list(it.labels)})
+                code, local = result
+                row = {"id": it.id, "code": code.tobytes().hex(), "labels": list(it.labels)}
+                if local is not None:
+                    row["local"] = local.tobytes().hex()
+                yield json.dumps(row)
         self._progress.update(len(batch))
 
     def _codes(self, images: list[bytes]) -> list:
-        """Codes of a batch; when the graph's decoder refuses the batch, each image alone, so only the bad
-        one is rejected (with the decoder's reason)."""
+        """(code, local codes or None) of each image of a batch; when the graph's decoder refuses the batch,
+        each image alone, so only the bad one is rejected (with the decoder's reason)."""
         import tensorflow as tf
 
         from serving.batching import graph_reason
@@ -109,17 +116,25 @@ class EncodeGallery(beam.DoFn):
         if not images:
             return []
         try:
-            return list(self._encode(images=np.array(images, dtype=object))["codes"].numpy())
+            return self._encoded(images)
         except tf.errors.OpError:
             if len(images) == 1:
                 raise
         out = []
         for png in images:
             try:
-                out.append(self._encode(images=np.array([png], dtype=object))["codes"].numpy()[0])
+                out += self._encoded([png])
             except tf.errors.OpError as e:
                 out.append(f"the model could not decode the image: {graph_reason(e)}")
         return out
+
+    def _encoded(self, images: list[bytes]) -> list:
+        from dsrhn.multilevel import stack_local
+
+        out = {k: v.numpy() for k, v in self._encode(images=np.array(images, dtype=object)).items()}
+        local = (stack_local(out["local_codes"], out["local_selected"], out["local_valid"], self.bits)
+                 if self.local else [None] * len(images))
+        return list(zip(out["codes"], local))
 
     def teardown(self):
         if getattr(self, "_progress", None):
@@ -144,6 +159,9 @@ class IndexSummary:
                  else f"faiss {m['factory']}, stored d={m['faiss_dim']}")
         lines = [f"index: {m['count']} codes ({m['bits']} bits, {where}) -> {self.index_dir}; "
                  f"{len(self.rejected)} rejected"]
+        if "local" in m:
+            lines.append(f"  local codes: {m['local']['count']} regions per image in {m['local']['file']} (re-ranking: "
+                         '"rerank": {"shortlist": N} in :search)')
         if "recall" in m:
             r = m["recall"]
             lines.append(f"  approximate index: recall@{r['k']} {r['recall']:.4f} against exact search "
@@ -170,7 +188,8 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
         with pipeline as p:
             (p | "Gallery" >> beam.Create(items, reshuffle=False)
              | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-             | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"]), len(items), share))
+             | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"]), len(items), share,
+                                                   int(meta["bits"]), "local" in meta))
              | "Write" >> beam.io.WriteToText(os.path.join(shards, "codes"), file_name_suffix=".jsonl"))
         rows, codes, rejected = [], [], []
         for path in sorted(glob.glob(os.path.join(shards, "codes*"))):
@@ -191,8 +210,12 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
         if not rows:
             raise ValueError(f"no gallery image could be encoded ({len(rejected)} rejected)")
         codes = np.array([np.frombuffer(bytes.fromhex(r["code"]), np.uint8) for r in rows], dtype=np.uint8)
+        local = None
+        if "local" in meta:  # [N, R, 2, W], the stored layout (dsrhn/multilevel.py)
+            local = np.stack([np.frombuffer(bytes.fromhex(r["local"]), np.uint8) for r in rows])
+            local = local.reshape(len(rows), int(meta["local"]["count"]), 2, -1)
         manifest = write_index(model_dir, codes, [{"id": r["id"], "labels": r["labels"]} for r in rows], meta, out_dir,
-                               config)
+                               config, local)
         index_dir = out_dir or os.path.join(model_dir, "index")
         with open(os.path.join(index_dir, "rejected.json"), "w") as f:
             json.dump(sorted(rejected, key=lambda r: r["id"]), f, indent=2)

@@ -93,6 +93,7 @@ class MilvusGallery:
     collection: str
     ids: object  # serving.index.IdMap
     manifest: dict
+    local: object = None  # multi-level: the memory-mapped local codes (serving.index.open_local)
 
     @classmethod
     def open(cls, manifest: dict, ids) -> "MilvusGallery":

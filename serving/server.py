@@ -4,6 +4,7 @@
     GET  /v1/models/{name}[/versions/{v}]/metadata   signature_def map
     POST /v1/models/{name}[/versions/{v}]:predict    {"instances": [...]} | {"inputs": ...}
     POST /v1/models/{name}[/versions/{v}]:search     {"instances": [{"b64": ...}], "k": 10}
+                                                      [+ "rerank": {"shortlist": 1000}: multi-level models]
     GET  /healthz, /readyz                            liveness, readiness
 Errors are {"error": "..."} with 400/404/413, as TF Serving answers; also 408 (body too slow), 429 (too
 many requests in flight), 503 (out of memory) and 500 (unexpected), always JSON; the server keeps serving.
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
+from serving.index import Rerank, answer_results, search_depth
 from serving.store import ModelStore, Servable
 
 MAX_BODY_BYTES = 16 << 20
@@ -32,11 +34,13 @@ MAX_RESULTS = 25_600  # k x images in one :search answer
 MAX_CONNECTIONS = 1000  # open connections + tasks; uvicorn answers 503 beyond (bounds held sockets)
 BODY_TIMEOUT_S = 30.0  # a client that has not sent its whole body by then gets 408
 MAX_K = 1000
+MAX_SHORTLIST = 20_000  # global hits one query may re-rank
+MAX_RERANKED = 100_000  # shortlist x images in one :search (bounds the re-ranking's memory)
 MAX_INSTANCES = 256  # images per request
 MAX_PIXELS = 40_000_000  # per image (width x height, read from its header before anything is decoded)
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what the SavedModel's decoder reads
 _ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d{1,18}))?(?::(?P<verb>[a-z]+)|/(?P<sub>metadata))?$")
-_DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64"}
+_DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64", tf.bool: "DT_BOOL"}
 
 
 class ApiError(Exception):
@@ -84,14 +88,17 @@ class Model:
     def __init__(self, batching: BatchingConfig):
         self.batcher = Batcher(batching, _run_signature, _graph_error) if batching.enabled else None
 
-    def answer(self, s: Servable, signature_name: str, images: list[bytes], k: int) -> Answer:
+    def answer(self, s: Servable, signature_name: str, images: list[bytes], k: int, rerank: Rerank | None = None) -> Answer:
         if self.batcher:
-            return self.batcher.submit(s, signature_name, images, k)
+            return self.batcher.submit(s, signature_name, images, k, rerank)
         try:
             outputs = _run_signature(s, signature_name, images)
         except Exception as e:
             raise _graph_error(locate_failure(_run_signature, _graph_error, s, signature_name, images, e)) from None
-        return Answer(outputs, s.index.query(np.asarray(outputs["codes"], np.uint8), k) if k else None)
+        if not k:
+            return Answer(outputs, None)
+        dist, rows = s.index.search(np.asarray(outputs["codes"], np.uint8), search_depth(k, rerank))
+        return Answer(outputs, answer_results(s.index, outputs, dist, rows, k, rerank))
 
 
 def _run_signature(s: Servable, signature_name: str, images: list[bytes]) -> dict:
@@ -288,13 +295,13 @@ def parse_images(body: dict, input_name: str = "images") -> tuple[list[bytes], b
 
 
 def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits, model: Model | None,
-          k: int = 0) -> tuple[Answer, list]:
-    """The signature's outputs for these images (and their top-k when k > 0), and each image's
-    (width, height) from its header; without a `model`, one unbatched call."""
+          k: int = 0, rerank: Rerank | None = None) -> tuple[Answer, list]:
+    """The signature's outputs for these images (and their top-k when k > 0, re-ranked with `rerank`), and
+    each image's (width, height) from its header; without a `model`, one unbatched call."""
     if signature_name not in s.model.signatures:
         raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
     image_sizes = limits.check(images)
-    return (model or Model(BatchingConfig(enabled=False))).answer(s, signature_name, images, k), image_sizes
+    return (model or Model(BatchingConfig(enabled=False))).answer(s, signature_name, images, k, rerank), image_sizes
 
 
 def predict(s: Servable, body: dict, limits: InputLimits = InputLimits(), model: Model | None = None) -> dict:
@@ -320,7 +327,11 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
     if k * len(images) > limits.max_results:
         raise ApiError(400, f"k x images = {k} x {len(images)} = {k * len(images)} results; at most {limits.max_results} "
                             "per request (ask for a smaller k, or split the request)")
-    answer, image_sizes = _call(s, sig, images, limits, model, k)
+    rerank = parse_rerank(body.get("rerank"), s, k)
+    if rerank and rerank.shortlist * len(images) > MAX_RERANKED:
+        raise ApiError(400, f"shortlist x images = {rerank.shortlist} x {len(images)} is more than {MAX_RERANKED} "
+                            "re-ranked hits per request (shorten the shortlist, or split the request)")
+    answer, image_sizes = _call(s, sig, images, limits, model, k, rerank)
     trained_sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
     results = []
     for (width, height), result in zip(image_sizes, answer.results):
@@ -328,7 +339,32 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
         if warning:
             result["warning"] = warning
         results.append(result)
-    return {"model_version": str(s.version), "k": k, "results": results}
+    out = {"model_version": str(s.version), "k": k, "results": results}
+    if rerank:
+        out["rerank"] = {"shortlist": rerank.shortlist, "weight": rerank.weight}
+    return out
+
+
+def parse_rerank(spec, s: Servable, k: int) -> Rerank | None:
+    """A :search body's "rerank": {"shortlist": N[, "weight": w]} -> Rerank; None when absent. Only a model with
+    local codes (export metadata `local`) whose index stores them can re-rank."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or "shortlist" not in spec or set(spec) - {"shortlist", "weight"}:
+        raise ApiError(400, "'rerank' must be an object {\"shortlist\": N} (optionally with \"weight\")")
+    n = spec["shortlist"]
+    if isinstance(n, bool) or not isinstance(n, int) or not k <= n <= MAX_SHORTLIST:
+        raise ApiError(400, f"'rerank.shortlist' must be an integer in [k={k}, {MAX_SHORTLIST}], got {n!r}")
+    local = s.meta.get("local")
+    if not local:
+        raise ApiError(400, f"model {s.meta.get('mode', '?')!r} (version {s.version}) has no local codes to re-rank "
+                            "with; 'rerank' needs a multi-level model (dsrhn train --mode multi-level)")
+    if getattr(s.index, "local", None) is None:
+        raise ApiError(400, f"the index of version {s.version} stores no local codes; rebuild it with `dsrhn index`")
+    weight = spec.get("weight", local.get("rerank_weight", 1.0))
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise ApiError(400, f"'rerank.weight' must be a finite number >= 0, got {weight!r}")
+    return Rerank(n, float(weight))
 
 
 def query_size_warning(side: int, sizes: list[int] | None) -> str | None:

@@ -137,6 +137,13 @@ def test_image_bombs_and_batch_bombs_get_a_json_400_and_the_server_keeps_serving
             ({"instances": [{"b64": base64.b64encode(b"RIFF\x20\x00\x00\x00WEBPVP8 " + b"\x00" * 40).decode()}]},
              "instances[0]: could not decode the image"),
             ({"instances": [good_b64], "signature_name": ["serving_default"]}, "search encodes queries"),
+            # re-ranking asked of the wrong thing, or in the wrong shape
+            ({"instances": [good_b64], "k": 2, "rerank": 500}, "'rerank' must be an object"),
+            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 500, "depth": 3}}, "'rerank' must be an object"),
+            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": "500"}}, "'rerank.shortlist' must be an integer"),
+            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 1}}, "in [k=2, 20000]"),
+            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 10 ** 9}}, "in [k=2, 20000]"),
+            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 500}}, "has no local codes to re-rank with"),
         ]
         for body, message in cases:
             r = httpx.post(url, json=body, timeout=60)

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -173,7 +174,7 @@ def test_every_method_exports_the_same_signatures_and_reloads_in_a_fresh_process
 
 def test_every_method_evaluates_indexes_and_serves(exported, mosaic_examples, tmp_path):
     from serving.indexer import gallery_from_examples, run_indexing
-    from serving.server import BackgroundServer
+    from serving.server import BackgroundServer, search
     from serving.store import ModelStore
 
     query = next(read_split_raw(mosaic_examples, "query").take(1).as_numpy_iterator())
@@ -191,13 +192,40 @@ def test_every_method_evaluates_indexes_and_serves(exported, mosaic_examples, tm
         server = BackgroundServer(store)
         try:
             field = "hr" if get_method(mode).query_input == "hr" else "lr"
-            body = json.dumps({"instances": [{"b64": base64.b64encode(query[field]).decode()}], "k": 5}).encode()
-            req = urllib.request.Request(f"{server.url}/v1/models/{mode}:search", body, method="POST")
-            with urllib.request.urlopen(req, timeout=60) as r:
-                res = json.loads(r.read())
-            assert len(res["results"][0]["ids"]) == 5, res
+            instances = [{"b64": base64.b64encode(query[field]).decode()}]
+            status, res = _post(f"{server.url}/v1/models/{mode}:search", {"instances": instances, "k": 5})
+            assert status == 200 and len(res["results"][0]["ids"]) == 5, res
+            assert set(res) == {"model_version", "k", "results"}
+            assert set(res["results"][0]) <= {"ids", "distances", "labels", "warning"}  # today's answer
+            status, ranked = _post(f"{server.url}/v1/models/{mode}:search",
+                                   {"instances": instances, "k": 5, "rerank": {"shortlist": 30}})
+            if mode != "multi-level":  # a model without local codes: a clear 400, nothing else changes
+                assert status == 400 and "has no local codes" in ranked["error"], ranked
+                assert not (base / mode / "1" / "index" / "local.npy").exists()
+                assert "local" not in summary.manifest and "rerank" not in report["lr_query"]
+                continue
+            assert status == 200 and ranked["rerank"] == {"shortlist": 30, "weight": 1.0}, ranked
+            hit = ranked["results"][0]
+            assert len(hit["ids"]) == 5 and len(hit["local_distances"]) == 5
+            assert hit["rerank_distances"] == sorted(hit["rerank_distances"])
+            np.testing.assert_allclose(hit["rerank_distances"], np.add(hit["distances"], hit["local_distances"]), atol=1e-3)
+            assert summary.manifest["local"]["count"] == 4 and "local.npy" in summary.manifest["files"]
+            assert set(report["lr_query"]["rerank"]) == {"500", "1000", "5000"}
+            meta = read_metadata(model)
+            assert meta["local"]["count"] == 4 and meta["local"]["grid"] == 2
+            unbatched = search(store.current, {"instances": instances, "k": 5, "rerank": {"shortlist": 30}}, 1000)
+            assert unbatched["results"] == ranked["results"]
         finally:
             server.stop()
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 # ---------------------------------------------------------------- masks and the new methods' parts

@@ -31,13 +31,14 @@ def test_padded_index_answers_exactly_as_the_native_width_flat_index(bits):
     queries = rng.integers(0, 256, (70, nb), dtype=np.uint8)  # 70 >= BATCH_QUERIES: the all-cores path too
     native = faiss.IndexBinaryFlat(nb * 8)
     native.add(gallery)
-    d_ref, r_ref = native.search(queries, 50)
     idx = gindex.build_index(gallery, bits)
     assert idx.d == stored_bytes(bits) * 8 and stored_bytes(bits) in (4, 8, 16)
     g = gindex.GalleryIndex(idx, None, {"stored_bytes": stored_bytes(bits)})
-    for q in (queries, queries[:1]):  # a batch (every core) and a single query (one thread)
-        d, r = g.search(q, 50)
-        assert (d == d_ref[:len(q)]).all() and (r == r_ref[:len(q)]).all()
+    for k in (50, gindex.DEEP_K + 44):  # a heap, and the counting sort of a re-ranking's deep search
+        d_ref, r_ref = native.search(queries, k)
+        for q in (queries, queries[:1]):  # a batch (every core) and a single query (one thread)
+            d, r = g.search(q, k)
+            assert (d == d_ref[:len(q)]).all() and (r == r_ref[:len(q)]).all(), (bits, k)
 
 
 def test_columnar_id_map_round_trips_ids_and_labels(tmp_path, trained_model):

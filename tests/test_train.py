@@ -39,7 +39,7 @@ def test_alternating_steps_update_only_their_side(tiny_preset):
     sr1, h1 = _snapshot(trainer.srnet), _snapshot(trainer.hashnet)
     assert _same(h0, h1), "HashNet changed during the SRNet step"
     assert not _same(sr0, sr1)
-    method.hash_step(trainer, hr, lr, labels, "hash-sr")  # step B: HashNet only
+    method.hash_step(trainer, {"hr": hr, "lr_up": lr, "labels": labels}, "hash-sr")  # step B: HashNet only
     sr2, h2 = _snapshot(trainer.srnet), _snapshot(trainer.hashnet)
     assert _same(sr1, sr2), "SRNet changed during the HashNet step"
     assert not _same(h1, h2)
@@ -89,7 +89,7 @@ def test_stage1_srnet_is_reused_by_two_stage_and_starts_dsrhn(mosaic_examples, t
     dsrhn = build_trainer(tiny_preset.replace(srnet_weights=weights))
     for x, y in zip(first.srnet.variables, dsrhn.srnet.variables):
         np.testing.assert_array_equal(np.array(x), np.array(y))
-    with pytest.raises(ValueError, match="two-stage and dsrhn only"):
+    with pytest.raises(ValueError, match="two-stage, dsrhn and multi-level only"):
         tiny_preset.replace(mode="hashnet-hr", srnet_weights=weights)
 
 

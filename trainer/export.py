@@ -5,7 +5,8 @@ Signatures (input `images`: 1-D string tensor of JPEG/PNG/GIF/BMP bytes, any siz
 brought to HR size by dsrhn.degrade.to_hr_space, one resize whatever its size, so queries of
 different sizes can share one call):
   serving_default  query images (LR) -> codes uint8 [N, ceil(K/8)], bits float32 [N, K]
-  encode_hr        gallery images (HR) -> codes, bits
+                   (+ local_codes, local_selected, local_valid for a multi-level method: dsrhn/multilevel.py)
+  encode_hr        gallery images (HR) -> the same outputs
   super_resolve    query images -> sr uint8 [N, H, W, 3] (the image HashNet sees)
 Every registered method exports the same signatures: its declared query path (SR, bicubic or HR)
 and code logits (codes = their sign, Eq. 1) make them. Metadata (dsrhn/contracts.py: bits, preset,
@@ -45,6 +46,12 @@ def pack_bits_tf(bits: tf.Tensor) -> tf.Tensor:  # Eq. 1 codes -> bytes, MSB fir
     return tf.cast(tf.reduce_sum(b * weights, axis=-1), tf.uint8)
 
 
+def pack_regions(v: tf.Tensor) -> tf.Tensor:
+    """[N, R, K] -> uint8 [N, R, ceil(K/8)], each region's bits packed by the codes' rule."""
+    r, k = v.shape[1], v.shape[2]
+    return tf.reshape(pack_bits_tf(tf.reshape(v, [-1, k])), [-1, r, math.ceil(k / 8)])
+
+
 class CodeFunctions:
     """The image -> code paths of one trained method, as plain TF functions."""
 
@@ -57,17 +64,22 @@ class CodeFunctions:
         return tf.cast(self.method.query_image(self.nets, decode_hr_space(images, self.preset.hr_size)), tf.float32)
 
     def codes(self, images_hr: tf.Tensor) -> dict:
-        return self._packed(self.method.code_logits(self.nets, images_hr))
+        return self._packed(self.method.code_outputs(self.nets, images_hr))
 
     def query_codes(self, images: tf.Tensor) -> dict:
         """Query images (any size) -> codes through the method's query path."""
         x = decode_hr_space(images, self.preset.hr_size)
-        return self._packed(self.method.query_code_logits(self.nets, x))
+        return self._packed(self.method.query_code_outputs(self.nets, x))
 
     @staticmethod
-    def _packed(v) -> dict:
-        bits = tf.where(tf.cast(v, tf.float32) >= 0, 1.0, -1.0)  # Eq. 1, sign(0) = +1
-        return {"codes": pack_bits_tf(bits), "bits": bits}
+    def _packed(out: dict) -> dict:
+        bits = tf.where(tf.cast(out["code"], tf.float32) >= 0, 1.0, -1.0)  # Eq. 1, sign(0) = +1
+        packed = {"codes": pack_bits_tf(bits), "bits": bits}
+        if "local" in out:  # multi-level: local codes, bit selection and validity (dsrhn/multilevel.py)
+            packed["local_codes"] = pack_regions(tf.cast(out["local"], tf.float32))
+            packed["local_selected"] = pack_regions(tf.where(out["local_selected"], 1.0, -1.0))
+            packed["local_valid"] = out["local_valid"]
+        return packed
 
     # signatures
     def serve_query(self, images):
@@ -113,5 +125,6 @@ def export_saved_model(method, nets: dict, export_dir: str, label_names: list[st
         "degradation": preset.degradation.kind,
         "signatures": ["serving_default", "encode_hr", "super_resolve"],
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
+        **({"local": method.local_layout()} if method.local_layout() else {}),
     })
     return export_dir

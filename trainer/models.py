@@ -237,6 +237,19 @@ def HashHead(preset: Preset, feature_shape: tuple) -> keras.Model:  # Eq. 7: v =
     return keras.Model(f_in, {"code": _code_layer(_fc_stack(f_in, preset), preset, "fch")}, name="hash_head")
 
 
+def LocalHashHead(preset: Preset, feature_shape: tuple, grid: int) -> keras.Model:
+    """Multi-level codes' local branch (seed DSCNN): a 1x1 convolution shared by every position of the
+    conv map gives each bit k an activation map u_k (a weight-based map, as class activation mapping);
+    its average over each of grid x grid regions is that region's relaxed local code.
+    {"local": v_local [B, grid * grid, K], "local_map": u [B, H, W, K]}."""
+    f_in = keras.Input(feature_shape, name="features")
+    u = layers.Conv2D(preset.bits, 1, name="local_fch", dtype="float32")(f_in)
+    u = layers.BatchNormalization(momentum=0.9, name="local_fch_bn", dtype="float32")(u)
+    v = AdaptiveAvgPool(grid, name="local_pool", dtype="float32")(u)
+    v = layers.Reshape((grid * grid, preset.bits), name="local_codes", dtype="float32")(v)
+    return keras.Model(f_in, {"local": v, "local_map": u}, name="local_head")
+
+
 def compose(backbone: keras.Model, heads: list, name: str, neck: keras.Model | None = None) -> keras.Model:
     """image -> {"features": the backbone map, **each head's named outputs}; `neck` (e.g. a pyramid
     pooling module) transforms the map before the heads."""
@@ -249,11 +262,14 @@ def compose(backbone: keras.Model, heads: list, name: str, neck: keras.Model | N
     return keras.Model(x_in, out, name=name)
 
 
-def HashNet(preset: Preset) -> keras.Model:  # Eq. 7: b = sign(F_hash(x))
+def HashNet(preset: Preset, local_grid: int = 0) -> keras.Model:  # Eq. 7: b = sign(F_hash(x))
     """AlexNet (c1-c5, fc6, fc7) + K-node `fch`, split into a backbone and a hash head. Outputs
-    {"features": the last conv map (Eq. 4's perceptual features), "code": fch, the relaxed codes v}."""
+    {"features": the last conv map (Eq. 4's perceptual features), "code": fch, the relaxed codes v};
+    local_grid > 0 adds the multi-level local head (LocalHashHead: "local", "local_map")."""
     backbone = Backbone(preset)
-    model = compose(backbone, [HashHead(preset, backbone.output_shape[1:])], "HashNet")
+    shape = backbone.output_shape[1:]
+    heads = [HashHead(preset, shape)] + ([LocalHashHead(preset, shape, local_grid)] if local_grid else [])
+    model = compose(backbone, heads, "HashNet")
     load_backbone_weights(model, preset)
     return model
 
@@ -368,7 +384,7 @@ def load_backbone_weights(model: keras.Model, preset: Preset) -> int:
                                 if preset.pretrained_weights else
                                 f"hashnet=mobilenetv2 needs its ImageNet weights at {path}: run `dsrhn weights` "
                                 "(scripts/setup.sh does) or give --pretrained-weights")
-    skip = ("fch", "fch_bn")
+    skip = ("fch", "fch_bn", "local_fch", "local_fch_bn")
     with_fc = preset.hashnet == "alexnet" or _file_has(path, "fc6/kernel")
     if not with_fc:
         skip += ("fc6", "fc7")

@@ -11,6 +11,8 @@ declares:
   code_logits(nets, images)   gallery images -> v, whose sign is the code (Eq. 1; one rule for every method)
   query_code_logits(nets, x)  a query in HR space -> v (default: code_logits of query_image; a method that
                               enhances features instead of pixels, FSR-GAN, overrides it)
+  code_outputs / query_code_outputs / local_layout   what export encodes: {"code": v}, plus local codes for
+                              a multi-level method (trainer/methods/multilevel.py)
 and class attributes: query_input ("lr" | "hr"), query_path ("sr" | "bicubic" | "hr" | "fsr"), needs_masks,
 Options (a dataclass of the method's own settings, from `--set options.NAME=VALUE`).
 The generic trainer (trainer/train.py) runs the phases, checkpoints every network and optimizer and
@@ -119,6 +121,18 @@ class Method:
 
     def query_code_logits(self, nets: dict, x: tf.Tensor) -> tf.Tensor:
         return self.code_logits(nets, tf.cast(self.query_image(nets, x), tf.float32))
+
+    # what export encodes: {"code": v} and, for a multi-level method (local_layout() not None), its local
+    # outputs "local" (logits [N, R, K]), "local_selected" (bool [N, R, K]), "local_valid" (bool [N, R])
+    def code_outputs(self, nets: dict, images: tf.Tensor) -> dict:
+        return {"code": self.code_logits(nets, images)}
+
+    def query_code_outputs(self, nets: dict, x: tf.Tensor) -> dict:
+        return {"code": self.query_code_logits(nets, x)}
+
+    def local_layout(self) -> dict | None:
+        """The export metadata's `local` entry (dsrhn/multilevel.py); None: global codes only."""
+        return None
 
     # -- derived
     def optimizer_updates(self, steps_per_epoch: int) -> dict[str, int]:

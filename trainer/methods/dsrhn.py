@@ -52,7 +52,10 @@ class SRHashing(Method):
         srnet = SRNet(p)  # built first: the seeded initial weights follow the build order
         if p.srnet_weights:  # an MSE-trained SRNet (two-stage, dsrhn), checked by Preset
             load_trained_weights(srnet, p.srnet_weights, "srnet_weights")
-        return {"srnet": srnet, "hashnet": HashNet(p)}
+        return {"srnet": srnet, "hashnet": self.hashnet()}
+
+    def hashnet(self) -> keras.Model:
+        return HashNet(self.preset)
 
     def optimizers(self, steps_per_epoch: int) -> dict:
         hash_updates = self.optimizer_updates(steps_per_epoch).get("hash", 0)
@@ -65,7 +68,7 @@ class SRHashing(Method):
         lr_decay=cosine each part decays over its own updates."""
         p = self.preset
         updates = self.optimizer_updates(steps_per_epoch).get("sr", 0)
-        mse_start = self.name == "dsrhn" and bool(p.srnet_weights or p.sr_warmup_epochs)
+        mse_start = isinstance(self, DSRHN) and bool(p.srnet_weights or p.sr_warmup_epochs)
         if not (mse_start and p.sr_finetune_lr):
             return learning_rate(p, p.sr_lr, updates)
         warmup = sum(ph.epochs for ph in self.phases() if ph.name == "sr-mse") * steps_per_epoch
@@ -93,14 +96,14 @@ class SRHashing(Method):
 
     def train_step(self, trainer, phase: str, batch: dict) -> None:
         step_a, step_b = self.STEPS[phase]
-        hr, lr_up, labels = batch["hr"], batch["lr_up"], batch["labels"]
+        hr, lr_up = batch["hr"], batch["lr_up"]
         if step_a:
             f_hr = None if step_a == "sr-mse" else tf.stop_gradient(trainer.nets["hashnet"](hr, training=False)["features"])
             for _ in range(self.preset.sr_steps if step_b else 1):
                 values = self.sr_step(trainer, hr, lr_up, f_hr)
                 trainer.track(**(values if step_a == "sr" else {"l_mse": values["l_mse"]}))
         if step_b:
-            trainer.track(**self.hash_step(trainer, hr, lr_up, labels, step_b))
+            trainer.track(**self.hash_step(trainer, batch, step_b))
 
     # -- step A: SRNet with HashNet frozen
     def sr_step(self, trainer, hr, lr_up, f_hr=None) -> dict:
@@ -122,9 +125,11 @@ class SRHashing(Method):
         return {"l_sr": loss, "l_per": l_per, "l_mse": l_mse}
 
     # -- step B: HashNet with SRNet frozen
-    def hash_step(self, trainer, hr, lr_up, labels, kind: str) -> dict:
+    def hash_step(self, trainer, batch: dict, kind: str) -> dict:
         p = self.preset
+        hr, lr_up, labels = batch["hr"], batch["lr_up"], batch["labels"]
         hashnet = trainer.nets["hashnet"]
+        extra = {}
         if kind == "hash-sr":
             query = tf.stop_gradient(trainer.nets["srnet"](lr_up, training=False))
         elif kind == "hash-bicubic":
@@ -137,11 +142,17 @@ class SRHashing(Method):
                 l_hs = losses.semantic_hash_loss(p.hash_loss, v_hr, labels, p.gamma, p.dch_gamma)
                 l_dis = tf.zeros(())
             else:
-                l_hs, l_dis = joint_hash_terms(p, hashnet(joint_batch(hr, query), training=True)["code"], labels)
-            loss = losses.hash_loss(l_hs, l_dis, p.alpha)
+                out = hashnet(joint_batch(hr, query), training=True)
+                l_hs, l_dis = joint_hash_terms(p, out["code"], labels)
+                extra = self.extra_hash_terms(out, batch)
+            loss = losses.hash_loss(l_hs, l_dis, p.alpha) + sum(extra.pop("loss", []))
             scaled = trainer.scaled("hash", loss)
         trainer.apply("hash", tape, scaled)
-        return {"l_hash": loss, "l_hs": l_hs, "l_dis": l_dis}
+        return {"l_hash": loss, "l_hs": l_hs, "l_dis": l_dis, **extra}
+
+    def extra_hash_terms(self, out: dict, batch: dict) -> dict:
+        """Terms a subclass adds to L_hash on the joint batch's outputs: {"loss": [terms], metric: value}."""
+        return {}
 
     def query_image(self, nets: dict, x: tf.Tensor) -> tf.Tensor:
         if self.query_path == "sr":
