@@ -119,10 +119,13 @@ def test_a_checkpoint_of_another_method_is_refused(mosaic_examples, tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(mosaic_examples, tmp_path_factory) -> dict:
-    """Every method trained for a step and exported through `dsrhn train` (the CLI)."""
+    """Every method trained for a step and exported through `dsrhn train` (the CLI), two runs at a time (most
+    of each run is starting TensorFlow, which one core does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     root = tmp_path_factory.mktemp("methods")
-    out = {}
-    for mode in ALL:
+
+    def cli_train(mode: str) -> str:
         model = str(root / mode / "1")
         args = [sys.executable, "-m", "dsrhn.cli", "train", "--examples", mosaic_examples, "-o", model, "--mode", mode,
                 "--bits", "12", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8", "--verbose", "0",
@@ -130,9 +133,11 @@ def exported(mosaic_examples, tmp_path_factory) -> dict:
         args += {"pointwise-seg": ["--set", "options.seg_epochs=1"],
                  "fsr-gan": ["--set", "options.hash_epochs=1"]}.get(mode, [])
         run = subprocess.run(args, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
-        out[mode] = model
-    return out
+        assert run.returncode == 0, f"{mode}: " + run.stderr[-3000:]
+        return model
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(ALL, pool.map(cli_train, ALL)))
 
 
 def test_every_method_exports_the_same_signatures_and_reloads_in_a_fresh_process(exported, mosaic_examples, tmp_path):
