@@ -93,11 +93,10 @@ class SavedModelEncoders:
         return self._with_local(self._hr(images=images))
 
     def _with_local(self, out: dict) -> dict:
-        from dsrhn.multilevel import stack_local
+        from dsrhn.multilevel import stored_local
 
         out = {k: v.numpy() for k, v in out.items()}
-        return {"codes": out["codes"], "local": stack_local(out["local_codes"], out["local_selected"],
-                                                            out["local_valid"], int(self.meta["bits"]))}
+        return {"codes": out["codes"], "local": stored_local(out, int(self.meta["bits"]))}
 
 
 def retrieval_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, curves: bool = True) -> dict:

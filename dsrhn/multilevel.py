@@ -54,6 +54,11 @@ def stack_local(codes: np.ndarray, selected: np.ndarray, valid: np.ndarray, bits
     return out
 
 
+def stored_local(outputs: dict, bits: int) -> np.ndarray:
+    """A multi-level signature's outputs (LOCAL_FIELDS, NumPy) -> the stored uint8 [N, R, 2, W]."""
+    return stack_local(*(outputs[name] for name in LOCAL_FIELDS), bits)
+
+
 def _words(local: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(local, np.uint8).view(np.uint64)  # [..., R, 2, W/8]
 

@@ -33,7 +33,7 @@ from dsrhn.contracts import (ID_BYTES_FILE, ID_OFFSETS_FILE, INDEX_DIR, INDEX_FI
                              LOCAL_FILE, MANIFEST_FILE, IndexMismatch, check_manifest, code_dim, model_fingerprint,
                              sha256_file, stored_bytes)
 from dsrhn.multilevel import rerank as rerank_rows
-from dsrhn.multilevel import stack_local, word_bytes
+from dsrhn.multilevel import stored_local, word_bytes
 
 MAX_GPU_K = 2048  # faiss GPU binary search limit
 BATCH_QUERIES = 64  # from this many queries in one search call, faiss uses every core
@@ -345,7 +345,7 @@ def answer_results(gallery, outputs: dict, dist: np.ndarray, rows: np.ndarray, k
     if rerank is None:
         return query_results(gallery, dist[:, :k], rows[:, :k])
     bits = int(gallery.manifest["bits"])
-    q_local = stack_local(outputs["local_codes"], outputs["local_selected"], outputs["local_valid"], bits)
+    q_local = stored_local(outputs, bits)
     r, d_global, d_local, combined = rerank_rows(dist[:, :rerank.shortlist], rows[:, :rerank.shortlist], q_local,
                                                  gallery.local, bits, rerank.weight, k)
     return query_results(gallery, d_global, r, {"local_distances": d_local, "rerank_distances": combined})
@@ -382,35 +382,12 @@ def open_gallery(index_dir: str, manifest: dict):
     return GalleryIndex(index, ids, manifest, local)
 
 
-def map_populated(path: str) -> np.ndarray:
-    """A read-only memory map of an .npy file whose pages are mapped at once (MAP_POPULATE, Linux): a
-    re-ranking reads ~1,000 random rows, and first touches of a lazily mapped file cost a page fault
-    each (~0.3 ms per 1,000-row shortlist at 1M rows). The pages stay shared with the page cache."""
-    import mmap
-
-    if not hasattr(mmap, "MAP_SHARED"):  # not a POSIX system: numpy's lazy map
-        return np.load(path, mmap_mode="r")
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        offset = f.tell()
-        if fortran or dtype.hasobject:
-            raise IndexMismatch(f"{path} is not a C-ordered plain array")
-        size = int(np.prod(shape)) * dtype.itemsize
-        if not size:
-            return np.zeros(shape, dtype)
-        mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                           prot=mmap.PROT_READ)
-    return np.frombuffer(mapped, dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
-
-
 def open_local(index_dir: str, manifest: dict) -> np.ndarray | None:
     """A multi-level index's local codes, memory-mapped and checked against the manifest; None without."""
     spec = manifest.get("local")
     if not spec:
         return None
-    local = map_populated(os.path.join(index_dir, spec["file"]))
+    local = np.load(os.path.join(index_dir, spec["file"]), mmap_mode="r")
     expected = (manifest["count"], spec["count"], 2, spec["word_bytes"])
     if local.shape != expected or local.dtype != np.uint8:
         raise IndexMismatch(f"{spec['file']} holds {local.dtype} {local.shape}; the manifest says uint8 {expected}")

@@ -129,11 +129,10 @@ class EncodeGallery(beam.DoFn):
         return out
 
     def _encoded(self, images: list[bytes]) -> list:
-        from dsrhn.multilevel import stack_local
+        from dsrhn.multilevel import stored_local
 
         out = {k: v.numpy() for k, v in self._encode(images=np.array(images, dtype=object)).items()}
-        local = (stack_local(out["local_codes"], out["local_selected"], out["local_valid"], self.bits)
-                 if self.local else [None] * len(images))
+        local = stored_local(out, self.bits) if self.local else [None] * len(images)
         return list(zip(out["codes"], local))
 
     def teardown(self):

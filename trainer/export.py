@@ -107,7 +107,7 @@ def export_saved_model(method, nets: dict, export_dir: str, label_names: list[st
                        train_lr_size: int | None = None) -> str:
     """Export a trained method's networks. train_lr_size: the stored LR side the model trained on
     (degradation kind fixed); default preset.lr_size."""
-    preset = method.preset
+    preset, local = method.preset, method.local_layout()
     fns = CodeFunctions(method, nets)
     archive = keras.export.ExportArchive()
     for net in nets.values():
@@ -125,6 +125,6 @@ def export_saved_model(method, nets: dict, export_dir: str, label_names: list[st
         "degradation": preset.degradation.kind,
         "signatures": ["serving_default", "encode_hr", "super_resolve"],
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
-        **({"local": method.local_layout()} if method.local_layout() else {}),
+        **({"local": local} if local else {}),
     })
     return export_dir

@@ -129,7 +129,7 @@ class SRHashing(Method):
         p = self.preset
         hr, lr_up, labels = batch["hr"], batch["lr_up"], batch["labels"]
         hashnet = trainer.nets["hashnet"]
-        extra = {}
+        extra_loss, extra = 0.0, {}
         if kind == "hash-sr":
             query = tf.stop_gradient(trainer.nets["srnet"](lr_up, training=False))
         elif kind == "hash-bicubic":
@@ -144,15 +144,15 @@ class SRHashing(Method):
             else:
                 out = hashnet(joint_batch(hr, query), training=True)
                 l_hs, l_dis = joint_hash_terms(p, out["code"], labels)
-                extra = self.extra_hash_terms(out, batch)
-            loss = losses.hash_loss(l_hs, l_dis, p.alpha) + sum(extra.pop("loss", []))
+                extra_loss, extra = self.extra_hash_terms(out, batch)
+            loss = losses.hash_loss(l_hs, l_dis, p.alpha) + extra_loss
             scaled = trainer.scaled("hash", loss)
         trainer.apply("hash", tape, scaled)
         return {"l_hash": loss, "l_hs": l_hs, "l_dis": l_dis, **extra}
 
-    def extra_hash_terms(self, out: dict, batch: dict) -> dict:
-        """Terms a subclass adds to L_hash on the joint batch's outputs: {"loss": [terms], metric: value}."""
-        return {}
+    def extra_hash_terms(self, out: dict, batch: dict) -> tuple:
+        """What a subclass adds to L_hash on the joint batch's outputs: (loss term, {metric: value})."""
+        return 0.0, {}
 
     def query_image(self, nets: dict, x: tf.Tensor) -> tf.Tensor:
         if self.query_path == "sr":

@@ -104,8 +104,7 @@ class DSCNN(DSRHN):
         l_hs = tf.where(tf.reduce_any(keep), l_hs, 0.0)
         v_hr, v_q = tf.split(v, 2, axis=0)
         l_dis = losses.margin_loss(tf.reshape(v_hr, [-1, k]), tf.reshape(v_q, [-1, k]), p.margin)
-        return {"loss": [o.local_weight * losses.hash_loss(l_hs, l_dis, p.alpha)], "l_local_hs": l_hs,
-                "l_local_dis": l_dis}
+        return o.local_weight * losses.hash_loss(l_hs, l_dis, p.alpha), {"l_local_hs": l_hs, "l_local_dis": l_dis}
 
     def code_outputs(self, nets: dict, images: tf.Tensor) -> dict:
         o = self.options
