@@ -8,6 +8,7 @@ Trains once (cpu preset, Fashion-MNIST mosaics, 48 bits, every run the same 720 
   FSR rows         one HashNet trained on HR (720 steps), then per row a feature generator G (720
                    steps on blind LR): FSR-GAN (critic, focal r = 2), r = 1 (Eq. 8), r = 0 (critic alone),
                    CNN-Baseline (no critic, MSE); and FSR-GAN on a HashNet trained on HR + LR
+  multi-level      DSRHN + local codes (from the same SRNet); scored here on its global codes alone
   HashNet-HR       HR queries: the upper end of every cell's gap
   specialist       DSRHN trained on the stored x4 blur-2 LR partners (degradation kind fixed)
 and prints one table per model: mAP@K per cell, gap closure (model - HashNet-LR) / (HashNet-HR -
@@ -53,6 +54,7 @@ MODELS = [  # key, row name, mode, degradation kind, starts from stage 1 of that
     ("fsr-r0", "FSR-GAN r=0 (critic alone)", "fsr-gan", "blind"),
     ("fsr-cnn", "FSR CNN-Baseline (no critic, MSE)", "fsr-gan", "blind"),
     ("fsr-gan-hrlr", "FSR-GAN on a HashNet-LR", "fsr-gan", "blind"),
+    ("multi-level", "Multi-level (blind; global codes)", "multi-level", "blind"),
     ("hashnet-hr", "HashNet-HR (HR queries)", "hashnet-hr", "blind"),
 ]
 # the FSR rows' own options; rows with the same hash_on share one HashNet (their phase `hash`, trained
@@ -144,7 +146,7 @@ def print_side_by_side(results: dict, cell_names: list[str]) -> None:
     """One table: every model's mAP per cell, blind DSRHN's closure and PSNR-Y (README's table)."""
     rows = [(k, n) for k, n, _, _ in MODELS[:-1] if k in results]
     keys = [k for k, _ in rows]
-    extra = [k for k in ("dsrhn", "fsr-gan", "fsr-gan-hrlr") if k in results]
+    extra = [k for k in ("dsrhn", "fsr-gan", "fsr-gan-hrlr", "multi-level") if k in results]
     print("\n| cell | " + " | ".join(n for _, n in rows) + "".join(f" | {k} closure [90% CI]" for k in extra)
           + " | PSNR-Y DSRHN / bicubic |")
     print("|---" * (len(keys) + len(extra) + 2) + "|")
@@ -255,7 +257,7 @@ def main() -> None:
         stage1 = stage1_weights(kind)
         preset = get_preset("cpu", mode=mode, bits=args.bits, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
                             **{"degradation.kind": kind})
-        if mode in ("two-stage", "dsrhn"):
+        if mode in ("two-stage", "dsrhn", "multi-level"):
             preset = preset.replace(srnet_weights=stage1)
         hash_on = FSR_OPTIONS.get(key, {}).get("hash_on", "hr")
         if mode == "fsr-gan":
