@@ -1,20 +1,29 @@
-"""Low-resolution near-duplicate retrieval on real photos available offline, with the degradation grid.
+"""Real photos, held out: does super-resolution pay? The offline photo corpus (`dsrhn photos`: ~140 real
+photos from Debian packages, split by photo into train and held-out test photos, plus GCompris's labelled
+classes), the degradation grid's 15 cells, and every row with the ImageNet MobileNetV2 backbone.
 
-Data: scikit-image's bundled photographs (`skimage.data`; BSD-licensed or public-domain images, see
-skimage.data's documentation), each photo a class. Its items are random crops (30-100 % of the area,
-aspect 3:4 to 4:3), flips and colour shifts (brightness x0.75-1.25, per-channel gain x0.9-1.1,
-saturation x0.6-1.4) of it: train and gallery items and queries are disjoint draws. Relevant = the
-same photo; the gallery of every other photo is the distractor set. Ingested through `dsrhn ingest list`
-(explicit train/query/gallery lists); LR queries per cell of the degradation grid
-(benchmarks/degradation_grid.py: x2/x4/x8 x bicubic, blur 1.5, noise 8, JPEG 40, all three).
+(a) Instance retrieval on held-out photos (`dsrhn ingest photos --test-root`): the gallery holds each test
+    photo whole and as `--gallery-views - 1` random views (crops of 30-100 % of it, flips, colour shifts),
+    plus every training photo whole as a distractor; the queries are `--query-views` other views of each
+    test photo, degraded per cell (x2/x4/x8 x clean bicubic, blur 1.5, noise 8, JPEG 40, all three:
+    components.images.make_lr, not the training sampler); relevant = the same photo. Nothing of a test photo
+    is trained on. Training draws fresh pairs of views of the training photos in every batch.
+(b) Labelled retrieval on GCompris's categorisation images (5 classes): per-class split, every row trained
+    on its train split, queries degraded per cell.
 
-Rows (48 bits, blind degradations, the same steps for every row): HashNet-LR, DSRHN and HashNet-HR
-(HR queries), each with the `small` backbone trained from scratch and with ImageNet MobileNetV2
-(`hashnet=mobilenetv2`, weights from `dsrhn weights`). Reported: mAP@100 per cell, DSRHN's gap
-closure (DSRHN - HashNet-LR) / (HashNet-HR - HashNet-LR) per cell, training time per row.
+Rows (photo preset unless said): HashNet-LR, two-stage (the photo SR stage, frozen), DSRHN (from the photo
+SR stage), FSR-GAN (HashNet on HR, then G), HashNet-HR (HR queries: the top of every cell's gap). The photo
+SR stage is an SRNet trained by MSE alone on views of the training photos with the blind degradations.
+Printed: mAP@K per cell and row; DSRHN - HashNet-LR with a 90% paired bootstrap interval over the queries;
+gap closure only where the HR - LR gap is positive; PSNR-Y / SSIM-Y of the photo SR stage, DSRHN's SRNet
+and bicubic per cell; HR-query retrieval and code health of every row (collapse check); training time.
 
-    python benchmarks/real_photos.py                 # about 20 min on 2 cores
-    python benchmarks/real_photos.py --steps 40 --out runs/photos-smoke
+Rows are cached in <out>/results.json keyed on their settings and the code (benchmarks/cache.py): a row
+computed with other settings or code is recomputed.
+
+    dsrhn photos                                      # once: fetch the corpus (about 1 min)
+    python benchmarks/real_photos.py                  # about 70 min on 2 cores
+    python benchmarks/real_photos.py --rows hashnet-lr,dsrhn --variant dsrhn-lam01:lam=0.1 --out runs/photos
 """
 from __future__ import annotations
 
@@ -29,150 +38,308 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from degradation_grid import cells, score_model, train_model  # noqa: E402
+from cache import RowCache, code_digest, row_key  # noqa: E402
+from degradation_grid import CONDITIONS, SCALES, score_model  # noqa: E402
+from reproduce_table1 import Runner  # noqa: E402
 
-PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel",
-          "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina",
-          "rocket", "stereo_motorcycle", "text")
-BACKBONES = {"small": "small (from scratch)", "mobilenetv2": "MobileNetV2 (ImageNet)"}
-MODES = {"hashnet-lr": "HashNet-LR", "dsrhn": "DSRHN", "hashnet-hr": "HashNet-HR (HR queries)"}
-
-
-def photo(name: str):
-    from PIL import Image
-    from skimage import data
-
-    img = getattr(data, name)()
-    if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity)
-        img = img[0]
-    img = Image.fromarray(np.asarray(img))
-    if img.mode == "RGBA":
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img, mask=img.split()[3])
-        img = background
-    return img.convert("RGB")
+ROWS = {  # key -> (row name, mode, preset overrides)
+    "hashnet-lr": ("HashNet-LR", "hashnet-lr", {}),
+    "two-stage": ("Two-stage (photo SR stage, frozen)", "two-stage", {}),
+    "dsrhn": ("DSRHN (from the photo SR stage)", "dsrhn", {}),
+    "fsr-gan": ("FSR-GAN (HashNet on HR, then G)", "fsr-gan", {}),
+    "hashnet-hr": ("HashNet-HR (HR queries)", "hashnet-hr", {}),
+}
+SR_ROWS = ("two-stage", "dsrhn", "multi-level")
 
 
-def variant(img, rng: np.random.Generator, size: int):
-    """A random crop, flip and colour shift of `img`, resized to size x size."""
-    from PIL import Image, ImageEnhance
-
-    w, h = img.size
-    area = rng.uniform(0.3, 1.0) * w * h
-    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-    cw, ch = min(w, int(round(np.sqrt(area * aspect)))), min(h, int(round(np.sqrt(area / aspect))))
-    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    out = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC)
-    if rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.75, 1.25))
-    out = ImageEnhance.Color(out).enhance(rng.uniform(0.6, 1.4))
-    gains = rng.uniform(0.9, 1.1, 3)
-    return Image.fromarray(np.clip(np.asarray(out, np.float32) * gains, 0, 255).astype(np.uint8))
+def grid_cells() -> dict:
+    """cell -> LRConfig fields (seed 1), the degradation grid's 15 cells."""
+    return {f"x{s}-{name}": {"scale": s, "kernel": "bicubic", "seed": 1, **fields}
+            for s in SCALES for name, fields in CONDITIONS.items()}
 
 
-def build_photos(root: str, size: int, counts: dict, seed: int) -> dict:
-    """PNG variants under root/<photo>/ and one list file per role; returns {role: list path}."""
-    rng = np.random.default_rng(seed)
-    lines = {role: [] for role in counts}
-    for c, name in enumerate(PHOTOS):
-        img = photo(name)
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        for role, n in counts.items():
-            for i in range(n):
-                rel = f"{name}/{role}_{i:03d}.png"
-                variant(img, rng, size).save(os.path.join(root, rel))
-                lines[role].append(rel + " " + " ".join("1" if j == c else "0" for j in range(len(PHOTOS))))
-    out = {}
-    for role, rows in lines.items():
-        out[role] = os.path.join(root, f"{role}.txt")
-        with open(out[role], "w") as f:
-            f.write("\n".join(rows) + "\n")
+def parse_set(items: list[str]) -> dict:
+    from dsrhn.config import parse_overrides
+
+    return parse_overrides(items)
+
+
+# ---------------------------------------------------------------- tasks (each in a fresh process)
+
+def train_sr_stage(examples: str, preset_dict: dict, out: str, weights: str) -> dict:
+    """The photo SR stage: SRNet by MSE alone on views of the training photos (two-stage's stage 1)."""
+    from dsrhn.config import preset_from_dict
+    from trainer.train import train
+
+    t0 = time.time()
+    preset = preset_from_dict(preset_dict)
+    stage1 = train(examples, preset, out, verbose=0, tensorboard=False, stop_after_epochs=preset.sr_warmup_epochs)
+    stage1.trainer.nets["srnet"].save_weights(weights)
+    return {"seconds": time.time() - t0}
+
+
+def train_row(examples: str, preset_dict: dict, run_dir: str) -> dict:
+    from dsrhn.config import preset_from_dict
+    from trainer.task import train_and_export
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    summary = train_and_export(examples, preset_from_dict(preset_dict), os.path.join(run_dir, "work"),
+                               os.path.join(run_dir, "model"), verbose=0)
+    return {"train_seconds": summary["seconds"], "model": os.path.join(run_dir, "model"),
+            "code_health": summary["code_health"], "history_end": {
+                phase: {k: v[-1] for k, v in h.items()} for phase, h in summary["history"].items()}}
+
+
+def score_row(model: str, examples: str, cell_dirs: dict, topk: int, out_dir: str, hr_only: bool) -> dict:
+    """Every cell's per-query AP (and PSNR/SSIM), the HR-query mAP of the same model, the gallery's health."""
+    from components.evaluate import SavedModelEncoders, encode_split
+    from components.metrics import average_precisions
+    from dsrhn.health import code_health
+
+    out = score_model(model, examples, cell_dirs, topk, out_dir, hr_only)
+    enc = SavedModelEncoders(model)
+    g = encode_split(examples, "gallery", "hr", enc.gallery)
+    q = encode_split(examples, "query", "hr", enc.gallery)
+    ap, _ = average_precisions(q.codes, g.codes, q.labels, g.labels, topk)
+    np.save(os.path.join(out_dir, "hr-query.npy"), ap)
+    out["hr_query_map"] = float(ap.mean())
+    out["gallery_health"] = code_health(g.codes, int(enc.meta["bits"])).to_dict()
+    out["gallery_health"].pop("rare_share")
     return out
 
 
+# ---------------------------------------------------------------- tables
+
+def diff_interval(a: np.ndarray, b: np.ndarray, level: float = 0.9, n_boot: int = 2000, seed: int = 0) -> tuple:
+    """mean(b - a) and its paired bootstrap interval over the queries."""
+    d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    idx = np.random.default_rng(seed).integers(0, d.size, (n_boot, d.size))
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(d[idx].mean(1), [tail, 100 - tail])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def cell_ap(results: dict, row: str, cell: str) -> np.ndarray:
+    r = results[row]["score"]["cells"]
+    return np.load(r["HR"]["ap_file"] if "HR" in r else r[cell]["ap_file"])
+
+
+def print_grid(title: str, results: dict, rows: list[str], cells: list[str], topk: int) -> dict:
+    """mAP per cell and row; each SR row's difference to HashNet-LR [90% CI] and its closure where the gap
+    (HashNet-HR's HR queries - HashNet-LR) is positive. Returns per-row summaries."""
+    from components.metrics import gap_closure_interval
+
+    present = [r for r in rows if r in results]
+    print(f"\n### {title}: mAP@{topk}\n")
+    print("| cell | " + " | ".join(ROW_NAMES.get(r, r) for r in present) + " |")
+    print("|---" * (len(present) + 1) + "|")
+    for cell in cells:
+        vals = [cell_ap(results, r, cell).mean() for r in present]
+        best = max(vals)
+        print(f"| {cell} | " + " | ".join(f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in vals) + " |")
+    summaries = {}
+    if "hashnet-lr" not in results:
+        return summaries
+    for row in present:
+        if row in ("hashnet-lr", "hashnet-hr"):
+            continue
+        print(f"\n{ROW_NAMES.get(row, row)} vs HashNet-LR: difference [90% CI]; closure where HashNet-HR's gap > 0\n")
+        print("| cell | difference | HR - LR gap [90% CI] | closure [90% CI] |")
+        print("|---|---|---|---|")
+        above, x4_closures = [], []
+        for cell in cells:
+            lr, m = cell_ap(results, "hashnet-lr", cell), cell_ap(results, row, cell)
+            d, lo, hi = diff_interval(lr, m)
+            above.append((cell, d > 0))
+            text = "-"
+            gap_text = "-"
+            if "hashnet-hr" in results:
+                c = gap_closure_interval(lr, m, cell_ap(results, "hashnet-hr", cell))
+                gi = c["gap_interval"]
+                gap_text = f"{c['gap']:+.4f} [{gi[0]:+.4f}, {gi[1]:+.4f}]"
+                if c["closure"] is not None:
+                    ci = c["closure_interval"]
+                    text = f"{c['closure']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+                    if cell.startswith("x4-"):
+                        x4_closures.append(c["closure"])
+                else:
+                    text = "gap <= 0: undefined"
+            print(f"| {cell} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] | {gap_text} | {text} |")
+        x48 = [ok for c, ok in above if not c.startswith("x2-")]
+        summaries[row] = {"above_x4_x8": f"{sum(x48)}/{len(x48)}", "above_all": f"{sum(ok for _, ok in above)}/{len(above)}",
+                          "x4_mean_closure": float(np.mean(x4_closures)) if x4_closures else None,
+                          "x4_cells_with_gap": len(x4_closures)}
+        print(f"| summary | above HashNet-LR in {summaries[row]['above_x4_x8']} x4/x8 cells, {summaries[row]['above_all']} "
+              f"in all | | mean x4 closure over {len(x4_closures)} cells with a gap: "
+              + (f"{summaries[row]['x4_mean_closure']:.2f}" if x4_closures else "-") + " |")
+    return summaries
+
+
+def print_sr_quality(results: dict, cells: list[str]) -> None:
+    rows = [r for r in SR_ROWS if r in results]
+    if not rows:
+        return
+    print("\n### Query images: PSNR-Y / SSIM-Y against the HR view (first 200 queries; border = scale)\n")
+    print("| cell | bicubic | " + " | ".join(ROW_NAMES.get(r, r) + " SRNet" for r in rows) + " |")
+    print("|---" * (len(rows) + 2) + "|")
+    for cell in cells:
+        first = results[rows[0]]["score"]["cells"][cell]["psnr"]
+        parts = [f"{first['bicubic_psnr_y']:.2f} / {first['bicubic_ssim_y']:.3f}"]
+        for r in rows:
+            p = results[r]["score"]["cells"][cell]["psnr"]
+            parts.append(f"{p['psnr_y']:.2f} / {p['ssim_y']:.3f} ({p['psnr_y'] - p['bicubic_psnr_y']:+.2f} dB)")
+        print(f"| {cell} | " + " | ".join(parts) + " |")
+
+
+def print_rows(results: dict, rows: list[str], hr_ref: float | None) -> None:
+    print("\n### Rows: training, HR-query retrieval (collapse check), code health\n")
+    print("| row | computed | train s | HR-query mAP | vs HashNet-HR | gallery codes distinct | constant bits |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r not in results:
+            continue
+        x = results[r]
+        h = x["score"]["gallery_health"]
+        hq = x["score"]["hr_query_map"]
+        print(f"| {ROW_NAMES.get(r, r)} | {x['computed']} ({x['key']}) | {x['train_seconds']:.0f} | {hq:.4f} | "
+              + (f"{hq - hr_ref:+.4f}" if hr_ref is not None else "-")
+              + f" | {h['distinct']}/{h['images']} | {len(h['constant_bits'])} |")
+
+
+ROW_NAMES = {k: v[0] for k, v in ROWS.items()}
+
+
+# ---------------------------------------------------------------- main
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", default=None, help="the corpus (default <data>/photos, from `dsrhn photos`)")
     ap.add_argument("--out", default="runs/photos")
-    ap.add_argument("--hr-size", type=int, default=64)
-    ap.add_argument("--bits", type=int, default=48)
-    ap.add_argument("--steps", type=int, default=480, help="HashNet updates per row")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--train", type=int, default=60, help="training variants per photo")
-    ap.add_argument("--gallery", type=int, default=30, help="gallery variants per photo")
-    ap.add_argument("--query", type=int, default=8, help="query variants per photo")
+    ap.add_argument("--preset", default="photo")
+    ap.add_argument("--steps", type=int, default=0, help="HashNet updates per row (default: the preset's)")
+    ap.add_argument("--sr-steps", type=int, default=0, help="SRNet MSE updates of the photo SR stage (default: the preset's)")
+    ap.add_argument("--query-views", type=int, default=10)
+    ap.add_argument("--gallery-views", type=int, default=5)
     ap.add_argument("--topk", type=int, default=100)
-    ap.add_argument("--backbones", default="small,mobilenetv2")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--variant", action="append", default=[],
+                    help="an extra row NAME:FIELD=V[,FIELD=V...] on top of the row named by its prefix "
+                         "(e.g. dsrhn-lam01:lam=0.1 starts from the dsrhn row)")
+    ap.add_argument("--set", action="append", default=[], help="preset override for every row")
+    ap.add_argument("--no-labelled", action="store_true", help="skip the labelled GCompris set (b)")
     args = ap.parse_args()
 
     from components.ingest import derive_query_set, run_ingest
-    from dsrhn.config import LRConfig, get_preset
+    from dsrhn.config import LRConfig, data_dir, get_preset
 
     t_start = time.time()
-    shutil.rmtree(args.out, ignore_errors=True)
-    os.makedirs(args.out)
-    lists = build_photos(os.path.join(args.out, "photos"), 2 * args.hr_size,
-                         {"train": args.train, "gallery": args.gallery, "query": args.query}, seed=0)
-    examples = os.path.join(args.out, "examples")
-    summary = run_ingest({"kind": "list", "image_root": os.path.join(args.out, "photos"), "lists": lists,
-                          "label_names": list(PHOTOS)}, examples, args.hr_size, LRConfig(scale=4))
-    print(summary.console(), flush=True)
-    grid = {c: f for c, f in cells().items() if f}
-    cell_dirs = {}
-    for cell, fields in grid.items():
-        cell_dirs[cell] = os.path.join(args.out, "grid", cell)
-        derive_query_set(examples, cell_dirs[cell], LRConfig(**fields))
-    print(f"{len(PHOTOS)} photos x ({args.train} train, {args.gallery} gallery, {args.query} query) variants at "
-          f"{2 * args.hr_size} px, HR {args.hr_size} px; {len(grid)} query cells ({time.time() - t_start:.0f} s)",
-          flush=True)
+    photos = args.photos or os.path.join(data_dir(), "photos")
+    if not os.path.exists(os.path.join(photos, "manifest.json")):
+        sys.exit(f"no photo corpus at {photos}: run `dsrhn photos` first (about 1 min)")
+    os.makedirs(args.out, exist_ok=True)
+    base = get_preset(args.preset, **parse_set(args.set))
+    steps_total = args.steps or base.epochs * base.steps_per_epoch
+    hr = base.hr_size
+    cells = grid_cells()
 
+    # the data sets, remade when their settings change
+    sets = {"instance": {"kind": "photos", "root": os.path.join(photos, "train"), "test_root": os.path.join(photos, "test"),
+                         "query_views": args.query_views, "gallery_views": args.gallery_views, "seed": 0}}
+    labelled = os.path.join(photos, "labelled", "gcompris-categorization")
+    if not args.no_labelled and os.path.isdir(labelled):
+        sets["labelled"] = {"kind": "directory", "root": labelled, "rule": "per-class", "query_per_class": 8,
+                            "train_per_class": 16, "seed": 0}
+    data_code = code_digest(dirs=("components", "dsrhn"))
+    for name, spec in sets.items():
+        folder = os.path.join(args.out, name)
+        made = os.path.join(folder, "made-from.json")
+        want = {"spec": spec, "hr": hr, "cells": cells, "code": data_code}
+        if not (os.path.exists(made) and json.load(open(made)) == json.loads(json.dumps(want))):
+            shutil.rmtree(folder, ignore_errors=True)
+            print(run_ingest(spec, os.path.join(folder, "examples"), hr, LRConfig(scale=4)).console(), flush=True)
+            for cell, fields in cells.items():
+                derive_query_set(os.path.join(folder, "examples"), os.path.join(folder, "grid", cell), LRConfig(**fields))
+            with open(made, "w") as f:
+                json.dump(want, f)
+            print(f"{name}: {len(cells)} query cells ({time.time() - t_start:.0f} s)", flush=True)
+
+    code = code_digest((os.path.abspath(__file__), os.path.join(os.path.dirname(os.path.abspath(__file__)), "degradation_grid.py")))
+    variants = {}
+    for v in args.variant:
+        name, _, fields = v.partition(":")
+        parent = next((r for r in sorted(ROWS, key=len, reverse=True) if name.startswith(r)), None)
+        if parent is None:
+            sys.exit(f"--variant {v}: its name must start with a row name ({', '.join(ROWS)})")
+        variants[name] = (f"{ROWS[parent][0]} [{fields}]", ROWS[parent][1], parse_set(fields.split(",")))
+        ROW_NAMES[name] = variants[name][0]
+    rows = {k: ROWS[k] for k in args.rows.split(",") if k} | variants
+    cache = RowCache(os.path.join(args.out, "results.json"))
     results = {}
-    steps_per_epoch = max(1, args.steps // args.epochs)
-    for backbone in args.backbones.split(","):
-        for mode in MODES:
-            key = f"{backbone}/{mode}"
-            preset = get_preset("cpu", mode=mode, hashnet=backbone, hr_size=args.hr_size, bits=args.bits,
-                                epochs=args.epochs, steps_per_epoch=steps_per_epoch, batch_size=args.batch_size)
-            run_dir = os.path.join(args.out, backbone, mode)
-            trained = train_model(examples, json.loads(json.dumps(preset.to_dict())), run_dir)
-            scored = score_model(trained["model"], examples, cell_dirs, args.topk, os.path.join(run_dir, "ap"),
-                                 mode == "hashnet-hr")
-            results[key] = {"train_seconds": trained["train_seconds"], **scored}
-            print(f"{key}: trained in {trained['train_seconds']:.0f} s; "
-                  + ", ".join(f"{c} {r['map']:.3f}" for c, r in list(scored["cells"].items())[:3]) + " ...", flush=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    for set_name in sets:
+        folder = os.path.join(args.out, set_name)
+        examples = os.path.join(folder, "examples")
+        cell_dirs = {c: os.path.join(folder, "grid", c) for c in cells}
+        epochs = base.epochs
+        per_epoch = max(1, steps_total // epochs)
+        sr_epochs = base.sr_warmup_epochs or epochs
+        sr_per_epoch = max(1, (args.sr_steps or sr_epochs * base.steps_per_epoch) // sr_epochs)
+        stage1_preset = base.replace(mode="two-stage", sr_warmup_epochs=sr_epochs, steps_per_epoch=sr_per_epoch)
+        stage1_key = row_key({"preset": stage1_preset.to_dict(), "data": set_name}, code)
+        stage1_weights = os.path.join(folder, f"sr-stage-{stage1_key}.srnet.weights.h5")
+        tasks, after_stage1, set_results = [], [], {}
+        for key, (_, mode, overrides) in rows.items():
+            preset = base.replace(mode=mode, epochs=epochs, steps_per_epoch=per_epoch).replace(**overrides)
+            if mode in SR_ROWS:
+                preset = preset.replace(srnet_weights=stage1_weights)
+            rk = row_key({"preset": preset.to_dict(), "data": set_name, "topk": args.topk}, code)
+            cached = cache.get(f"{set_name}/{key}", rk)
+            if cached:
+                set_results[key] = cached
+                continue
+            run_dir = os.path.join(folder, key)
+            score = (1, ("score", key, rk), score_row, (os.path.join(run_dir, "model"), examples, cell_dirs, args.topk,
+                                                       os.path.join(run_dir, "ap"), mode == "hashnet-hr"), [])
+            task = (0, ("train", key, rk), train_row, (examples, json.loads(json.dumps(preset.to_dict())), run_dir), [score])
+            (after_stage1 if mode in SR_ROWS and not os.path.exists(stage1_weights) else tasks).append(task)
+        if after_stage1:
+            tasks.append((0, ("stage1", "sr", stage1_key), train_sr_stage,
+                          (examples, json.loads(json.dumps(stage1_preset.to_dict())), os.path.join(folder, "sr-stage"),
+                           stage1_weights), after_stage1))
+        trained: dict = {}
+
+        def on_done(name, out, set_name=set_name, set_results=set_results, trained=trained):
+            what, key, rk = name
+            if what == "stage1":
+                print(f"{set_name}: photo SR stage trained ({out['seconds']:.0f} s)", flush=True)
+            elif what == "train":
+                trained[key] = out
+                print(f"{set_name}/{key}: trained in {out['train_seconds']:.0f} s", flush=True)
+            else:
+                set_results[key] = cache.put(f"{set_name}/{key}", rk, {**trained.pop(key), "score": out})
+                print(f"{set_name}/{key}: scored ({out['score_seconds']:.0f} s)", flush=True)
+
+        runner = Runner(1)
+        try:
+            runner.run(tasks, on_done)
+        finally:
+            runner.close()
+        results[set_name] = set_results
 
     minutes = (time.time() - t_start) / 60
-    print(f"\n## Real photos: mAP@{args.topk}, {len(PHOTOS)} photos, {args.bits} bits, {args.steps} steps per row "
-          f"({time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, {minutes:.1f} min)\n")
-    names = list(grid)
-    print("| row | train s | " + " | ".join(names) + " | mean |")
-    print("|---|---|" + "---|" * (len(names) + 1))
-    for backbone in args.backbones.split(","):
-        for mode, label in MODES.items():
-            r = results[f"{backbone}/{mode}"]
-            if mode == "hashnet-hr":
-                hr = r["cells"]["HR"]["map"]
-                vals = [hr] * len(names)
-            else:
-                vals = [r["cells"][c]["map"] for c in names]
-            print(f"| {BACKBONES[backbone]} {label} | {r['train_seconds']:.0f} | "
-                  + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} |")
-        lr, ds = results[f"{backbone}/hashnet-lr"], results[f"{backbone}/dsrhn"]
-        hr = results[f"{backbone}/hashnet-hr"]["cells"]["HR"]["map"]
-        closures = []
-        for c in names:
-            gap = hr - lr["cells"][c]["map"]
-            closures.append((ds["cells"][c]["map"] - lr["cells"][c]["map"]) / gap if gap > 1e-9 else float("nan"))
-        print(f"| {BACKBONES[backbone]} DSRHN gap closure | | " + " | ".join(f"{v:+.2f}" for v in closures)
-              + f" | {np.nanmean(closures):+.2f} |")
-    if "small/hashnet-lr" in results and "mobilenetv2/hashnet-lr" in results:
-        for mode, label in MODES.items():
-            a, b = results[f"small/{mode}"]["cells"], results[f"mobilenetv2/{mode}"]["cells"]
-            diffs = [b[c]["map"] - a[c]["map"] for c in (["HR"] if mode == "hashnet-hr" else names)]
-            print(f"pretrained - scratch, {label}: min {min(diffs):+.3f}, mean {np.mean(diffs):+.3f}")
+    print(f"\n## Real photos ({time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, {minutes:.1f} min "
+          f"this run; preset {args.preset}, HR {hr} px, {base.bits} bits, {steps_total} HashNet steps per row)")
+    order = [r for r in list(ROWS) + list(variants) if r in rows]
+    summary = {}
+    for set_name, res in results.items():
+        title = ("(a) instance retrieval on held-out photos" if set_name == "instance"
+                 else "(b) labelled retrieval, GCompris categorisation (5 classes)")
+        summary[set_name] = print_grid(title, res, order, list(cells), args.topk)
+        if set_name == "instance":
+            print_sr_quality(res, list(cells))
+        hr_ref = res.get("hashnet-hr", {}).get("score", {}).get("hr_query_map")
+        print_rows(res, order, hr_ref)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from components import metrics
+from dsrhn.health import code_health
 from dsrhn.records import DatasetInfo, read_split_raw
 
 AP_FILE = "per_query_ap.npz"  # per-query AP@topk (lr_query, hr_query) and query ids, in query order
@@ -169,6 +170,10 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     g = encode_split(examples_uri, "gallery", "hr", enc.gallery_outputs if enc.multi_level else enc.gallery,
                      batch_size, info)
     q_hr = encode_split(queries_uri, "query", "hr", enc.gallery, batch_size, q_info)
+    # the same HashNet on the LR queries brought to HR size by bicubic alone (encode_hr resizes): what the
+    # model's super-resolution adds over no SR at all
+    q_bic = (encode_split(queries_uri, "query", "lr", enc.gallery, batch_size, q_info)
+             if enc.meta.get("query_path") in ("sr", "fsr") else None)
     encode_seconds = time.time() - t0
     report = {
         "model": model_dir, "examples": examples_uri, "queries_from": queries_uri, "query_lr": q_info.lr,
@@ -177,13 +182,17 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
         "lr_query": retrieval_numbers(q, g, bits, topk, curves),
         "hr_query": retrieval_numbers(q_hr, g, bits, topk, curves),
         "encode_seconds": encode_seconds,
+        "code_health": code_health(g.codes, bits).to_dict(),
     }
+    if q_bic is not None:
+        report["bicubic_query"] = retrieval_numbers(q_bic, g, bits, topk, curves=False)
     report["map"] = report["lr_query"][f"map@{topk}"]
     if enc.multi_level:  # the same queries through the two-stage search
         report["lr_query"]["rerank"] = rerank_numbers(q, g, bits, topk, float(enc.meta["local"]["rerank_weight"]))
     os.makedirs(out_dir, exist_ok=True)
     np.savez(os.path.join(out_dir, AP_FILE), ids=np.array(q.ids), lr_query=report["lr_query"].pop("ap"),
-             hr_query=report["hr_query"].pop("ap"))
+             hr_query=report["hr_query"].pop("ap"),
+             **({"bicubic_query": report["bicubic_query"].pop("ap")} if q_bic is not None else {}))
     if enc.meta["query_input"] == "lr":  # the image the code network sees of an LR query (SR or bicubic)
         report["sr_quality"] = sr_quality(queries_uri, enc, q_info)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
@@ -205,9 +214,16 @@ def markdown_summary(report: dict) -> str:
     lines = [f"# Retrieval report: {report['mode']}, {report['bits']} bits",
              "", f"{report['queries']} queries, {report['gallery']} gallery images.", "",
              f"| queries | mAP@{k} | mAP@{k} (skip empty) | mAP@all | P@r<=2 |", "|---|---|---|---|---|"]
+    if "bicubic_query" in report:
+        rows.insert(1, ("LR query, bicubic to HR size through the same HashNet (no SR)", report["bicubic_query"]))
     for name, r in rows:
         extra = [f"{r[f]:.4f}" if f in r else "-" for f in ("map@all", "precision_radius2")]
         lines.append(f"| {name} | {r[f'map@{k}']:.4f} | {r[f'map@{k}_skip_empty']:.4f} | {' | '.join(extra)} |")
+    health = report.get("code_health")
+    if health:
+        lines += ["", f"Gallery codes: {health['distinct']} distinct of {health['images']}, "
+                      f"{len(health['constant_bits'])} constant bits of {health['bits']}."
+                  + "".join(f"\n**Warning:** {p}." for p in health["problems"])]
     if "rerank" in report["lr_query"]:
         lines += ["", f"Multi-level re-ranking ({rows[0][0]}): global top-N re-ranked with the local codes.", "",
                   f"| shortlist N | mAP@{k} | vs global only |", "|---|---|---|"]

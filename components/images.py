@@ -98,6 +98,29 @@ def prepare_hr(img: Image.Image, hr_size: int, resample=Image.BICUBIC) -> Image.
     return img.crop((left, top, left + hr_size, top + hr_size))
 
 
+def source_image(img: Image.Image, side: int) -> Image.Image:
+    """A photo with its shorter side brought to `side` px, aspect kept (antialiased bicubic; a smaller photo is
+    kept as it is): what an instance dataset stores to draw views from (dsrhn/views.py)."""
+    w, h = img.size
+    if min(w, h) <= side:
+        return img
+    s = side / min(w, h)
+    return img.resize((max(side, round(w * s)), max(side, round(h * s))), Image.BICUBIC, reducing_gap=3.0)
+
+
+def photo_view(img: Image.Image, side: int, hr_size: int, views, item_id: str, seed: int = 0) -> Image.Image:
+    """A stored view of a photo (an instance dataset's query and gallery records): dsrhn.views.random_view of
+    its source image, seeded by (seed, item id), as an 8-bit RGB image."""
+    import tensorflow as tf
+
+    from dsrhn.views import random_view
+
+    src = np.asarray(source_image(img, side), np.uint8)
+    s = item_seed(seed, item_id)
+    out = random_view(tf.constant(src), tf.constant([s & 0x7FFFFFFF, s >> 33], tf.int64), hr_size, views)
+    return Image.fromarray(np.round(out.numpy() * 255.0).astype(np.uint8), "RGB")
+
+
 def item_seed(seed: int, item_id: str) -> int:
     """A per-item seed stable across processes and runs (Python's hash() is salted)."""
     digest = hashlib.sha256(f"{seed}:{item_id}".encode("utf-8")).digest()
@@ -124,7 +147,22 @@ def make_lr(hr: Image.Image, cfg: LRConfig, item_id: str) -> Image.Image:
     return img
 
 
+def preview_jpeg(img: Image.Image, side: int | None = None, quality: int = 85) -> bytes:
+    """A small JPEG of an image for people to look at (the index's previews): its longer side at most `side`
+    px (dsrhn.contracts.PREVIEW_SIDE), aspect kept, never enlarged."""
+    from dsrhn.contracts import PREVIEW_SIDE
+
+    side = side or PREVIEW_SIDE
+    thumb = img.convert("RGB")
+    if max(thumb.size) > side:
+        thumb = thumb.copy()
+        thumb.thumbnail((side, side), Image.LANCZOS, reducing_gap=3.0)
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
 def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    img.save(buf, format="PNG", compress_level=1, icc_profile=None)  # pixels are taken as sRGB everywhere
     return buf.getvalue()

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from components import sources
-from components.images import ImageError, encode_png, load_image, make_lr, prepare_hr
+from components.images import ImageError, encode_png, load_image, make_lr, photo_view, prepare_hr, source_image
 from components.masks import item_mask
 from dsrhn.atomic import remove_stale, swap_into_place, temp_path
 from dsrhn.config import LRConfig
@@ -38,6 +38,7 @@ def build_source(spec: dict) -> sources.Source:
         "list": sources.list_source,
         "coco": lambda **kw: sources.coco_source([tuple(p) for p in kw.pop("pairs")], **kw),
         "directory": lambda **kw: sources.directory_source(kw.pop("root"), **kw),
+        "photos": lambda **kw: sources.photo_source(kw.pop("root"), **kw),
     }
     if kind not in builders:
         raise ValueError(f"unknown source kind {kind!r}; choose one of {sorted(builders)}")
@@ -59,8 +60,10 @@ class ProcessItem(beam.DoFn):
     REJECTED = "rejected"
     WRITTEN = "written"
 
-    def __init__(self, hr_size: int, lr: LRConfig, masks: bool = False, total: int = 0, share: float = 1.0):
+    def __init__(self, hr_size: int, lr: LRConfig, masks: bool = False, total: int = 0, share: float = 1.0,
+                 source_side: int = 0, views: dict | None = None):
         self.hr_size, self.lr, self.masks, self.total, self.share = hr_size, lr, masks, total, share
+        self.source_side, self.views = source_side, dict(views or {})
 
     def setup(self):
         from dsrhn.progress import Progress
@@ -87,9 +90,17 @@ class ProcessItem(beam.DoFn):
         yield beam.pvalue.TaggedOutput(self.WRITTEN, item.id)
 
     def _records(self, item: sources.SourceItem) -> list:
+        from dsrhn.config import Views
+
         img = source_pixels(item.ref)
-        hr = prepare_hr(img, self.hr_size)
+        if item.view >= 0:  # a random view of the photo (instance datasets), seeded by its id
+            hr = photo_view(img, self.source_side, self.hr_size, Views(**self.views), item.id, self.lr.seed)
+        else:
+            hr = prepare_hr(img, self.hr_size)
         lr = make_lr(hr, self.lr, item.id)
+        source_png = None
+        if self.source_side and "train" in item.splits:  # training draws its own views of the photo
+            source_png = encode_png(source_image(img, self.source_side))
         mask_png = None
         if self.masks:  # the same crop and resize as HR, nearest-neighbour
             try:
@@ -98,7 +109,8 @@ class ProcessItem(beam.DoFn):
                 raise ImageError(f"unreadable segmentation: {e}") from None
             mask_png = encode_png(prepare_hr(mask, self.hr_size, Image.NEAREST))
         hr_png, lr_png = encode_png(hr), encode_png(lr)
-        return [(role, make_example(item.id, role, hr_png, lr_png, list(item.labels), mask_png).SerializeToString())
+        return [(role, make_example(item.id, role, hr_png, lr_png, list(item.labels), mask_png,
+                                    source_png if role == "train" else None).SerializeToString())
                 for role in item.splits]
 
 
@@ -137,7 +149,8 @@ def build_ingest_pipeline(p: beam.Pipeline, source: sources.Source, hr_size: int
                           examples_uri: str, report_path: str, share: float = 1.0) -> None:
     """Add the ingestion transforms to pipeline `p`."""
     results = (p | "Items" >> beam.Create(source.items, reshuffle=False)
-               | "Process" >> beam.ParDo(ProcessItem(hr_size, lr, source.masks, len(source.items), share))
+               | "Process" >> beam.ParDo(ProcessItem(hr_size, lr, source.masks, len(source.items), share,
+                                                    source.source_side, source.views))
                .with_outputs(ProcessItem.REJECTED, ProcessItem.WRITTEN, main="records"))
     records = results.records
     by_role = records | "ByRole" >> beam.Partition(lambda kv, n: SPLITS.index(kv[0]), len(SPLITS))
@@ -185,6 +198,8 @@ def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report
     from dsrhn.progress import beam_workers
 
     source = build_source(spec)
+    if source.name == "photos" and not source.source_side:  # views are drawn from the photo at 4x the HR side
+        source.source_side = 4 * hr_size
     local = "://" not in examples_uri
     final = examples_uri.rstrip("/")
     work = temp_path(final) if local else examples_uri
@@ -203,7 +218,8 @@ def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report
             report = json.loads(f.read())
         DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
                     scale=lr.scale, lr=asdict(lr), counts=report["per_split"],
-                    multi_label=any(sum(it.labels) > 1 for it in source.items), masks=source.masks).write(work)
+                    multi_label=any(sum(it.labels) > 1 for it in source.items), masks=source.masks,
+                    source_side=source.source_side).write(work)
         if local:
             swap_into_place(work, final)
     except BaseException:

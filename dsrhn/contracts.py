@@ -22,7 +22,9 @@ Index manifest (`<model>/index/manifest.json`), written by `dsrhn index`, checke
     approximate index against exact search), count, label_names, files ({name: sha256} of every file the
     index reads), milvus ({uri, collection, index_type}, backend milvus), code_layout, created,
     local (multi-level models: {file, count, word_bytes, bits, rerank_weight}; `local.npy`, uint8
-    [rows, R, 2, word_bytes] local codes + bit selection, memory-mapped by the server to re-rank a shortlist)
+    [rows, R, 2, word_bytes] local codes + bit selection, memory-mapped by the server to re-rank a shortlist),
+    previews ({file, offsets, format, max_side, count, bytes}: each row's preview JPEG, packed with offsets,
+    served under the model's version; absent with `dsrhn index --no-previews`)
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ ID_BYTES_FILE = "ids.bin"  # the gallery ids, UTF-8, concatenated
 ID_OFFSETS_FILE = "ids.offsets.npy"  # uint64 [count + 1]: row r's id is ids.bin[off[r]:off[r+1]]
 LOCAL_FILE = "local.npy"  # multi-level models: uint8 [count, R, 2, W], local codes + bit selection per row
 LABELS_FILE = "labels.npy"  # uint8 [count, ceil(L / 8)]: row r's labels as bits over label_names, MSB first
+PREVIEWS_FILE = "previews.bin"  # row r's preview (a small JPEG) is previews.bin[off[r]:off[r+1]]
+PREVIEW_OFFSETS_FILE = "previews.offsets.npy"  # uint64 [count + 1]
+PREVIEW_SIDE = 128  # a preview's longer side at most (px)
 MANIFEST_FILE = "manifest.json"
 INDEX_FORMAT = 2
 KERNEL_BYTES = (4, 8, 16, 20, 32, 64)  # code widths faiss has specialised Hamming kernels for

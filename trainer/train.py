@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from dsrhn.config import Preset
 from dsrhn.degrade import degrade, example_seed, to_hr_space
 from dsrhn.records import DatasetInfo, read_split
 from dsrhn.registry import get_method
+from dsrhn.views import random_view, view_seed
 
 
 def build_method(preset: Preset, info: DatasetInfo | None = None):
@@ -134,20 +136,42 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
                      info: DatasetInfo | None = None, masks: bool = False) -> tf.data.Dataset:
     """Batches {hr, lr_up, labels[, mask]} for epochs [first_epoch, last_epoch): epoch e is shuffled with
     seed+e, and a blind LR is drawn from a stateless seed of (seed, e, position in the epoch), so a
-    resumed run sees exactly the batches an uninterrupted run would have."""
+    resumed run sees exactly the batches an uninterrupted run would have. In an instance dataset (photos,
+    DatasetInfo.source_side) every photo taken into a batch gives `views.per_photo` fresh random views of
+    itself (dsrhn/views.py), seeded the same way; they share its label, so they are each other's positives."""
+    info = info or DatasetInfo.read(examples_uri)
     hr_size, blind = preset.hr_size, preset.blind
-    keep = ("hr", "lr", "labels") + (("mask",) if masks else ())
-    base = read_split(examples_uri, "train", info).map(lambda r: {k: r[k] for k in keep}).cache()
+    instances = info.source_side > 0
+    keep = ("hr", "lr", "labels") + (("mask",) if masks else ()) + (("source",) if instances else ())
+    base = read_split(examples_uri, "train", info).map(lambda r: {k: r[k] for k in keep})
+    if instances:
+        if not blind:
+            raise ValueError("an instance dataset (photos) trains on views drawn afresh from each photo, so its LR "
+                             "must be drawn too: use degradation kind blind, not fixed")
+        if preset.batch_size % preset.views.per_photo:
+            raise ValueError(f"batch_size {preset.batch_size} is not a multiple of views.per_photo "
+                             f"{preset.views.per_photo}: a photo's views must share a batch")
+        base = base.map(lambda r: {"labels": r["labels"], "source": r["source"]})  # PNG bytes: decoded per use
+    base = base.cache()
+    buffer = 1024 if instances else 4096  # an instance record holds a whole photo
 
     def fixed_lr(r):
         return {**{k: r[k] for k in keep if k != "lr"}, "lr_up": to_hr_space(r["lr"], hr_size)}
 
     def blind_lr(i, r, e):
         lr = degrade(r["hr"], example_seed(preset.seed, e, i), preset.degradation)
-        return {**{k: r[k] for k in keep if k != "lr"}, "lr_up": to_hr_space(lr, hr_size)}
+        return {**{k: r[k] for k in keep if k not in ("lr", "source")}, "lr_up": to_hr_space(lr, hr_size)}
+
+    def photo_views(i, r, e):
+        per = preset.views.per_photo
+        source = tf.io.decode_png(r["source"], channels=3)
+        hr = tf.stack([random_view(source, view_seed(preset.seed, e, i, v), hr_size, preset.views) for v in range(per)])
+        return tf.data.Dataset.from_tensor_slices({"hr": hr, "labels": tf.tile(r["labels"][None], [per, 1])})
 
     def epoch(e):
-        ds = base.shuffle(4096, seed=preset.seed + e, reshuffle_each_iteration=True).repeat()
+        ds = base.shuffle(buffer, seed=preset.seed + e, reshuffle_each_iteration=True).repeat()
+        if instances:
+            ds = ds.enumerate().flat_map(lambda i, r: photo_views(i, r, e))
         if blind:
             ds = ds.enumerate().map(lambda i, r: blind_lr(i, r, e), num_parallel_calls=tf.data.AUTOTUNE,
                                     deterministic=True)
@@ -295,6 +319,19 @@ class TrainResult:
     history: dict  # phase -> {metric: [per-epoch values]}
     seconds: float
     resumed_from: int
+    health: dict | None = None  # dsrhn.health of the trained codes of training images (collapse check)
+
+
+def trained_code_health(trainer: Trainer, examples_uri: str, info: DatasetInfo, limit: int = 512) -> dict:
+    """The collapse check (dsrhn/health.py) on the codes of up to `limit` training images' HR (the gallery
+    path), after training: constant bits and the share of distinct codes."""
+    from dsrhn.health import code_health
+
+    codes = []
+    for batch in read_split(examples_uri, "train", info).take(limit).batch(128):
+        v = trainer.method.code_logits(trainer.nets, batch["hr"])
+        codes.append(np.where(np.asarray(tf.cast(v, tf.float32)) >= 0, 1, -1).astype(np.int8))
+    return code_health(np.concatenate(codes)).to_dict()
 
 
 def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1, tensorboard: bool = True,
@@ -311,9 +348,11 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
                          f"re-ingest with --hr-size {preset.hr_size} or pick another preset")
     strategy = configure_devices(preset)
     n_train = int(info.counts.get("train", 0))  # written by ingestion
-    steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train // preset.batch_size)
-    if n_train < preset.batch_size:
-        raise ValueError(f"{n_train} training records is fewer than one batch of {preset.batch_size}")
+    per_record = preset.views.per_photo if info.source_side else 1  # an instance dataset: views per photo
+    steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train * per_record // preset.batch_size)
+    if n_train * per_record < preset.batch_size:
+        raise ValueError(f"{n_train} training records is fewer than one batch of {preset.batch_size}"
+                         + (f" ({per_record} views each)" if per_record > 1 else ""))
     method = build_method(preset, info)
     with strategy.scope():
         trainer = Trainer(method, steps)
@@ -348,4 +387,8 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
                               verbose=verbose)
             history[phase] = {k: [float(x) for x in v] for k, v in fit.history.items()}
         offset += epochs
-    return TrainResult(trainer, history, time.time() - t0, done)
+    seconds = time.time() - t0
+    health = trained_code_health(trainer, examples_uri, info)
+    for problem in health["problems"]:
+        print(f"warning: collapsed codes after training: {problem}", file=sys.stderr, flush=True)
+    return TrainResult(trainer, history, seconds, done, health)
