@@ -158,6 +158,8 @@ def print_side_by_side(results: dict, cell_names: list[str]) -> None:
         p = results["dsrhn"]["cells"][cell]["psnr"] if "dsrhn" in results else None
         psnr = f"{p['psnr_y']:.2f} / {p['bicubic_psnr_y']:.2f}" if p else "-"
         print(f"| {cell} | {row}{text} | {psnr} |")
+    print("\nRows computed: " + "; ".join(f"{n} {results[k].get('computed', '?')} ({results[k].get('key', '?')})"
+                                          for k, n in rows))
 
 
 def print_tables(results: dict, cell_names: list[str], args, minutes: float) -> None:
@@ -169,7 +171,9 @@ def print_tables(results: dict, cell_names: list[str], args, minutes: float) -> 
     for key, name, _, _ in MODELS[:-1]:
         if key not in results:
             continue
-        print(f"\n{name}  (train {results[key]['train_seconds']:.0f} s)")
+        r = results[key]
+        print(f"\n{name}  (train {r['train_seconds']:.0f} s; computed {r.get('computed', '?')} on {r.get('host', '?')}, "
+              f"key {r.get('key', '?')})")
         print("| cell | mAP | closure [90% CI] | PSNR-Y SR / bicubic |")
         print("|---|---|---|---|")
         closures, above = [], 0
@@ -231,28 +235,35 @@ def main() -> None:
         print(f"query sets: {len(ingest['cells'])} cells of {args.n_query} ({time.time() - t_start:.0f} s)", flush=True)
     cell_dirs = {c: (os.path.join(args.out, "grid", c) if f else examples) for c, f in ingest["cells"].items()}
 
-    results_path = os.path.join(args.out, "results.json")
-    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    from cache import RowCache, code_digest, row_key
+
+    # every cached row, stage 1 and FSR HashNet is keyed on its settings and the code (benchmarks/cache.py): a
+    # row made with other settings or another code version is recomputed, never reused silently
+    code = code_digest((os.path.abspath(__file__), os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                "reproduce_table1.py")))
+    cache = RowCache(os.path.join(args.out, "results.json"))
+    results = {}
     wanted = args.models.split(",")
     steps_per_epoch = max(1, args.steps // args.epochs)
     stage1_steps = args.stage1_steps or 2 * args.steps
+    data_key = row_key({"ingest": ingest, "topk": args.topk}, code)
 
     def stage1_weights(kind: str) -> str:
-        return os.path.join(args.out, f"stage1-{kind}.srnet.weights.h5")
+        key = row_key({"data": data_key, "kind": kind, "epochs": args.epochs, "steps": stage1_steps}, code)
+        return os.path.join(args.out, f"stage1-{kind}-{key}.srnet.weights.h5")
 
     def fsr_hashnet(hash_on: str) -> str:
-        return os.path.join(args.out, f"fsr-hash-{hash_on.replace('+', '')}-{args.bits}.hashnet.weights.h5")
+        key = row_key({"data": data_key, "hash_on": hash_on, "bits": args.bits, "epochs": args.epochs,
+                       "steps": steps_per_epoch}, code)
+        return os.path.join(args.out, f"fsr-hash-{hash_on.replace('+', '')}-{args.bits}-{key}.hashnet.weights.h5")
 
     after_fsr_hash: dict = {}
 
-    def save():
-        with open(results_path, "w") as f:
-            json.dump(results, f, indent=2)
-
     tasks_by_kind: dict = {"blind": [], "fixed": []}
     independent = []
+    row_keys = {}
     for key, name, mode, kind in MODELS:
-        if key not in wanted or key in results:
+        if key not in wanted:
             continue
         stage1 = stage1_weights(kind)
         preset = get_preset("cpu", mode=mode, bits=args.bits, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
@@ -262,6 +273,11 @@ def main() -> None:
         hash_on = FSR_OPTIONS.get(key, {}).get("hash_on", "hr")
         if mode == "fsr-gan":
             preset = preset.replace(options={**FSR_OPTIONS[key], "hashnet_weights": fsr_hashnet(hash_on)})
+        row_keys[key] = row_key({"data": data_key, "preset": preset.to_dict()}, code)
+        cached = cache.get(key, row_keys[key])
+        if cached:
+            results[key] = cached
+            continue
         run_dir = os.path.join(args.out, key)
         shutil.rmtree(run_dir, ignore_errors=True)
         score = (1, ("score", key), score_model, (os.path.join(run_dir, "model"), examples, cell_dirs, args.topk,
@@ -287,18 +303,15 @@ def main() -> None:
     def on_done(task_name, out: dict) -> None:
         what, key = task_name
         if what == "stage1":
-            results[f"stage1-{key}_seconds"] = out["seconds"]
             print(f"stage 1 ({key}): SRNet by MSE, {stage1_steps} steps ({out['seconds']:.0f} s)", flush=True)
         elif what == "fsr-hash":
-            results[f"fsr-hash-{key}_seconds"] = out["seconds"]
             print(f"FSR rows' HashNet on {key}: {args.steps} steps ({out['seconds']:.0f} s)", flush=True)
         elif what == "train":
             trained[key] = out
             print(f"{key}: trained in {out['train_seconds']:.0f} s", flush=True)
         else:
-            results[key] = {**trained.pop(key), **out}
+            results[key] = cache.put(key, row_keys[key], {**trained.pop(key), **out})
             print(f"{key}: scored {len(out['cells'])} cells ({out['score_seconds']:.0f} s)", flush=True)
-        save()
 
     trained: dict = {}  # trained, not yet scored
     runner = Runner(1)

@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SHORTLISTS = (500, 1000, 5000)
 
@@ -60,15 +61,21 @@ def train(examples: str, out: str, bits: int, steps: int, epochs: int, srnet_wei
     from dsrhn.config import get_preset
     from trainer.task import train_and_export
 
-    model = os.path.join(out, "model")
-    if os.path.exists(os.path.join(model, "saved_model.pb")):
-        return model
     per_epoch = max(1, steps // epochs)
     overrides = {"srnet_weights": srnet_weights} if srnet_weights else {"sr_warmup_epochs": 2 * epochs}
     # bit selection at 1 in the export, so that both the selection and every bit (the default, 0) can be scored:
     # selection only acts at export, and every bit of a valid region is what threshold 0 returns
     preset = get_preset("cpu", mode="multi-level", bits=bits, epochs=epochs, steps_per_epoch=per_epoch,
                         options={"select_threshold": 1.0}, **overrides)
+    from cache import code_digest, row_key
+
+    # a model trained with other settings, data or code is not reused (benchmarks/cache.py)
+    key = row_key({"preset": preset.to_dict(), "examples": json.load(open(os.path.join(out, "ingest.json")))},
+                  code_digest((os.path.abspath(__file__),)))
+    model = os.path.join(out, f"model-{key}")
+    if os.path.exists(os.path.join(model, "saved_model.pb")):
+        print(f"multi-level model {model} reused: trained with these settings and this code", flush=True)
+        return model
     summary = train_and_export(examples, preset, os.path.join(out, "work"), model, verbose=0)
     print(f"trained multi-level ({steps} HashNet steps{', SRNet from ' + srnet_weights if srnet_weights else ''}) "
           f"in {summary['seconds']:.0f} s", flush=True)

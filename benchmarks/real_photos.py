@@ -103,7 +103,7 @@ def score_row(model: str, examples: str, cell_dirs: dict, topk: int, out_dir: st
     ap, _ = average_precisions(q.codes, g.codes, q.labels, g.labels, topk)
     np.save(os.path.join(out_dir, "hr-query.npy"), ap)
     out["hr_query_map"] = float(ap.mean())
-    out["gallery_health"] = code_health(g.codes, int(enc.meta["bits"])).to_dict()
+    out["gallery_health"] = code_health(g.codes, int(enc.meta["bits"]), g.labels).to_dict()
     out["gallery_health"].pop("rare_share")
     return out
 

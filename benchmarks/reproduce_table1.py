@@ -26,6 +26,9 @@ import os
 import platform
 import shutil
 import time
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 ROWS = [("HashNet-LR", "hashnet-lr"), ("Two-stage SR->hash", "two-stage"), ("DSRHN", "dsrhn"), ("HashNet-HR", "hashnet-hr")]
 TABLE2 = [("DCH", "dch"), ("DHN", "dhn"), ("DPSH", "dpsh")]
@@ -253,9 +256,12 @@ def main() -> None:
     # were made with these settings
     stage1_steps = args.stage1_steps or 2 * args.steps
     cpu = get_preset("cpu", **{"degradation.kind": args.degradation})
+    from cache import code_digest
+
     settings = {"steps": args.steps, "epochs": args.epochs, "cpu_preset": json.loads(json.dumps(cpu.to_dict())),
                 "srnet_init": "stage1 (MSE) for two-stage and dsrhn", "hash_batch": "joint [HR; query]",
-                "stage1_steps": stage1_steps, "keys": "mode/loss/bits/seedN", "ingest": ingest}
+                "stage1_steps": stage1_steps, "keys": "mode/loss/bits/seedN", "ingest": ingest,
+                "code": code_digest((os.path.abspath(__file__),))}  # another code version: every row is retrained
     if results.get("_settings") != settings:
         if results:
             print(f"{results_path} was made with other settings; retraining every row", flush=True)
@@ -304,7 +310,9 @@ def main() -> None:
             results["stage1_seconds"] = out["seconds"]
             print(f"stage 1: SRNet by MSE, {stage1_steps} steps ({out['seconds']:.0f} s)", flush=True)
         else:
-            results[key] = {"name": name, **out}
+            from cache import stamp
+
+            results[key] = {"name": name, **out, **stamp()}
             _, loss, bits, seed = key.split("/")
             print(f"{name:<20} {loss:<5} {bits:>2} bits {seed:<6} mAP@{args.topk} {out['map']:.4f}  "
                   f"({out['seconds']:.0f} s)", flush=True)
@@ -340,6 +348,10 @@ def print_tables(results: dict, closures: dict, bits_list: list[int], args, seco
     print(f"\nTable 1 (LR queries; HashNet-HR: HR queries), mAP@{args.topk}, Fashion-MNIST mosaic, cpu preset, "
           f"{args.steps} HashNet steps/run, {platform.node()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"{seconds / 60:.1f} min, {args.jobs} run(s) at a time, seeds 0..{args.seeds - 1}")
+    when = sorted(v["computed"] for v in results.values() if isinstance(v, dict) and "computed" in v)
+    if when:
+        print(f"rows computed {when[0]} .. {when[-1]} on {platform.node()}, all with settings and code "
+              f"{results['_settings']['code']} (another code version retrains every row)")
     print(head)
     print(sep)
     for name, mode in ROWS:

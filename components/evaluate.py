@@ -182,7 +182,7 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
         "lr_query": retrieval_numbers(q, g, bits, topk, curves),
         "hr_query": retrieval_numbers(q_hr, g, bits, topk, curves),
         "encode_seconds": encode_seconds,
-        "code_health": code_health(g.codes, bits).to_dict(),
+        "code_health": code_health(g.codes, bits, g.labels).to_dict(),
     }
     if q_bic is not None:
         report["bicubic_query"] = retrieval_numbers(q_bic, g, bits, topk, curves=False)
@@ -205,6 +205,19 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
         plotting.write_plots(report, out_dir)
         plotting.sample_grid(examples_uri, enc, q, g, info, os.path.join(out_dir, "samples.png"), queries_uri=queries_uri)
     return report
+
+
+def blessing_decision(report: dict, min_map: float, baseline_map: float | None = None) -> list[str]:
+    """Why a model must not be blessed (empty: bless it): its LR-query mAP below the floor `min_map`, below the
+    last blessed model's, or its gallery codes collapsed (dsrhn/health.py: constant bits, too few codes)."""
+    k, new_map = report["topk"], report["map"]
+    reasons = []
+    if new_map < min_map:
+        reasons.append(f"mAP@{k} {new_map:.4f} < threshold {min_map:.4f}")
+    if baseline_map is not None and new_map < baseline_map:
+        reasons.append(f"mAP@{k} {new_map:.4f} < last blessed model's {baseline_map:.4f}")
+    reasons += [f"collapsed codes: {p}" for p in report.get("code_health", {}).get("problems", [])]
+    return reasons
 
 
 def markdown_summary(report: dict) -> str:

@@ -70,21 +70,17 @@ def RetrievalEvaluator(
     min_map: Parameter[float] = 0.0,
 ) -> None:
     """Bless the model when its LR-query mAP@topk >= min_map and >= the last blessed model's."""
-    from components.evaluate import evaluate_model
+    from components.evaluate import blessing_decision, evaluate_model
 
     model_dir = os.path.join(model.uri, "Format-Serving")
     report = evaluate_model(model_dir, examples.uri, evaluation.uri, topk=topk)
     new_map = report["map"]
-    reasons = []
-    if new_map < min_map:
-        reasons.append(f"mAP@{topk} {new_map:.4f} < threshold {min_map:.4f}")
     baseline_map = None
     if baseline_model is not None:
         base_dir = os.path.join(baseline_model.uri, "Format-Serving")
         baseline_map = evaluate_model(base_dir, examples.uri, os.path.join(evaluation.uri, "baseline"), topk=topk,
                                       plots=False)["map"]
-        if new_map < baseline_map:
-            reasons.append(f"mAP@{topk} {new_map:.4f} < last blessed model's {baseline_map:.4f}")
+    reasons = blessing_decision(report, min_map, baseline_map)
     blessed = not reasons
     with open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
         f.write(json.dumps({"map": new_map, "baseline_map": baseline_map, "reasons": reasons}))
@@ -94,7 +90,11 @@ def RetrievalEvaluator(
     if baseline_model is not None:
         blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
     evaluation.set_float_custom_property("map", float(new_map))
+    hr_map = report["hr_query"][f"map@{topk}"]
+    bicubic = report.get("bicubic_query", {}).get(f"map@{topk}")
     print(f"evaluation: LR-query mAP@{topk} = {new_map:.4f}"
+          + (f", bicubic through the same HashNet {bicubic:.4f}" if bicubic is not None else "")
+          + f", HR-query {hr_map:.4f}"
           + (f" (baseline {baseline_map:.4f})" if baseline_map is not None else "")
           + (" -> BLESSED" if blessed else f" -> NOT BLESSED: {'; '.join(reasons)}"))
 

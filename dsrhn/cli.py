@@ -215,7 +215,7 @@ def cmd_serve(args) -> int:
     serve(args.base_dir, args.model_name, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
           limits=InputLimits(args.max_instances, args.max_pixels, args.max_results),
           batching=BatchingConfig(args.batching, args.max_batch_size, args.batch_timeout_ms, args.num_batch_threads),
-          max_inflight=args.max_inflight)
+          max_inflight=args.max_inflight, max_connections=args.max_connections, keep_alive_s=args.keep_alive_seconds)
     return 0
 
 
@@ -226,6 +226,14 @@ def cmd_pipeline(args) -> int:
     overrides = json.loads(args.config) if args.config else {}
     if args.tiny:
         overrides["tiny"] = True
+    if args.photos:
+        from dsrhn.config import data_dir
+
+        corpus = args.photos_dir or os.path.join(data_dir(), "photos")
+        if not os.path.exists(os.path.join(corpus, "manifest.json")):
+            raise FileNotFoundError(f"no photo corpus at {corpus}: run `dsrhn photos` first (about 1 min; Debian "
+                                    "packages via apt-get download, nothing installed)")
+        overrides.update(photos=True, photos_dir=os.path.abspath(corpus))
     if args.home:
         overrides["home"] = os.path.abspath(args.home)
     os.environ["DSRHN_PIPELINE_CONFIG"] = json.dumps(overrides)
@@ -241,6 +249,10 @@ def cmd_pipeline(args) -> int:
             print(f"{key:<18} {out[key]}")
     if "lr_query_map" in out:
         print(f"LR-query mAP@{out['topk']}: {out['lr_query_map']:.4f}")
+        for key, text in (("bicubic_query_map", "LR queries, bicubic through the same HashNet (no SR)"),
+                          ("hr_query_map", "HR queries (the same model)")):
+            if key in out:
+                print(f"{text}: mAP@{out['topk']} {out[key]:.4f}")
     if not out.get("pushed"):
         print("model was NOT blessed, so nothing was pushed (see the evaluation report)")
     print(f"serve it:          dsrhn serve --base-dir {out['serving_base']} --model-name {out['model_name']}")
@@ -384,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixels per image, read from its header before decoding (more: 400)")
     p.add_argument("--max-results", type=int, default=25_600, help="k x images in one :search answer (more: 400)")
     p.add_argument("--max-inflight", type=int, default=64, help="requests answered at once (more: 429)")
+    p.add_argument("--max-connections", type=int, default=1000, help="open connections (more: 503)")
+    p.add_argument("--keep-alive-seconds", type=float, default=5.0, help="an idle keep-alive connection is closed after this")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                    help="gather concurrent requests into one model call and one index search (default on)")
     p.add_argument("--max-batch-size", type=int, default=64, help="images per batched model call")
@@ -397,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="where pipeline root, metadata and serving dir live (default: runs/tfx)")
     p.add_argument("--config", help="JSON of PipelineConfig overrides")
     p.add_argument("--tiny", action="store_true", help="a few hundred images, a few steps (smoke test)")
+    p.add_argument("--photos", action="store_true",
+                   help="the photo main job: real photos from the offline corpus (`dsrhn photos` first), held-out "
+                        "photos as queries, the photo preset; served as model 'photos'")
+    p.add_argument("--photos-dir", help="the corpus for --photos (default: <data>/photos)")
     p.add_argument("--compile-kubeflow", metavar="DIR", help="only compile the Kubeflow V2 / Vertex spec into DIR")
     p.set_defaults(fn=cmd_pipeline)
     return ap

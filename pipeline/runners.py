@@ -60,6 +60,9 @@ def latest_outputs(cfg: PipelineConfig) -> dict:
             report = json.load(f)
         out["lr_query_map"] = report["map"]
         out["topk"] = report["topk"]
+        out["hr_query_map"] = report["hr_query"][f"map@{report['topk']}"]
+        if "bicubic_query" in report:
+            out["bicubic_query_map"] = report["bicubic_query"][f"map@{report['topk']}"]
     pushed = newest("PushedModel")
     if pushed is not None:
         props = pushed.custom_properties

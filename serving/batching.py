@@ -89,6 +89,7 @@ class Batcher:
         for t in self._threads:
             t.start()
         self.batches = self.batched_images = 0  # counters (benchmarks)
+        self.split_batches = 0  # batches of several requests whose model call failed and were re-run one by one
 
     def submit(self, servable, signature: str, images: list[bytes], k: int, rerank=None) -> Answer:
         task = Task(servable, signature, images, k, Future(), rerank)
@@ -146,6 +147,7 @@ class Batcher:
                 located = locate_failure(self.run_model, self.on_error, first.servable, first.signature, first.images, e)
                 first.future.set_exception(self.on_error(located))
                 return
+            self.split_batches += 1
             for t in batch:  # isolate the request that broke the batch
                 self._run([t])
             return

@@ -55,7 +55,6 @@ class Browser:
     def search_file(self, url: str, image_path: str, k: int, timeout: float = 60.0) -> list[str]:
         """Open the page, set k, choose `image_path` in the file input; the ids of the hits shown, in order."""
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import WebDriverWait
 
         d = self.driver

@@ -132,7 +132,7 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
     app = FastAPI(title="dsrhn", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None)
     model = Model(batching)
     app.state.model = model
-    inflight = {"n": 0}
+    inflight = app.state.inflight = {"n": 0}  # requests being answered now
 
     @app.exception_handler(ApiError)
     async def _api_error(_, exc: ApiError):
@@ -487,9 +487,13 @@ class BackgroundServer:
         self.thread.join(10)
 
 
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long
+
+
 def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, poll_seconds: float = 5.0,
           limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
-          max_inflight: int = MAX_INFLIGHT) -> None:
+          max_inflight: int = MAX_INFLIGHT, max_connections: int = MAX_CONNECTIONS,
+          keep_alive_s: float = KEEP_ALIVE_S) -> None:
     import uvicorn
 
     store = ModelStore(base_dir, name, poll_seconds=poll_seconds)
@@ -497,4 +501,4 @@ def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, p
     if store.current is None:
         print(f"warning: no loadable version under {store.model_dir} yet; polling every {poll_seconds}s")
     uvicorn.run(create_app(store, limits=limits, batching=batching, max_inflight=max_inflight), host=host, port=port,
-                log_level="info", timeout_keep_alive=5, limit_concurrency=MAX_CONNECTIONS)
+                log_level="info", timeout_keep_alive=keep_alive_s, limit_concurrency=max_connections)

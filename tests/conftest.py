@@ -49,6 +49,17 @@ def trained_model(tmp_path_factory, mosaic_examples, tiny_preset) -> str:
     return export
 
 
+def wait_for(condition, timeout: float = 60.0, what: str = "the condition", every: float = 0.05):
+    """Poll `condition()` until it is true; fail naming `what` after `timeout` seconds (no fixed sleeps)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
 class LiveServer(BackgroundServer):
     """The REST app on a free loopback port, with a 1 MiB body limit for the 413 tests."""
 

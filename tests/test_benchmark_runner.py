@@ -81,3 +81,26 @@ def test_cells_average_seeds_and_gap_closure_uses_per_query_means(bench, tmp_pat
     assert bench.fmt_closure(bench.gap_closure(results, 12)).startswith("n/a")  # HR below LR: no gap
     del results["dsrhn/dpsh/12/seed0"]["ap_file"]  # a run recorded without per-query APs
     assert bench.gap_closure(results, 12) is None
+
+
+def test_benchmark_rows_are_reused_only_with_the_same_settings_and_code(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_cache", os.path.join(os.path.dirname(_PATH), "cache.py"))
+    cache = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cache)
+    src = tmp_path / "code"
+    src.mkdir()
+    (src / "a.py").write_text("x = 1\n")
+    code = cache.code_digest((), dirs=(str(src),))
+    key = cache.row_key({"steps": 720}, code)
+    store = cache.RowCache(str(tmp_path / "results.json"))
+    row = store.put("dsrhn", key, {"map": 0.83})
+    assert row["computed"] and row["host"] and row["key"] == key  # every row says when and where it was made
+    said = []
+    reopened = cache.RowCache(str(tmp_path / "results.json"))
+    assert reopened.get("dsrhn", key)["map"] == 0.83
+    assert reopened.get("dsrhn", cache.row_key({"steps": 360}, code), log=said.append) is None  # other settings
+    (src / "a.py").write_text("x = 2\n")  # other code
+    assert cache.code_digest((), dirs=(str(src),)) != code
+    assert reopened.get("dsrhn", cache.row_key({"steps": 720}, cache.code_digest((), dirs=(str(src),))),
+                        log=said.append) is None
+    assert len(said) == 2 and all("recomputing" in s for s in said)

@@ -32,8 +32,11 @@ def test_pairwise_likelihood_uses_dpsh_convention():
     s_similar = np.ones((2, 2), "f4")
     expected = (sp(-1.0) + 3 * sp(-0.5)) / 4  # -(s*theta - log(1+e^theta)) with s = 1
     assert f(losses.pairwise_likelihood_loss(v, s_similar)) == pytest.approx(expected, rel=1e-5)
-    # the paper's Eq. 6 as printed (s = 0 for similar) would give this instead; we must not
-    assert expected != pytest.approx((sp(1.0) + 3 * sp(0.5)) / 4)
+    # the paper's Eq. 6 as printed (s = 0 for similar) is what the loss gives for a dissimilar pair: the two
+    # conventions differ on these codes, and the function follows DPSH's
+    reversed_value = (sp(1.0) + 3 * sp(0.5)) / 4
+    assert f(losses.pairwise_likelihood_loss(v, np.zeros((2, 2), "f4"))) == pytest.approx(reversed_value, rel=1e-5)
+    assert abs(expected - reversed_value) > 0.1
     big = np.array([[30.0] * 4, [-30.0] * 4], "f4")  # theta = +-1800: stable, no inf/nan
     assert np.isfinite(f(losses.pairwise_likelihood_loss(big, np.eye(2, dtype="f4"))))
 

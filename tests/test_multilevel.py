@@ -172,7 +172,7 @@ def test_two_stage_search_on_either_backend_reads_the_memory_mapped_local_codes(
         np.testing.assert_allclose(res[i]["rerank_distances"], ref_c[i, :5], atol=1e-4)
         assert res[i]["rerank_distances"] == sorted(res[i]["rerank_distances"])
     plain = gindex.answer_results(gallery, outputs, dist, rows, 5, None)
-    assert set(plain[0]) == {"ids", "distances", "labels"}  # without re-ranking: today's answer
+    assert set(plain[0]) == {"ids", "distances", "labels", "rows"}  # without re-ranking: the plain answer
     with pytest.raises(ValueError, match="local codes and their layout"):
         gindex.write_gallery(str(tmp_path / "x"), codes, [f"g{i}" for i in range(n)], np.zeros((n, 0), np.uint8), [],
                              BITS, {"model_fingerprint": "synthetic"}, IndexConfig(), local, None)

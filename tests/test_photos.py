@@ -230,6 +230,12 @@ def test_collapse_check_names_constant_bits_and_few_distinct_codes():
     text = " ".join(code_health(constant).problems())
     assert "48 of 48 bits are constant" in text and "only 1 distinct codes for 200" in text
     few = np.repeat(rng.choice([-1, 1], (20, 48)), 10, axis=0)
-    assert "only 20 distinct codes" in " ".join(code_health(few).problems())
+    assert "only 20 distinct codes for 200 images" in " ".join(code_health(few).problems())
+    classes = np.repeat(np.eye(10), 20, axis=0)  # one code per class is what semantic hashing is for: healthy
+    per_class = np.repeat(rng.choice([-1, 1], (10, 48)), 20, axis=0)
+    assert code_health(per_class, labels=classes).problems() == []
+    merged = per_class.copy()
+    merged[60:] = merged[0]  # 7 of 10 classes share one code
+    assert "only 3 distinct codes for 10 label sets" in " ".join(code_health(merged, labels=classes).problems())
     packed = np.packbits(one_bit > 0, axis=1)  # packed uint8 codes, as indexes store them
     assert code_health(packed, 48).constant_bits == [7]

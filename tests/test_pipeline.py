@@ -58,7 +58,7 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     g = load_index(out["pushed_model"], read_metadata(out["pushed_model"]))
     assert g.count == n_gallery
     report = json.load(open(out["evaluation_report"].replace("report.md", "report.json")))
-    assert 0.0 <= report["map"] <= 1.0 and report["gallery"] == n_gallery
+    assert report["map"] >= cfg.min_map == 0.35 and report["gallery"] == n_gallery and not report["code_health"]["problems"]
     assert os.path.exists(out["evaluation_report"].replace("report.md", "curves.png"))
     n_models = len(store.get_artifacts_by_type("Model"))
 
@@ -88,6 +88,19 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     run([tfx_cli, "run", "create", "--engine", "local", "--pipeline_name", "dsrhn"], tiny_env)
     assert len(store.get_artifacts_by_type("Model")) == n_models
 
+    # a worse model (HashNet and SRNet barely move: the initial weights' codes) is evaluated against the blessed
+    # one and NOT blessed: nothing is pushed, the served version stays
+    worse = {**tiny_env, "DSRHN_PIPELINE_CONFIG": json.dumps(
+        {"tiny": True, "preset_overrides": {"bits": 12, "epochs": 1, "batch_size": 32, "steps_per_epoch": 40,
+                                            "hash_lr": 1e-9, "sr_lr": 1e-9}})}
+    log = run([tfx_cli, "run", "create", "--engine", "local", "--pipeline_name", "dsrhn"], worse)
+    assert len(store.get_artifacts_by_type("Model")) == n_models + 1
+    line = next(x for x in log.splitlines() if "evaluation: LR-query" in x)
+    assert "NOT BLESSED" in line and "< threshold 0.3500" in line and "last blessed model's" in line, line
+    again = latest_outputs(cfg)
+    assert not again["pushed"] and again["lr_query_map"] < report["map"]
+    assert sorted(os.listdir(os.path.join(cfg.serving_dir, cfg.model_name))) == [os.path.basename(out["pushed_model"])]
+
 
 @pytest.mark.parametrize("mode,option", [("pointwise-seg", "seg_epochs"), ("fsr-gan", "hash_epochs")])
 def test_another_registered_method_runs_through_the_same_pipeline(mode, option, tmp_path):
@@ -95,7 +108,7 @@ def test_another_registered_method_runs_through_the_same_pipeline(mode, option, 
     FSR-GAN: three networks, a feature-space query path): the Trainer's run_fn builds the method from
     the registry; evaluation, push and index are unchanged."""
     config = {"preset_overrides": {"mode": mode, "bits": 12, "epochs": 1, "batch_size": 32,
-                                   "steps_per_epoch": 2, f"options.{option}": 1}}
+                                   "steps_per_epoch": 20, f"options.{option}": 1}, "train_steps": 20, "min_map": 0.0}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("DSRHN_PIPELINE_CONFIG", None)
     log = run([os.path.join(BIN, "dsrhn"), "pipeline", "--tiny", "--home", str(tmp_path), "--config", json.dumps(config)],

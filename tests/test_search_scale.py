@@ -11,6 +11,7 @@ import faiss
 import httpx
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from dsrhn.config import IndexConfig
@@ -85,7 +86,12 @@ def test_approximate_factories_report_recall_against_exact_search(tmp_path, trai
     config = IndexConfig(factory=factory, recall_queries=200, recall_k=20, **params)
     m = gindex.write_index(str(model), codes, rows, meta, config=config)
     assert m["factory"] == factory and m["exact"] is False and m["search_params"] == params
-    assert m["recall"]["k"] == 20 and m["recall"]["queries"] == 200 and 0.0 < m["recall"]["recall"] <= 1.0
+    assert m["recall"]["k"] == 20 and m["recall"]["queries"] == 200 and 0.5 < m["recall"]["recall"] <= 1.0
+    if "nprobe" in params:  # every list probed is exact search, one list of 16 is not: the recall shows both
+        assert gindex.write_index(str(model), codes, rows, meta, config=IndexConfig(
+            factory=factory, recall_queries=200, recall_k=20, nprobe=16))["recall"]["recall"] == 1.0
+        assert gindex.write_index(str(model), codes, rows, meta, config=IndexConfig(
+            factory=factory, recall_queries=200, recall_k=20, nprobe=1))["recall"]["recall"] < 0.99
     g = gindex.load_index(str(model), meta)
     if "nprobe" in params:
         assert g.index.nprobe == 4
@@ -133,9 +139,31 @@ def test_milvus_backend_serves_the_same_top_k_as_faiss_and_is_bound_to_its_model
             answers[name] = r.json()["results"]
         finally:
             srv.stop()
-    for a, b in zip(answers["f"], answers["mv"]):
+    g = gindex.load_index(str(faiss_v), read_metadata(str(faiss_v)))
+    enc = tf.saved_model.load(str(faiss_v)).signatures["serving_default"]
+    codes = enc(images=tf.constant([bytes(q) for q in queries]))["codes"].numpy()
+    full_d, full_r = g.search(codes, 48)  # every gallery row's distance, to check Milvus's rows and ids
+    for q, (a, b) in enumerate(zip(answers["f"], answers["mv"])):
         assert a["distances"] == b["distances"]  # same top-k distances (ties may order differently)
-        assert len(b["ids"]) == 10 and all(isinstance(x, str) for x in b["ids"])
+        assert len(b["ids"]) == 10 and len(set(b["ids"])) == 10
+        truth = {g.row(int(r))["id"]: int(d) for d, r in zip(full_d[q], full_r[q])}
+        assert all(truth[i] == d for i, d in zip(b["ids"], b["distances"]))  # each Milvus hit is that row, that id
+        kth = a["distances"][-1]
+        assert {i for i, d in zip(a["ids"], a["distances"]) if d < kth} == \
+            {i for i, d in zip(b["ids"], b["distances"]) if d < kth}  # the same hits above the last distance
+        assert b["rows"] == [next(r for r in range(48) if g.row(r)["id"] == i) for i in b["ids"]]
+    assert "previews" in s.manifest and s.manifest["files"]["previews.bin"]  # previews beside a Milvus index too
+    # each re-index writes a new generation of the collection and keeps the newest two
+    from serving.milvus import connect as _connect
+
+    first = s.manifest["milvus"]["collection"]
+    later = [run_indexing(str(milvus_v), items, beam_args=BEAM, config=IndexConfig(backend="milvus", milvus_uri=uri))
+             .manifest["milvus"]["collection"] for _ in range(2)]
+    client = _connect(uri)
+    kept = sorted(c for c in client.list_collections() if c.startswith(first.rpartition("__")[0] + "__"))
+    client.close()
+    assert kept == sorted(later) and first not in kept
+    s = run_indexing(str(milvus_v), items, beam_args=BEAM, config=IndexConfig(backend="milvus", milvus_uri=uri))
     # the collection replaced by another model's codes: refused like a foreign faiss index; gone: named
     from serving.milvus import connect
 
@@ -194,11 +222,26 @@ def test_batched_serving_matches_unbatched_and_isolates_a_bad_request(tmp_path, 
                 t.start()
             for t in threads:
                 t.join()
-            assert got == expected
+            assert [g["results"] for g in got] == [e["results"] for e in expected]
             if with_bad:
                 assert statuses["bad"][0] == 400 and "decode" in statuses["bad"][1]["error"]
             else:
                 assert batcher.batches - calls < len(queries)  # gathered into fewer model calls
+        # one batch of three requests, the bad one in the middle: the model call fails, the batch is re-run request
+        # by request, the good ones get their answers and only the bad one its 400
+        from concurrent.futures import Future
+
+        from serving.batching import Task
+
+        tasks = [Task(store.current, "serving_default", [q], k, Future()) for q, k in ((queries[0], 5), (bad, 5),
+                                                                                       (queries[1], 6))]
+        split = batcher.split_batches
+        batcher._run(tasks)
+        assert batcher.split_batches == split + 1
+        assert tasks[0].future.result().results == expected[0]["results"]
+        assert tasks[2].future.result().results == expected[1]["results"]
+        with pytest.raises(Exception, match="decode"):
+            tasks[1].future.result()
     finally:
         plain.stop()
         batched.stop()

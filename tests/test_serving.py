@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import shutil
 import threading
-import time
 
 import faiss
 import httpx
@@ -18,7 +17,7 @@ from dsrhn.records import read_split_raw
 from serving import index as gindex
 from serving.indexer import gallery_from_examples, gallery_from_source, run_indexing
 from serving.store import ModelStore
-from tests.conftest import BEAM, LiveServer
+from tests.conftest import BEAM, LiveServer, wait_for
 from trainer.export import export_saved_model
 from trainer.train import build_trainer
 
@@ -207,17 +206,16 @@ def test_version_swap_under_load_loses_no_request(live, base_dir, queries, tmp_p
     threads = [threading.Thread(target=client) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_for(lambda: len(versions) >= 4, what="the clients' first answers")
     # a new version appears: model first, index after (as the pipeline's Pusher + indexer do)
     staging = tmp_path / "v2"
     other_model(staging, tiny_preset)
     run_indexing(str(staging), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16)
     shutil.copytree(staging, base_dir / "dsrhn" / ".staging-2")
     (base_dir / "dsrhn" / ".staging-2").rename(base_dir / "dsrhn" / "2")  # appears atomically
-    deadline = time.time() + 60
-    while store.current.version != 2 and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+    wait_for(lambda: store.current.version == 2, what="version 2 to be served")
+    seen = len(versions)
+    wait_for(lambda: len(versions) >= seen + 4, what="answers after the swap")
     stop.set()
     for t in threads:
         t.join(60)
@@ -230,7 +228,7 @@ def test_version_swap_under_load_loses_no_request(live, base_dir, queries, tmp_p
     other_model(tmp_path / "v3", tiny_preset.replace(bits=12))
     shutil.copytree(tmp_path / "v3", bad)
     shutil.copytree(base_dir / "dsrhn" / "2" / "index", bad / "index")
-    time.sleep(1.5)
+    wait_for(lambda: 3 in store.status, what="version 3 to be tried")
     assert store.current.version == 2
     st = httpx.get(f"{srv.url}/v1/models/dsrhn/versions/3").json()["model_version_status"][0]
     assert st["state"] == "UNAVAILABLE" and st["status"]["error_code"] == "FAILED_PRECONDITION"

@@ -172,6 +172,54 @@ def test_resuming_a_different_run_is_refused_and_restart_discards_it(mosaic_exam
     assert fresh.resumed_from == 0 and list(fresh.history) == ["alternate"]
 
 
+def test_other_data_of_the_same_shape_is_not_resumed_on(mosaic_examples, tiny_preset, tmp_path):
+    """The run identity holds a fingerprint of the training records, not only their counts and names: the same
+    source, counts and sizes drawn with another seed are another run."""
+    import shutil
+
+    from components.ingest import run_ingest
+    from dsrhn.config import LRConfig
+    from dsrhn.records import DatasetInfo
+    from tests.conftest import BEAM
+
+    other = str(tmp_path / "other")
+    run_ingest({"kind": "fashion-mnist-mosaic", "n_train": 96, "n_query": 16, "n_gallery": 48, "seed": 5}, other, 56,
+               LRConfig(scale=4), beam_args=BEAM)
+    a, b = DatasetInfo.read(mosaic_examples), DatasetInfo.read(other)
+    assert (a.counts, a.label_names, a.hr_size) == (b.counts, b.label_names, b.hr_size)  # the same shape
+    work = str(tmp_path / "w")
+    train(mosaic_examples, tiny_preset, work, verbose=0, tensorboard=False, stop_after_epochs=0)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(mosaic_examples, copy)  # the same bytes elsewhere: the same run
+    assert train(copy, tiny_preset.replace(epochs=2), str(tmp_path / "w2"), verbose=0, tensorboard=False,
+                 stop_after_epochs=1).resumed_from == 0
+    assert train(mosaic_examples, tiny_preset.replace(epochs=2), str(tmp_path / "w2"), verbose=0,
+                 tensorboard=False).resumed_from == 1
+    train(mosaic_examples, tiny_preset.replace(epochs=2), work, verbose=0, tensorboard=False, stop_after_epochs=1)
+    with pytest.raises(ValueError, match=r"different run \(data.train_records_sha256: "):
+        train(other, tiny_preset.replace(epochs=2), work, verbose=0, tensorboard=False)
+
+
+def test_a_checkpoint_half_written_when_the_run_died_is_ignored_on_resume(mosaic_examples, tiny_preset, tmp_path):
+    """A crash while writing epoch 2's checkpoint leaves `epoch-0002.tmp`: the resume starts from epoch 1's complete
+    checkpoint and ends with exactly the weights of an uninterrupted run; the leftover is replaced."""
+    import os
+
+    preset = tiny_preset.replace(epochs=3)
+    straight = train(mosaic_examples, preset, str(tmp_path / "a"), verbose=0, tensorboard=False).trainer
+    work = tmp_path / "b"
+    train(mosaic_examples, preset, str(work), verbose=0, tensorboard=False, stop_after_epochs=1)
+    partial = work / "checkpoints" / "epoch-0002.tmp"
+    partial.mkdir()
+    (partial / "srnet.weights.h5").write_bytes(b"\x89HDF half a file")  # what the crash left
+    resumed = train(mosaic_examples, preset, str(work), verbose=0, tensorboard=False)
+    assert resumed.resumed_from == 1
+    for name in straight.nets:
+        for x, y in zip(straight.nets[name].variables, resumed.trainer.nets[name].variables):
+            np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6)
+    assert sorted(os.listdir(work / "checkpoints")) == ["epoch-0002", "epoch-0003"]
+
+
 def test_nonsense_settings_are_refused_with_the_field_named():
     for bad, message in (({"epochs": 0}, "epochs must be an integer >= 1"),
                          ({"steps_per_epoch": -5}, "steps_per_epoch must be an integer >= 0"),

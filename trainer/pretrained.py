@@ -62,6 +62,13 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks
     return _Tensor(storage, offset, size, stride)
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Numbers, strings, lists and dicts only (the legacy file's header and storage keys): no class is built."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
+
+
 class _LegacyUnpickler(pickle.Unpickler):
     """Builds only tensors, storages and ordered dicts: anything else in the file is refused."""
 
@@ -91,14 +98,14 @@ def read_torch_legacy(data: bytes) -> dict[str, np.ndarray]:
     """A state dict saved by torch.save before torch 1.6 (magic, protocol, sys info, the object,
     the storage keys, then each storage as an 8-byte element count and its raw little-endian data)."""
     f = io.BytesIO(data)
-    magic = pickle.load(f)
+    magic = _PlainUnpickler(f).load()
     if magic != 0x1950A86A20F9469CFC6C:
         raise ValueError("not a legacy torch file (magic number mismatch; zip-format files need torch >= 1.6)")
-    pickle.load(f)  # protocol version
-    pickle.load(f)  # sys info
+    _PlainUnpickler(f).load()  # protocol version
+    _PlainUnpickler(f).load()  # sys info
     storages: dict[str, _Storage] = {}
     state = _LegacyUnpickler(f, storages).load()
-    keys = pickle.load(f)
+    keys = _PlainUnpickler(f).load()
     for key in keys:
         n = int.from_bytes(f.read(8), "little")
         st = storages[key]

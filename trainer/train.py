@@ -251,12 +251,33 @@ def restore_checkpoint(trainer: Trainer, path: str) -> int:
     return int(state_json["epoch"])
 
 
-def run_identity(preset: Preset, info: DatasetInfo, steps_per_epoch: int) -> dict:
-    """What a run is: its preset (method, options, every rate and count), the data it reads and its epoch
+def run_identity(preset: Preset, info: DatasetInfo, steps_per_epoch: int, examples_uri: str | None = None) -> dict:
+    """What a run is: its preset (method, options, every rate and count), the data it reads (its description and
+    a fingerprint of the training records' bytes, so other data of the same shape is told apart) and its epoch
     length. Stored with every checkpoint; resuming a run with another identity is refused."""
     data = {k: getattr(info, k) for k in ("source", "label_names", "hr_size", "lr_size", "scale", "lr", "counts",
-                                          "multi_label", "masks")}
+                                          "multi_label", "masks", "source_side")}
+    if examples_uri:
+        data["train_records_sha256"] = records_fingerprint(examples_uri, "train")
     return json.loads(json.dumps({"preset": preset.to_dict(), "data": data, "steps_per_epoch": steps_per_epoch}))
+
+
+def records_fingerprint(examples_uri: str, split: str) -> str:
+    """sha256 over a split's TFRecord files, in name order (the bytes the run trains on)."""
+    import hashlib
+
+    from dsrhn.records import split_files
+
+    h = hashlib.sha256()
+    for path in split_files(examples_uri, split):
+        h.update(os.path.basename(path).encode())
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while True:
+                block = f.read(1 << 22)
+                if not block:
+                    break
+                h.update(block)
+    return h.hexdigest()[:32]
 
 
 def identity_differences(saved: dict | None, now: dict | None, prefix: str = "") -> list[str]:
@@ -327,11 +348,12 @@ def trained_code_health(trainer: Trainer, examples_uri: str, info: DatasetInfo, 
     path), after training: constant bits and the share of distinct codes."""
     from dsrhn.health import code_health
 
-    codes = []
+    codes, labels = [], []
     for batch in read_split(examples_uri, "train", info).take(limit).batch(128):
         v = trainer.method.code_logits(trainer.nets, batch["hr"])
         codes.append(np.where(np.asarray(tf.cast(v, tf.float32)) >= 0, 1, -1).astype(np.int8))
-    return code_health(np.concatenate(codes)).to_dict()
+        labels.append(np.asarray(batch["labels"]))
+    return code_health(np.concatenate(codes), labels=np.concatenate(labels)).to_dict()
 
 
 def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1, tensorboard: bool = True,
@@ -357,7 +379,7 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
     with strategy.scope():
         trainer = Trainer(method, steps)
         trainer.build_optimizers()
-    trainer.identity_json = json.dumps(run_identity(preset, info, steps))
+    trainer.identity_json = json.dumps(run_identity(preset, info, steps, examples_uri))
     ckpt_dir = os.path.join(work_dir, "checkpoints")
     if restart and tf.io.gfile.exists(ckpt_dir):
         tf.io.gfile.rmtree(ckpt_dir)

@@ -1,0 +1,154 @@
+"""What the documentation promises about serving and safety, each shown to hold: readiness before a model loads,
+429 past --max-inflight, idle keep-alive connections closed and the connection cap (`dsrhn serve` itself), a version
+re-exported in place reloaded, and the weights reader refusing a hostile pickle."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.indexer import gallery_from_examples, run_indexing
+from serving.server import BackgroundServer
+from serving.store import ModelStore
+from tests.conftest import BEAM, wait_for
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory, trained_model, mosaic_examples) -> str:
+    """A model version folder with its index, to copy into serving layouts."""
+    v = tmp_path_factory.mktemp("claims") / "v"
+    shutil.copytree(trained_model, v)
+    run_indexing(str(v), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16, previews=False)
+    return str(v)
+
+
+def test_readyz_is_503_until_a_version_is_loaded(tmp_path, version):
+    store = ModelStore(str(tmp_path), "m", poll_seconds=3600)
+    store.start()
+    server = BackgroundServer(store)
+    try:
+        r = httpx.get(f"{server.url}/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "no model version loaded"
+        assert httpx.get(f"{server.url}/healthz").status_code == 200  # alive, not ready
+        shutil.copytree(version, tmp_path / "m" / "1")
+        store.refresh()
+        r = httpx.get(f"{server.url}/readyz")
+        assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["index_size"] == 48
+    finally:
+        server.stop()
+
+
+def test_requests_beyond_max_inflight_get_429(tmp_path, version):
+    shutil.copytree(version, tmp_path / "m" / "1")
+    store = ModelStore(str(tmp_path), "m", poll_seconds=3600)
+    store.refresh()
+    server = BackgroundServer(store, max_inflight=1, body_timeout_s=20)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:  # holds the one slot: its body never ends
+            slow.sendall(b"POST /v1/models/m:search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"instances\"")
+            wait_for(lambda: server.app.state.inflight["n"] == 1, what="the slow request to take the slot")
+            r = httpx.post(f"{server.url}/v1/models/m:search", json={"instances": [{"b64": "AAAA"}]})
+            assert r.status_code == 429 and "1 requests are in flight" in r.json()["error"]
+        wait_for(lambda: httpx.post(f"{server.url}/v1/models/m:search", json={"k": 1}).status_code == 400,
+                 what="the slot to be free again")
+    finally:
+        server.stop()
+
+
+def test_dsrhn_serve_closes_idle_connections_and_caps_them(tmp_path, version):
+    shutil.copytree(version, tmp_path / "m" / "1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", str(tmp_path), "--model-name", "m",
+                             "--port", str(port), "--keep-alive-seconds", "1", "--max-connections", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, timeout=120, what="dsrhn serve to load the model")
+        with socket.create_connection(("127.0.0.1", port)) as c:  # keep-alive, then idle
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b" 200 " in c.recv(4096)
+            c.settimeout(10)
+            t0 = time.monotonic()
+            rest = c.recv(4096)
+            assert rest == b"" and time.monotonic() - t0 < 5  # closed by the server after ~1 s idle
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # the cap: 3 open connections
+        try:
+            r = httpx.get(f"{url}/healthz", timeout=10)
+            assert r.status_code == 503
+        finally:
+            for c in idle:
+                c.close()
+        wait_for(lambda: httpx.get(f"{url}/healthz", timeout=10).status_code == 200, what="a free connection slot")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_a_version_re_exported_in_place_is_reloaded(tmp_path, version, tiny_preset, mosaic_examples):
+    from trainer.export import export_saved_model
+    from trainer.train import build_trainer
+
+    shutil.copytree(version, tmp_path / "m" / "1")
+    store = ModelStore(str(tmp_path), "m", poll_seconds=3600)
+    store.refresh()
+    before = store.current
+    other = build_trainer(tiny_preset.replace(seed=11))
+    staging = tmp_path / "staging"
+    export_saved_model(other.method, other.nets, str(staging), [str(i) for i in range(10)])
+    run_indexing(str(staging), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16, previews=False)
+    for name in ("saved_model.pb", "variables", "assets.extra", "index"):  # version 1's files replaced in place
+        target = tmp_path / "m" / "1" / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        (shutil.copytree if (staging / name).is_dir() else shutil.copy)(staging / name, target)
+    assert store.refresh() and store.current is not before and store.current.version == 1
+    old_codes = before.index.index.reconstruct_n(0, 8)
+    new_codes = store.current.index.index.reconstruct_n(0, 8)
+    assert not np.array_equal(old_codes, new_codes)  # the new model's gallery is what is served now
+
+
+def _legacy_file(payload: bytes, at: str) -> bytes:
+    """A legacy torch file whose header (`at` = "magic") or state dict (`at` = "state") is `payload`."""
+    buf = io.BytesIO()
+    pick = lambda x: pickle.dump(x, buf, protocol=2)  # noqa: E731
+    if at == "magic":
+        buf.write(payload)
+        return buf.getvalue()
+    pick(0x1950A86A20F9469CFC6C)
+    pick(1001)
+    pick({"protocol_version": 1001})
+    buf.write(payload)
+    return buf.getvalue()
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/dsrhn-pwned",))
+
+
+def test_the_weights_reader_refuses_a_hostile_pickle():
+    from trainer.pretrained import read_torch_legacy
+
+    hostile = pickle.dumps(_Boom(), protocol=2)
+    for at in ("magic", "state"):
+        with pytest.raises(pickle.UnpicklingError, match="posix.system is not allowed|os.system is not allowed"):
+            read_torch_legacy(_legacy_file(hostile, at))
+    assert not os.path.exists("/tmp/dsrhn-pwned")
