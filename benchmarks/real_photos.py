@@ -83,9 +83,10 @@ def train_row(examples: str, preset_dict: dict, run_dir: str) -> dict:
     from trainer.task import train_and_export
 
     shutil.rmtree(run_dir, ignore_errors=True)
+    code = code_digest(BENCH_FILES)  # the code this row really trained with (a change mid-run is flagged)
     summary = train_and_export(examples, preset_from_dict(preset_dict), os.path.join(run_dir, "work"),
                                os.path.join(run_dir, "model"), verbose=0)
-    return {"train_seconds": summary["seconds"], "model": os.path.join(run_dir, "model"),
+    return {"train_seconds": summary["seconds"], "model": os.path.join(run_dir, "model"), "trained_with_code": code,
             "code_health": summary["code_health"], "history_end": {
                 phase: {k: v[-1] for k, v in h.items()} for phase, h in summary["history"].items()}}
 
@@ -207,6 +208,7 @@ def print_rows(results: dict, rows: list[str], hr_ref: float | None) -> None:
 
 
 ROW_NAMES = {k: v[0] for k, v in ROWS.items()}
+BENCH_FILES = (os.path.abspath(__file__), os.path.join(os.path.dirname(os.path.abspath(__file__)), "degradation_grid.py"))
 
 
 # ---------------------------------------------------------------- main
@@ -263,7 +265,7 @@ def main() -> None:
                 json.dump(want, f)
             print(f"{name}: {len(cells)} query cells ({time.time() - t_start:.0f} s)", flush=True)
 
-    code = code_digest((os.path.abspath(__file__), os.path.join(os.path.dirname(os.path.abspath(__file__)), "degradation_grid.py")))
+    code = code_digest(BENCH_FILES)
     variants = {}
     for v in args.variant:
         name, _, fields = v.partition(":")
@@ -315,7 +317,13 @@ def main() -> None:
                 trained[key] = out
                 print(f"{set_name}/{key}: trained in {out['train_seconds']:.0f} s", flush=True)
             else:
-                set_results[key] = cache.put(f"{set_name}/{key}", rk, {**trained.pop(key), "score": out})
+                row = trained.pop(key)
+                if row["trained_with_code"] != code:  # the code changed while this run was going: not this key's row
+                    print(f"{set_name}/{key}: the code changed during the run ({code} at its start, "
+                          f"{row['trained_with_code']} when this row trained): not cached", flush=True)
+                    set_results[key] = {**row, "score": out, "key": "(code changed)", "computed": "this run"}
+                    return
+                set_results[key] = cache.put(f"{set_name}/{key}", rk, {**row, "score": out})
                 print(f"{set_name}/{key}: scored ({out['score_seconds']:.0f} s)", flush=True)
 
         runner = Runner(1)

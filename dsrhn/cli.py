@@ -167,7 +167,7 @@ def cmd_index(args) -> int:
 
     config = IndexConfig(factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search, backend=args.backend,
                          milvus_uri=args.milvus_uri or "", milvus_collection=args.milvus_collection or "",
-                         milvus_index_type=args.milvus_index_type)
+                         milvus_index_type=args.milvus_index_type, device=args.faiss_device)
     print(f"index: encoding {len(items)} gallery images with {args.model}")
     summary = run_indexing(args.model, items, out_dir=args.output, beam_args=_beam_args(args), batch_size=args.batch_size,
                            config=config, previews=args.previews)
@@ -215,7 +215,8 @@ def cmd_serve(args) -> int:
     serve(args.base_dir, args.model_name, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
           limits=InputLimits(args.max_instances, args.max_pixels, args.max_results),
           batching=BatchingConfig(args.batching, args.max_batch_size, args.batch_timeout_ms, args.num_batch_threads),
-          max_inflight=args.max_inflight, max_connections=args.max_connections, keep_alive_s=args.keep_alive_seconds)
+          max_inflight=args.max_inflight, max_connections=args.max_connections, keep_alive_s=args.keep_alive_seconds,
+          faiss_device=args.faiss_device)
     return 0
 
 
@@ -364,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(token from MILVUS_TOKEN)")
     p.add_argument("--milvus-collection", help="collection name (default: dsrhn_v<version>_<fingerprint>)")
     p.add_argument("--milvus-index-type", default="BIN_FLAT", choices=["BIN_FLAT", "BIN_IVF_FLAT"])
+    p.add_argument("--faiss-device", default="cpu", choices=["cpu", "gpu", "auto"],
+                   help="where the approximate index's recall is measured by exact search (gpu: faiss's GPU index)")
     p.add_argument("--previews", action=argparse.BooleanOptionalAction, default=True,
                    help="store a small JPEG of every gallery image beside the index (served for the search page; "
                         "--no-previews to leave them out)")
@@ -398,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inflight", type=int, default=64, help="requests answered at once (more: 429)")
     p.add_argument("--max-connections", type=int, default=1000, help="open connections (more: 503)")
     p.add_argument("--keep-alive-seconds", type=float, default=5.0, help="an idle keep-alive connection is closed after this")
+    p.add_argument("--faiss-device", default="cpu", choices=["cpu", "gpu", "auto"],
+                   help="where exact search runs: gpu (faiss's GpuIndexBinaryFlat; `scripts/setup.sh --gpu` installs it; "
+                        "k and re-ranking shortlists <= 2048; the CPU when no GPU is present), auto (the GPU if there is one)")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                    help="gather concurrent requests into one model call and one index search (default on)")
     p.add_argument("--max-batch-size", type=int, default=64, help="images per batched model call")

@@ -141,6 +141,7 @@ class Preset:
     hash_width: int  # fc6/fc7 width (AlexNet: 4096)
     dropout: float = 0.5  # after fc6 and fc7 (AlexNet: 0.5)
     sr_kernel: int = 9  # SRNet head/tail kernel (paper: 9)
+    sr_zero_tail: bool = False  # SRNet's output conv starts at zero: SR starts as exactly the bicubic input
     bits: int = 48
     mode: str = "dsrhn"
     hash_loss: str = "dpsh"
@@ -148,6 +149,7 @@ class Preset:
     alpha: float = 0.01  # Eq. 13 weight of L_dis
     gamma: float = 0.1  # Eq. 11 weight of the quantisation term
     margin: float = 1.0  # Eq. 12 margin m (paper leaves it unstated)
+    pair_balance: bool = False  # DPSH: similar and dissimilar pairs weigh half each (instances: few similar pairs)
     dch_gamma: float = 20.0  # DCH Cauchy scale
     sr_lr: float = 1e-3  # Adam, SRNet
     sr_finetune_lr: float = 0.0  # Adam, SRNet in dsrhn's alternating phase after an MSE start; 0: sr_lr
@@ -163,6 +165,7 @@ class Preset:
     sr_steps: int = 1  # SRNet updates per HashNet update (alternation schedule)
     sr_warmup_epochs: int = 0  # MSE-only SRNet epochs first, unless srnet_weights (two-stage: 0 means `epochs`; dsrhn: none)
     mixed_precision: bool = False  # used only when a GPU is present
+    xla: bool = False  # XLA-compile the training step (only when a GPU is present)
     pretrained_weights: str = ""  # local .npz for HashNet's backbone (trainer/pretrained.py); never downloaded
     pretrained_lr_mult: float = 0.1  # a pretrained backbone (mobilenetv2, pretrained_weights) learns at this x hash_lr
     srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
@@ -244,7 +247,7 @@ class Preset:
 
 PAPER = Preset(
     name="paper", hr_size=224, scale=4, hashnet="alexnet", sr_blocks=16, sr_filters=64,
-    hash_width=4096, batch_size=64, epochs=150, mixed_precision=True,
+    hash_width=4096, batch_size=64, epochs=150, mixed_precision=True, xla=True,
     hash_clipnorm=1.0,  # without it a random AlexNet diverged to NaN in its 2nd step on CPU (README)
 )
 
@@ -277,7 +280,7 @@ CPU = Preset(
 PHOTO = Preset(
     name="photo", hr_size=96, scale=4, hashnet="mobilenetv2", sr_blocks=4, sr_filters=32, sr_kernel=3,
     hash_width=512, dropout=0.0, batch_size=32, epochs=4, steps_per_epoch=150, hash_lr=1e-2, sr_lr=2e-3,
-    sr_finetune_lr=5e-4, lam=1.0, sr_warmup_epochs=4,
+    sr_finetune_lr=5e-4, lam=1.0, sr_warmup_epochs=5, pair_balance=True, sr_zero_tail=True,
 )
 
 PRESETS = {p.name: p for p in (CPU, PAPER, PHOTO)}
@@ -363,8 +366,11 @@ class IndexConfig:
     milvus_index_type: str = "BIN_FLAT"
     recall_queries: int = 1000  # sample of gallery codes searched both ways to report an approximate index's recall
     recall_k: int = 100
+    device: str = "cpu"  # where faiss searches while indexing (the recall's exact search): cpu, gpu or auto
 
     def __post_init__(self):
+        if self.device not in ("cpu", "gpu", "auto"):
+            raise ValueError(f"faiss device must be cpu, gpu or auto, got {self.device!r}")
         if self.backend not in ("faiss", "milvus"):
             raise ValueError(f"index backend must be 'faiss' or 'milvus', got {self.backend!r}")
         if self.backend == "milvus" and not self.milvus_uri:

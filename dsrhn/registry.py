@@ -20,6 +20,8 @@ METHODS = {  # name -> (module:class, one-line description)
     "center": ("trainer.methods.center:CenterHash", "DPSH + center loss on hash centers (DDCH reading)"),
     "fsr-gan": ("trainer.methods.fsrgan:FSRGAN", "HashNet on HR, then G (+ critic D) super-resolves LR features"),
     "multi-level": ("trainer.methods.multilevel:DSCNN", "DSRHN + local codes of grid regions, re-ranked search (DSCNN reading)"),
+    "student": ("trainer.methods.student:Student", "a HashNet on bicubic LR queries distilled from a DSRHN teacher, "
+                                                   "whose codes the gallery keeps (no SRNet at query time)"),
 }
 
 

@@ -25,6 +25,22 @@ class PipelineConfig:
     topk: int = 5000
     min_map: float = 0.3  # blessing threshold on LR-query mAP@topk
     beam_pipeline_args: tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+    # Vertex AI training (Kubeflow V2 / Vertex runners): more than one worker, or a machine type, runs the Trainer
+    # as a Vertex custom job of `trainer_workers` replicas (TF_CONFIG set by Vertex: MultiWorkerMirroredStrategy)
+    trainer_workers: int = 1
+    trainer_machine_type: str = ""  # e.g. "n1-standard-16" (with accelerators: trainer_accelerator, _count)
+    trainer_accelerator: str = ""  # e.g. "NVIDIA_TESLA_T4"
+    trainer_accelerator_count: int = 0
+    gcp_project: str = ""
+    gcp_region: str = "us-central1"
+
+    def __post_init__(self):
+        if self.trainer_workers < 1:
+            raise ValueError(f"trainer_workers must be >= 1, got {self.trainer_workers}")
+
+    @property
+    def vertex_training(self) -> bool:
+        return self.trainer_workers > 1 or bool(self.trainer_machine_type)
 
     @property
     def pipeline_root(self) -> str:

@@ -38,7 +38,7 @@ def compile_kubeflow_v2(cfg: PipelineConfig | None = None, output_dir: str = "."
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=output_dir, output_filename=filename)
-    runner.run(create_pipeline(cfg), write_out=True)
+    runner.run(create_pipeline(cfg, image=image), write_out=True)
     return os.path.join(output_dir, filename)
 
 

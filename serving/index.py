@@ -36,6 +36,36 @@ from dsrhn.multilevel import rerank as rerank_rows
 from dsrhn.multilevel import stored_local, word_bytes
 
 MAX_GPU_K = 2048  # faiss GPU binary search limit
+FAISS_DEVICES = ("cpu", "gpu", "auto")
+
+
+def gpu_available() -> bool:
+    """faiss was built with GPU support (the faiss-gpu-cu12 wheel: `scripts/setup.sh --gpu`) and sees a GPU."""
+    return hasattr(faiss, "GpuIndexBinaryFlat") and faiss.get_num_gpus() > 0
+
+
+def on_device(index: faiss.IndexBinary, device: str, log=None) -> tuple[faiss.IndexBinary, bool]:
+    """The index to search with: a GpuIndexBinaryFlat copy of an exact index when `device` is "gpu" or "auto" and a
+    GPU is there; else the CPU index, with a line saying why ("gpu" asked for on a machine without one falls back
+    to the CPU rather than refuse to serve). Returns (index, on_gpu)."""
+    if device not in FAISS_DEVICES:
+        raise ValueError(f"faiss device must be one of {FAISS_DEVICES}, got {device!r}")
+    if device == "cpu":
+        return index, False
+    if not gpu_available():
+        if device == "gpu" and log:
+            log("faiss GPU index asked for, but " + ("this faiss has no GPU support (install it with "
+                "`bash scripts/setup.sh --gpu`)" if not hasattr(faiss, "GpuIndexBinaryFlat") else "no GPU is visible")
+                + ": searching on the CPU")
+        return index, False
+    if type(index) is not faiss.IndexBinaryFlat:
+        if log:
+            log(f"faiss has a GPU binary index for exact search only; this index ({type(index).__name__}) stays on the CPU")
+        return index, False
+    res = faiss.StandardGpuResources()
+    gpu = faiss.GpuIndexBinaryFlat(res, index)
+    gpu.referenced_resources = res  # keep the resources alive as long as the index
+    return gpu, True
 BATCH_QUERIES = 64  # from this many queries in one search call, faiss uses every core
 
 
@@ -122,6 +152,7 @@ def measure_recall(index: faiss.IndexBinary, codes: np.ndarray, bits: int, confi
     k = min(config.recall_k, len(stored))
     exact = faiss.IndexBinaryFlat(stored.shape[1] * 8)
     exact.add(stored)
+    exact, _ = on_device(exact, config.device, print)
     faiss.omp_set_num_threads(search_threads(len(sample)))
     d_exact, _ = exact.search(sample, k)
     t0 = time.perf_counter()
@@ -342,6 +373,7 @@ class GalleryIndex:
     manifest: dict
     local: np.ndarray | None = None  # multi-level: uint8 [count, R, 2, W], memory-mapped
     previews: Previews | None = None  # each row's preview JPEG, memory-mapped
+    on_gpu: bool = False  # index is a faiss GpuIndexBinaryFlat (k <= MAX_GPU_K)
 
     @property
     def count(self) -> int:
@@ -353,6 +385,11 @@ class GalleryIndex:
         codes = pad_codes(codes, int(self.manifest["stored_bytes"]))
         faiss.omp_set_num_threads(threads or search_threads(len(codes)))
         k = min(k, self.count)
+        if self.on_gpu:
+            if k > MAX_GPU_K:
+                raise ValueError(f"a search of depth {k} on the GPU index: faiss's GPU binary search allows k <= "
+                                 f"{MAX_GPU_K} (serve with --faiss-device cpu for deeper searches)")
+            return self.index.search(codes, k)
         if k >= DEEP_K and type(self.index) is faiss.IndexBinaryFlat:
             return exact_counting_search(self.index, codes, k)
         return self.index.search(codes, k)
@@ -410,8 +447,8 @@ def read_manifest(index_dir: str) -> dict:
         raise IndexMismatch(f"{path} is not valid JSON ({e}); rebuild the index with `dsrhn index`") from None
 
 
-def open_gallery(index_dir: str, manifest: dict):
-    """The gallery a verified manifest describes: a GalleryIndex (faiss) or a MilvusGallery."""
+def open_gallery(index_dir: str, manifest: dict, device: str = "cpu", log=None):
+    """The gallery a verified manifest describes: a GalleryIndex (faiss, on `device`) or a MilvusGallery."""
     ids = IdMap.open(index_dir, manifest.get("label_names", []))
     if len(ids) != manifest["count"]:
         raise IndexMismatch(f"id map holds {len(ids)} rows; manifest says {manifest['count']}")
@@ -428,7 +465,8 @@ def open_gallery(index_dir: str, manifest: dict):
     if index.ntotal != manifest["count"] or index.d != manifest["faiss_dim"]:
         raise IndexMismatch(f"index holds {index.ntotal} codes of d={index.d}; manifest says "
                             f"{manifest['count']} of d={manifest['faiss_dim']}")
-    return GalleryIndex(index, ids, manifest, local, previews)
+    index, gpu = on_device(index, device, log)
+    return GalleryIndex(index, ids, manifest, local, previews, gpu)
 
 
 def open_local(index_dir: str, manifest: dict) -> np.ndarray | None:
@@ -443,9 +481,10 @@ def open_local(index_dir: str, manifest: dict) -> np.ndarray | None:
     return local
 
 
-def load_index(model_dir: str, model_meta: dict, index_dir: str | None = None):
-    """Load and verify: refuses an index whose manifest does not match the model beside it."""
+def load_index(model_dir: str, model_meta: dict, index_dir: str | None = None, device: str = "cpu", log=None):
+    """Load and verify: refuses an index whose manifest does not match the model beside it. device: where faiss
+    searches ("cpu", "gpu" or "auto": the GPU when there is one)."""
     d = index_dir or os.path.join(model_dir, INDEX_DIR)
     manifest = read_manifest(d)
     check_manifest(manifest, model_dir, model_meta, d)
-    return open_gallery(d, manifest)
+    return open_gallery(d, manifest, device, log)

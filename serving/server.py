@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
-from serving.index import Rerank, answer_results, search_depth
+from serving.index import MAX_GPU_K, Rerank, answer_results, search_depth
 from serving.store import ModelStore, Servable
 
 MAX_BODY_BYTES = 16 << 20
@@ -428,8 +428,11 @@ def parse_rerank(spec, s: Servable, k: int) -> Rerank | None:
     if not isinstance(spec, dict) or "shortlist" not in spec or set(spec) - {"shortlist", "weight"}:
         raise ApiError(400, "'rerank' must be an object {\"shortlist\": N} (optionally with \"weight\")")
     n = spec["shortlist"]
-    if isinstance(n, bool) or not isinstance(n, int) or not k <= n <= MAX_SHORTLIST:
-        raise ApiError(400, f"'rerank.shortlist' must be an integer in [k={k}, {MAX_SHORTLIST}], got {n!r}")
+    limit = min(MAX_SHORTLIST, MAX_GPU_K) if getattr(s.index, "on_gpu", False) else MAX_SHORTLIST
+    if isinstance(n, bool) or not isinstance(n, int) or not k <= n <= limit:
+        raise ApiError(400, f"'rerank.shortlist' must be an integer in [k={k}, {limit}], got {n!r}"
+                            + (" (the index searches on the GPU, whose binary search allows k <= 2048)"
+                               if limit < MAX_SHORTLIST else ""))
     local = s.meta.get("local")
     if not local:
         raise ApiError(400, f"model {s.meta.get('mode', '?')!r} (version {s.version}) has no local codes to re-rank "
@@ -493,10 +496,10 @@ KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long
 def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, poll_seconds: float = 5.0,
           limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
           max_inflight: int = MAX_INFLIGHT, max_connections: int = MAX_CONNECTIONS,
-          keep_alive_s: float = KEEP_ALIVE_S) -> None:
+          keep_alive_s: float = KEEP_ALIVE_S, faiss_device: str = "cpu") -> None:
     import uvicorn
 
-    store = ModelStore(base_dir, name, poll_seconds=poll_seconds)
+    store = ModelStore(base_dir, name, poll_seconds=poll_seconds, faiss_device=faiss_device)
     store.start()
     if store.current is None:
         print(f"warning: no loadable version under {store.model_dir} yet; polling every {poll_seconds}s")

@@ -44,6 +44,7 @@ class ModelStore:
     base_dir: str
     name: str
     poll_seconds: float = 5.0
+    faiss_device: str = "cpu"  # where the gallery index searches: cpu, gpu or auto (serving/index.py: on_device)
     current: Servable | None = None
     status: dict[int, VersionStatus] = field(default_factory=dict)
 
@@ -77,7 +78,7 @@ class ModelStore:
     def load_version(self, version: int) -> Servable:
         path = os.path.join(self.model_dir, str(version))
         meta = read_metadata(path)
-        index = load_index(path, meta)
+        index = load_index(path, meta, device=self.faiss_device, log=log.info)
         model = tf.saved_model.load(path)
         return Servable(version, path, model, meta, index)
 

@@ -114,3 +114,24 @@ def test_fsr_gan_losses_by_hand():
     assert f(feature_loss(f_sr, f_hr, 1.0)) == pytest.approx(np.mean(rms), rel=1e-4)  # Eq. 8's norm
     assert f(feature_loss(f_sr, f_hr, 0.0)) == pytest.approx(1.0)  # r = 0: a constant, the adversarial term alone
     assert f(critic_loss(np.array([1.0, 3.0]), np.array([0.5, 0.5]))) == pytest.approx(1.5)  # Eq. 7
+
+
+def test_balanced_pairs_weigh_similar_and_dissimilar_halves():
+    v = np.array([[2.0, 1.5], [1.8, -0.2], [-1.0, 2.3]], "f4")
+    labels = np.array([[1, 0], [1, 0], [0, 1]])  # pairs (0,1), (1,0) similar, the diagonal too: 5 of 9
+    theta = 0.5 * v @ v.T
+    s = (labels @ labels.T > 0).astype("f4")
+    nll = np.logaddexp(0.0, theta) - s * theta
+    expected = 0.5 * nll[s > 0].mean() + 0.5 * nll[s == 0].mean()
+    assert f(losses.pairwise_likelihood_loss(v, s, balanced=True)) == pytest.approx(expected, rel=1e-5)
+    assert f(losses.pairwise_likelihood_loss(v, s)) == pytest.approx(nll.mean(), rel=1e-5)
+    assert abs(expected - nll.mean()) > 1e-3  # the two weightings differ on these codes
+    # with few similar pairs (instances), the plain mean is lowest at v ~ 0; the balanced one is not
+    rng = np.random.default_rng(0)
+    views = np.repeat(np.eye(16), 2, axis=0)  # 16 photos x 2 views: 32 similar pairs of 1024
+    codes = np.repeat(rng.choice([-1.0, 1.0], (16, 12)), 2, axis=0).astype("f4")  # a perfect instance code
+    s = (views @ views.T > 0).astype("f4")
+    for balanced, collapses in ((False, True), (True, False)):
+        perfect = f(losses.pairwise_likelihood_loss(codes, s, balanced))
+        zero = f(losses.pairwise_likelihood_loss(np.zeros_like(codes), s, balanced))
+        assert (zero < perfect) == collapses, (balanced, zero, perfect)

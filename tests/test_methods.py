@@ -26,9 +26,20 @@ from trainer.train import build_trainer, training_dataset, train
 ALL = list(METHODS)
 
 
-def _tiny(mode: str, **kw):
-    options = {"pointwise-seg": {"options.seg_epochs": 1}, "fsr-gan": {"options.hash_epochs": 1}}.get(mode, {})
+def _tiny(mode: str, teacher: str = "", **kw):
+    options = {"pointwise-seg": {"options.seg_epochs": 1}, "fsr-gan": {"options.hash_epochs": 1},
+               "student": {"options.teacher_weights": teacher}}.get(mode, {})
     return get_preset("cpu", mode=mode, bits=12, batch_size=8, sr_blocks=1, sr_filters=8, **{**options, **kw})
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> str:
+    """A teacher HashNet's weights for the student method (untrained: the contract tests only need its shapes)."""
+    from trainer.models import HashNet
+
+    path = str(tmp_path_factory.mktemp("teacher") / "hashnet.weights.h5")
+    HashNet(_tiny("dsrhn")).save_weights(path)
+    return path
 
 
 def test_the_registry_is_the_only_list_of_methods():
@@ -68,9 +79,10 @@ def test_method_options_are_typed_and_checked():
 
 
 @pytest.mark.parametrize("mode", ALL)
-def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples):
+def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples, teacher):
     info = DatasetInfo.read(mosaic_examples)
-    preset = _tiny(mode, epochs=1, steps_per_epoch=1, hash_lr=0.1, sr_warmup_epochs=1 if mode == "dsrhn" else 0)
+    preset = _tiny(mode, teacher, epochs=1, steps_per_epoch=1, hash_lr=0.1,
+                   sr_warmup_epochs=1 if mode == "dsrhn" else 0)
     trainer = build_trainer(preset, info)
     trainer.build_optimizers()
     method = trainer.method
@@ -88,11 +100,11 @@ def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples):
 
 
 @pytest.mark.parametrize("mode", ALL)
-def test_every_method_resumes_exactly(mode, mosaic_examples, tmp_path):
+def test_every_method_resumes_exactly(mode, mosaic_examples, tmp_path, teacher):
     # two epochs (pointwise-seg: its seg phase, then its hash phase), killed after the first; fsr-gan: one
     # HashNet epoch, then two of G and D, killed between those two. Dropout draws random masks and cosine
     # decay reads the optimizers' step counters: both must resume
-    preset = _tiny(mode, epochs=1 if mode == "pointwise-seg" else 2, steps_per_epoch=2, dropout=0.5,
+    preset = _tiny(mode, teacher, epochs=1 if mode == "pointwise-seg" else 2, steps_per_epoch=2, dropout=0.5,
                    lr_decay="cosine", sr_warmup_epochs=0)
     stop = 2 if mode == "fsr-gan" else 1
     straight = train(mosaic_examples, preset, str(tmp_path / "a"), verbose=0, tensorboard=False).trainer
@@ -129,7 +141,7 @@ def exported(single_examples, tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("methods")
 
-    def cli_train(mode: str) -> str:
+    def cli_train(mode: str, extra: list | None = None) -> str:
         model = str(root / mode / "1")
         epochs, steps = QUALITY_STEPS
         args = [sys.executable, "-m", "dsrhn.cli", "train", "--examples", single_examples, "-o", model, "--mode", mode,
@@ -137,13 +149,18 @@ def exported(single_examples, tmp_path_factory) -> dict:
                 "--verbose", "0", "--set", "sr_blocks=1", "--set", "sr_filters=8",
                 "--work-dir", str(root / mode / "work")]
         args += {"pointwise-seg": ["--set", "options.seg_epochs=1"],
-                 "fsr-gan": ["--set", "options.hash_epochs=2"]}.get(mode, [])
+                 "fsr-gan": ["--set", "options.hash_epochs=2"]}.get(mode, []) + (extra or [])
         run = subprocess.run(args, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, f"{mode}: " + run.stderr[-3000:]
         return model
 
+    first = [m for m in ALL if m != "student"]
     with ThreadPoolExecutor(2) as pool:
-        return dict(zip(ALL, pool.map(cli_train, ALL)))
+        models = dict(zip(first, pool.map(cli_train, first)))
+    # the student distils the DSRHN just trained (its HashNet's last checkpoint); its gallery codes are the teacher's
+    teacher = root / "dsrhn" / "work" / "checkpoints" / f"epoch-{QUALITY_STEPS[0]:04d}" / "hashnet.weights.h5"
+    models["student"] = cli_train("student", ["--set", f"options.teacher_weights={teacher}"])
+    return {m: models[m] for m in ALL}
 
 
 # floors, on the single-label set: 100 LR queries (x4 bicubic, the stored partners), 300 gallery images, 10

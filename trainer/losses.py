@@ -26,11 +26,22 @@ def similarity(labels_a, labels_b):  # s_ij (Eq. 6, corrected): 1 if the images 
     return ops.cast(shared > 0, "float32")
 
 
-def pairwise_likelihood_loss(v, s):  # Eq. 11, first term: -sum(s_ij*theta_ij - log(1 + e^theta_ij))
-    """DPSH negative log-likelihood with theta_ij = 1/2 v_i^T v_j, via softplus (stable)."""
+def pairwise_likelihood_loss(v, s, balanced: bool = False):  # Eq. 11, first term: -sum(s_ij*theta_ij - log(1 + e^theta_ij))
+    """DPSH negative log-likelihood with theta_ij = 1/2 v_i^T v_j, via softplus (stable). balanced: similar and
+    dissimilar pairs weigh half each, as HashNet's weighted likelihood (Cao et al. 2017) does for imbalanced data
+    (instances: each photo is similar to its few views only, and the plain mean is then minimised by v ~ 0)."""
     v = ops.cast(v, "float32")
     theta = 0.5 * ops.matmul(v, ops.transpose(v))
-    return ops.mean(ops.softplus(theta) - s * theta)
+    nll = ops.softplus(theta) - s * theta
+    if not balanced:
+        return ops.mean(nll)
+    return pair_balanced_mean(nll, s)
+
+
+def pair_balanced_mean(values, s):
+    """Half the mean over similar pairs plus half the mean over dissimilar pairs (a side with no pair: 0)."""
+    n_sim, n_dis = ops.sum(s), ops.sum(1.0 - s)
+    return 0.5 * ops.sum(values * s) / ops.maximum(n_sim, 1.0) + 0.5 * ops.sum(values * (1.0 - s)) / ops.maximum(n_dis, 1.0)
 
 
 def quantization_loss(v):  # Eq. 11, second term: ||b - v||^2 with b = sign(v)
@@ -39,8 +50,8 @@ def quantization_loss(v):  # Eq. 11, second term: ||b - v||^2 with b = sign(v)
     return ops.mean(ops.square(b - v))
 
 
-def dpsh_loss(v, labels, gamma: float):  # Eq. 11: L_hs = likelihood + gamma * quantisation
-    return pairwise_likelihood_loss(v, similarity(labels, labels)) + gamma * quantization_loss(v)
+def dpsh_loss(v, labels, gamma: float, balanced: bool = False):  # Eq. 11: L_hs = likelihood + gamma * quantisation
+    return pairwise_likelihood_loss(v, similarity(labels, labels), balanced) + gamma * quantization_loss(v)
 
 
 def margin_loss(v_hr, v_sr, margin: float):  # Eq. 12: L_dis = max(m - ||F(HR) - F(SR)||^2, 0)
@@ -144,10 +155,11 @@ def critic_loss(d_fake, d_real):  # Eq. 7: L(D) = E[D(fake)] - E[D(real)]
     return ops.mean(d_fake) - ops.mean(d_real)
 
 
-def semantic_hash_loss(name: str, v, labels, gamma: float, dch_gamma: float):
-    """L_hs by name: dpsh (the paper's), dhn or dch (its Table 2 baselines)."""
+def semantic_hash_loss(name: str, v, labels, gamma: float, dch_gamma: float, balanced: bool = False):
+    """L_hs by name: dpsh (the paper's), dhn or dch (its Table 2 baselines; DCH weighs its pairs already).
+    balanced: DPSH's similar and dissimilar pairs weigh half each (Preset.pair_balance)."""
     if name == "dpsh":
-        return dpsh_loss(v, labels, gamma)
+        return dpsh_loss(v, labels, gamma, balanced)
     if name == "dhn":
         return dhn_loss(v, labels, gamma)
     if name == "dch":

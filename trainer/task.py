@@ -9,12 +9,19 @@ from dsrhn.records import DatasetInfo
 
 
 def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_dir: str, verbose: int = 1,
-                     restart: bool = False) -> dict:
+                     restart: bool = False, with_trainer: bool = False) -> dict:
+    """Train, then export (the chief of a multi-worker run alone exports; the others return export_dir None).
+    The summary is also written to work_dir/train_summary.json; with_trainer adds the trained Trainer under
+    "trainer" (tests and benchmarks that read the weights)."""
     from trainer.export import export_saved_model
     from trainer.train import train
 
     info = DatasetInfo.read(examples_uri)
     result = train(examples_uri, preset, work_dir, verbose=verbose, restart=restart)
+    if not getattr(result.trainer, "chief", True):  # another worker of a multi-worker run: the chief exports
+        summary = {"export_dir": None, "seconds": result.seconds, "history": result.history, "chief": False,
+                   "resumed_from_epoch": result.resumed_from, "code_health": result.health}
+        return {**summary, "trainer": result.trainer} if with_trainer else summary
     health = {k: v for k, v in (result.health or {}).items() if k != "rare_share"}
     export_saved_model(result.trainer.method, result.trainer.nets, export_dir, info.label_names,
                        extra={"dataset": info.source, "train_seconds": result.seconds, "code_health": health},
@@ -23,7 +30,7 @@ def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_di
                "resumed_from_epoch": result.resumed_from, "code_health": result.health}
     with open(os.path.join(work_dir, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    return summary
+    return {**summary, "trainer": result.trainer} if with_trainer else summary
 
 
 def preset_from_custom_config(custom_config: dict | None) -> Preset:

@@ -51,9 +51,17 @@ class Trainer(keras.Model):
         self.opts = {name: _maybe_loss_scale(opt, self.preset) for name, opt in method.optimizers(steps_per_epoch).items()}
         self.phase = method.phases()[0].name if method.phases() else ""
         self.replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.multi_worker = isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
         self.trackers = {n: keras.metrics.Mean(name=n) for n in method.metric_names()}
         self._phase_metrics = {p.name: list(p.metrics) for p in method.phases()}
         self._slow_ids = frozenset(self._backbone_variable_ids())
+        self.built = True  # its networks are built: nothing for Keras to build from a batch (it would under a strategy)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build (the networks and optimizers are). Under a distribution strategy Keras 3's TF trainer
+        would take a batch from the training iterator to build the model from (keras/src/backend/tensorflow/
+        trainer.py), so a multi-replica run would skip its first batch and no longer match one worker's."""
+        return
 
     def __getattr__(self, name):  # trainer.srnet, trainer.hashnet, ...: the method's networks by name
         nets = self.__dict__.get("nets") or {}
@@ -111,7 +119,10 @@ class Trainer(keras.Model):
 
     def train_step(self, data):
         self.method.train_step(self, self.phase, data)
-        return {n: self.trackers[n].result() for n in self._phase_metrics[self.phase]}
+        out = {n: self.trackers[n].result() for n in self._phase_metrics[self.phase]}
+        if self.multi_worker:  # Keras reduces per-replica results with reduce(MEAN, axis=0): give them an axis 0
+            out = {n: tf.reshape(v, [1]) for n, v in out.items()}
+        return out
 
 
 def _maybe_loss_scale(optimizer, preset: Preset):
@@ -120,17 +131,44 @@ def _maybe_loss_scale(optimizer, preset: Preset):
     return optimizer
 
 
+def cluster_workers() -> int:
+    """Workers named by TF_CONFIG (chief included), as the TFX Trainer on Kubeflow / Vertex sets it; 0 without."""
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
+
+
 def configure_devices(preset: Preset) -> tf.distribute.Strategy:
-    """Mixed precision and MirroredStrategy when GPUs are present; the default strategy on CPU."""
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, MirroredStrategy for several local GPUs,
+    the default strategy otherwise; mixed precision when a GPU is present and the preset asks for it."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus and preset.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     else:
         keras.mixed_precision.set_global_policy("float32")
+    if cluster_workers() > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The one worker that writes checkpoints, logs and the export: the chief, else worker 0 (no TF_CONFIG: yes)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
 # ---------------------------------------------------------------- data
+
+DECODED_CACHE_BYTES = 2 << 30  # instance datasets: photos kept decoded in memory up to about this much
+
+
+def n_photos(info: DatasetInfo) -> int:
+    return int(info.counts.get("train", 0))
+
 
 def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_epoch: int, steps: int,
                      info: DatasetInfo | None = None, masks: bool = False) -> tf.data.Dataset:
@@ -151,7 +189,11 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
         if preset.batch_size % preset.views.per_photo:
             raise ValueError(f"batch_size {preset.batch_size} is not a multiple of views.per_photo "
                              f"{preset.views.per_photo}: a photo's views must share a batch")
-        base = base.map(lambda r: {"labels": r["labels"], "source": r["source"]})  # PNG bytes: decoded per use
+        # a few thousand photos are kept decoded (decoding a PNG per view bound the SR stage's speed); a larger
+        # library keeps its PNG bytes and decodes each photo when it is drawn
+        decoded = n_photos(info) * (info.source_side ** 2) * 3 * 2 <= DECODED_CACHE_BYTES
+        base = base.map(lambda r: {"labels": r["labels"],
+                                   "source": tf.io.decode_png(r["source"], channels=3) if decoded else r["source"]})
     base = base.cache()
     buffer = 1024 if instances else 4096  # an instance record holds a whole photo
 
@@ -164,7 +206,7 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
 
     def photo_views(i, r, e):
         per = preset.views.per_photo
-        source = tf.io.decode_png(r["source"], channels=3)
+        source = r["source"] if r["source"].dtype == tf.uint8 else tf.io.decode_png(r["source"], channels=3)
         hr = tf.stack([random_view(source, view_seed(preset.seed, e, i, v), hr_size, preset.views) for v in range(per)])
         return tf.data.Dataset.from_tensor_slices({"hr": hr, "labels": tf.tile(r["labels"][None], [per, 1])})
 
@@ -182,7 +224,11 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
     ds = epoch(first_epoch)
     for e in range(first_epoch + 1, last_epoch):
         ds = ds.concatenate(epoch(e))
-    return ds.prefetch(2)
+    options = tf.data.Options()
+    # several workers: each computes every global batch (seeded per example) and keeps its replicas' slices of it,
+    # so the global batch is exactly the one a single worker would train on
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(2)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -322,11 +368,13 @@ def _seed_states(trainer: Trainer) -> list:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    def __init__(self, trainer: Trainer, directory: str, offset: int, keep: int = 2):
+    def __init__(self, trainer: Trainer, directory: str, offset: int, keep: int = 2, chief: bool = True):
         super().__init__()
-        self.trainer, self.directory, self.offset, self.keep = trainer, directory, offset, keep
+        self.trainer, self.directory, self.offset, self.keep, self.chief = trainer, directory, offset, keep, chief
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.chief:  # the chief alone writes (every worker holds the same mirrored values)
+            return
         save_checkpoint(self.trainer, self.directory, self.offset + epoch + 1)
         for old in completed_checkpoints(self.directory)[: -self.keep]:
             tf.io.gfile.rmtree(os.path.join(self.directory, old))
@@ -376,12 +424,19 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
         raise ValueError(f"{n_train} training records is fewer than one batch of {preset.batch_size}"
                          + (f" ({per_record} views each)" if per_record > 1 else ""))
     method = build_method(preset, info)
+    chief = is_chief(strategy)
+    if strategy.num_replicas_in_sync > 1:
+        if method.data_parallel:
+            raise ValueError(f"method {method.name!r} cannot train on several replicas yet: {method.data_parallel}")
+        if preset.batch_size % strategy.num_replicas_in_sync:
+            raise ValueError(f"batch_size {preset.batch_size} is the global batch: it must be a multiple of the "
+                             f"{strategy.num_replicas_in_sync} replicas")
     with strategy.scope():
         trainer = Trainer(method, steps)
         trainer.build_optimizers()
     trainer.identity_json = json.dumps(run_identity(preset, info, steps, examples_uri))
     ckpt_dir = os.path.join(work_dir, "checkpoints")
-    if restart and tf.io.gfile.exists(ckpt_dir):
+    if restart and chief and tf.io.gfile.exists(ckpt_dir):
         tf.io.gfile.rmtree(ckpt_dir)
     tf.io.gfile.makedirs(ckpt_dir)
     latest = latest_checkpoint(ckpt_dir)
@@ -398,18 +453,21 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
             end = min(end, max(start, stop_after_epochs - offset))
         if start < end:
             trainer.phase = phase
-            trainer.compile(jit_compile=False)
+            with strategy.scope():  # the method's own optimizers step inside train_step; Keras's is one of them, built
+                trainer.compile(optimizer=next(iter(trainer.opts.values())),
+                                jit_compile=bool(preset.xla and tf.config.list_physical_devices("GPU")))
             ds = training_dataset(examples_uri, preset, offset + start, offset + end, steps, info, method.needs_masks)
-            callbacks = [StopOnNonFinite(phase), EpochCheckpoint(trainer, ckpt_dir, offset)]
-            if tensorboard:
+            callbacks = [StopOnNonFinite(phase), EpochCheckpoint(trainer, ckpt_dir, offset, chief=chief)]
+            if tensorboard and chief:
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(work_dir, "logs", phase), update_freq="epoch"))
             if verbose:
                 print(f"phase {phase}: epochs {start + 1}..{end} of {epochs}, {steps} steps of {preset.batch_size}")
             fit = trainer.fit(ds, epochs=end, initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
-                              verbose=verbose)
+                              verbose=verbose if chief else 0)
             history[phase] = {k: [float(x) for x in v] for k, v in fit.history.items()}
         offset += epochs
     seconds = time.time() - t0
+    trainer.chief = chief
     health = trained_code_health(trainer, examples_uri, info)
     for problem in health["problems"]:
         print(f"warning: collapsed codes after training: {problem}", file=sys.stderr, flush=True)

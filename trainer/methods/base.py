@@ -67,6 +67,7 @@ class Method:
     query_input = "lr"
     query_path = "bicubic"
     needs_masks = False
+    data_parallel = ""  # why this method cannot train on several replicas yet ("": it can)
     Options = NoOptions
     # optimizer name -> names of the networks (or "net/sub-model") whose trainable variables it updates
     updates: dict = {}
@@ -166,11 +167,27 @@ def joint_batch(hr, query):
     return tf.concat([hr, query], axis=0)
 
 
+def across_replicas(*tensors) -> tuple:
+    """The rows of every replica's batch (replica order), for a loss over all pairs of the global batch: with data
+    parallelism each replica computes the single-worker pairwise loss (the gathered rows' gradients flow back to
+    the replica that owns them, summed). One replica: the tensors themselves."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return tensors
+    return tuple(ctx.all_gather(t, axis=0) for t in tensors)
+
+
+def pairwise_hash_loss(preset: Preset, v, labels):
+    """L_hs (Eq. 11, or dhn/dch by hash_loss) over all pairs of the global batch (across_replicas)."""
+    v, labels = across_replicas(v, labels)
+    return losses.semantic_hash_loss(preset.hash_loss, v, labels, preset.gamma, preset.dch_gamma, preset.pair_balance)
+
+
 def joint_hash_terms(preset: Preset, v, labels) -> tuple:
     """(L_hs, L_dis) of the relaxed codes v of a joint batch [HR; query]: L_hs over all its pairs
     (Eq. 11, or dhn/dch by hash_loss) and L_dis between each HR image and its query (Eq. 12)."""
     v_hr, v_q = tf.split(v, 2, axis=0)
-    l_hs = losses.semantic_hash_loss(preset.hash_loss, v, tf.concat([labels, labels], 0), preset.gamma, preset.dch_gamma)
+    l_hs = pairwise_hash_loss(preset, v, tf.concat([labels, labels], 0))
     return l_hs, losses.margin_loss(v_hr, v_q, preset.margin)
 
 

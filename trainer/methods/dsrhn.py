@@ -14,7 +14,8 @@ import tensorflow as tf
 from keras import ops
 
 from trainer import losses
-from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch, joint_hash_terms, learning_rate, load_trained_weights
+from trainer.methods.base import (Method, Phase, hash_optimizer, joint_batch, joint_hash_terms, learning_rate,
+                                  load_trained_weights, pairwise_hash_loss)
 from trainer.models import HashNet, SRNet
 
 SR_METRICS = ("l_sr", "l_per", "l_mse")
@@ -139,7 +140,7 @@ class SRHashing(Method):
         with tf.GradientTape() as tape:
             if query is None:
                 v_hr = hashnet(hr, training=True)["code"]
-                l_hs = losses.semantic_hash_loss(p.hash_loss, v_hr, labels, p.gamma, p.dch_gamma)
+                l_hs = pairwise_hash_loss(p, v_hr, labels)
                 l_dis = tf.zeros(())
             else:
                 out = hashnet(joint_batch(hr, query), training=True)

@@ -24,7 +24,8 @@ import tensorflow as tf
 from keras import ops
 
 from trainer import losses
-from trainer.methods.base import Method, Phase, hash_optimizer, joint_batch, learning_rate, load_trained_weights
+from trainer.methods.base import (Method, Phase, hash_optimizer, joint_batch, learning_rate, load_trained_weights,
+                                  pairwise_hash_loss)
 from trainer.models import FeatureCritic, FeatureGenerator, HashNet
 
 
@@ -86,7 +87,7 @@ class FSRGAN(Method):
                 x, labels = joint_batch(x, batch["lr_up"]), tf.concat([labels, labels], axis=0)
             with tf.GradientTape() as tape:
                 v = nets["hashnet"](x, training=True)["code"]
-                l_hs = losses.semantic_hash_loss(p.hash_loss, v, labels, p.gamma, p.dch_gamma)
+                l_hs = pairwise_hash_loss(p, v, labels)
                 scaled = trainer.scaled("hash", l_hs)
             trainer.apply("hash", tape, scaled)
             trainer.track(l_hs=l_hs)

@@ -81,6 +81,8 @@ class DSCNN(DSRHN):
     name, query_path = "multi-level", "sr"
     needs_masks = True  # region labels come from the pixel masks
     Options = MultiLevelOptions
+    # its local loss pairs the regions that carry a label, a different number on every replica
+    data_parallel = "its local-code loss pairs a varying number of labelled regions per replica"
 
     def hashnet(self) -> keras.Model:
         return HashNet(self.preset, local_grid=self.options.grid)
@@ -100,7 +102,7 @@ class DSCNN(DSRHN):
         flat_y = tf.reshape(tf.concat([labels, labels], axis=0), [-1, self.num_labels])
         keep = tf.reduce_any(flat_y > 0, axis=-1)  # regions with a known label
         l_hs = losses.semantic_hash_loss(p.hash_loss, tf.boolean_mask(flat_v, keep), tf.boolean_mask(flat_y, keep),
-                                         p.gamma, p.dch_gamma)
+                                         p.gamma, p.dch_gamma, p.pair_balance)
         l_hs = tf.where(tf.reduce_any(keep), l_hs, 0.0)
         v_hr, v_q = tf.split(v, 2, axis=0)
         l_dis = losses.margin_loss(tf.reshape(v_hr, [-1, k]), tf.reshape(v_q, [-1, k]), p.margin)
