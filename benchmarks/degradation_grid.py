@@ -9,6 +9,8 @@ Trains once (cpu preset, Fashion-MNIST mosaics, 48 bits, every run the same 720 
                    steps on blind LR): FSR-GAN (critic, focal r = 2), r = 1 (Eq. 8), r = 0 (critic alone),
                    CNN-Baseline (no critic, MSE); and FSR-GAN on a HashNet trained on HR + LR
   multi-level      DSRHN + local codes (from the same SRNet); scored here on its global codes alone
+  student          a HashNet on bicubic LR distilled from the DSRHN row (its last checkpoint), the gallery
+                   encoded by the DSRHN row's HashNet: the cheaper query encoder (no SRNet at query time)
   HashNet-HR       HR queries: the upper end of every cell's gap
   specialist       DSRHN trained on the stored x4 blur-2 LR partners (degradation kind fixed)
 and prints one table per model: mAP@K per cell, gap closure (model - HashNet-LR) / (HashNet-HR -
@@ -55,6 +57,7 @@ MODELS = [  # key, row name, mode, degradation kind, starts from stage 1 of that
     ("fsr-cnn", "FSR CNN-Baseline (no critic, MSE)", "fsr-gan", "blind"),
     ("fsr-gan-hrlr", "FSR-GAN on a HashNet-LR", "fsr-gan", "blind"),
     ("multi-level", "Multi-level (blind; global codes)", "multi-level", "blind"),
+    ("student", "Student (HashNet on LR, distilled from DSRHN)", "student", "blind"),
     ("hashnet-hr", "HashNet-HR (HR queries)", "hashnet-hr", "blind"),
 ]
 # the FSR rows' own options; rows with the same hash_on share one HashNet (their phase `hash`, trained
@@ -146,7 +149,7 @@ def print_side_by_side(results: dict, cell_names: list[str]) -> None:
     """One table: every model's mAP per cell, blind DSRHN's closure and PSNR-Y (README's table)."""
     rows = [(k, n) for k, n, _, _ in MODELS[:-1] if k in results]
     keys = [k for k, _ in rows]
-    extra = [k for k in ("dsrhn", "fsr-gan", "fsr-gan-hrlr", "multi-level") if k in results]
+    extra = [k for k in ("dsrhn", "fsr-gan", "fsr-gan-hrlr", "multi-level", "student") if k in results]
     print("\n| cell | " + " | ".join(n for _, n in rows) + "".join(f" | {k} closure [90% CI]" for k in extra)
           + " | PSNR-Y DSRHN / bicubic |")
     print("|---" * (len(keys) + len(extra) + 2) + "|")
@@ -260,7 +263,7 @@ def main() -> None:
     after_fsr_hash: dict = {}
 
     tasks_by_kind: dict = {"blind": [], "fixed": []}
-    independent = []
+    independent, after_teacher = [], []
     row_keys = {}
     for key, name, mode, kind in MODELS:
         if key not in wanted:
@@ -273,7 +276,11 @@ def main() -> None:
         hash_on = FSR_OPTIONS.get(key, {}).get("hash_on", "hr")
         if mode == "fsr-gan":
             preset = preset.replace(options={**FSR_OPTIONS[key], "hashnet_weights": fsr_hashnet(hash_on)})
-        row_keys[key] = row_key({"data": data_key, "preset": preset.to_dict()}, code)
+        teacher = os.path.join(args.out, "dsrhn", "work", "checkpoints", f"epoch-{args.epochs:04d}", "hashnet.weights.h5")
+        if mode == "student":  # keyed on its teacher too: a retrained DSRHN retrains the student
+            preset = preset.replace(options={"teacher_weights": teacher})
+        row_keys[key] = row_key({"data": data_key, "preset": preset.to_dict(),
+                                 **({"teacher": row_keys.get("dsrhn")} if mode == "student" else {})}, code)
         cached = cache.get(key, row_keys[key])
         if cached:
             results[key] = cached
@@ -283,13 +290,20 @@ def main() -> None:
         score = (1, ("score", key), score_model, (os.path.join(run_dir, "model"), examples, cell_dirs, args.topk,
                                                   os.path.join(run_dir, "ap"), mode == "hashnet-hr"), [])
         task = (0, ("train", key), train_model, (examples, json.loads(json.dumps(preset.to_dict())), run_dir), [score])
-        if preset.srnet_weights and not os.path.exists(stage1):
+        if mode == "student" and "dsrhn" in row_keys and not cache.get("dsrhn", row_keys["dsrhn"], log=lambda *_: None):
+            after_teacher.append(task)  # trains once the DSRHN row has (its checkpoint is the teacher)
+        elif preset.srnet_weights and not os.path.exists(stage1):
             tasks_by_kind[kind].append(task)
         elif mode == "fsr-gan" and not os.path.exists(fsr_hashnet(hash_on)):
             after_fsr_hash.setdefault(hash_on, []).append(task)
         else:
             independent.append(task)
-    tasks = list(independent)
+    for group in [independent, *tasks_by_kind.values()]:  # the student waits for the DSRHN row's training
+        for t in group:
+            if t[1] == ("train", "dsrhn"):
+                t[4].extend(after_teacher)
+                after_teacher = []
+    tasks = list(independent) + after_teacher
     for hash_on, after in after_fsr_hash.items():
         tasks.append((0, ("fsr-hash", hash_on), train_fsr_hashnet,
                       (examples, args.bits, args.epochs, steps_per_epoch, os.path.join(args.out, f"fsr-hash-{hash_on}"),

@@ -1,9 +1,16 @@
-"""Encode cost of a query, per method: multiply-accumulates of the query path (counted from the layers)
-and measured images/s on this machine, for the cpu preset (56 px) and the paper preset (224 px).
-The named baseline is DSRHN (pixel SR: SRNet, then HashNet); every ratio is against it, same run.
+"""Encode cost of a query, per method: multiply-accumulates and parameters of the query path (counted from the
+layers) and measured images/s on this machine, for the cpu preset (56 px) and the paper preset (224 px). The named
+baseline is DSRHN (pixel SR: SRNet, then HashNet); every ratio is against it, same run.
 
-    python benchmarks/encode_cost.py                       # dsrhn, fsr-gan, hashnet-lr; cpu and paper
+With --work (a trained run's --work-dir) and --examples: the same trained model exported as today (the baseline) and
+with its networks XLA-compiled (`dsrhn export --xla`), each called as the server calls it (encoded image bytes in,
+codes out): single-query latency (p50, many calls), the fixed per-call cost (single-query latency minus the
+per-image cost in a batch of 64), images/s at batch 64, and the code agreement on the Examples' queries (share of
+identical bits; mAP change of the LR queries against each export's own gallery codes).
+
+    python benchmarks/encode_cost.py                       # dsrhn, fsr-gan, hashnet-lr, student; cpu and paper
     python benchmarks/encode_cost.py --presets cpu --batches 3
+    python benchmarks/encode_cost.py --presets cpu --work <main job run dir> --examples <its Examples>
 """
 from __future__ import annotations
 
@@ -31,19 +38,86 @@ def layer_macs(model) -> int:
     return total
 
 
-def query_macs(method, nets: dict) -> int:
-    """MACs of the query path: the networks a query passes through."""
+def query_nets(method, nets: dict) -> list:
+    """The networks a query passes through."""
     path = method.query_path
     if path == "sr":
-        return layer_macs(nets["srnet"]) + layer_macs(nets["hashnet"])
+        return [nets["srnet"], nets["hashnet"]]
     if path == "fsr":
-        return layer_macs(nets["hashnet"]) + layer_macs(nets["generator"])
-    return layer_macs(nets["hashnet"])
+        return [nets["hashnet"], nets["generator"]]
+    return [nets.get("student", nets["hashnet"])]
+
+
+def query_macs(method, nets: dict) -> int:
+    """MACs of the query path: the networks a query passes through."""
+    return sum(layer_macs(n) for n in query_nets(method, nets))
+
+
+def query_params(method, nets: dict) -> int:
+    return sum(n.count_params() for n in query_nets(method, nets))
+
+
+def export_execution(work: str, examples: str, calls: int = 300) -> None:
+    """Today's export against the XLA-compiled one, both from the run's latest checkpoint, in this run."""
+    import shutil
+    import statistics
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from components.evaluate import encode_split
+    from components.metrics import mean_average_precision
+    from dsrhn.records import read_split_raw
+    from trainer.task import export_checkpoint
+
+    tmp = tempfile.mkdtemp(prefix="dsrhn-encode-")
+    try:
+        exports = {"today's export (baseline)": export_checkpoint(work, examples, os.path.join(tmp, "plain")),
+                   "XLA-compiled networks": export_checkpoint(work, examples, os.path.join(tmp, "xla"), xla=True)}
+        query = [bytes(r["lr"]) for r in read_split_raw(examples, "query").take(64).as_numpy_iterator()]
+        rows, bits = {}, {}
+        for name, path in exports.items():
+            sig = tf.saved_model.load(path).signatures["serving_default"]
+            one, batch = tf.constant(query[:1]), tf.constant(query)
+            for _ in range(5):
+                sig(images=one), sig(images=batch)
+            single = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                sig(images=one)["codes"].numpy()
+                single.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            for _ in range(10):
+                sig(images=batch)["codes"].numpy()
+            per_image = (time.perf_counter() - t0) * 1000 / (10 * len(query))
+            p50 = statistics.median(single)
+            model = tf.saved_model.load(path)
+            q = encode_split(examples, "query", "lr", lambda x, m=model: m.signatures["serving_default"](images=x)["codes"].numpy())
+            g = encode_split(examples, "gallery", "hr", lambda x, m=model: m.signatures["encode_hr"](images=x)["codes"].numpy())
+            bits[name] = np.unpackbits(q.codes, axis=1)
+            rows[name] = {"p50": p50, "fixed": p50 - per_image, "rate": 1000 / per_image,
+                          "map": mean_average_precision(q.codes, g.codes, q.labels, g.labels, 5000)}
+        base_name = next(iter(rows))
+        base = rows[base_name]
+        print(f"\nexecution of one trained model ({work}), serving_default on encoded LR images, {calls} single calls "
+              f"and batches of 64, same run")
+        print("| export | single query p50 ms | x baseline | fixed cost per call ms | images/s at 64 | identical bits | "
+              "mAP@5000 (change) |")
+        print("|---|---|---|---|---|---|---|")
+        for name, r in rows.items():
+            same = float((bits[name] == bits[base_name]).mean())
+            print(f"| {name} | {r['p50']:.2f} | {r['p50'] / base['p50']:.2f} | {r['fixed']:.2f} | {r['rate']:.0f} | "
+                  f"{same:.4f} | {r['map']:.4f} ({r['map'] - base['map']:+.4f}) |", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="dsrhn,fsr-gan,hashnet-lr")
+    ap.add_argument("--methods", default="dsrhn,fsr-gan,hashnet-lr,student")
+    ap.add_argument("--work", help="a trained run's --work-dir: time its export, plain and XLA-compiled")
+    ap.add_argument("--examples", help="the Examples the --work run trained on")
     ap.add_argument("--presets", default="cpu,paper")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=5, help="timed batches after one warm-up batch")
@@ -58,12 +132,21 @@ def main() -> None:
 
     print(f"encode cost of one query, {platform.node()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"batch {args.batch}, baseline DSRHN (pixel SR) in the same run")
-    print("| preset | method | query path | GMACs/query | x DSRHN | images/s | x DSRHN |")
-    print("|---|---|---|---|---|---|---|")
+    print("| preset | method | query path | GMACs/query | x DSRHN | parameters (M) | images/s | x DSRHN |")
+    print("|---|---|---|---|---|---|---|---|")
+    import tempfile
+
+    from trainer.models import HashNet
+
+    teacher_dir = tempfile.mkdtemp(prefix="dsrhn-teacher-")
     for preset_name in args.presets.split(","):
         rows = {}
         for mode in args.methods.split(","):
             preset = get_preset(preset_name, mode=mode, bits=48)
+            if mode == "student":  # its teacher's shapes are all the cost needs
+                teacher = os.path.join(teacher_dir, f"{preset_name}.weights.h5")
+                HashNet(preset).save_weights(teacher)
+                preset = preset.replace(options={"teacher_weights": teacher})
             info = DatasetInfo(source="bench", label_names=[str(i) for i in range(10)], hr_size=preset.hr_size,
                                lr_size=preset.lr_size, scale=preset.scale)
             method = build_method(preset, info)
@@ -75,11 +158,14 @@ def main() -> None:
             for _ in range(args.batches):
                 fn(x).numpy()
             rate = args.batch * args.batches / (time.perf_counter() - t0)
-            rows[mode] = (method.query_path, query_macs(method, nets) / 1e9, rate)
+            rows[mode] = (method.query_path, query_macs(method, nets) / 1e9, rate, query_params(method, nets) / 1e6)
         base = rows.get("dsrhn")
-        for mode, (path, gmacs, rate) in rows.items():
+        for mode, (path, gmacs, rate, params) in rows.items():
             rel = (f"{gmacs / base[1]:.3f}", f"{rate / base[2]:.2f}") if base else ("-", "-")
-            print(f"| {preset_name} | {mode} | {path} | {gmacs:.3f} | {rel[0]} | {rate:.1f} | {rel[1]} |", flush=True)
+            print(f"| {preset_name} | {mode} | {path} | {gmacs:.3f} | {rel[0]} | {params:.2f} | {rate:.1f} | {rel[1]} |",
+                  flush=True)
+    if args.work:
+        export_execution(args.work, args.examples)
 
 
 if __name__ == "__main__":

@@ -305,8 +305,8 @@ def main() -> None:
             (after_stage1 if mode in SR_ROWS and not os.path.exists(stage1_weights) else tasks).append(task)
         if after_stage1:
             tasks.append((0, ("stage1", "sr", stage1_key), train_sr_stage,
-                          (examples, json.loads(json.dumps(stage1_preset.to_dict())), os.path.join(folder, "sr-stage"),
-                           stage1_weights), after_stage1))
+                          (examples, json.loads(json.dumps(stage1_preset.to_dict())),
+                           os.path.join(folder, f"sr-stage-{stage1_key}"), stage1_weights), after_stage1))
         trained: dict = {}
 
         def on_done(name, out, set_name=set_name, set_results=set_results, trained=trained):

@@ -104,6 +104,50 @@ def run_clients(url: str, method: str, body: dict | None, clients: int, seconds:
             "n": len(lat), "errors": len(errors)}
 
 
+def profile_search(base_dir: str, name: str, body: dict, n: int = 300) -> dict:
+    """Where one unbatched :search spends its time, stage by stage, in this process (no HTTP): the request's JSON,
+    base64, the image headers' checks, the SavedModel call (decode, resize, networks, packing), the index search,
+    the hits' ids and labels, and the answer's JSON. Median milliseconds over n requests, after a warm-up."""
+    import json
+
+    import numpy as np
+
+    from serving.index import answer_results
+    from serving.server import InputLimits, _run_signature, parse_images
+    from serving.store import ModelStore
+
+    store = ModelStore(base_dir, name, poll_seconds=3600)
+    store.refresh()
+    s = store.current
+    raw = json.dumps(body).encode()
+    limits = InputLimits()
+    stages: dict = {k: [] for k in ("json in", "base64", "header checks", "model call", "index search", "ids and labels",
+                                    "json out")}
+    for i in range(n + 20):
+        t = [time.perf_counter()]
+        req = json.loads(raw)
+        t.append(time.perf_counter())
+        images, _ = parse_images(req)
+        t.append(time.perf_counter())
+        limits.check(images)
+        t.append(time.perf_counter())
+        out = _run_signature(s, "serving_default", images)
+        t.append(time.perf_counter())
+        dist, rows = s.index.search(np.asarray(out["codes"], np.uint8), req["k"])
+        t.append(time.perf_counter())
+        results = answer_results(s.index, out, dist, rows, req["k"], None)
+        t.append(time.perf_counter())
+        json.dumps({"model_version": str(s.version), "k": req["k"], "results": results})
+        t.append(time.perf_counter())
+        if i >= 20:
+            for (stage, values), a, b in zip(stages.items(), t, t[1:]):
+                values.append((b - a) * 1e3)
+    med = {k: statistics.median(v) for k, v in stages.items()}
+    total = sum(med.values())
+    return {"stages_ms": {k: round(v, 3) for k, v in med.items()}, "total_ms": round(total, 3),
+            "model_share": round(med["model call"] / total, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base-dir")
@@ -115,6 +159,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch-timeout-ms", type=float, default=2.0, help="the third row's batch timeout")
     ap.add_argument("--client", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-only", action="store_true", help="only where one :search spends its time")
+    ap.add_argument("--compare-model-name", help="a second model in --base-dir (e.g. a student or an XLA export) "
+                                                 "measured in the same run, rows marked with its name")
     args = ap.parse_args()
     if args.client:
         return client_process(args.client)
@@ -128,17 +175,28 @@ def main() -> None:
     lr = next(read_split_raw(examples, "query").take(1).as_numpy_iterator())["lr"]
     body = {"instances": [{"b64": base64.b64encode(lr).decode()}], "k": args.k}
     print(f"{args.clients} clients x {args.seconds:.0f} s on loopback, {os.cpu_count()} cores")
+    for name in [args.model_name] + ([args.compare_model_name] if args.compare_model_name else []):
+        prof = profile_search(base, name, body)
+        print(f"where one unbatched :search of {name} spends its time (median ms, in-process, no HTTP): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in prof["stages_ms"].items())
+              + f"; total {prof['total_ms']:.2f} ms, the model call {prof['model_share']:.0%}", flush=True)
+    if args.profile_only:
+        return
     results = {}
-    for label, batching, timeout_ms, threads in (
-            ("unbatched (baseline)", False, 0.0, 1), ("batched", True, 0.0, 1),
-            (f"batched, timeout {args.batch_timeout_ms:g} ms", True, args.batch_timeout_ms, 1),
-            ("batched, 2 batch threads", True, 0.0, 2),
-            (f"batched, 2 batch threads, timeout {args.batch_timeout_ms:g} ms", True, args.batch_timeout_ms, 2)):
-        server = start_server(base, args.model_name, batching, timeout_ms, threads)
+    rows = [(args.model_name, "unbatched (baseline)", False, 0.0, 1), (args.model_name, "batched", True, 0.0, 1),
+            (args.model_name, f"batched, timeout {args.batch_timeout_ms:g} ms", True, args.batch_timeout_ms, 1),
+            (args.model_name, "batched, 2 batch threads", True, 0.0, 2),
+            (args.model_name, f"batched, 2 batch threads, timeout {args.batch_timeout_ms:g} ms", True,
+             args.batch_timeout_ms, 2)]
+    if args.compare_model_name:
+        rows += [(args.compare_model_name, f"{args.compare_model_name}: unbatched", False, 0.0, 1),
+                 (args.compare_model_name, f"{args.compare_model_name}: batched, 2 batch threads", True, 0.0, 2)]
+    for model_name, label, batching, timeout_ms, threads in rows:
+        server = start_server(base, model_name, batching, timeout_ms, threads)
         try:
             if not results:
                 results["GET /healthz (no model)"] = load(f"{server.url}/healthz", "GET", None, args.clients, args.seconds)
-            results[f":search k={args.k} {label}"] = load(f"{server.url}/v1/models/{args.model_name}:search", "POST",
+            results[f":search k={args.k} {label}"] = load(f"{server.url}/v1/models/{model_name}:search", "POST",
                                                           body, args.clients, args.seconds)
             if batching:
                 b = server.app.state.model.batcher

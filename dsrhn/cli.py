@@ -113,6 +113,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from trainer.task import export_checkpoint
+
+    out = export_checkpoint(args.work_dir, args.examples, args.output, xla=args.xla)
+    print(f"model: {os.path.abspath(out)} (from the latest checkpoint in {args.work_dir}{', XLA' if args.xla else ''})")
+    return 0
+
+
 def cmd_methods(args) -> int:
     """The registered methods, their query path and their own options (--set options.NAME=VALUE)."""
     import dataclasses
@@ -332,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 quiet, 1 a progress bar per step, 2 one line per epoch (default: 1 on a terminal, "
                         "2 when the output goes to a file or a pipe)")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("export", help="re-export a trained run from its latest checkpoint (e.g. --xla)")
+    p.add_argument("--work-dir", required=True, help="the run's --work-dir (its checkpoints)")
+    p.add_argument("--examples", required=True, help="the Examples it trained on (label names, sizes)")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--xla", action="store_true", help="XLA-compile the networks of the code signatures")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("methods", help="the registered methods and their options")
     p.set_defaults(fn=cmd_methods)

@@ -232,3 +232,42 @@ def test_version_swap_under_load_loses_no_request(live, base_dir, queries, tmp_p
     assert store.current.version == 2
     st = httpx.get(f"{srv.url}/v1/models/dsrhn/versions/3").json()["model_version_status"][0]
     assert st["state"] == "UNAVAILABLE" and st["status"]["error_code"] == "FAILED_PRECONDITION"
+
+
+def test_an_xla_export_gives_the_same_codes_at_every_batch_size(tmp_path, tiny_preset, mosaic_examples):
+    """`dsrhn export --xla` (trainer/task.py: export_checkpoint): the networks XLA-compiled, run on batches padded to
+    a few bucket sizes; every batch size gives the codes of the plain export (bit for bit, or all but a few bits
+    where float sums round differently: counted)."""
+    from trainer.task import export_checkpoint, train_and_export
+
+    work = tmp_path / "work"
+    plain = str(tmp_path / "plain")
+    train_and_export(mosaic_examples, tiny_preset, str(work), plain, verbose=0)
+    fast = export_checkpoint(str(work), mosaic_examples, str(tmp_path / "xla"), xla=True)
+    assert read_metadata(fast)["xla"] is True and read_metadata(plain)["xla"] is False
+    images = [bytes(r["lr"]) for r in read_split_raw(mosaic_examples, "query").as_numpy_iterator()]
+    images = (images * 5)[:70]
+    a, b = tf.saved_model.load(plain), tf.saved_model.load(fast)
+    for n in (1, 3, 70):
+        batch = tf.constant(images[:n])
+        for sig in ("serving_default", "encode_hr"):
+            x = a.signatures[sig](images=batch)["bits"].numpy()
+            y = b.signatures[sig](images=batch)["bits"].numpy()
+            assert x.shape == y.shape == (n, 12)
+            assert (x != y).mean() < 0.01, (sig, n, (x != y).mean())
+
+
+def test_the_export_packs_codes_by_the_one_sign_rule(trained_model, mosaic_examples):
+    """Eq. 1 and the packing (dsrhn/contracts.py CODE_LAYOUT): bits are sign(v) with sign(0) = +1, packed MSB-first,
+    bit 1 for +1, zero padding; the exported `codes` are exactly components.metrics.pack_bits of its `bits`."""
+    from trainer.export import CodeFunctions
+
+    images = tf.constant([bytes(r["lr"]) for r in read_split_raw(mosaic_examples, "query").take(8).as_numpy_iterator()])
+    out = tf.saved_model.load(trained_model).signatures["serving_default"](images=images)
+    bits, codes = out["bits"].numpy(), out["codes"].numpy()
+    assert set(np.unique(bits).tolist()) <= {-1.0, 1.0} and codes.shape == (8, 2)
+    assert (codes == metrics.pack_bits(bits)).all() and not (codes[:, 1] & 0x0F).any()
+    v = tf.constant([[0.0, -0.0, 1e-9, -1e-9, 2.0, -2.0, 0.0, 1.0, 0.5, -0.5, 3.0, -3.0]])
+    packed = CodeFunctions._packed({"code": v})
+    assert packed["bits"].numpy().tolist() == [[1, 1, 1, -1, 1, -1, 1, 1, 1, -1, 1, -1]]  # sign(0) = +1, -0 too
+    assert packed["codes"].numpy().tolist() == [[0b11101011, 0b10100000]]

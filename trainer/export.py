@@ -52,11 +52,29 @@ def pack_regions(v: tf.Tensor) -> tf.Tensor:
     return tf.reshape(pack_bits_tf(tf.reshape(v, [-1, k])), [-1, r, math.ceil(k / 8)])
 
 
-class CodeFunctions:
-    """The image -> code paths of one trained method, as plain TF functions."""
+XLA_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # batch sizes the XLA-compiled networks run at (inputs padded up)
 
-    def __init__(self, method, nets: dict):
+
+class CodeFunctions:
+    """The image -> code paths of one trained method, as plain TF functions. xla: the networks are XLA-compiled
+    (decoding and resizing stay outside: XLA does not compile string ops), run on the batch padded up to the next
+    of XLA_BUCKETS (a multiple of 64 beyond), so at most a handful of shapes is ever compiled."""
+
+    def __init__(self, method, nets: dict, xla: bool = False):
         self.method, self.nets, self.preset = method, dict(nets), method.preset
+        self.xla = xla
+        if xla:
+            self._query_net = tf.function(lambda x: self.method.query_code_outputs(self.nets, x), jit_compile=True)
+            self._gallery_net = tf.function(lambda x: self.method.code_outputs(self.nets, x), jit_compile=True)
+
+    @staticmethod
+    def _bucketed(fn, x: tf.Tensor) -> dict:
+        n = tf.shape(x)[0]
+        buckets = tf.constant(XLA_BUCKETS, tf.int32)
+        fits = tf.boolean_mask(buckets, buckets >= n)
+        size = tf.cond(tf.size(fits) > 0, lambda: fits[0], lambda: ((n + 63) // 64) * 64)
+        padded = tf.pad(x, [[0, size - n], [0, 0], [0, 0], [0, 0]])
+        return {k: v[:n] for k, v in fn(padded).items()}
 
     def query_image(self, images: tf.Tensor) -> tf.Tensor:
         """What the code network sees for encoded query images: the method's query path (SRNet's output,
@@ -64,11 +82,15 @@ class CodeFunctions:
         return tf.cast(self.method.query_image(self.nets, decode_hr_space(images, self.preset.hr_size)), tf.float32)
 
     def codes(self, images_hr: tf.Tensor) -> dict:
+        if self.xla:
+            return self._packed(self._bucketed(self._gallery_net, images_hr))
         return self._packed(self.method.code_outputs(self.nets, images_hr))
 
     def query_codes(self, images: tf.Tensor) -> dict:
         """Query images (any size) -> codes through the method's query path."""
         x = decode_hr_space(images, self.preset.hr_size)
+        if self.xla:
+            return self._packed(self._bucketed(self._query_net, x))
         return self._packed(self.method.query_code_outputs(self.nets, x))
 
     @staticmethod
@@ -104,11 +126,11 @@ def trained_query_sizes(preset: Preset, train_lr_size: int, query_input: str = "
 
 
 def export_saved_model(method, nets: dict, export_dir: str, label_names: list[str], extra: dict | None = None,
-                       train_lr_size: int | None = None) -> str:
+                       train_lr_size: int | None = None, xla: bool = False) -> str:
     """Export a trained method's networks. train_lr_size: the stored LR side the model trained on
-    (degradation kind fixed); default preset.lr_size."""
+    (degradation kind fixed); default preset.lr_size. xla: XLA-compile the networks of the code signatures."""
     preset, local = method.preset, method.local_layout()
-    fns = CodeFunctions(method, nets)
+    fns = CodeFunctions(method, nets, xla)
     archive = keras.export.ExportArchive()
     for net in nets.values():
         archive.track(net)
@@ -123,7 +145,7 @@ def export_saved_model(method, nets: dict, export_dir: str, label_names: list[st
         "query_input": method.query_input, "query_path": method.query_path, "networks": sorted(nets),
         "query_sizes": list(trained_query_sizes(preset, train_lr_size or preset.lr_size, method.query_input)),
         "degradation": preset.degradation.kind,
-        "signatures": ["serving_default", "encode_hr", "super_resolve"],
+        "signatures": ["serving_default", "encode_hr", "super_resolve"], "xla": bool(xla),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
         **({"local": local} if local else {}),
     })

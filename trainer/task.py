@@ -33,6 +33,27 @@ def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_di
     return {**summary, "trainer": result.trainer} if with_trainer else summary
 
 
+def export_checkpoint(work_dir: str, examples_uri: str, export_dir: str, xla: bool = False) -> str:
+    """Re-export a trained run from its latest checkpoint (the preset and data it was trained with), e.g. with other
+    serving options (xla). Nothing is trained."""
+    from trainer.export import export_saved_model
+    from trainer.train import build_trainer, latest_checkpoint, restore_checkpoint
+
+    ckpt = latest_checkpoint(os.path.join(work_dir, "checkpoints"))
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint under {work_dir}/checkpoints")
+    with open(os.path.join(ckpt, "state.json")) as f:
+        state = json.load(f)
+    info = DatasetInfo.read(examples_uri)
+    preset = preset_from_dict(state["preset"])
+    trainer = build_trainer(preset, info)
+    trainer.identity_json = json.dumps(state.get("identity"))
+    restore_checkpoint(trainer, ckpt)
+    return export_saved_model(trainer.method, trainer.nets, export_dir, info.label_names,
+                              extra={"dataset": info.source, "from_checkpoint": os.path.basename(ckpt)},
+                              train_lr_size=info.lr_size, xla=xla)
+
+
 def preset_from_custom_config(custom_config: dict | None) -> Preset:
     """custom_config: {"preset": name, "overrides": {...}} or {"preset_dict": {...}}."""
     cfg = dict(custom_config or {})
