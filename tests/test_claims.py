@@ -65,6 +65,23 @@ def test_requests_beyond_max_inflight_get_429(tmp_path, version):
         server.stop()
 
 
+def _read_one_response(c: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (headers, then Content-Length bytes of body), however TCP splits it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = c.recv(4096)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    assert len(body) == length, "more bytes than Content-Length"
+    return data[:len(head) + 4] + body
+
+
 def test_dsrhn_serve_closes_idle_connections_and_caps_them(tmp_path, version):
     shutil.copytree(version, tmp_path / "m" / "1")
     with socket.socket() as s:
@@ -85,8 +102,9 @@ def test_dsrhn_serve_closes_idle_connections_and_caps_them(tmp_path, version):
         wait_for(ready, timeout=120, what="dsrhn serve to load the model")
         with socket.create_connection(("127.0.0.1", port)) as c:  # keep-alive, then idle
             c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert b" 200 " in c.recv(4096)
             c.settimeout(10)
+            response = _read_one_response(c)
+            assert b" 200 " in response and response.endswith(b'{"status":"ok"}')
             t0 = time.monotonic()
             rest = c.recv(4096)
             assert rest == b"" and time.monotonic() - t0 < 5  # closed by the server after ~1 s idle
@@ -140,15 +158,21 @@ def _legacy_file(payload: bytes, at: str) -> bytes:
 
 
 class _Boom:
+    """Unpickled, it runs a shell command that writes `marker`."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /tmp/dsrhn-pwned",))
+        return (os.system, (f"echo pwned > {self.marker}",))
 
 
-def test_the_weights_reader_refuses_a_hostile_pickle():
+def test_the_weights_reader_refuses_a_hostile_pickle(tmp_path):
     from trainer.pretrained import read_torch_legacy
 
-    hostile = pickle.dumps(_Boom(), protocol=2)
+    marker = tmp_path / "pwned"
+    hostile = pickle.dumps(_Boom(str(marker)), protocol=2)
     for at in ("magic", "state"):
         with pytest.raises(pickle.UnpicklingError, match="posix.system is not allowed|os.system is not allowed"):
             read_torch_legacy(_legacy_file(hostile, at))
-    assert not os.path.exists("/tmp/dsrhn-pwned")
+    assert not marker.exists()

@@ -154,13 +154,16 @@ def exported(single_examples, tmp_path_factory) -> dict:
         assert run.returncode == 0, f"{mode}: " + run.stderr[-3000:]
         return model
 
-    first = [m for m in ALL if m != "student"]
-    with ThreadPoolExecutor(2) as pool:
-        models = dict(zip(first, pool.map(cli_train, first)))
-    # the student distils the DSRHN just trained (its HashNet's last checkpoint); its gallery codes are the teacher's
+    # the student distils the DSRHN trained here (its HashNet's last checkpoint; its gallery codes are the
+    # teacher's): queued third, it starts once DSRHN (first) is done while the other methods go on training
     teacher = root / "dsrhn" / "work" / "checkpoints" / f"epoch-{QUALITY_STEPS[0]:04d}" / "hashnet.weights.h5"
-    models["student"] = cli_train("student", ["--set", f"options.teacher_weights={teacher}"])
-    return {m: models[m] for m in ALL}
+    others = [m for m in ALL if m not in ("dsrhn", "student")]
+    with ThreadPoolExecutor(2) as pool:
+        futures = {"dsrhn": pool.submit(cli_train, "dsrhn"), others[0]: pool.submit(cli_train, others[0])}
+        futures["student"] = pool.submit(lambda: futures["dsrhn"].result() and cli_train(
+            "student", ["--set", f"options.teacher_weights={teacher}"]))
+        futures.update({m: pool.submit(cli_train, m) for m in others[1:]})
+        return {m: futures[m].result() for m in ALL}
 
 
 # floors, on the single-label set: 100 LR queries (x4 bicubic, the stored partners), 300 gallery images, 10

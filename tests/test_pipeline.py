@@ -85,14 +85,16 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
         serving.stop()
 
     # a re-run reuses the cached artifacts: no new model is trained
-    run([tfx_cli, "run", "create", "--engine", "local", "--pipeline_name", "dsrhn"], tiny_env)
+    log = run([tfx_cli, "run", "create", "--engine", "local", "--pipeline_name", "dsrhn"], tiny_env)
     assert len(store.get_artifacts_by_type("Model")) == n_models
+    assert "already the last blessed model" in log  # and so not pushed a second time
+    assert sorted(os.listdir(os.path.join(cfg.serving_dir, cfg.model_name))) == [os.path.basename(out["pushed_model"])]
 
     # a worse model (HashNet and SRNet barely move: the initial weights' codes) is evaluated against the blessed
     # one and NOT blessed: nothing is pushed, the served version stays
     worse = {**tiny_env, "DSRHN_PIPELINE_CONFIG": json.dumps(
-        {"tiny": True, "preset_overrides": {"bits": 12, "epochs": 1, "batch_size": 32, "steps_per_epoch": 40,
-                                            "hash_lr": 1e-9, "sr_lr": 1e-9}})}
+        {"tiny": True, "train_steps": 2, "preset_overrides": {"bits": 12, "epochs": 1, "batch_size": 32,
+                                                              "steps_per_epoch": 2, "hash_lr": 1e-9, "sr_lr": 1e-9}})}
     log = run([tfx_cli, "run", "create", "--engine", "local", "--pipeline_name", "dsrhn"], worse)
     assert len(store.get_artifacts_by_type("Model")) == n_models + 1
     line = next(x for x in log.splitlines() if "evaluation: LR-query" in x)
@@ -108,7 +110,7 @@ def test_another_registered_method_runs_through_the_same_pipeline(mode, option, 
     FSR-GAN: three networks, a feature-space query path): the Trainer's run_fn builds the method from
     the registry; evaluation, push and index are unchanged."""
     config = {"preset_overrides": {"mode": mode, "bits": 12, "epochs": 1, "batch_size": 32,
-                                   "steps_per_epoch": 20, f"options.{option}": 1}, "train_steps": 20, "min_map": 0.0}
+                                   "steps_per_epoch": 40, f"options.{option}": 1}, "train_steps": 40, "min_map": 0.0}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("DSRHN_PIPELINE_CONFIG", None)
     log = run([os.path.join(BIN, "dsrhn"), "pipeline", "--tiny", "--home", str(tmp_path), "--config", json.dumps(config)],

@@ -80,23 +80,23 @@ def test_approximate_factories_report_recall_against_exact_search(tmp_path, trai
     model = tmp_path / "m"
     shutil.copytree(trained_model, model)
     rng = np.random.default_rng(0)
-    centers = rng.integers(0, 256, (20, 2), dtype=np.uint8)  # clustered codes, like a trained model's
-    codes = centers[rng.integers(0, 20, 2000)] ^ (rng.random((2000, 2)) < 0.05).astype(np.uint8)
+    centers = rng.integers(0, 256, (50, 2), dtype=np.uint8)  # clustered codes, like a trained model's: 5% of bits flipped
+    codes = centers[rng.integers(0, 50, 2000)] ^ np.packbits(rng.random((2000, 16)) < 0.05, axis=1)
     rows = [{"id": f"g{i:05d}", "labels": []} for i in range(2000)]
     config = IndexConfig(factory=factory, recall_queries=200, recall_k=20, **params)
     m = gindex.write_index(str(model), codes, rows, meta, config=config)
     assert m["factory"] == factory and m["exact"] is False and m["search_params"] == params
     assert m["recall"]["k"] == 20 and m["recall"]["queries"] == 200 and 0.5 < m["recall"]["recall"] <= 1.0
-    if "nprobe" in params:  # every list probed is exact search, one list of 16 is not: the recall shows both
-        assert gindex.write_index(str(model), codes, rows, meta, config=IndexConfig(
-            factory=factory, recall_queries=200, recall_k=20, nprobe=16))["recall"]["recall"] == 1.0
-        assert gindex.write_index(str(model), codes, rows, meta, config=IndexConfig(
-            factory=factory, recall_queries=200, recall_k=20, nprobe=1))["recall"]["recall"] < 0.99
     g = gindex.load_index(str(model), meta)
     if "nprobe" in params:
         assert g.index.nprobe == 4
     else:
         assert g.index.hnsw.efSearch == 32
+    if "nprobe" in params:  # every list probed is exact search, one list of 16 is not: the recall shows both
+        assert gindex.write_index(str(model), codes, rows, meta, config=IndexConfig(
+            factory=factory, recall_queries=200, recall_k=20, nprobe=16))["recall"]["recall"] == 1.0
+        assert gindex.write_index(str(model), codes, rows, meta, config=IndexConfig(
+            factory=factory, recall_queries=200, recall_k=20, nprobe=1))["recall"]["recall"] < 0.95  # 0.88 measured
     exact = gindex.write_index(str(model), codes, rows, meta)
     assert exact["exact"] is True and "recall" not in exact
     with pytest.raises(ValueError, match="needs at least 16 gallery codes"):

@@ -224,10 +224,11 @@ def test_version_swap_under_load_loses_no_request(live, base_dir, queries, tmp_p
     status = {s["version"]: s["state"] for s in httpx.get(f"{srv.url}/v1/models/dsrhn").json()["model_version_status"]}
     assert status == {"2": "AVAILABLE", "1": "END"}
     # a version whose index belongs to another model is refused; version 2 keeps serving
-    bad = base_dir / "dsrhn" / "3"
-    other_model(tmp_path / "v3", tiny_preset.replace(bits=12))
-    shutil.copytree(tmp_path / "v3", bad)
+    bad = tmp_path / "v3"
+    other_model(bad, tiny_preset.replace(bits=12))
     shutil.copytree(base_dir / "dsrhn" / "2" / "index", bad / "index")
+    shutil.copytree(bad, base_dir / "dsrhn" / ".staging-3")  # whole before it appears: the index is the mismatch
+    (base_dir / "dsrhn" / ".staging-3").rename(base_dir / "dsrhn" / "3")
     wait_for(lambda: 3 in store.status, what="version 3 to be tried")
     assert store.current.version == 2
     st = httpx.get(f"{srv.url}/v1/models/dsrhn/versions/3").json()["model_version_status"][0]

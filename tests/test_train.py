@@ -48,8 +48,10 @@ def test_alternating_steps_update_only_their_side(tiny_preset):
 def test_short_training_lowers_losses_and_beats_random_codes(single_examples, tmp_path):
     # the stored x4 partners (degradation kind fixed): 48 steps are enough to learn one degradation,
     # and the SR-vs-bicubic check below is on that degradation (blind training: test_degradation.py)
+    # SRNet starts as the bicubic input (sr_zero_tail): from a random residual tail, 48 steps do not always
+    # undo it (seed 0: SR 0.065 vs bicubic 0.055 in HashNet's feature space; zero tail, seeds 0-2: SR/bicubic 0.51-0.64)
     preset = get_preset("cpu", mode="dsrhn", bits=16, epochs=4, steps_per_epoch=12, batch_size=32,
-                        sr_blocks=2, sr_filters=16, **{"degradation.kind": "fixed"})
+                        sr_blocks=2, sr_filters=16, sr_zero_tail=True, **{"degradation.kind": "fixed"})
     result = train(single_examples, preset, str(tmp_path / "work"), verbose=0, tensorboard=False)
     h = result.history["alternate"]
     assert h["l_hash"][-1] < h["l_hash"][0] and h["l_mse"][-1] < h["l_mse"][0]
