@@ -263,7 +263,12 @@ def cmd_pipeline(args) -> int:
             if key in out:
                 print(f"{text}: mAP@{out['topk']} {out[key]:.4f}")
     if not out.get("pushed"):
-        print("model was NOT blessed, so nothing was pushed (see the evaluation report)")
+        reasons = out.get("not_blessed", [])
+        if any(r.startswith("already the last blessed model") for r in reasons):
+            print("nothing new to push: this run's model (cached: same code, settings and data) is the one already "
+                  "served")
+        else:
+            print("model was NOT blessed, so nothing was pushed: " + ("; ".join(reasons) or "see the evaluation report"))
     print(f"serve it:          dsrhn serve --base-dir {out['serving_base']} --model-name {out['model_name']}")
     return 0
 

@@ -63,6 +63,11 @@ def latest_outputs(cfg: PipelineConfig) -> dict:
         out["hr_query_map"] = report["hr_query"][f"map@{report['topk']}"]
         if "bicubic_query" in report:
             out["bicubic_query_map"] = report["bicubic_query"][f"map@{report['topk']}"]
+    blessing = newest("ModelBlessing")
+    verdict = os.path.join(blessing.uri, "NOT_BLESSED") if blessing is not None else ""
+    if verdict and os.path.exists(verdict):
+        with open(verdict) as f:
+            out["not_blessed"] = json.load(f).get("reasons", [])
     pushed = newest("PushedModel")
     if pushed is not None:
         props = pushed.custom_properties

@@ -101,6 +101,7 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     assert "NOT BLESSED" in line and "< threshold 0.3500" in line and "last blessed model's" in line, line
     again = latest_outputs(cfg)
     assert not again["pushed"] and again["lr_query_map"] < report["map"]
+    assert any("< threshold 0.3500" in r for r in again["not_blessed"]), again["not_blessed"]
     assert sorted(os.listdir(os.path.join(cfg.serving_dir, cfg.model_name))) == [os.path.basename(out["pushed_model"])]
 
 
