@@ -15,7 +15,7 @@ from trainer import losses
 from dsrhn.degrade import to_hr_space
 from trainer.models import PReLU
 from trainer.export import export_saved_model
-from trainer.train import build_method, build_trainer, train
+from trainer.train import build_method, build_trainer, codes_untrained, train
 
 
 def _snapshot(model):
@@ -113,6 +113,10 @@ def test_phase_schedules_of_the_modes():
     assert mode_phases(cpu.replace(mode="hashnet-lr")) == [("hash-bicubic", 3)]
     # SRNet: 2 warm-up epochs + 3 alternating epochs x 2 updates; HashNet: 3 epochs
     assert build_method(cpu.replace(sr_warmup_epochs=2, sr_steps=2)).optimizer_updates(10) == {"sr": 20 + 60, "hash": 30}
+    # the collapse check after training runs once the code layer has trained: not after an SR stage alone
+    warm = build_method(cpu.replace(sr_warmup_epochs=2))
+    assert [codes_untrained(warm, n) for n in (0, 2, 3)] == [True, True, False]
+    assert codes_untrained(build_method(cpu.replace(mode="hashnet-lr")), 1) is False
 
 
 def test_srnet_fine_tunes_at_its_own_rate_after_an_mse_start():
