@@ -207,11 +207,17 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     return report
 
 
-def blessing_decision(report: dict, min_map: float, baseline_map: float | None = None) -> list[str]:
-    """Why a model must not be blessed (empty: bless it): its LR-query mAP below the floor `min_map`, below the
-    last blessed model's, or its gallery codes collapsed (dsrhn/health.py: constant bits, too few codes)."""
+# a re-run over cached training sees its own model as the last blessed one: it is served already, so it is not
+# blessed (nor pushed) a second time; `dsrhn pipeline` tells this reason from a refusal
+ALREADY_BLESSED = "already the last blessed model: nothing new to push"
+
+
+def blessing_decision(report: dict, min_map: float, baseline_map: float | None = None,
+                      already_blessed: bool = False) -> list[str]:
+    """Why a model must not be blessed (empty: bless it): it is the last blessed model itself, its LR-query mAP is
+    below the floor `min_map` or the last blessed model's, or its gallery codes collapsed (dsrhn/health.py)."""
     k, new_map = report["topk"], report["map"]
-    reasons = []
+    reasons = [ALREADY_BLESSED] if already_blessed else []
     if new_map < min_map:
         reasons.append(f"mAP@{k} {new_map:.4f} < threshold {min_map:.4f}")
     if baseline_map is not None and new_map < baseline_map:

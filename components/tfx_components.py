@@ -81,10 +81,7 @@ def RetrievalEvaluator(
         base_dir = os.path.join(baseline_model.uri, "Format-Serving")
         baseline_map = evaluate_model(base_dir, examples.uri, os.path.join(evaluation.uri, "baseline"), topk=topk,
                                       plots=False)["map"]
-    # a re-run over cached training sees its own model as the last blessed one: it is served already, so it is not
-    # blessed (nor pushed) a second time
-    reasons = ["already the last blessed model: nothing new to push"] if same else []
-    reasons += blessing_decision(report, min_map, baseline_map)
+    reasons = blessing_decision(report, min_map, baseline_map, already_blessed=same)
     blessed = not reasons
     with open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
         f.write(json.dumps({"map": new_map, "baseline_map": baseline_map, "reasons": reasons}))

@@ -263,8 +263,10 @@ def cmd_pipeline(args) -> int:
             if key in out:
                 print(f"{text}: mAP@{out['topk']} {out[key]:.4f}")
     if not out.get("pushed"):
+        from components.evaluate import ALREADY_BLESSED
+
         reasons = out.get("not_blessed", [])
-        if any(r.startswith("already the last blessed model") for r in reasons):
+        if ALREADY_BLESSED in reasons:
             print("nothing new to push: this run's model (cached: same code, settings and data) is the one already "
                   "served")
         else:

@@ -104,3 +104,16 @@ def test_per_query_ap_matches_map_and_gap_closure_interval():
     assert metrics.gap_closure_interval(lr, hr, hr) == c  # seeded: the same interval every run
     with pytest.raises(ValueError, match="same queries"):
         metrics.gap_closure_interval(np.zeros(3), np.zeros(4), np.zeros(3))
+
+
+def test_blessing_decision_reasons():
+    """The blessing gate's rules, one source (components/evaluate.py): each reason alone, and none for a good model."""
+    from components.evaluate import ALREADY_BLESSED, blessing_decision
+
+    good = {"topk": 50, "map": 0.6, "code_health": {"problems": []}}
+    assert blessing_decision(good, min_map=0.5, baseline_map=0.55) == []
+    assert blessing_decision(good, min_map=0.7) == ["mAP@50 0.6000 < threshold 0.7000"]
+    assert blessing_decision(good, min_map=0.5, baseline_map=0.65) == ["mAP@50 0.6000 < last blessed model's 0.6500"]
+    assert blessing_decision(good, min_map=0.5, already_blessed=True) == [ALREADY_BLESSED]
+    bad = dict(good, code_health={"problems": ["bit 3 constant"]})
+    assert blessing_decision(bad, min_map=0.5) == ["collapsed codes: bit 3 constant"]
