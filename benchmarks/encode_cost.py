@@ -57,8 +57,9 @@ def query_params(method, nets: dict) -> int:
     return sum(n.count_params() for n in query_nets(method, nets))
 
 
-def export_execution(work: str, examples: str, calls: int = 300) -> None:
-    """Today's export against the XLA-compiled one, both from the run's latest checkpoint, in this run."""
+def export_execution(work: str, examples: str, calls: int = 300, baseline_model: str | None = None) -> None:
+    """The run's latest checkpoint exported by this code, plain and XLA-compiled, in this run; the named baseline is
+    `baseline_model` (a model as it was exported before, e.g. the main job's pushed model) or else the plain export."""
     import shutil
     import statistics
     import tempfile
@@ -73,8 +74,10 @@ def export_execution(work: str, examples: str, calls: int = 300) -> None:
 
     tmp = tempfile.mkdtemp(prefix="dsrhn-encode-")
     try:
-        exports = {"today's export (baseline)": export_checkpoint(work, examples, os.path.join(tmp, "plain")),
-                   "XLA-compiled networks": export_checkpoint(work, examples, os.path.join(tmp, "xla"), xla=True)}
+        exports = {f"{baseline_model} (baseline, as exported)": baseline_model} if baseline_model else {}
+        exports.update({"this code's export" + ("" if baseline_model else " (baseline)"):
+                        export_checkpoint(work, examples, os.path.join(tmp, "plain")),
+                        "XLA-compiled networks": export_checkpoint(work, examples, os.path.join(tmp, "xla"), xla=True)})
         query = [bytes(r["lr"]) for r in read_split_raw(examples, "query").take(64).as_numpy_iterator()]
         rows, bits = {}, {}
         for name, path in exports.items():
@@ -118,6 +121,8 @@ def main() -> None:
     ap.add_argument("--methods", default="dsrhn,fsr-gan,hashnet-lr,student")
     ap.add_argument("--work", help="a trained run's --work-dir: time its export, plain and XLA-compiled")
     ap.add_argument("--examples", help="the Examples the --work run trained on")
+    ap.add_argument("--baseline-model", help="with --work: an earlier export of that run (e.g. the main job's pushed "
+                                             "model), the named baseline of the export rows")
     ap.add_argument("--presets", default="cpu,paper")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=5, help="timed batches after one warm-up batch")
@@ -165,7 +170,7 @@ def main() -> None:
             print(f"| {preset_name} | {mode} | {path} | {gmacs:.3f} | {rel[0]} | {params:.2f} | {rate:.1f} | {rel[1]} |",
                   flush=True)
     if args.work:
-        export_execution(args.work, args.examples)
+        export_execution(args.work, args.examples, baseline_model=args.baseline_model)
 
 
 if __name__ == "__main__":

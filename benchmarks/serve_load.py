@@ -160,8 +160,9 @@ def main() -> None:
     ap.add_argument("--batch-timeout-ms", type=float, default=2.0, help="the third row's batch timeout")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--profile-only", action="store_true", help="only where one :search spends its time")
-    ap.add_argument("--compare-model-name", help="a second model in --base-dir (e.g. a student or an XLA export) "
-                                                 "measured in the same run, rows marked with its name")
+    ap.add_argument("--compare-model-name", default="",
+                    help="more models in --base-dir, comma-separated (e.g. an XLA export, a student) measured in the "
+                         "same run against --model-name's unbatched row, rows marked with their names")
     args = ap.parse_args()
     if args.client:
         return client_process(args.client)
@@ -175,7 +176,8 @@ def main() -> None:
     lr = next(read_split_raw(examples, "query").take(1).as_numpy_iterator())["lr"]
     body = {"instances": [{"b64": base64.b64encode(lr).decode()}], "k": args.k}
     print(f"{args.clients} clients x {args.seconds:.0f} s on loopback, {os.cpu_count()} cores")
-    for name in [args.model_name] + ([args.compare_model_name] if args.compare_model_name else []):
+    compare = [m for m in args.compare_model_name.split(",") if m]
+    for name in [args.model_name] + compare:
         prof = profile_search(base, name, body)
         print(f"where one unbatched :search of {name} spends its time (median ms, in-process, no HTTP): "
               + ", ".join(f"{k} {v:.3f}" for k, v in prof["stages_ms"].items())
@@ -188,9 +190,8 @@ def main() -> None:
             (args.model_name, "batched, 2 batch threads", True, 0.0, 2),
             (args.model_name, f"batched, 2 batch threads, timeout {args.batch_timeout_ms:g} ms", True,
              args.batch_timeout_ms, 2)]
-    if args.compare_model_name:
-        rows += [(args.compare_model_name, f"{args.compare_model_name}: unbatched", False, 0.0, 1),
-                 (args.compare_model_name, f"{args.compare_model_name}: batched, 2 batch threads", True, 0.0, 2)]
+    for name in compare:
+        rows += [(name, f"{name}: unbatched", False, 0.0, 1), (name, f"{name}: batched, 2 batch threads", True, 0.0, 2)]
     for model_name, label, batching, timeout_ms, threads in rows:
         server = start_server(base, model_name, batching, timeout_ms, threads)
         try:

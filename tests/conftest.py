@@ -15,6 +15,14 @@ from serving.store import ModelStore  # noqa: E402
 BEAM = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
+@pytest.hookimpl(optionalhook=True)  # known only when pytest-xdist is loaded
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject.toml): one worker per core, at most 4. Much of the suite is one Python thread (tracing,
+    starting TensorFlow in subprocesses), so two workers nearly halve it on 2 cores; each worker holds its own
+    TensorFlow (~2 GiB with its subprocesses), so no more than 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @pytest.fixture(scope="session")
 def mosaic_examples(tmp_path_factory) -> str:
     """A tiny multi-label Fashion-MNIST mosaic Examples directory (56 px HR, x4 LR)."""

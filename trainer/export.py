@@ -28,12 +28,16 @@ IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
 
 
 def decode_hr_space(images: tf.Tensor, hr_size: int) -> tf.Tensor:
-    """[N] encoded images of any sizes -> float32 [N, hr_size, hr_size, 3] in [0,1] (to_hr_space)."""
+    """[N] encoded images of any sizes -> float32 [N, hr_size, hr_size, 3] in [0,1] (to_hr_space). One image (a
+    single served query) is decoded directly: map_fn's loop costs more than the decode of a thumbnail."""
     def one(data):
         img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
         return to_hr_space(tf.cast(img, tf.float32) / 255.0, hr_size)
 
-    return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([hr_size, hr_size, 3], tf.float32))
+    def many():
+        return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([hr_size, hr_size, 3], tf.float32))
+
+    return tf.cond(tf.equal(tf.size(images), 1), lambda: one(images[0])[tf.newaxis], many)
 
 
 def pack_bits_tf(bits: tf.Tensor) -> tf.Tensor:  # Eq. 1 codes -> bytes, MSB first
