@@ -57,9 +57,11 @@ def query_params(method, nets: dict) -> int:
     return sum(n.count_params() for n in query_nets(method, nets))
 
 
-def export_execution(work: str, examples: str, calls: int = 300, baseline_model: str | None = None) -> None:
+def export_execution(work: str, examples: str, calls: int = 300, baseline_model: str | None = None,
+                     others: dict | None = None) -> None:
     """The run's latest checkpoint exported by this code, plain and XLA-compiled, in this run; the named baseline is
-    `baseline_model` (a model as it was exported before, e.g. the main job's pushed model) or else the plain export."""
+    `baseline_model` (a model as it was exported before, e.g. the main job's pushed model) or else the plain export.
+    others: more exports by name (e.g. a student distilled from this run), timed and scored the same way."""
     import shutil
     import statistics
     import tempfile
@@ -78,33 +80,37 @@ def export_execution(work: str, examples: str, calls: int = 300, baseline_model:
         exports.update({"this code's export" + ("" if baseline_model else " (baseline)"):
                         export_checkpoint(work, examples, os.path.join(tmp, "plain")),
                         "XLA-compiled networks": export_checkpoint(work, examples, os.path.join(tmp, "xla"), xla=True)})
+        exports.update(others or {})
         query = [bytes(r["lr"]) for r in read_split_raw(examples, "query").take(64).as_numpy_iterator()]
-        rows, bits = {}, {}
-        for name, path in exports.items():
-            sig = tf.saved_model.load(path).signatures["serving_default"]
-            one, batch = tf.constant(query[:1]), tf.constant(query)
+        one, batch = tf.constant(query[:1]), tf.constant(query)
+        sigs = {name: tf.saved_model.load(path).signatures["serving_default"] for name, path in exports.items()}
+        for sig in sigs.values():
             for _ in range(5):
                 sig(images=one), sig(images=batch)
-            single = []
-            for _ in range(calls):
+        single, per_image = {n: [] for n in sigs}, {n: [] for n in sigs}
+        for _ in range(6):  # the exports interleaved, so a slower minute of the machine is shared by all
+            for name, sig in sigs.items():
+                for _ in range(calls // 6):
+                    t0 = time.perf_counter()
+                    sig(images=one)["codes"].numpy()
+                    single[name].append((time.perf_counter() - t0) * 1000)
                 t0 = time.perf_counter()
-                sig(images=one)["codes"].numpy()
-                single.append((time.perf_counter() - t0) * 1000)
-            t0 = time.perf_counter()
-            for _ in range(10):
-                sig(images=batch)["codes"].numpy()
-            per_image = (time.perf_counter() - t0) * 1000 / (10 * len(query))
-            p50 = statistics.median(single)
+                for _ in range(3):
+                    sig(images=batch)["codes"].numpy()
+                per_image[name].append((time.perf_counter() - t0) * 1000 / (3 * len(query)))
+        rows, bits = {}, {}
+        for name, path in exports.items():
+            p50, per = statistics.median(single[name]), statistics.median(per_image[name])
             model = tf.saved_model.load(path)
             q = encode_split(examples, "query", "lr", lambda x, m=model: m.signatures["serving_default"](images=x)["codes"].numpy())
             g = encode_split(examples, "gallery", "hr", lambda x, m=model: m.signatures["encode_hr"](images=x)["codes"].numpy())
             bits[name] = np.unpackbits(q.codes, axis=1)
-            rows[name] = {"p50": p50, "fixed": p50 - per_image, "rate": 1000 / per_image,
+            rows[name] = {"p50": p50, "fixed": p50 - per, "rate": 1000 / per,
                           "map": mean_average_precision(q.codes, g.codes, q.labels, g.labels, 5000)}
         base_name = next(iter(rows))
         base = rows[base_name]
         print(f"\nexecution of one trained model ({work}), serving_default on encoded LR images, {calls} single calls "
-              f"and batches of 64, same run")
+              f"and 18 batches of 64 per export, interleaved, same run")
         print("| export | single query p50 ms | x baseline | fixed cost per call ms | images/s at 64 | identical bits | "
               "mAP@5000 (change) |")
         print("|---|---|---|---|---|---|---|")
@@ -123,6 +129,8 @@ def main() -> None:
     ap.add_argument("--examples", help="the Examples the --work run trained on")
     ap.add_argument("--baseline-model", help="with --work: an earlier export of that run (e.g. the main job's pushed "
                                              "model), the named baseline of the export rows")
+    ap.add_argument("--compare-models", default="",
+                    help="with --work: more exports as NAME=PATH,... (e.g. student=<a student distilled from that run>)")
     ap.add_argument("--presets", default="cpu,paper")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=5, help="timed batches after one warm-up batch")
@@ -170,7 +178,8 @@ def main() -> None:
             print(f"| {preset_name} | {mode} | {path} | {gmacs:.3f} | {rel[0]} | {params:.2f} | {rate:.1f} | {rel[1]} |",
                   flush=True)
     if args.work:
-        export_execution(args.work, args.examples, baseline_model=args.baseline_model)
+        others = dict(item.split("=", 1) for item in args.compare_models.split(",") if item)
+        export_execution(args.work, args.examples, baseline_model=args.baseline_model, others=others)
 
 
 if __name__ == "__main__":
