@@ -229,6 +229,7 @@ def main() -> None:
                          "(e.g. dsrhn-lam01:lam=0.1 starts from the dsrhn row)")
     ap.add_argument("--set", action="append", default=[], help="preset override for every row")
     ap.add_argument("--no-labelled", action="store_true", help="skip the labelled GCompris set (b)")
+    ap.add_argument("--no-instance", action="store_true", help="skip the instance set (a)")
     args = ap.parse_args()
 
     from components.ingest import derive_query_set, run_ingest
@@ -245,12 +246,16 @@ def main() -> None:
     cells = grid_cells()
 
     # the data sets, remade when their settings change
-    sets = {"instance": {"kind": "photos", "root": os.path.join(photos, "train"), "test_root": os.path.join(photos, "test"),
-                         "query_views": args.query_views, "gallery_views": args.gallery_views, "seed": 0}}
+    sets = {}
+    if not args.no_instance:
+        sets["instance"] = {"kind": "photos", "root": os.path.join(photos, "train"), "test_root": os.path.join(photos, "test"),
+                            "query_views": args.query_views, "gallery_views": args.gallery_views, "seed": 0}
     labelled = os.path.join(photos, "labelled", "gcompris-categorization")
     if not args.no_labelled and os.path.isdir(labelled):
         sets["labelled"] = {"kind": "directory", "root": labelled, "rule": "per-class", "query_per_class": 8,
                             "train_per_class": 16, "seed": 0}
+    if not sets:
+        sys.exit("nothing to run: --no-instance and --no-labelled (or no labelled set in the corpus)")
     data_code = code_digest(dirs=("components", "dsrhn"))
     for name, spec in sets.items():
         folder = os.path.join(args.out, name)

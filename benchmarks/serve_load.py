@@ -7,6 +7,10 @@ framework's floor: no model call), all in the same run.
 
     python benchmarks/serve_load.py --base-dir runs/tfx/serving --model-name dsrhn [--clients 8 --seconds 20]
     python benchmarks/serve_load.py --build-tiny   # makes a tiny untrained model + index first
+    python benchmarks/serve_load.py ... --process "dsrhn" --process "student-xla:--workers 2 --intra-op-threads 1"
+
+--process MODEL[:FLAGS] adds a row served by `dsrhn serve --model-name MODEL FLAGS` in its own process(es), as a
+user runs it (e.g. several worker processes, TensorFlow's thread pools), against the same unbatched baseline.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 import httpx
 
@@ -32,6 +37,66 @@ def start_server(base_dir: str, name: str, batching: bool = True, timeout_ms: fl
         raise SystemExit(f"no servable version with an index under {base_dir}/{name}")
     return BackgroundServer(store, batching=BatchingConfig(enabled=batching, batch_timeout_ms=timeout_ms,
                                                                    num_batch_threads=threads))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured row: a model served in this process (batching settings), or by `dsrhn serve FLAGS`."""
+
+    model: str
+    label: str
+    batching: bool = False
+    timeout_ms: float = 0.0
+    threads: int = 1
+    flags: str | None = None  # not None: `dsrhn serve` in its own process(es) with these flags
+
+
+class ProcessServer:
+    """`dsrhn serve` in a child process on a free loopback port; ready when every worker has started."""
+
+    def __init__(self, base_dir: str, name: str, flags: str, start_timeout: float = 300.0):
+        import shlex
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        extra = shlex.split(flags)
+        workers = next((int(a.split("=", 1)[1]) if "=" in a else int(extra[i + 1])
+                        for i, a in enumerate(extra) if a.split("=", 1)[0] == "--workers"), 1)
+        cmd = [sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", base_dir, "--model-name", name,
+               "--port", str(self.port), "--poll-seconds", "3600", *extra]
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + start_timeout
+        while self._started() < workers:
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise SystemExit(f"`{' '.join(cmd)}` did not start {workers} worker(s):\n{self._tail()}")
+            time.sleep(0.2)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _started(self) -> int:
+        with open(self.log.name) as f:
+            return f.read().count("Application startup complete")
+
+    def _tail(self) -> str:
+        with open(self.log.name) as f:
+            return "".join(f.readlines()[-20:])
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.unlink(self.log.name)
 
 
 def build_tiny(root: str) -> tuple[str, str]:
@@ -60,7 +125,9 @@ def load(url: str, method: str, body: dict | None, clients: int, seconds: float)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"url": url, "method": method, "body": body, "clients": clients, "seconds": seconds}, f)
     try:
-        out = subprocess.run([sys.executable, __file__, "--client", f.name], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--client", f.name], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"the client process failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
     finally:
         os.unlink(f.name)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -99,6 +166,8 @@ def run_clients(url: str, method: str, body: dict | None, clients: int, seconds:
                     errors.append(r.status_code)
 
     wall = run_threads([worker] * clients)
+    if not lat:
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "n": 0, "errors": len(errors)}
     lat.sort()
     return {"rps": len(lat) / wall, "p50": statistics.median(lat) * 1e3, "p99": lat[int(0.99 * (len(lat) - 1))] * 1e3,
             "n": len(lat), "errors": len(errors)}
@@ -157,12 +226,15 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--warmup-seconds", type=float, default=2.0, help="load before each row's measured seconds")
     ap.add_argument("--batch-timeout-ms", type=float, default=2.0, help="the third row's batch timeout")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--profile-only", action="store_true", help="only where one :search spends its time")
     ap.add_argument("--compare-model-name", default="",
                     help="more models in --base-dir, comma-separated (e.g. an XLA export, a student) measured in the "
                          "same run against --model-name's unbatched row, rows marked with their names")
+    ap.add_argument("--process", action="append", default=[], metavar="MODEL[:FLAGS]",
+                    help="a row served by `dsrhn serve --model-name MODEL FLAGS` in its own process(es) (repeatable)")
     args = ap.parse_args()
     if args.client:
         return client_process(args.client)
@@ -185,23 +257,30 @@ def main() -> None:
     if args.profile_only:
         return
     results = {}
-    rows = [(args.model_name, "unbatched (baseline)", False, 0.0, 1), (args.model_name, "batched", True, 0.0, 1),
-            (args.model_name, f"batched, timeout {args.batch_timeout_ms:g} ms", True, args.batch_timeout_ms, 1),
-            (args.model_name, "batched, 2 batch threads", True, 0.0, 2),
-            (args.model_name, f"batched, 2 batch threads, timeout {args.batch_timeout_ms:g} ms", True,
-             args.batch_timeout_ms, 2)]
+    rows = [Row(args.model_name, "unbatched (baseline)", False), Row(args.model_name, "batched", True),
+            Row(args.model_name, f"batched, timeout {args.batch_timeout_ms:g} ms", True, args.batch_timeout_ms),
+            Row(args.model_name, "batched, 2 batch threads", True, threads=2),
+            Row(args.model_name, f"batched, 2 batch threads, timeout {args.batch_timeout_ms:g} ms", True,
+                args.batch_timeout_ms, 2)]
     for name in compare:
-        rows += [(name, f"{name}: unbatched", False, 0.0, 1), (name, f"{name}: batched, 2 batch threads", True, 0.0, 2)]
-    for model_name, label, batching, timeout_ms, threads in rows:
-        server = start_server(base, model_name, batching, timeout_ms, threads)
+        rows += [Row(name, f"{name}: unbatched", False), Row(name, f"{name}: batched, 2 batch threads", True, threads=2)]
+    for spec in args.process:
+        name, _, flags = spec.partition(":")
+        rows.append(Row(name, f"{name}: dsrhn serve {flags or '(defaults)'}", flags=flags))
+    for row in rows:
+        server = (ProcessServer(base, row.model, row.flags) if row.flags is not None
+                  else start_server(base, row.model, row.batching, row.timeout_ms, row.threads))
+        batcher = server.app.state.model.batcher if row.flags is None and row.batching else None
         try:
             if not results:
                 results["GET /healthz (no model)"] = load(f"{server.url}/healthz", "GET", None, args.clients, args.seconds)
-            results[f":search k={args.k} {label}"] = load(f"{server.url}/v1/models/{model_name}:search", "POST",
-                                                          body, args.clients, args.seconds)
-            if batching:
-                b = server.app.state.model.batcher
-                results[f":search k={args.k} {label}"]["per_call"] = b.batched_images / max(1, b.batches)
+            url = f"{server.url}/v1/models/{row.model}:search"
+            load(url, "POST", body, args.clients, args.warmup_seconds)  # first calls (XLA compiles) not counted
+            if batcher:
+                batcher.batched_images = batcher.batches = 0
+            results[f":search k={args.k} {row.label}"] = load(url, "POST", body, args.clients, args.seconds)
+            if batcher:
+                results[f":search k={args.k} {row.label}"]["per_call"] = batcher.batched_images / max(1, batcher.batches)
         finally:
             server.stop()
     for name, r in results.items():

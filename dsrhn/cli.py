@@ -218,13 +218,16 @@ def cmd_photos(args) -> int:
 
 def cmd_serve(args) -> int:
     from serving.batching import BatchingConfig
-    from serving.server import InputLimits, serve
+    from serving.server import InputLimits, ServeSpec, serve
 
-    serve(args.base_dir, args.model_name, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
-          limits=InputLimits(args.max_instances, args.max_pixels, args.max_results),
-          batching=BatchingConfig(args.batching, args.max_batch_size, args.batch_timeout_ms, args.num_batch_threads),
-          max_inflight=args.max_inflight, max_connections=args.max_connections, keep_alive_s=args.keep_alive_seconds,
-          faiss_device=args.faiss_device)
+    spec = ServeSpec(args.base_dir, args.model_name, poll_seconds=args.poll_seconds,
+                     limits=InputLimits(args.max_instances, args.max_pixels, args.max_results),
+                     batching=BatchingConfig(args.batching, args.max_batch_size, args.batch_timeout_ms,
+                                             args.num_batch_threads),
+                     max_inflight=args.max_inflight, faiss_device=args.faiss_device,
+                     intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
+    serve(spec, host=args.host, port=args.port, max_connections=args.max_connections,
+          keep_alive_s=args.keep_alive_seconds, workers=args.workers)
     return 0
 
 
@@ -432,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-timeout-ms", type=float, default=0.0,
                    help="wait up to this long for a batch to fill (0: take what is queued; no added latency)")
     p.add_argument("--num-batch-threads", type=int, default=2, help="batches run at once")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port, each with its own model and index (docs/serving.md)")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="TensorFlow threads inside one op, per process (0: TensorFlow's default, every core)")
+    p.add_argument("--inter-op-threads", type=int, default=0,
+                   help="TensorFlow ops run at once, per process (0: TensorFlow's default)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("pipeline", help="run the TFX pipeline (local orchestrator)")

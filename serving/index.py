@@ -447,8 +447,11 @@ def read_manifest(index_dir: str) -> dict:
         raise IndexMismatch(f"{path} is not valid JSON ({e}); rebuild the index with `dsrhn index`") from None
 
 
-def open_gallery(index_dir: str, manifest: dict, device: str = "cpu", log=None):
-    """The gallery a verified manifest describes: a GalleryIndex (faiss, on `device`) or a MilvusGallery."""
+def open_gallery(index_dir: str, manifest: dict, device: str = "cpu", log=None, mmap: bool = False):
+    """The gallery a verified manifest describes: a GalleryIndex (faiss, on `device`) or a MilvusGallery.
+    mmap: faiss reads the codes in place from the file (IO_FLAG_MMAP_IFC, zero-copy), so server processes on
+    one machine share one copy through the page cache; the file must then be replaced by rename, never
+    rewritten in place (as `dsrhn index` does)."""
     ids = IdMap.open(index_dir, manifest.get("label_names", []))
     if len(ids) != manifest["count"]:
         raise IndexMismatch(f"id map holds {len(ids)} rows; manifest says {manifest['count']}")
@@ -460,7 +463,8 @@ def open_gallery(index_dir: str, manifest: dict, device: str = "cpu", log=None):
         gallery = MilvusGallery.open(manifest, ids)
         gallery.local, gallery.previews = local, previews
         return gallery
-    index = apply_search_params(faiss.read_index_binary(os.path.join(index_dir, INDEX_FILE)),
+    flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+    index = apply_search_params(faiss.read_index_binary(os.path.join(index_dir, INDEX_FILE), flags),
                                 manifest.get("search_params", {}))
     if index.ntotal != manifest["count"] or index.d != manifest["faiss_dim"]:
         raise IndexMismatch(f"index holds {index.ntotal} codes of d={index.d}; manifest says "
@@ -481,10 +485,11 @@ def open_local(index_dir: str, manifest: dict) -> np.ndarray | None:
     return local
 
 
-def load_index(model_dir: str, model_meta: dict, index_dir: str | None = None, device: str = "cpu", log=None):
+def load_index(model_dir: str, model_meta: dict, index_dir: str | None = None, device: str = "cpu", log=None,
+               mmap: bool = False):
     """Load and verify: refuses an index whose manifest does not match the model beside it. device: where faiss
-    searches ("cpu", "gpu" or "auto": the GPU when there is one)."""
+    searches ("cpu", "gpu" or "auto": the GPU when there is one); mmap: see open_gallery."""
     d = index_dir or os.path.join(model_dir, INDEX_DIR)
     manifest = read_manifest(d)
     check_manifest(manifest, model_dir, model_meta, d)
-    return open_gallery(d, manifest, device, log)
+    return open_gallery(d, manifest, device, log, mmap)

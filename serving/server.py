@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import os
@@ -491,17 +492,80 @@ class BackgroundServer:
 
 
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long
+SPEC_ENV = "DSRHN_SERVE_SPEC"  # how `serve` hands its settings to worker processes (JSON)
 
 
-def serve(base_dir: str, name: str, host: str = "127.0.0.1", port: int = 8501, poll_seconds: float = 5.0,
-          limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
-          max_inflight: int = MAX_INFLIGHT, max_connections: int = MAX_CONNECTIONS,
-          keep_alive_s: float = KEEP_ALIVE_S, faiss_device: str = "cpu") -> None:
-    import uvicorn
+@dataclass(frozen=True)
+class ServeSpec:
+    """One server process's settings, as `dsrhn serve` gives them (JSON-able: worker processes read it)."""
 
-    store = ModelStore(base_dir, name, poll_seconds=poll_seconds, faiss_device=faiss_device)
+    base_dir: str
+    name: str
+    poll_seconds: float = 5.0
+    limits: InputLimits = InputLimits()
+    batching: BatchingConfig = BatchingConfig()
+    max_inflight: int = MAX_INFLIGHT
+    faiss_device: str = "cpu"
+    mmap_index: bool = False  # faiss codes shared through the page cache (serve() sets it for several workers)
+    intra_op_threads: int = 0  # TensorFlow's threads inside one op (0: TensorFlow's default, every core)
+    inter_op_threads: int = 0  # ops run at once (0: TensorFlow's default)
+
+    def __post_init__(self):
+        for name in ("intra_op_threads", "inter_op_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: TensorFlow's default), got {value!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeSpec":
+        d = json.loads(text)
+        return cls(**{**d, "limits": InputLimits(**d["limits"]), "batching": BatchingConfig(**d["batching"])})
+
+
+def set_tf_threads(intra_op: int, inter_op: int) -> None:
+    """TensorFlow's thread pools (TF Serving's --tensorflow_intra_op_parallelism / _inter_op_): set before the
+    first op runs. With many concurrent requests of one small image each, one thread per op avoids handing
+    each op's few microseconds of work to other threads (see docs/serving.md, "Processes and threads")."""
+    for value, setter in ((intra_op, tf.config.threading.set_intra_op_parallelism_threads),
+                          (inter_op, tf.config.threading.set_inter_op_parallelism_threads)):
+        if value < 0:
+            raise ValueError(f"thread counts must be >= 0 (0: TensorFlow's default), got {value}")
+        if value:
+            setter(value)
+
+
+def app_from_spec(spec: ServeSpec) -> FastAPI:
+    """A started store and its app: what one server process runs."""
+    set_tf_threads(spec.intra_op_threads, spec.inter_op_threads)
+    store = ModelStore(spec.base_dir, spec.name, poll_seconds=spec.poll_seconds, faiss_device=spec.faiss_device,
+                       mmap_index=spec.mmap_index)
     store.start()
     if store.current is None:
-        print(f"warning: no loadable version under {store.model_dir} yet; polling every {poll_seconds}s")
-    uvicorn.run(create_app(store, limits=limits, batching=batching, max_inflight=max_inflight), host=host, port=port,
-                log_level="info", timeout_keep_alive=keep_alive_s, limit_concurrency=max_connections)
+        print(f"warning: no loadable version under {store.model_dir} yet; polling every {spec.poll_seconds}s")
+    return create_app(store, limits=spec.limits, batching=spec.batching, max_inflight=spec.max_inflight)
+
+
+def worker_app() -> FastAPI:
+    """The app of one of `serve(..., workers=N)`'s processes (uvicorn's factory), from the spec in $DSRHN_SERVE_SPEC."""
+    return app_from_spec(ServeSpec.from_json(os.environ[SPEC_ENV]))
+
+
+def serve(spec: ServeSpec, host: str = "127.0.0.1", port: int = 8501, max_connections: int = MAX_CONNECTIONS,
+          keep_alive_s: float = KEEP_ALIVE_S, workers: int = 1) -> None:
+    """Serve until stopped. workers > 1: that many processes share the listening socket (uvicorn's supervisor
+    restarts one that dies), each with its own model and version poller; their faiss indexes read one copy of the
+    codes through the page cache (mmap_index)."""
+    import uvicorn
+
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    common = dict(host=host, port=port, log_level="info", timeout_keep_alive=keep_alive_s,
+                  limit_concurrency=max_connections)
+    if workers == 1:
+        uvicorn.run(app_from_spec(spec), **common)
+        return
+    os.environ[SPEC_ENV] = dataclasses.replace(spec, mmap_index=True).to_json()
+    uvicorn.run("serving.server:worker_app", factory=True, workers=workers, **common)

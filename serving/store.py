@@ -45,6 +45,7 @@ class ModelStore:
     name: str
     poll_seconds: float = 5.0
     faiss_device: str = "cpu"  # where the gallery index searches: cpu, gpu or auto (serving/index.py: on_device)
+    mmap_index: bool = False  # faiss codes read in place from the file, shared by processes (serving/index.py)
     current: Servable | None = None
     status: dict[int, VersionStatus] = field(default_factory=dict)
 
@@ -78,7 +79,7 @@ class ModelStore:
     def load_version(self, version: int) -> Servable:
         path = os.path.join(self.model_dir, str(version))
         meta = read_metadata(path)
-        index = load_index(path, meta, device=self.faiss_device, log=log.info)
+        index = load_index(path, meta, device=self.faiss_device, log=log.info, mmap=self.mmap_index)
         model = tf.saved_model.load(path)
         return Servable(version, path, model, meta, index)
 

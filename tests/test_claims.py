@@ -1,6 +1,7 @@
 """What the documentation promises about serving and safety, each shown to hold: readiness before a model loads,
 429 past --max-inflight, idle keep-alive connections closed and the connection cap (`dsrhn serve` itself), a version
-re-exported in place reloaded, and the weights reader refusing a hostile pickle."""
+re-exported in place reloaded, several worker processes answering as one, and the weights reader refusing a hostile
+pickle."""
 from __future__ import annotations
 
 import io
@@ -119,6 +120,90 @@ def test_dsrhn_serve_closes_idle_connections_and_caps_them(tmp_path, version):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes uvicorn's supervisor `pid` spawned (Linux /proc; not multiprocessing's resource tracker)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if parent == pid and b"spawn_main" in cmdline:
+                out.append(int(d))
+    return out
+
+
+def test_dsrhn_serve_with_two_worker_processes_answers_as_one_process_does(tmp_path, version, mosaic_examples):
+    from dsrhn.records import read_split_raw
+    from serving.server import search
+
+    shutil.copytree(version, tmp_path / "m" / "1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", str(tmp_path), "--model-name",
+                                 "m", "--port", str(port), "--workers", "2", "--intra-op-threads", "1", "--no-batching"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: log.read_text().count("Application startup complete") == 2 or proc.poll() is not None,
+                 timeout=180, what="both worker processes to load the model")
+        assert proc.poll() is None, log.read_text()[-2000:]
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        index_file = str(tmp_path / "m" / "1" / "index" / "gallery.faissindex")
+        for pid in workers:  # each worker reads the one copy of the codes in place (faiss's zero-copy mmap)
+            with open(f"/proc/{pid}/maps") as f:
+                assert index_file in f.read()
+        queries = [bytes(r["lr"]) for r in read_split_raw(mosaic_examples, "query").take(6).as_numpy_iterator()]
+        store = ModelStore(str(tmp_path), "m", poll_seconds=3600)
+        store.refresh()
+        import base64
+        import concurrent.futures
+
+        def ask(q: bytes) -> dict:
+            r = httpx.post(f"{url}/v1/models/m:search", json={"instances": [{"b64": base64.b64encode(q).decode()}], "k": 5},
+                           timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["results"][0]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, queries * 4))  # concurrent: both processes take requests
+        for q, got in zip(queries * 4, answers):
+            want = search(store.current, {"instances": [{"b64": base64.b64encode(q).decode()}], "k": 5}, 1000)["results"][0]
+            assert got["ids"] == want["ids"] and got["distances"] == want["distances"]
+        # a worker that dies is replaced by uvicorn's supervisor; the service keeps answering meanwhile
+        os.kill(workers[0], 9)
+        assert ask(queries[0])["ids"]
+        wait_for(lambda: log.read_text().count("Application startup complete") == 3, timeout=180,
+                 what="a new worker in place of the killed one")
+        assert len(_workers(proc.pid)) == 2 and workers[0] not in _workers(proc.pid) and ask(queries[1])["ids"]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def test_serve_settings_travel_to_worker_processes_and_bad_ones_are_refused():
+    from serving.batching import BatchingConfig
+    from serving.server import InputLimits, ServeSpec, serve, set_tf_threads
+
+    spec = ServeSpec("/b", "m", limits=InputLimits(3, 100, 9), batching=BatchingConfig(False, 8, 1.5, 3),
+                     intra_op_threads=1, inter_op_threads=2)
+    assert ServeSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        serve(spec, workers=0)
+    with pytest.raises(ValueError, match="thread counts must be >= 0"):
+        set_tf_threads(-1, 0)
+    with pytest.raises(ValueError, match="intra_op_threads must be an integer >= 0"):
+        ServeSpec("/b", "m", intra_op_threads=-2)
 
 
 def test_a_version_re_exported_in_place_is_reloaded(tmp_path, version, tiny_preset, mosaic_examples):

@@ -103,6 +103,35 @@ def test_approximate_factories_report_recall_against_exact_search(tmp_path, trai
         gindex.write_index(str(model), codes[:5], rows[:5], meta, config=IndexConfig(factory="BIVF16"))
 
 
+def _mapped_files() -> set[str]:
+    """The files mapped into this process's memory (Linux /proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        return {parts[5].strip() for parts in (line.split(maxsplit=5) for line in f) if len(parts) == 6}
+
+
+@pytest.mark.parametrize("factory,params", [("BFlat", {}), ("BIVF16", {"nprobe": 4}), ("BHNSW16", {"ef_search": 32})])
+def test_a_memory_mapped_index_answers_as_the_loaded_one_and_is_shared_not_copied(tmp_path, trained_model, factory, params):
+    """Several server processes share one copy of the codes (`dsrhn serve --workers N`): faiss reads them in place
+    from the file (which the page cache holds once for all processes) instead of copying them into each process."""
+    from dsrhn.contracts import INDEX_DIR, INDEX_FILE
+
+    meta = read_metadata(trained_model)
+    model = tmp_path / "m"
+    shutil.copytree(trained_model, model)
+    codes = np.random.default_rng(1).integers(0, 256, (3000, 2), dtype=np.uint8)
+    gindex.write_index(str(model), codes, [{"id": f"g{i}", "labels": []} for i in range(3000)], meta,
+                       config=IndexConfig(factory=factory, recall_queries=100, recall_k=10, **params))
+    path = str(model / INDEX_DIR / INDEX_FILE)
+    loaded = gindex.load_index(str(model), meta)
+    assert path not in _mapped_files()  # read into the process's own memory
+    mapped = gindex.load_index(str(model), meta, mmap=True)
+    assert path in _mapped_files()
+    for k in (10, 300):
+        d0, r0 = loaded.search(codes[:40], k)
+        d1, r1 = mapped.search(codes[:40], k)
+        assert (d0 == d1).all() and (r0 == r1).all(), (factory, k)
+
+
 def _b64(png: bytes) -> dict:
     return {"b64": base64.b64encode(png).decode()}
 
