@@ -191,6 +191,42 @@ def test_dsrhn_serve_with_two_worker_processes_answers_as_one_process_does(tmp_p
         proc.wait(60)
 
 
+def _nodelay_of_accepted(listener: socket.socket) -> int:
+    """TCP_NODELAY of a connection that asyncio's server (as uvicorn's workers run it) accepts on `listener`."""
+    import asyncio
+
+    seen = []
+
+    class Record(asyncio.Protocol):
+        def connection_made(self, transport):
+            seen.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Record, sock=listener)
+        with socket.create_connection(listener.getsockname()[:2]):
+            while not seen:
+                await asyncio.sleep(0.01)
+        server.close()
+
+    asyncio.run(main())
+    return seen[0]
+
+
+def test_worker_processes_answer_without_nagle_delays():
+    """uvicorn binds the workers' shared socket with proto 0; asyncio then leaves Nagle on for every accepted
+    connection and each keep-alive answer waits ~40 ms for the client's delayed ACK. tcp_listener fixes it."""
+    from serving.server import tcp_listener
+
+    def bound() -> socket.socket:  # as uvicorn's Config.bind_socket makes it
+        sock = socket.socket(family=socket.AF_INET)
+        sock.bind(("127.0.0.1", 0))
+        return sock
+
+    assert _nodelay_of_accepted(bound()) == 0  # the problem, as uvicorn leaves it
+    assert _nodelay_of_accepted(tcp_listener(bound())) != 0
+
+
 def test_serve_settings_travel_to_worker_processes_and_bad_ones_are_refused():
     from serving.batching import BatchingConfig
     from serving.server import InputLimits, ServeSpec, serve, set_tf_threads
