@@ -24,6 +24,7 @@ computed with other settings or code is recomputed.
     dsrhn photos                                      # once: fetch the corpus (about 1 min)
     python benchmarks/real_photos.py                  # about 70 min on 2 cores
     python benchmarks/real_photos.py --rows hashnet-lr,dsrhn --variant dsrhn-lam01:lam=0.1 --out runs/photos
+    python benchmarks/real_photos.py --variant two-stage-clean:sr.degradation.noise_prob=0.2  # its own SR stage
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ ROWS = {  # key -> (row name, mode, preset overrides)
     "hashnet-hr": ("HashNet-HR (HR queries)", "hashnet-hr", {}),
 }
 SR_ROWS = ("two-stage", "dsrhn", "multi-level")
+SR_NET_FIELDS = ("sr_blocks", "sr_filters", "sr_kernel", "sr_zero_tail")  # the SR stage's SRNet is the row's
 
 
 def grid_cells() -> dict:
@@ -62,6 +64,20 @@ def parse_set(items: list[str]) -> dict:
     from dsrhn.config import parse_overrides
 
     return parse_overrides(items)
+
+
+def parse_variant(text: str) -> tuple[str, str, dict, dict]:
+    """NAME:FIELD=V[,sr.FIELD=V...] -> (name, parent row, the row's overrides, its photo SR stage's overrides).
+    `sr.`-prefixed fields change only the SR stage the row starts from (e.g. its training degradations)."""
+    name, _, fields = text.partition(":")
+    parent = next((r for r in sorted(ROWS, key=len, reverse=True) if name.startswith(r)), None)
+    if parent is None:
+        raise ValueError(f"--variant {text}: its name must start with a row name ({', '.join(ROWS)})")
+    items = [f for f in fields.split(",") if f]
+    sr_items = [f[len("sr."):] for f in items if f.startswith("sr.")]
+    if sr_items and ROWS[parent][1] not in SR_ROWS:
+        raise ValueError(f"--variant {text}: sr.* fields need a row that starts from the SR stage ({', '.join(SR_ROWS)})")
+    return name, parent, parse_set([f for f in items if not f.startswith("sr.")]), parse_set(sr_items)
 
 
 # ---------------------------------------------------------------- tasks (each in a fresh process)
@@ -176,8 +192,8 @@ def print_grid(title: str, results: dict, rows: list[str], cells: list[str], top
     return summaries
 
 
-def print_sr_quality(results: dict, cells: list[str]) -> None:
-    rows = [r for r in SR_ROWS if r in results]
+def print_sr_quality(results: dict, sr_rows: list[str], cells: list[str]) -> None:
+    rows = [r for r in sr_rows if r in results]
     if not rows:
         return
     print("\n### Query images: PSNR-Y / SSIM-Y against the HR view (first 200 queries; border = scale)\n")
@@ -233,7 +249,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from components.ingest import derive_query_set, run_ingest
-    from dsrhn.config import LRConfig, data_dir, get_preset
+    from dsrhn.config import LRConfig, data_dir, get_preset, with_overrides
 
     t_start = time.time()
     photos = args.photos or os.path.join(data_dir(), "photos")
@@ -273,13 +289,13 @@ def main() -> None:
     code = code_digest(BENCH_FILES)
     variants = {}
     for v in args.variant:
-        name, _, fields = v.partition(":")
-        parent = next((r for r in sorted(ROWS, key=len, reverse=True) if name.startswith(r)), None)
-        if parent is None:
-            sys.exit(f"--variant {v}: its name must start with a row name ({', '.join(ROWS)})")
-        variants[name] = (f"{ROWS[parent][0]} [{fields}]", ROWS[parent][1], parse_set(fields.split(",")))
+        try:
+            name, parent, overrides, sr_overrides = parse_variant(v)
+        except ValueError as e:
+            sys.exit(str(e))
+        variants[name] = (f"{ROWS[parent][0]} [{v.partition(':')[2]}]", ROWS[parent][1], overrides, sr_overrides)
         ROW_NAMES[name] = variants[name][0]
-    rows = {k: ROWS[k] for k in args.rows.split(",") if k} | variants
+    rows = {k: (*ROWS[k], {}) for k in args.rows.split(",") if k} | variants
     cache = RowCache(os.path.join(args.out, "results.json"))
     results = {}
     for set_name in sets:
@@ -290,13 +306,16 @@ def main() -> None:
         per_epoch = max(1, steps_total // epochs)
         sr_epochs = base.sr_warmup_epochs or epochs
         sr_per_epoch = max(1, (args.sr_steps or sr_epochs * base.steps_per_epoch) // sr_epochs)
-        stage1_preset = base.replace(mode="two-stage", sr_warmup_epochs=sr_epochs, steps_per_epoch=sr_per_epoch)
-        stage1_key = row_key({"preset": stage1_preset.to_dict(), "data": set_name}, code)
-        stage1_weights = os.path.join(folder, f"sr-stage-{stage1_key}.srnet.weights.h5")
-        tasks, after_stage1, set_results = [], [], {}
-        for key, (_, mode, overrides) in rows.items():
-            preset = base.replace(mode=mode, epochs=epochs, steps_per_epoch=per_epoch).replace(**overrides)
+        stage1_base = base.replace(mode="two-stage", sr_warmup_epochs=sr_epochs, steps_per_epoch=sr_per_epoch)
+        tasks, stages, set_results = [], {}, {}  # stages: SR stage key -> (its preset, weights, rows waiting on it)
+        for key, (_, mode, overrides, sr_overrides) in rows.items():
+            preset = with_overrides(base.replace(mode=mode, epochs=epochs, steps_per_epoch=per_epoch), overrides)
             if mode in SR_ROWS:
+                stage1_preset = with_overrides(stage1_base.replace(**{f: getattr(preset, f) for f in SR_NET_FIELDS}),
+                                               sr_overrides)
+                stage1_key = row_key({"preset": stage1_preset.to_dict(), "data": set_name}, code)
+                stage1_weights = os.path.join(folder, f"sr-stage-{stage1_key}.srnet.weights.h5")
+                stages.setdefault(stage1_key, (stage1_preset, stage1_weights, []))
                 preset = preset.replace(srnet_weights=stage1_weights)
             rk = row_key({"preset": preset.to_dict(), "data": set_name, "topk": args.topk}, code)
             cached = cache.get(f"{set_name}/{key}", rk)
@@ -307,17 +326,19 @@ def main() -> None:
             score = (1, ("score", key, rk), score_row, (os.path.join(run_dir, "model"), examples, cell_dirs, args.topk,
                                                        os.path.join(run_dir, "ap"), mode == "hashnet-hr"), [])
             task = (0, ("train", key, rk), train_row, (examples, json.loads(json.dumps(preset.to_dict())), run_dir), [score])
-            (after_stage1 if mode in SR_ROWS and not os.path.exists(stage1_weights) else tasks).append(task)
-        if after_stage1:
-            tasks.append((0, ("stage1", "sr", stage1_key), train_sr_stage,
-                          (examples, json.loads(json.dumps(stage1_preset.to_dict())),
-                           os.path.join(folder, f"sr-stage-{stage1_key}"), stage1_weights), after_stage1))
+            waiting = mode in SR_ROWS and not os.path.exists(preset.srnet_weights)
+            (stages[stage1_key][2] if waiting else tasks).append(task)
+        for stage1_key, (stage1_preset, stage1_weights, after) in stages.items():
+            if after:
+                tasks.append((0, ("stage1", "sr", stage1_key), train_sr_stage,
+                              (examples, json.loads(json.dumps(stage1_preset.to_dict())),
+                               os.path.join(folder, f"sr-stage-{stage1_key}"), stage1_weights), after))
         trained: dict = {}
 
         def on_done(name, out, set_name=set_name, set_results=set_results, trained=trained):
             what, key, rk = name
             if what == "stage1":
-                print(f"{set_name}: photo SR stage trained ({out['seconds']:.0f} s)", flush=True)
+                print(f"{set_name}: photo SR stage {rk} trained ({out['seconds']:.0f} s)", flush=True)
             elif what == "train":
                 trained[key] = out
                 print(f"{set_name}/{key}: trained in {out['train_seconds']:.0f} s", flush=True)
@@ -348,7 +369,7 @@ def main() -> None:
                  else "(b) labelled retrieval, GCompris categorisation (5 classes)")
         summary[set_name] = print_grid(title, res, order, list(cells), args.topk)
         if set_name == "instance":
-            print_sr_quality(res, list(cells))
+            print_sr_quality(res, [r for r in order if rows[r][1] in SR_ROWS], list(cells))
         hr_ref = res.get("hashnet-hr", {}).get("score", {}).get("hr_query_map")
         print_rows(res, order, hr_ref)
     with open(os.path.join(args.out, "summary.json"), "w") as f:

@@ -56,16 +56,15 @@ class ProcessServer:
 
     def __init__(self, base_dir: str, name: str, flags: str, start_timeout: float = 300.0):
         import shlex
-        import socket
         import subprocess
         import sys
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        from dsrhn.cli import build_parser
+        from serving.server import free_loopback_port
+
+        self.port = free_loopback_port()
         extra = shlex.split(flags)
-        workers = next((int(a.split("=", 1)[1]) if "=" in a else int(extra[i + 1])
-                        for i, a in enumerate(extra) if a.split("=", 1)[0] == "--workers"), 1)
+        workers = build_parser().parse_args(["serve", "--base-dir", base_dir, *extra]).workers  # as dsrhn serve reads them
         cmd = [sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", base_dir, "--model-name", name,
                "--port", str(self.port), "--poll-seconds", "3600", *extra]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
@@ -79,8 +78,10 @@ class ProcessServer:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def _started(self) -> int:
+        from serving.server import started_processes
+
         with open(self.log.name) as f:
-            return f.read().count("Application startup complete")
+            return started_processes(f.read())
 
     def _tail(self) -> str:
         with open(self.log.name) as f:

@@ -290,6 +290,11 @@ def get_preset(name: str, **overrides) -> Preset:
     """The named preset with `overrides` applied (None values are ignored)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return with_overrides(PRESETS[name], overrides)
+
+
+def with_overrides(preset: Preset, overrides: dict) -> Preset:
+    """`preset` with --set style overrides: FIELD, degradation.FIELD, views.FIELD, options.NAME (None: ignored)."""
     changes = {k: v for k, v in overrides.items() if v is not None}
     nested = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("degradation.")}
     views = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("views.")}
@@ -299,7 +304,7 @@ def get_preset(name: str, **overrides) -> Preset:
     unknown |= {f"views.{k}" for k in set(views) - {f.name for f in dataclasses.fields(Views)}}
     if unknown:
         raise ValueError(f"unknown preset fields: {sorted(unknown)}")
-    preset = PRESETS[name].replace(**changes)
+    preset = preset.replace(**changes)
     if nested:  # Preset.__post_init__ made any dict a Degradation
         preset = preset.replace(degradation=dataclasses.replace(preset.degradation, **nested))
     if views:

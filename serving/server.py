@@ -459,6 +459,21 @@ def query_size_warning(side: int, sizes: list[int] | None) -> str | None:
             f"so its codes may be less accurate")
 
 
+STARTED_LINE = "Application startup complete"  # what uvicorn logs once per server process that is ready
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it; a tiny race with other binders)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def started_processes(log_text: str) -> int:
+    """How many server processes a `dsrhn serve` log says are ready."""
+    return log_text.count(STARTED_LINE)
+
+
 class BackgroundServer:
     """The REST app on a free loopback port, in a daemon thread (tests, load benchmarks)."""
 
@@ -469,9 +484,7 @@ class BackgroundServer:
 
         import uvicorn
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_loopback_port()
         app = create_app(store, max_body_bytes=max_body_bytes, limits=limits, batching=batching,
                          max_inflight=max_inflight, body_timeout_s=body_timeout_s)
         self.app = app
@@ -525,15 +538,14 @@ class ServeSpec:
 
 
 def set_tf_threads(intra_op: int, inter_op: int) -> None:
-    """TensorFlow's thread pools (TF Serving's --tensorflow_intra_op_parallelism / _inter_op_): set before the
-    first op runs. With many concurrent requests of one small image each, one thread per op avoids handing
-    each op's few microseconds of work to other threads (see docs/serving.md, "Processes and threads")."""
-    for value, setter in ((intra_op, tf.config.threading.set_intra_op_parallelism_threads),
-                          (inter_op, tf.config.threading.set_inter_op_parallelism_threads)):
-        if value < 0:
-            raise ValueError(f"thread counts must be >= 0 (0: TensorFlow's default), got {value}")
-        if value:
-            setter(value)
+    """TensorFlow's thread pools (TF Serving's --tensorflow_intra_op_parallelism / _inter_op_), set before the
+    first op runs; 0 keeps TensorFlow's default (ServeSpec validates the counts). With many concurrent requests
+    of one small image each, one thread per op may save handing each op's few microseconds of work to other
+    threads; measured on 2 cores it did not pay beyond noise (docs/serving.md, "Processes and threads")."""
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
 def app_from_spec(spec: ServeSpec) -> FastAPI:

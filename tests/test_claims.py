@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from serving.indexer import gallery_from_examples, run_indexing
-from serving.server import BackgroundServer
+from serving.server import BackgroundServer, free_loopback_port, started_processes
 from serving.store import ModelStore
 from tests.conftest import BEAM, wait_for
 
@@ -85,9 +85,7 @@ def _read_one_response(c: socket.socket) -> bytes:
 
 def test_dsrhn_serve_closes_idle_connections_and_caps_them(tmp_path, version):
     shutil.copytree(version, tmp_path / "m" / "1")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", str(tmp_path), "--model-name", "m",
                              "--port", str(port), "--keep-alive-seconds", "1", "--max-connections", "3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -144,9 +142,7 @@ def test_dsrhn_serve_with_two_worker_processes_answers_as_one_process_does(tmp_p
     from serving.server import search
 
     shutil.copytree(version, tmp_path / "m" / "1")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", str(tmp_path), "--model-name",
@@ -154,7 +150,7 @@ def test_dsrhn_serve_with_two_worker_processes_answers_as_one_process_does(tmp_p
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: log.read_text().count("Application startup complete") == 2 or proc.poll() is not None,
+        wait_for(lambda: started_processes(log.read_text()) == 2 or proc.poll() is not None,
                  timeout=180, what="both worker processes to load the model")
         assert proc.poll() is None, log.read_text()[-2000:]
         workers = _workers(proc.pid)
@@ -183,7 +179,7 @@ def test_dsrhn_serve_with_two_worker_processes_answers_as_one_process_does(tmp_p
         # a worker that dies is replaced by uvicorn's supervisor; the service keeps answering meanwhile
         os.kill(workers[0], 9)
         assert ask(queries[0])["ids"]
-        wait_for(lambda: log.read_text().count("Application startup complete") == 3, timeout=180,
+        wait_for(lambda: started_processes(log.read_text()) == 3, timeout=180,
                  what="a new worker in place of the killed one")
         assert len(_workers(proc.pid)) == 2 and workers[0] not in _workers(proc.pid) and ask(queries[1])["ids"]
     finally:
@@ -229,15 +225,13 @@ def test_worker_processes_answer_without_nagle_delays():
 
 def test_serve_settings_travel_to_worker_processes_and_bad_ones_are_refused():
     from serving.batching import BatchingConfig
-    from serving.server import InputLimits, ServeSpec, serve, set_tf_threads
+    from serving.server import InputLimits, ServeSpec, serve
 
     spec = ServeSpec("/b", "m", limits=InputLimits(3, 100, 9), batching=BatchingConfig(False, 8, 1.5, 3),
                      intra_op_threads=1, inter_op_threads=2)
     assert ServeSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         serve(spec, workers=0)
-    with pytest.raises(ValueError, match="thread counts must be >= 0"):
-        set_tf_threads(-1, 0)
     with pytest.raises(ValueError, match="intra_op_threads must be an integer >= 0"):
         ServeSpec("/b", "m", intra_op_threads=-2)
 

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dsrhn.config import Degradation, get_preset, parse_overrides, preset_from_dict
+from dsrhn.config import Degradation, get_preset, parse_overrides, preset_from_dict, with_overrides
 from dsrhn.degrade import degrade, example_seed, to_hr_space
 from tests.conftest import BEAM, LiveServer
 
@@ -152,6 +152,10 @@ def test_degradation_config_is_validated_and_overridable():
             Degradation(**bad)
     with pytest.raises(ValueError, match="unknown preset fields"):
         get_preset("cpu", **{"degradation.scale": 3.0})
+    q = with_overrides(p, {"degradation.noise_prob": 0.2, "bits": 16})  # any preset, not only a named one
+    assert (q.degradation.noise_prob, q.degradation.scale_max, q.bits, p.degradation.noise_prob) == (0.2, 4.0, 16, 0.5)
+    with pytest.raises(ValueError, match="unknown preset fields"):
+        with_overrides(p, {"views.nope": 1})
     with pytest.raises(ValueError, match="must be float"):
         parse_overrides(["degradation.blur_sigma_max=inf"])
 
