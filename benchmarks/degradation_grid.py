@@ -17,7 +17,7 @@ and prints one table per model: mAP@K per cell, gap closure (model - HashNet-LR)
 HashNet-LR) against the blind HashNet-LR with a 90% paired bootstrap interval over the queries, PSNR-Y
 of the image HashNet sees (first 200 queries), and a summary row (worst cell, mean).
 
-The grid's LR is made by components.images.make_lr (Pillow), not by the training sampler
+The grid's LR is made by dsrhn.images.make_lr (Pillow), not by the training sampler
 (TensorFlow ops), and none of its settings were used to choose the sampler's ranges.
 
     python benchmarks/degradation_grid.py                       # defaults (about 31 min on 2 cores)

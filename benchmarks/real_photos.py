@@ -6,7 +6,7 @@ classes), the degradation grid's 15 cells, and every row with the ImageNet Mobil
     photo whole and as `--gallery-views - 1` random views (crops of 30-100 % of it, flips, colour shifts),
     plus every training photo whole as a distractor; the queries are `--query-views` other views of each
     test photo, degraded per cell (x2/x4/x8 x clean bicubic, blur 1.5, noise 8, JPEG 40, all three:
-    components.images.make_lr, not the training sampler); relevant = the same photo. Nothing of a test photo
+    dsrhn.images.make_lr, not the training sampler); relevant = the same photo. Nothing of a test photo
     is trained on. Training draws fresh pairs of views of the training photos in every batch.
 (b) Labelled retrieval on GCompris's categorisation images (5 classes): per-class split, every row trained
     on its train split, queries degraded per cell.

@@ -18,8 +18,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from components import sources
-from components.images import ImageError, encode_png, load_image, make_lr, photo_view, prepare_hr, source_image
+from dsrhn import sources
+from dsrhn.images import ImageError, encode_png, load_image, make_lr, photo_view, prepare_hr, source_image
 from components.masks import item_mask
 from dsrhn.atomic import remove_stale, swap_into_place, temp_path
 from dsrhn.config import LRConfig
@@ -233,7 +233,7 @@ def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report
 
 def derive_query_set(examples_uri: str, out_uri: str, lr: LRConfig) -> DatasetInfo:
     """A stored, repeatable query set: the query split of `examples_uri` with its LR partners made anew
-    from each HR by `lr` (deterministic per (lr.seed, id), components.images.make_lr), written as an
+    from each HR by `lr` (deterministic per (lr.seed, id), dsrhn.images.make_lr), written as an
     Examples directory holding Split-query and dsrhn_dataset.json. Written under a temporary name
     and renamed into place, so a killed run never leaves a half set behind."""
     import tensorflow as tf

@@ -1,7 +1,7 @@
 """Pixel masks for the segmentation branch (records' optional `mask`, dsrhn/records.py): Fashion-MNIST
 items drawn on background, and COCO instance annotations (polygons and RLE) rasterised at ingestion.
 A mask is an 8-bit image: 0 background, 1 + label index, 255 unknown; it goes through the same
-geometry as its HR image (components.images.prepare_hr), with nearest-neighbour resampling."""
+geometry as its HR image (dsrhn.images.prepare_hr), with nearest-neighbour resampling."""
 from __future__ import annotations
 
 import json
@@ -75,7 +75,7 @@ def item_mask(item, image_size: tuple[int, int]) -> Image.Image:
     """The mask of a SourceItem of a source with masks, at its decoded image's size. An item without
     any instance outline (a COCO image whose annotations carry no segmentation) gets an all-unknown
     mask: its labels are known, its pixels are not."""
-    from components import sources
+    from dsrhn import sources
 
     if item.ref.startswith("fmnist:"):
         return Image.fromarray(sources.fashion_mnist_segmentation(item.ref), "L")

@@ -77,7 +77,7 @@ def cmd_ingest(args) -> int:
 
 
 def _lr_args(p) -> None:
-    """How LR partners are made from HR (components.images.make_lr): ingest and query sets."""
+    """How LR partners are made from HR (dsrhn.images.make_lr): ingest and query sets."""
     p.add_argument("--scale", type=int, default=4, choices=[2, 4, 8])
     p.add_argument("--kernel", default="bicubic", choices=["bicubic", "area", "bilinear"])
     p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma before downsampling")

@@ -2,7 +2,7 @@
 views of every photo in every batch) and the query and gallery views `dsrhn ingest photos` stores.
 
 A photo enters as its *source*: the photo with its shorter side brought to `source_side` (aspect kept;
-components.images.source_image). `random_view` crops a random region of it (area and aspect from
+dsrhn.images.source_image). `random_view` crops a random region of it (area and aspect from
 dsrhn.config.Views), resizes that to the HR size (antialiased bicubic), flips it and shifts its colours.
 Every draw comes from a stateless seed, so the same (seed, photo, view) gives the same view in any
 process, on resume, at ingestion and in training.

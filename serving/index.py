@@ -34,6 +34,7 @@ from dsrhn.contracts import (ID_BYTES_FILE, ID_OFFSETS_FILE, INDEX_DIR, INDEX_FI
                              check_manifest, code_dim, model_fingerprint, sha256_file, stored_bytes)
 from dsrhn.multilevel import rerank as rerank_rows
 from dsrhn.multilevel import stored_local, word_bytes
+from serving.hits import query_results
 
 MAX_GPU_K = 2048  # faiss GPU binary search limit
 FAISS_DEVICES = ("cpu", "gpu", "auto")
@@ -274,7 +275,7 @@ def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits:
     model's fingerprint, version and code layout; the Milvus backend writes the codes to its collection.
     local: a multi-level model's stored local codes [N, R, 2, W] (dsrhn/multilevel.py), with its
     export metadata's `local` layout; written to local.npy beside the index, whatever the backend.
-    previews: each row's preview JPEG (components.images.preview_jpeg), packed into previews.bin beside the
+    previews: each row's preview JPEG (dsrhn.images.preview_jpeg), packed into previews.bin beside the
     index, whatever the backend; None: no previews (`dsrhn index --no-previews`)."""
     codes = check_codes(codes, bits)
     if not (len(ids) == len(codes) == len(label_bits)):
@@ -399,22 +400,6 @@ class GalleryIndex:
 
     def query(self, codes: np.ndarray, k: int) -> list[dict]:
         return query_results(self, *self.search(codes, k))
-
-
-def query_results(gallery, dist: np.ndarray, rows: np.ndarray, extra: dict | None = None) -> list[dict]:
-    """Each query's {"ids", "distances", "labels"}, nearest first, from a search of any gallery with an
-    `ids` map (faiss or Milvus): ids and labels are read for the top-k rows only. extra: more per-hit
-    float columns (name -> [n, k]), e.g. a re-ranking's distances."""
-    out = []
-    for q, (d_row, r_row) in enumerate(zip(dist, rows)):
-        keep = r_row >= 0
-        hits = [gallery.ids.row(int(r)) for r in r_row[keep]]
-        result = {"ids": [h["id"] for h in hits], "distances": [int(x) for x in d_row[keep]],
-                  "labels": [h["labels"] for h in hits], "rows": [int(r) for r in r_row[keep]]}
-        for name, values in (extra or {}).items():
-            result[name] = [round(float(x), 4) for x in values[q][keep]]
-        out.append(result)
-    return out
 
 
 def search_depth(k: int, rerank: Rerank | None) -> int:

@@ -52,7 +52,7 @@ def gallery_from_examples(examples_uri: str, split: str = "gallery") -> list[Gal
 def gallery_from_source(spec: dict) -> list[GalleryItem]:
     """A list file + image root ({"kind": "list", ...}) or a directory ({"kind": "directory", "root"}):
     every listed image goes to the gallery; bad lines are reported like bad images."""
-    from components import sources
+    from dsrhn import sources
 
     if spec["kind"] == "list":
         items, n = sources.parse_list_file(spec["list_file"], spec["image_root"],
@@ -83,7 +83,7 @@ class EncodeGallery(beam.DoFn):
         self._progress = Progress("index", self.total or None, "images", share=self.share, worker=self.share < 1)
 
     def process(self, batch: list[GalleryItem]):
-        from components.images import decode_image, encode_png, load_image, prepare_hr, preview_jpeg
+        from dsrhn.images import decode_image, encode_png, load_image, prepare_hr, preview_jpeg
 
         good, images, previews = [], [], []
         for it in batch:
@@ -147,7 +147,7 @@ class EncodeGallery(beam.DoFn):
 
 
 def _reason(e: Exception) -> str:
-    from components.images import ImageError
+    from dsrhn.images import ImageError
 
     return str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
 

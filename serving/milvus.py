@@ -19,6 +19,7 @@ import numpy as np
 
 from dsrhn.config import IndexConfig
 from dsrhn.contracts import IndexMismatch, code_dim
+from serving.hits import query_results
 
 INSERT_BATCH = 10_000
 MAX_LIMIT = 16_384  # Milvus's top-k limit
@@ -137,6 +138,4 @@ class MilvusGallery:
         return self.ids.row(row)
 
     def query(self, codes: np.ndarray, k: int) -> list[dict]:
-        from serving.index import query_results
-
         return query_results(self, *self.search(codes, k))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.images import ImageError, decode_image
+from dsrhn.images import ImageError, decode_image
 from tests.conftest import wait_for
 
 SIGNATURES = {"jpeg": b"\xff\xd8\xff\xe0", "png": b"\x89PNG\r\n\x1a\n", "gif": b"GIF89a", "bmp": b"BM",
@@ -178,7 +178,7 @@ def _photos(root, names):
 
 
 def test_list_semantics_one_record_per_image_no_leaks_paths_inside_the_root(tmp_path):
-    from components import sources
+    from dsrhn import sources
 
     root = tmp_path / "root"
     _photos(root, ["a.png", "b.png", "my photo 1.png", "c.png"])
@@ -234,7 +234,7 @@ def test_single_list_ingest_never_puts_a_query_in_the_gallery(tmp_path):
 
 
 def test_coco_mistakes_are_named(tmp_path):
-    from components import sources
+    from dsrhn import sources
 
     root = tmp_path / "img"
     _photos(root, ["1.png", "2.png", "3.png"])

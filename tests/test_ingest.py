@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import sources
-from components.images import ImageError, decode_image, make_lr, prepare_hr
+from dsrhn import sources
+from dsrhn.images import ImageError, decode_image, make_lr, prepare_hr
 from components.ingest import run_ingest
 from dsrhn.config import LRConfig
 from dsrhn.records import DatasetInfo, read_split, read_split_raw
@@ -199,7 +199,7 @@ def test_coco_json_and_directory_sources(image_tree, tmp_path):
 
 
 def test_fashion_mnist_mosaic_labels_are_the_union(mosaic_examples):
-    from components.sources import fashion_mnist_pixels, load_fashion_mnist
+    from dsrhn.sources import fashion_mnist_pixels, load_fashion_mnist
 
     info = DatasetInfo.read(mosaic_examples)
     assert (info.hr_size, info.lr_size, info.num_labels) == (56, 14, 10)

@@ -125,7 +125,7 @@ def test_a_checkpoint_of_another_method_is_refused(mosaic_examples, tmp_path):
 # ---------------------------------------------------------------- masks and the new methods' parts
 
 def test_mosaic_masks_mark_each_tile_class_where_the_item_is_drawn(mosaic_examples):
-    from components.sources import FASHION_MNIST_DRAWN
+    from dsrhn.sources import FASHION_MNIST_DRAWN
 
     info = DatasetInfo.read(mosaic_examples)
     assert info.masks and info.multi_label
