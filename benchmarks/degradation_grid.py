@@ -10,7 +10,8 @@ Trains once (cpu preset, Fashion-MNIST mosaics, 48 bits, every run the same 720 
                    CNN-Baseline (no critic, MSE); and FSR-GAN on a HashNet trained on HR + LR
   multi-level      DSRHN + local codes (from the same SRNet); scored here on its global codes alone
   student          a HashNet on bicubic LR distilled from the DSRHN row (its last checkpoint), the gallery
-                   encoded by the DSRHN row's HashNet: the cheaper query encoder (no SRNet at query time)
+                   encoded by the DSRHN row's HashNet: the cheaper query encoder (no SRNet at query time);
+                   --student-steps sets its distillation updates (default: the same as every row's)
   HashNet-HR       HR queries: the upper end of every cell's gap
   specialist       DSRHN trained on the stored x4 blur-2 LR partners (degradation kind fixed)
 and prints one table per model: mAP@K per cell, gap closure (model - HashNet-LR) / (HashNet-HR -
@@ -169,7 +170,7 @@ def print_tables(results: dict, cell_names: list[str], args, minutes: float) -> 
     hr = results.get("hashnet-hr", {}).get("cells", {}).get("HR", {}).get("map")
     print(f"\nDegradation grid, mAP@{args.topk}, {args.bits} bits, Fashion-MNIST mosaics, cpu preset, {args.steps} HashNet "
           f"steps/run, {args.n_query} queries, {platform.node()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
-          f"{minutes:.1f} min")
+          f"{minutes:.1f} min" + (f"; the student {args.student_steps} distillation steps" if args.student_steps else ""))
     print(f"HashNet-HR (HR queries): {hr:.4f}" if hr is not None else "HashNet-HR: -")
     for key, name, _, _ in MODELS[:-1]:
         if key not in results:
@@ -206,6 +207,7 @@ def main() -> None:
                     help="HashNet updates per run (720: at 360 the blind rows were still far from converged)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--stage1-steps", type=int, default=0, help="SRNet MSE updates of each stage 1 (default 2 x --steps)")
+    ap.add_argument("--student-steps", type=int, default=0, help="the student's distillation updates (default --steps)")
     ap.add_argument("--n-train", type=int, default=10000)
     ap.add_argument("--n-query", type=int, default=2000)
     ap.add_argument("--n-gallery", type=int, default=10000)
@@ -269,7 +271,8 @@ def main() -> None:
         if key not in wanted:
             continue
         stage1 = stage1_weights(kind)
-        preset = get_preset("cpu", mode=mode, bits=args.bits, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+        row_steps = max(1, (args.student_steps or args.steps) // args.epochs) if mode == "student" else steps_per_epoch
+        preset = get_preset("cpu", mode=mode, bits=args.bits, epochs=args.epochs, steps_per_epoch=row_steps,
                             **{"degradation.kind": kind})
         if mode in ("two-stage", "dsrhn", "multi-level"):
             preset = preset.replace(srnet_weights=stage1)
