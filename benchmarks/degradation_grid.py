@@ -172,7 +172,7 @@ def print_tables(results: dict, cell_names: list[str], args, minutes: float) -> 
     hr = results.get("hashnet-hr", {}).get("cells", {}).get("HR", {}).get("map")
     print(f"\nDegradation grid, mAP@{args.topk}, {args.bits} bits, Fashion-MNIST mosaics, cpu preset, {args.steps} HashNet "
           f"steps/run, {args.n_query} queries, {platform.node()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
-          f"{minutes:.1f} min; the student {args.student_steps or STUDENT_STEPS_X * args.steps} distillation steps")
+          f"{minutes:.1f} min; the student {args.student_steps} distillation steps")
     print(f"HashNet-HR (HR queries): {hr:.4f}" if hr is not None else "HashNet-HR: -")
     for key, name, _, _ in MODELS[:-1]:
         if key not in results:
@@ -219,6 +219,7 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=5000)
     ap.add_argument("--models", default=",".join(m[0] for m in MODELS), help="subset of " + ",".join(m[0] for m in MODELS))
     args = ap.parse_args()
+    args.student_steps = args.student_steps or STUDENT_STEPS_X * args.steps  # the default, resolved once
 
     from components.ingest import derive_query_set, run_ingest
     from dsrhn.config import LRConfig, get_preset
@@ -255,7 +256,6 @@ def main() -> None:
     wanted = args.models.split(",")
     steps_per_epoch = max(1, args.steps // args.epochs)
     stage1_steps = args.stage1_steps or 2 * args.steps
-    student_steps = args.student_steps or STUDENT_STEPS_X * args.steps
     data_key = row_key({"ingest": ingest, "topk": args.topk}, code)
 
     def stage1_weights(kind: str) -> str:
@@ -276,7 +276,7 @@ def main() -> None:
         if key not in wanted:
             continue
         stage1 = stage1_weights(kind)
-        row_steps = max(1, student_steps // args.epochs) if mode == "student" else steps_per_epoch
+        row_steps = max(1, args.student_steps // args.epochs) if mode == "student" else steps_per_epoch
         preset = get_preset("cpu", mode=mode, bits=args.bits, epochs=args.epochs, steps_per_epoch=row_steps,
                             **{"degradation.kind": kind})
         if mode in ("two-stage", "dsrhn", "multi-level"):
