@@ -12,8 +12,11 @@ classes), the degradation grid's 15 cells, and every row with the ImageNet Mobil
     on its train split, queries degraded per cell.
 
 Rows (photo preset unless said): HashNet-LR, two-stage (the photo SR stage, frozen), DSRHN (from the photo
-SR stage), FSR-GAN (HashNet on HR, then G), HashNet-HR (HR queries: the top of every cell's gap). The photo
-SR stage is an SRNet trained by MSE alone on views of the training photos with the blind degradations.
+SR stage), FSR-GAN (HashNet on HR, then G), the student (issue 31: HashNet on the bicubic LR query, no SRNet,
+distilled from two-stage's HashNet, which keeps encoding the gallery; --student-steps), HashNet-HR (HR queries:
+the top of every cell's gap). The photo SR stage is an SRNet trained by MSE alone on views of the training
+photos with the blind degradations. A variant's value `@ROW` is that row's trained HashNet: a row that starts
+from it (`options.hashnet_weights=@hashnet-hr`) or distils it trains after it, keyed on its key.
 Printed: mAP@K per cell and row; DSRHN - HashNet-LR with a 90% paired bootstrap interval over the queries;
 gap closure only where the HR - LR gap is positive; PSNR-Y / SSIM-Y of the photo SR stage, DSRHN's SRNet
 and bicubic per cell; HR-query retrieval and code health of every row (collapse check); training time.
@@ -25,6 +28,7 @@ computed with other settings or code is recomputed.
     python benchmarks/real_photos.py                  # about 70 min on 2 cores
     python benchmarks/real_photos.py --rows hashnet-lr,dsrhn --variant dsrhn-lam01:lam=0.1 --out runs/photos
     python benchmarks/real_photos.py --variant two-stage-clean:sr.degradation.noise_prob=0.2  # its own SR stage
+    python benchmarks/real_photos.py --variant dsrhn-fromhr:options.hashnet_weights=@hashnet-hr  # HashNet from HR's
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache import RowCache, code_digest, row_key  # noqa: E402
-from degradation_grid import CONDITIONS, SCALES, score_model  # noqa: E402
+from degradation_grid import CONDITIONS, SCALES, STUDENT_STEPS_X, score_model  # noqa: E402
 from reproduce_table1 import Runner  # noqa: E402
 
 ROWS = {  # key -> (row name, mode, preset overrides)
@@ -48,8 +52,12 @@ ROWS = {  # key -> (row name, mode, preset overrides)
     "two-stage": ("Two-stage (photo SR stage, frozen)", "two-stage", {}),
     "dsrhn": ("DSRHN (from the photo SR stage)", "dsrhn", {}),
     "fsr-gan": ("FSR-GAN (HashNet on HR, then G)", "fsr-gan", {}),
+    "student": ("Student (LR query, no SRNet; two-stage's HashNet distilled)", "student",
+                {"options.teacher_weights": "@two-stage"}),
     "hashnet-hr": ("HashNet-HR (HR queries)", "hashnet-hr", {}),
 }
+# A value "@ROW" is that row's trained HashNet (.weights.h5): a student's teacher, or a HashNet to start from
+# (options.hashnet_weights=@hashnet-hr). The row named waits for ROW, and its key includes ROW's key.
 SR_ROWS = ("two-stage", "dsrhn", "multi-level")
 SR_NET_FIELDS = ("sr_blocks", "sr_filters", "sr_kernel", "sr_zero_tail")  # the SR stage's SRNet is the row's
 
@@ -94,14 +102,21 @@ def train_sr_stage(examples: str, preset_dict: dict, out: str, weights: str) -> 
     return {"seconds": time.time() - t0}
 
 
-def train_row(examples: str, preset_dict: dict, run_dir: str) -> dict:
+def train_row(examples: str, preset_dict: dict, run_dir: str, hashnet_out: str) -> dict:
+    """Train and export one row; its trained HashNet is also kept at `hashnet_out` (for rows that start from it
+    or distil it: `@ROW` values)."""
     from dsrhn.config import preset_from_dict
     from trainer.task import train_and_export
+    from trainer.train import completed_checkpoints
 
     shutil.rmtree(run_dir, ignore_errors=True)
     code = code_digest(BENCH_FILES)  # the code this row really trained with (a change mid-run is flagged)
-    summary = train_and_export(examples, preset_from_dict(preset_dict), os.path.join(run_dir, "work"),
-                               os.path.join(run_dir, "model"), verbose=0)
+    work = os.path.join(run_dir, "work")
+    summary = train_and_export(examples, preset_from_dict(preset_dict), work, os.path.join(run_dir, "model"), verbose=0)
+    last = os.path.join(work, "checkpoints", completed_checkpoints(os.path.join(work, "checkpoints"))[-1])
+    if os.path.exists(os.path.join(last, "hashnet.weights.h5")):
+        shutil.copyfile(os.path.join(last, "hashnet.weights.h5"), hashnet_out + ".tmp")
+        os.replace(hashnet_out + ".tmp", hashnet_out)
     return {"train_seconds": summary["seconds"], "model": os.path.join(run_dir, "model"), "trained_with_code": code,
             "code_health": summary["code_health"], "history_end": {
                 phase: {k: v[-1] for k, v in h.items()} for phase, h in summary["history"].items()}}
@@ -123,6 +138,34 @@ def score_row(model: str, examples: str, cell_dirs: dict, topk: int, out_dir: st
     out["gallery_health"] = code_health(g.codes, int(enc.meta["bits"]), g.labels).to_dict()
     out["gallery_health"].pop("rare_share")
     return out
+
+
+def run_tasks(tasks: list, set_name: str, set_results: dict, cache: RowCache, code: str) -> None:
+    """Train, then score, each row's task (each in a fresh process); scored rows go into set_results and the cache."""
+    trained: dict = {}
+
+    def on_done(name, out):
+        what, key, rk = name
+        if what == "stage1":
+            print(f"{set_name}: photo SR stage {rk} trained ({out['seconds']:.0f} s)", flush=True)
+        elif what == "train":
+            trained[key] = out
+            print(f"{set_name}/{key}: trained in {out['train_seconds']:.0f} s", flush=True)
+        else:
+            row = trained.pop(key)
+            if row["trained_with_code"] != code:  # the code changed while this run was going: not this key's row
+                print(f"{set_name}/{key}: the code changed during the run ({code} at its start, "
+                      f"{row['trained_with_code']} when this row trained): not cached", flush=True)
+                set_results[key] = {**row, "score": out, "key": "(code changed)", "computed": "this run"}
+                return
+            set_results[key] = cache.put(f"{set_name}/{key}", rk, {**row, "score": out})
+            print(f"{set_name}/{key}: scored ({out['score_seconds']:.0f} s)", flush=True)
+
+    runner = Runner(1)
+    try:
+        runner.run(tasks, on_done)
+    finally:
+        runner.close()
 
 
 # ---------------------------------------------------------------- tables
@@ -236,6 +279,8 @@ def main() -> None:
     ap.add_argument("--preset", default="photo")
     ap.add_argument("--steps", type=int, default=0, help="HashNet updates per row (default: the preset's)")
     ap.add_argument("--sr-steps", type=int, default=0, help="SRNet MSE updates of the photo SR stage (default: the preset's)")
+    ap.add_argument("--student-steps", type=int, default=0,
+                    help=f"the student's distillation updates (default: {STUDENT_STEPS_X}x the HashNet steps)")
     ap.add_argument("--query-views", type=int, default=10)
     ap.add_argument("--gallery-views", type=int, default=5)
     ap.add_argument("--topk", type=int, default=100)
@@ -293,9 +338,16 @@ def main() -> None:
             name, parent, overrides, sr_overrides = parse_variant(v)
         except ValueError as e:
             sys.exit(str(e))
-        variants[name] = (f"{ROWS[parent][0]} [{v.partition(':')[2]}]", ROWS[parent][1], overrides, sr_overrides)
+        variants[name] = (f"{ROWS[parent][0]} [{v.partition(':')[2]}]", ROWS[parent][1], ROWS[parent][2] | overrides,
+                          sr_overrides)
         ROW_NAMES[name] = variants[name][0]
     rows = {k: (*ROWS[k], {}) for k in args.rows.split(",") if k} | variants
+    refs = {key: ref for key, (_, _, overrides, _) in rows.items()
+            for ref in [str(v)[1:] for v in overrides.values() if str(v).startswith("@")]}
+    for key, ref in refs.items():
+        if ref not in rows or ref in refs:
+            sys.exit(f"row {key} starts from or distils @{ref}: add {ref} to --rows (a row that refers to no other row)")
+    student_steps = args.student_steps or STUDENT_STEPS_X * steps_total
     cache = RowCache(os.path.join(args.out, "results.json"))
     results = {}
     for set_name in sets:
@@ -307,56 +359,41 @@ def main() -> None:
         sr_epochs = base.sr_warmup_epochs or epochs
         sr_per_epoch = max(1, (args.sr_steps or sr_epochs * base.steps_per_epoch) // sr_epochs)
         stage1_base = base.replace(mode="two-stage", sr_warmup_epochs=sr_epochs, steps_per_epoch=sr_per_epoch)
-        tasks, stages, set_results = [], {}, {}  # stages: SR stage key -> (its preset, weights, rows waiting on it)
-        for key, (_, mode, overrides, sr_overrides) in rows.items():
-            preset = with_overrides(base.replace(mode=mode, epochs=epochs, steps_per_epoch=per_epoch), overrides)
-            if mode in SR_ROWS:
-                stage1_preset = with_overrides(stage1_base.replace(**{f: getattr(preset, f) for f in SR_NET_FIELDS}),
-                                               sr_overrides)
-                stage1_key = row_key({"preset": stage1_preset.to_dict(), "data": set_name}, code)
-                stage1_weights = os.path.join(folder, f"sr-stage-{stage1_key}.srnet.weights.h5")
-                stages.setdefault(stage1_key, (stage1_preset, stage1_weights, []))
-                preset = preset.replace(srnet_weights=stage1_weights)
-            rk = row_key({"preset": preset.to_dict(), "data": set_name, "topk": args.topk}, code)
-            cached = cache.get(f"{set_name}/{key}", rk)
-            if cached:
-                set_results[key] = cached
-                continue
-            run_dir = os.path.join(folder, key)
-            score = (1, ("score", key, rk), score_row, (os.path.join(run_dir, "model"), examples, cell_dirs, args.topk,
-                                                       os.path.join(run_dir, "ap"), mode == "hashnet-hr"), [])
-            task = (0, ("train", key, rk), train_row, (examples, json.loads(json.dumps(preset.to_dict())), run_dir), [score])
-            waiting = mode in SR_ROWS and not os.path.exists(preset.srnet_weights)
-            (stages[stage1_key][2] if waiting else tasks).append(task)
-        for stage1_key, (stage1_preset, stage1_weights, after) in stages.items():
-            if after:
-                tasks.append((0, ("stage1", "sr", stage1_key), train_sr_stage,
-                              (examples, json.loads(json.dumps(stage1_preset.to_dict())),
-                               os.path.join(folder, f"sr-stage-{stage1_key}"), stage1_weights), after))
-        trained: dict = {}
-
-        def on_done(name, out, set_name=set_name, set_results=set_results, trained=trained):
-            what, key, rk = name
-            if what == "stage1":
-                print(f"{set_name}: photo SR stage {rk} trained ({out['seconds']:.0f} s)", flush=True)
-            elif what == "train":
-                trained[key] = out
-                print(f"{set_name}/{key}: trained in {out['train_seconds']:.0f} s", flush=True)
-            else:
-                row = trained.pop(key)
-                if row["trained_with_code"] != code:  # the code changed while this run was going: not this key's row
-                    print(f"{set_name}/{key}: the code changed during the run ({code} at its start, "
-                          f"{row['trained_with_code']} when this row trained): not cached", flush=True)
-                    set_results[key] = {**row, "score": out, "key": "(code changed)", "computed": "this run"}
-                    return
-                set_results[key] = cache.put(f"{set_name}/{key}", rk, {**row, "score": out})
-                print(f"{set_name}/{key}: scored ({out['score_seconds']:.0f} s)", flush=True)
-
-        runner = Runner(1)
-        try:
-            runner.run(tasks, on_done)
-        finally:
-            runner.close()
+        set_results, trained_hashnet = {}, {}  # row -> its trained HashNet's weights file
+        for wave in ([k for k in rows if k not in refs], [k for k in rows if k in refs]):  # @ROW rows after the rest
+            tasks, stages = [], {}  # stages: SR stage key -> (its preset, weights, rows waiting on it)
+            for key in wave:
+                _, mode, overrides, sr_overrides = rows[key]
+                row_steps = student_steps if mode == "student" else per_epoch * epochs
+                overrides = {k: trained_hashnet[v[1:]] if str(v).startswith("@") else v for k, v in overrides.items()}
+                preset = with_overrides(base.replace(mode=mode, epochs=epochs, steps_per_epoch=max(1, row_steps // epochs)),
+                                        overrides)
+                if mode in SR_ROWS:
+                    stage1_preset = with_overrides(stage1_base.replace(**{f: getattr(preset, f) for f in SR_NET_FIELDS}),
+                                                   sr_overrides)
+                    stage1_key = row_key({"preset": stage1_preset.to_dict(), "data": set_name}, code)
+                    stage1_weights = os.path.join(folder, f"sr-stage-{stage1_key}.srnet.weights.h5")
+                    stages.setdefault(stage1_key, (stage1_preset, stage1_weights, []))
+                    preset = preset.replace(srnet_weights=stage1_weights)
+                rk = row_key({"preset": preset.to_dict(), "data": set_name, "topk": args.topk}, code)
+                trained_hashnet[key] = os.path.join(folder, f"{key}-{rk}.hashnet.weights.h5")
+                cached = cache.get(f"{set_name}/{key}", rk)
+                if cached and (key not in refs.values() or os.path.exists(trained_hashnet[key])):
+                    set_results[key] = cached
+                    continue
+                run_dir = os.path.join(folder, key)
+                score = (1, ("score", key, rk), score_row, (os.path.join(run_dir, "model"), examples, cell_dirs,
+                                                           args.topk, os.path.join(run_dir, "ap"), mode == "hashnet-hr"), [])
+                task = (0, ("train", key, rk), train_row, (examples, json.loads(json.dumps(preset.to_dict())), run_dir,
+                                                           trained_hashnet[key]), [score])
+                waiting = mode in SR_ROWS and not os.path.exists(preset.srnet_weights)
+                (stages[stage1_key][2] if waiting else tasks).append(task)
+            for stage1_key, (stage1_preset, stage1_weights, after) in stages.items():
+                if after:
+                    tasks.append((0, ("stage1", "sr", stage1_key), train_sr_stage,
+                                  (examples, json.loads(json.dumps(stage1_preset.to_dict())),
+                                   os.path.join(folder, f"sr-stage-{stage1_key}"), stage1_weights), after))
+            run_tasks(tasks, set_name, set_results, cache, code)
         results[set_name] = set_results
 
     minutes = (time.time() - t_start) / 60

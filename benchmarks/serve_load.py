@@ -11,6 +11,8 @@ framework's floor: no model call), all in the same run.
 
 --process MODEL[:FLAGS] adds a row served by `dsrhn serve --model-name MODEL FLAGS` in its own process(es), as a
 user runs it (e.g. several worker processes, TensorFlow's thread pools), against the same unbatched baseline.
+--baseline-process MODEL[:FLAGS] makes such a row the named baseline instead, and leaves out the in-process rows
+(e.g. the server as it was: `dsrhn:--no-batching --http h11 --loop asyncio`).
 """
 from __future__ import annotations
 
@@ -117,14 +119,14 @@ def build_tiny(root: str) -> tuple[str, str]:
     return os.path.join(root, "serving"), ex
 
 
-def load(url: str, method: str, body: dict | None, clients: int, seconds: float) -> dict:
+def load(url: str, method: str, body: dict | None, clients: int, seconds: float, kind: str = "sockets") -> dict:
     """The clients run in their own process, so they do not compete with the server for its GIL."""
     import json
     import subprocess
     import sys
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"url": url, "method": method, "body": body, "clients": clients, "seconds": seconds}, f)
+        json.dump({"url": url, "method": method, "body": body, "clients": clients, "seconds": seconds, "kind": kind}, f)
     try:
         out = subprocess.run([sys.executable, __file__, "--client", f.name], capture_output=True, text=True)
         if out.returncode:
@@ -139,7 +141,8 @@ def client_process(spec_path: str) -> None:
 
     with open(spec_path) as f:
         spec = json.load(f)
-    print(json.dumps(run_clients(spec["url"], spec["method"], spec["body"], spec["clients"], spec["seconds"])))
+    print(json.dumps(run_clients(spec["url"], spec["method"], spec["body"], spec["clients"], spec["seconds"],
+                                 spec["kind"])))
 
 
 def run_threads(targets: list) -> float:
@@ -153,11 +156,70 @@ def run_threads(targets: list) -> float:
     return time.perf_counter() - t0
 
 
-def run_clients(url: str, method: str, body: dict | None, clients: int, seconds: float) -> dict:
+def request_bytes(url: str, method: str, body: dict | None) -> tuple[tuple[str, int], bytes]:
+    """The whole HTTP/1.1 request, serialised once: (host, port) and the bytes every request of a row sends."""
+    import json
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    payload = json.dumps(body).encode() if body is not None else b""
+    head = f"{method} {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    return (u.hostname, u.port), (head + "\r\n").encode() + payload
+
+
+def read_response(sock, buf: bytearray) -> int:
+    """One HTTP/1.1 response with a Content-Length (what the server sends) from a keep-alive socket; its status code.
+    `buf` carries bytes already received beyond it."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection mid-response")
+        buf += chunk
+    end = buf.index(b"\r\n\r\n") + 4
+    head = bytes(buf[:end]).lower()
+    status = int(head.split(b" ", 2)[1])
+    at = head.find(b"\r\ncontent-length:")
+    length = int(head[at + 17: head.index(b"\r\n", at + 2)]) if at >= 0 else 0
+    while len(buf) < end + length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection mid-response")
+        buf += chunk
+    del buf[:end + length]
+    return status
+
+
+def run_clients(url: str, method: str, body: dict | None, clients: int, seconds: float, kind: str = "sockets") -> dict:
+    """`clients` threads, each one keep-alive connection sending requests back to back. kind "sockets": the request's
+    bytes are made once and the answers parsed only as far as status and length (so the load generator takes little of
+    the cores it shares with the server); "httpx": a full HTTP client per thread. Reports the clients' own CPU time."""
+    import resource
+    import socket
+
     lat, errors = [], []
     stop = time.time() + seconds
+    address, raw = request_bytes(url, method, body)
 
-    def worker():
+    def with_sockets():
+        buf = bytearray()
+        sock = socket.create_connection(address, timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while time.time() < stop:
+                t0 = time.perf_counter()
+                sock.sendall(raw)
+                status = read_response(sock, buf)
+                lat.append(time.perf_counter() - t0)
+                if status != 200:
+                    errors.append(status)
+        except OSError as e:
+            errors.append(repr(e))
+        finally:
+            sock.close()
+
+    def with_httpx():
         with httpx.Client(timeout=30) as c:
             while time.time() < stop:
                 t0 = time.perf_counter()
@@ -166,12 +228,16 @@ def run_clients(url: str, method: str, body: dict | None, clients: int, seconds:
                 if r.status_code != 200:
                     errors.append(r.status_code)
 
-    wall = run_threads([worker] * clients)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    wall = run_threads([with_sockets if kind == "sockets" else with_httpx] * clients)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = (cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime) / wall  # cores the clients used
     if not lat:
-        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "n": 0, "errors": len(errors)}
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "n": 0, "errors": len(errors),
+                "client_cores": client_cpu}
     lat.sort()
     return {"rps": len(lat) / wall, "p50": statistics.median(lat) * 1e3, "p99": lat[int(0.99 * (len(lat) - 1))] * 1e3,
-            "n": len(lat), "errors": len(errors)}
+            "n": len(lat), "errors": len(errors), "client_cores": client_cpu}
 
 
 def profile_search(base_dir: str, name: str, body: dict, n: int = 300) -> dict:
@@ -236,6 +302,12 @@ def main() -> None:
                          "same run against --model-name's unbatched row, rows marked with their names")
     ap.add_argument("--process", action="append", default=[], metavar="MODEL[:FLAGS]",
                     help="a row served by `dsrhn serve --model-name MODEL FLAGS` in its own process(es) (repeatable)")
+    ap.add_argument("--load-client", default="sockets", choices=["sockets", "httpx"],
+                    help="the load generator: raw keep-alive sockets, the request serialised once (default; it takes "
+                         "little of the cores the server shares), or httpx clients (this script's generator until "
+                         "2026-11-28)")
+    ap.add_argument("--baseline-process", metavar="MODEL[:FLAGS]",
+                    help="the named baseline is this `dsrhn serve` row; only --process rows are compared with it")
     args = ap.parse_args()
     if args.client:
         return client_process(args.client)
@@ -248,7 +320,7 @@ def main() -> None:
 
     lr = next(read_split_raw(examples, "query").take(1).as_numpy_iterator())["lr"]
     body = {"instances": [{"b64": base64.b64encode(lr).decode()}], "k": args.k}
-    print(f"{args.clients} clients x {args.seconds:.0f} s on loopback, {os.cpu_count()} cores")
+    print(f"{args.clients} clients ({args.load_client}) x {args.seconds:.0f} s on loopback, {os.cpu_count()} cores")
     compare = [m for m in args.compare_model_name.split(",") if m]
     for name in [args.model_name] + compare:
         prof = profile_search(base, name, body)
@@ -265,6 +337,9 @@ def main() -> None:
                 args.batch_timeout_ms, 2)]
     for name in compare:
         rows += [Row(name, f"{name}: unbatched", False), Row(name, f"{name}: batched, 2 batch threads", True, threads=2)]
+    if args.baseline_process:
+        name, _, flags = args.baseline_process.partition(":")
+        rows = [Row(name, f"{name}: dsrhn serve {flags or '(defaults)'} (baseline)", flags=flags)]
     for spec in args.process:
         name, _, flags = spec.partition(":")
         rows.append(Row(name, f"{name}: dsrhn serve {flags or '(defaults)'}", flags=flags))
@@ -274,12 +349,14 @@ def main() -> None:
         batcher = server.app.state.model.batcher if row.flags is None and row.batching else None
         try:
             if not results:
-                results["GET /healthz (no model)"] = load(f"{server.url}/healthz", "GET", None, args.clients, args.seconds)
+                results["GET /healthz (no model)"] = load(f"{server.url}/healthz", "GET", None, args.clients, args.seconds,
+                                                          args.load_client)
             url = f"{server.url}/v1/models/{row.model}:search"
-            load(url, "POST", body, args.clients, args.warmup_seconds)  # first calls (XLA compiles) not counted
+            load(url, "POST", body, args.clients, args.warmup_seconds, args.load_client)  # XLA compiles: not counted
             if batcher:
                 batcher.batched_images = batcher.batches = 0
-            results[f":search k={args.k} {row.label}"] = load(url, "POST", body, args.clients, args.seconds)
+            results[f":search k={args.k} {row.label}"] = load(url, "POST", body, args.clients, args.seconds,
+                                                              args.load_client)
             if batcher:
                 results[f":search k={args.k} {row.label}"]["per_call"] = batcher.batched_images / max(1, batcher.batches)
         finally:
@@ -287,12 +364,12 @@ def main() -> None:
     for name, r in results.items():
         extra = f"  {r['per_call']:.1f} images per model call" if "per_call" in r else ""
         print(f"  {name:<40} {r['rps']:8.1f} req/s  p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
-              f"n={r['n']} errors={r['errors']}{extra}")
+              f"n={r['n']} errors={r['errors']}  clients' CPU {r['client_cores']:.2f} cores{extra}")
     names = list(results)
     base_r = results[names[1]]
     for name in names[2:]:
         r = results[name]
-        print(f"  {name}: {r['rps'] / base_r['rps']:.2f}x the unbatched req/s, p99 {r['p99'] / base_r['p99']:.2f}x")
+        print(f"  {name}: {r['rps'] / base_r['rps']:.2f}x the baseline's req/s, p99 {r['p99'] / base_r['p99']:.2f}x")
     if any(r["errors"] for r in results.values()):
         raise SystemExit("errors under load")
 

@@ -227,7 +227,7 @@ def cmd_serve(args) -> int:
                      max_inflight=args.max_inflight, faiss_device=args.faiss_device,
                      intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
     serve(spec, host=args.host, port=args.port, max_connections=args.max_connections,
-          keep_alive_s=args.keep_alive_seconds, workers=args.workers)
+          keep_alive_s=args.keep_alive_seconds, workers=args.workers, http=args.http, loop=args.loop)
     return 0
 
 
@@ -441,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TensorFlow threads inside one op, per process (0: TensorFlow's default, every core)")
     p.add_argument("--inter-op-threads", type=int, default=0,
                    help="TensorFlow ops run at once, per process (0: TensorFlow's default)")
+    p.add_argument("--http", default="auto", choices=["auto", "httptools", "h11"],
+                   help="uvicorn's HTTP parser (auto: httptools, which scripts/setup.sh installs; h11: pure Python)")
+    p.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"],
+                   help="uvicorn's event loop (auto: uvloop, which scripts/setup.sh installs)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("pipeline", help="run the TFX pipeline (local orchestrator)")

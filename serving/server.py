@@ -565,16 +565,17 @@ def worker_app() -> FastAPI:
 
 
 def serve(spec: ServeSpec, host: str = "127.0.0.1", port: int = 8501, max_connections: int = MAX_CONNECTIONS,
-          keep_alive_s: float = KEEP_ALIVE_S, workers: int = 1) -> None:
+          keep_alive_s: float = KEEP_ALIVE_S, workers: int = 1, http: str = "auto", loop: str = "auto") -> None:
     """Serve until stopped. workers > 1: that many processes share the listening socket (uvicorn's supervisor
     restarts one that dies), each with its own model and version poller; their faiss indexes read one copy of the
-    codes through the page cache (mmap_index)."""
+    codes through the page cache (mmap_index). http / loop: uvicorn's HTTP parser and event loop ("auto":
+    httptools and uvloop, which the requirements install; "h11" / "asyncio": the pure-Python ones)."""
     import uvicorn
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     common = dict(host=host, port=port, log_level="info", timeout_keep_alive=keep_alive_s,
-                  limit_concurrency=max_connections)
+                  limit_concurrency=max_connections, http=http, loop=loop)
     if workers == 1:
         uvicorn.run(app_from_spec(spec), **common)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import operator
 import os
+import sys
 
 import pytest
 
@@ -104,3 +105,29 @@ def test_benchmark_rows_are_reused_only_with_the_same_settings_and_code(tmp_path
     assert reopened.get("dsrhn", cache.row_key({"steps": 720}, cache.code_digest((), dirs=(str(src),))),
                         log=said.append) is None
     assert len(said) == 2 and all("recomputing" in s for s in said)
+
+
+def test_the_load_generators_socket_clients_count_answers_and_errors(tmp_path):
+    """serve_load.py's default load generator (raw keep-alive sockets, the request made once) against the real app on
+    loopback: every answer is counted, a non-200 is an error, and a POST body arrives whole (a 404 JSON answer)."""
+    spec = importlib.util.spec_from_file_location("serve_load", os.path.join(os.path.dirname(_PATH), "serve_load.py"))
+    serve_load = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = serve_load  # its dataclasses look their module up
+    spec.loader.exec_module(serve_load)
+    from serving.server import BackgroundServer
+    from serving.store import ModelStore
+
+    (tmp_path / "m").mkdir()
+    server = BackgroundServer(ModelStore(str(tmp_path), "m", poll_seconds=3600))
+    try:
+        ok = serve_load.run_clients(f"{server.url}/healthz", "GET", None, 2, 0.5)
+        assert ok["n"] > 10 and ok["errors"] == 0 and ok["client_cores"] >= 0
+        not_ready = serve_load.run_clients(f"{server.url}/readyz", "GET", None, 2, 0.3)  # 503: no version yet
+        assert not_ready["n"] > 0 and not_ready["errors"] == not_ready["n"]
+        search = serve_load.run_clients(f"{server.url}/v1/models/other:search", "POST", {"instances": [], "k": 1}, 1, 0.3)
+        assert search["n"] > 0 and search["errors"] == search["n"]  # 404 answers, each read whole
+        for kind in ("sockets", "httpx"):  # both generators agree on what they see
+            r = serve_load.run_clients(f"{server.url}/healthz", "GET", None, 1, 0.2, kind)
+            assert r["n"] > 0 and r["errors"] == 0
+    finally:
+        server.stop()

@@ -87,7 +87,8 @@ def test_dsrhn_serve_closes_idle_connections_and_caps_them(tmp_path, version):
     shutil.copytree(version, tmp_path / "m" / "1")
     port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", str(tmp_path), "--model-name", "m",
-                             "--port", str(port), "--keep-alive-seconds", "1", "--max-connections", "3"],
+                             "--port", str(port), "--keep-alive-seconds", "1", "--max-connections", "3",
+                             "--http", "h11", "--loop", "asyncio"],  # the pure-Python stack (the workers' test: the default)
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
 
@@ -221,6 +222,17 @@ def test_worker_processes_answer_without_nagle_delays():
 
     assert _nodelay_of_accepted(bound()) == 0  # the problem, as uvicorn leaves it
     assert _nodelay_of_accepted(tcp_listener(bound())) != 0
+
+
+def test_the_default_server_stack_is_uvicorns_c_parser_and_event_loop():
+    """`--http auto --loop auto` (the defaults) must find httptools and uvloop installed (requirements.txt): the
+    pure-Python h11 parser cost req/s at 8 clients (docs/results.md, "Serving under load")."""
+    import uvicorn
+
+    config = uvicorn.Config(lambda scope, receive, send: None, http="auto", loop="auto")
+    config.load()
+    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
+    import uvloop  # noqa: F401  (uvicorn's loop="auto" takes it when it imports)
 
 
 def test_serve_settings_travel_to_worker_processes_and_bad_ones_are_refused():

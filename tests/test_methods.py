@@ -71,6 +71,22 @@ def test_method_options_are_typed_and_checked():
         get_method("pointwise-seg").parse_options({"psp_bins": "0,x"})
 
 
+@pytest.mark.parametrize("mode", ["hashnet-lr", "two-stage", "dsrhn"])
+def test_an_sr_hashing_row_can_start_from_a_trained_hashnet(mode, mosaic_examples, teacher):
+    """options.hashnet_weights (e.g. HashNet-HR's): HashNet starts as exactly that network."""
+    from trainer.models import HashNet
+
+    info = DatasetInfo.read(mosaic_examples)
+    given = HashNet(_tiny("dsrhn"))
+    given.load_weights(teacher)
+    nets = build_trainer(_tiny(mode, **{"options.hashnet_weights": teacher}), info).nets
+    plain = build_trainer(_tiny(mode), info).nets
+    assert all(np.array_equal(a, b) for a, b in zip(nets["hashnet"].get_weights(), given.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(plain["hashnet"].get_weights(), given.get_weights()))
+    with pytest.raises(FileNotFoundError, match="options.hashnet_weights /nowhere.weights.h5 does not exist"):
+        build_trainer(_tiny(mode, **{"options.hashnet_weights": "/nowhere.weights.h5"}), info)
+
+
 @pytest.mark.parametrize("mode", ALL)
 def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples, teacher):
     info = DatasetInfo.read(mosaic_examples)

@@ -9,6 +9,8 @@ two-stage (SRNet by MSE alone, frozen, then HashNet: the paper's HashNet-SRGAN r
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -43,17 +45,26 @@ class PhaseRates(keras.optimizers.schedules.LearningRateSchedule):
         return {"boundary": self.boundary, "first": self.first, "second": self.second}
 
 
+@dataclass(frozen=True)
+class SRHashingOptions:
+    hashnet_weights: str = ""  # HashNet starts from a trained HashNet (.weights.h5, e.g. HashNet-HR's) and fine-tunes
+
+
 class SRHashing(Method):
     """SRNet + HashNet with two optimizers; subclasses pick the phases and the query path."""
 
     updates = {"sr": ("srnet",), "hash": ("hashnet",)}
+    Options = SRHashingOptions
 
     def networks(self) -> dict:
         p = self.preset
         srnet = SRNet(p)  # built first: the seeded initial weights follow the build order
         if p.srnet_weights:  # an MSE-trained SRNet (two-stage, dsrhn), checked by Preset
             load_trained_weights(srnet, p.srnet_weights, "srnet_weights")
-        return {"srnet": srnet, "hashnet": self.hashnet()}
+        hashnet = self.hashnet()
+        if getattr(self.options, "hashnet_weights", ""):  # DSCNN's own options have no such field
+            load_trained_weights(hashnet, self.options.hashnet_weights, "options.hashnet_weights")
+        return {"srnet": srnet, "hashnet": hashnet}
 
     def hashnet(self) -> keras.Model:
         return HashNet(self.preset)
