@@ -62,6 +62,11 @@ SR_ROWS = ("two-stage", "dsrhn", "multi-level")
 SR_NET_FIELDS = ("sr_blocks", "sr_filters", "sr_kernel", "sr_zero_tail")  # the SR stage's SRNet is the row's
 
 
+def ref_of(value) -> str | None:
+    """The row an override value names as `@ROW` (that row's trained HashNet), else None."""
+    return value[1:] if isinstance(value, str) and value.startswith("@") else None
+
+
 def grid_cells() -> dict:
     """cell -> LRConfig fields (seed 1), the degradation grid's 15 cells."""
     return {f"x{s}-{name}": {"scale": s, "kernel": "bicubic", "seed": 1, **fields}
@@ -342,11 +347,13 @@ def main() -> None:
                           sr_overrides)
         ROW_NAMES[name] = variants[name][0]
     rows = {k: (*ROWS[k], {}) for k in args.rows.split(",") if k} | variants
-    refs = {key: ref for key, (_, _, overrides, _) in rows.items()
-            for ref in [str(v)[1:] for v in overrides.values() if str(v).startswith("@")]}
-    for key, ref in refs.items():
-        if ref not in rows or ref in refs:
-            sys.exit(f"row {key} starts from or distils @{ref}: add {ref} to --rows (a row that refers to no other row)")
+    refs = {key: names for key, (_, _, overrides, _) in rows.items()
+            if (names := [r for r in map(ref_of, overrides.values()) if r])}  # row -> the rows it names
+    referred = {ref for names in refs.values() for ref in names}
+    for key, names in refs.items():
+        for ref in names:
+            if ref not in rows or ref in refs:
+                sys.exit(f"row {key} starts from or distils @{ref}: add {ref} to --rows (a row that refers to no other row)")
     student_steps = args.student_steps or STUDENT_STEPS_X * steps_total
     cache = RowCache(os.path.join(args.out, "results.json"))
     results = {}
@@ -365,7 +372,7 @@ def main() -> None:
             for key in wave:
                 _, mode, overrides, sr_overrides = rows[key]
                 row_steps = student_steps if mode == "student" else per_epoch * epochs
-                overrides = {k: trained_hashnet[v[1:]] if str(v).startswith("@") else v for k, v in overrides.items()}
+                overrides = {k: trained_hashnet[ref_of(v)] if ref_of(v) else v for k, v in overrides.items()}
                 preset = with_overrides(base.replace(mode=mode, epochs=epochs, steps_per_epoch=max(1, row_steps // epochs)),
                                         overrides)
                 if mode in SR_ROWS:
@@ -378,7 +385,7 @@ def main() -> None:
                 rk = row_key({"preset": preset.to_dict(), "data": set_name, "topk": args.topk}, code)
                 trained_hashnet[key] = os.path.join(folder, f"{key}-{rk}.hashnet.weights.h5")
                 cached = cache.get(f"{set_name}/{key}", rk)
-                if cached and (key not in refs.values() or os.path.exists(trained_hashnet[key])):
+                if cached and (key not in referred or os.path.exists(trained_hashnet[key])):
                     set_results[key] = cached
                     continue
                 run_dir = os.path.join(folder, key)
