@@ -87,6 +87,27 @@ def test_an_sr_hashing_row_can_start_from_a_trained_hashnet(mode, mosaic_example
         build_trainer(_tiny(mode, **{"options.hashnet_weights": "/nowhere.weights.h5"}), info)
 
 
+def test_the_sr_stage_can_train_against_hashnet_features(mosaic_examples):
+    """options.sr_stage_lam > 0: the SR stage (sr-mse) is Eq. 5 against HashNet's starting features, SRNet alone
+    trains; 0 (the default) keeps it L_mse alone."""
+    info = DatasetInfo.read(mosaic_examples)
+    for lam in (0.0, 100.0):
+        preset = _tiny("two-stage", epochs=1, steps_per_epoch=1, **{"options.sr_stage_lam": lam})
+        trainer = build_trainer(preset, info)
+        trainer.build_optimizers()
+        batch = next(iter(training_dataset(mosaic_examples, preset, 0, 1, 1, info, trainer.method.needs_masks)))
+        hashnet_before = [np.array(v) for v in trainer.nets["hashnet"].weights]
+        trainer.phase = "sr-mse"
+        out = {k: float(v) for k, v in trainer.train_step(batch).items()}
+        assert all(np.array_equal(a, np.array(b)) for a, b in zip(hashnet_before, trainer.nets["hashnet"].weights))
+        if lam:
+            assert out["l_per"] > 0 and out["l_sr"] == pytest.approx(out["l_per"] + lam * out["l_mse"], rel=1e-5)
+        else:
+            assert set(out) == {"l_mse"}
+    with pytest.raises(ValueError, match="options.sr_stage_lam must be a finite number >= 0"):
+        build_trainer(_tiny("two-stage", **{"options.sr_stage_lam": -1}), info)
+
+
 @pytest.mark.parametrize("mode", ALL)
 def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples, teacher):
     info = DatasetInfo.read(mosaic_examples)

@@ -48,6 +48,14 @@ class PhaseRates(keras.optimizers.schedules.LearningRateSchedule):
 @dataclass(frozen=True)
 class SRHashingOptions:
     hashnet_weights: str = ""  # HashNet starts from a trained HashNet (.weights.h5, e.g. HashNet-HR's) and fine-tunes
+    # > 0: the SR stage (sr-mse) trains SRNet by Eq. 5 with this lambda, against the features of HashNet as it starts
+    # (its ImageNet backbone; SRGAN's VGG loss with this backbone) instead of by L_mse alone (0, the default)
+    sr_stage_lam: float = 0.0
+
+    def __post_init__(self):
+        if not (0 <= self.sr_stage_lam < float("inf")):
+            raise ValueError(f"options.sr_stage_lam must be a finite number >= 0 (0: the SR stage by MSE alone), "
+                             f"got {self.sr_stage_lam}")
 
 
 class SRHashing(Method):
@@ -100,27 +108,33 @@ class SRHashing(Method):
         updates, metrics = {}, ()
         if step_a:
             updates["sr"] = self.preset.sr_steps if step_b else 1
-            metrics += SR_METRICS if step_a == "sr" else ("l_mse",)
+            metrics += SR_METRICS if step_a == "sr" or self.sr_stage_lam() else ("l_mse",)
         if step_b:
             updates["hash"] = 1
             metrics += HASH_METRICS
         return Phase(name, epochs, updates, metrics)
 
+    def sr_stage_lam(self) -> float:
+        """Eq. 5's lambda in the SR stage (sr-mse); 0: L_mse alone. DSCNN's own options have no such field."""
+        return getattr(self.options, "sr_stage_lam", 0.0)
+
     def train_step(self, trainer, phase: str, batch: dict) -> None:
         step_a, step_b = self.STEPS[phase]
         hr, lr_up = batch["hr"], batch["lr_up"]
         if step_a:
-            f_hr = None if step_a == "sr-mse" else tf.stop_gradient(trainer.nets["hashnet"](hr, training=False)["features"])
+            mse_only = step_a == "sr-mse" and not self.sr_stage_lam()
+            f_hr = None if mse_only else tf.stop_gradient(trainer.nets["hashnet"](hr, training=False)["features"])
+            lam = self.sr_stage_lam() if step_a == "sr-mse" else self.preset.lam
             for _ in range(self.preset.sr_steps if step_b else 1):
-                values = self.sr_step(trainer, hr, lr_up, f_hr)
-                trainer.track(**(values if step_a == "sr" else {"l_mse": values["l_mse"]}))
+                values = self.sr_step(trainer, hr, lr_up, f_hr, lam)
+                trainer.track(**({"l_mse": values["l_mse"]} if mse_only else values))
         if step_b:
             trainer.track(**self.hash_step(trainer, batch, step_b))
 
     # -- step A: SRNet with HashNet frozen
-    def sr_step(self, trainer, hr, lr_up, f_hr=None) -> dict:
+    def sr_step(self, trainer, hr, lr_up, f_hr=None, lam: float | None = None) -> dict:
         """lr_up: the LR queries in HR space; f_hr: HashNet's last-conv features of hr (fixed while
-        HashNet is frozen); None: MSE only."""
+        HashNet is frozen); None: MSE only; lam: Eq. 5's lambda (None: the preset's)."""
         srnet, hashnet = trainer.nets["srnet"], trainer.nets["hashnet"]
         with tf.GradientTape() as tape:
             sr = srnet(lr_up, training=True)
@@ -131,7 +145,7 @@ class SRHashing(Method):
             else:
                 f_sr = hashnet(sr, training=False)["features"]
                 l_per = losses.perceptual_loss(f_hr, f_sr)
-                loss = losses.sr_loss(l_per, l_mse, self.preset.lam)
+                loss = losses.sr_loss(l_per, l_mse, self.preset.lam if lam is None else lam)
             scaled = trainer.scaled("sr", loss)
         trainer.apply("sr", tape, scaled)
         return {"l_sr": loss, "l_per": l_per, "l_mse": l_mse}
