@@ -6,11 +6,16 @@ With --work (a trained run's --work-dir) and --examples: the same trained model 
 with its networks XLA-compiled (`dsrhn export --xla`), each called as the server calls it (encoded image bytes in,
 codes out): single-query latency (p50, many calls), the fixed per-call cost (single-query latency minus the
 per-image cost in a batch of 64), images/s at batch 64, and the code agreement on the Examples' queries (share of
-identical bits; mAP change of the LR queries against each export's own gallery codes).
+identical bits; mAP change of the LR queries against each export's own gallery codes). --bf16 adds the same
+checkpoint exported with its networks computing in bfloat16 (Keras's mixed_bfloat16 policy: float32 weights,
+bfloat16 convolutions through oneDNN, codes taken in float32), plain and XLA-compiled: issue 31 asked whether
+bf16 inference pays on a CPU with AVX512_BF16. (int8 is not offered: Keras quantizes Dense layers only, and
+HashNet's head is a small share of a query's MACs.)
 
     python benchmarks/encode_cost.py                       # dsrhn, fsr-gan, hashnet-lr, student; cpu and paper
     python benchmarks/encode_cost.py --presets cpu --batches 3
     python benchmarks/encode_cost.py --presets cpu --work <main job run dir> --examples <its Examples>
+    python benchmarks/encode_cost.py --presets cpu --work <run dir> --examples <its Examples> --bf16
 """
 from __future__ import annotations
 
@@ -57,8 +62,22 @@ def query_params(method, nets: dict) -> int:
     return sum(n.count_params() for n in query_nets(method, nets))
 
 
+def export_bfloat16(work: str, examples: str, out: str, xla: bool = False) -> str:
+    """The run's latest checkpoint exported with its networks built under Keras's mixed_bfloat16 policy (the
+    same float32 weights; convolutions and matmuls in bfloat16; the codes' sign taken in float32)."""
+    import keras
+
+    from trainer.task import export_checkpoint
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        return export_checkpoint(work, examples, out, xla=xla)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def export_execution(work: str, examples: str, calls: int = 300, baseline_model: str | None = None,
-                     others: dict | None = None) -> None:
+                     others: dict | None = None, bf16: bool = False) -> None:
     """The run's latest checkpoint exported by this code, plain and XLA-compiled, in this run; the named baseline is
     `baseline_model` (a model as it was exported before, e.g. the main job's pushed model) or else the plain export.
     others: more exports by name (e.g. a student distilled from this run), timed and scored the same way."""
@@ -80,6 +99,9 @@ def export_execution(work: str, examples: str, calls: int = 300, baseline_model:
         exports.update({"this code's export" + ("" if baseline_model else " (baseline)"):
                         export_checkpoint(work, examples, os.path.join(tmp, "plain")),
                         "XLA-compiled networks": export_checkpoint(work, examples, os.path.join(tmp, "xla"), xla=True)})
+        if bf16:
+            exports.update({"bfloat16 networks": export_bfloat16(work, examples, os.path.join(tmp, "bf16")),
+                            "bfloat16, XLA-compiled": export_bfloat16(work, examples, os.path.join(tmp, "bf16-xla"), True)})
         exports.update(others or {})
         query = [bytes(r["lr"]) for r in read_split_raw(examples, "query").take(64).as_numpy_iterator()]
         one, batch = tf.constant(query[:1]), tf.constant(query)
@@ -131,6 +153,8 @@ def main() -> None:
                                              "model), the named baseline of the export rows")
     ap.add_argument("--compare-models", default="",
                     help="with --work: more exports as NAME=PATH,... (e.g. student=<a student distilled from that run>)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="with --work: also the run exported with bfloat16 networks, plain and XLA-compiled")
     ap.add_argument("--presets", default="cpu,paper")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=5, help="timed batches after one warm-up batch")
@@ -179,7 +203,7 @@ def main() -> None:
                   flush=True)
     if args.work:
         others = dict(item.split("=", 1) for item in args.compare_models.split(",") if item)
-        export_execution(args.work, args.examples, baseline_model=args.baseline_model, others=others)
+        export_execution(args.work, args.examples, baseline_model=args.baseline_model, others=others, bf16=args.bf16)
 
 
 if __name__ == "__main__":

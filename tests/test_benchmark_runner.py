@@ -131,3 +131,28 @@ def test_the_load_generators_socket_clients_count_answers_and_errors(tmp_path):
             assert r["n"] > 0 and r["errors"] == 0
     finally:
         server.stop()
+
+
+def test_encode_costs_bfloat16_export_keeps_the_codes(tmp_path, tiny_preset, mosaic_examples):
+    """benchmarks/encode_cost.py --bf16: the same checkpoint with bfloat16 networks; its codes stay those of the
+    float32 export but for a few bits (counted), and the exported signatures still give float32 bits."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dsrhn.records import read_split_raw
+    from trainer.task import train_and_export
+
+    spec = importlib.util.spec_from_file_location("encode_cost", os.path.join(os.path.dirname(_PATH), "encode_cost.py"))
+    encode_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(encode_cost)
+    work, plain = str(tmp_path / "work"), str(tmp_path / "plain")
+    train_and_export(mosaic_examples, tiny_preset, work, plain, verbose=0)
+    bf16 = encode_cost.export_bfloat16(work, mosaic_examples, str(tmp_path / "bf16"))
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"  # the policy is put back
+    images = tf.constant([bytes(r["lr"]) for r in read_split_raw(mosaic_examples, "query").as_numpy_iterator()])
+    x = tf.saved_model.load(plain).signatures["serving_default"](images=images)["bits"]
+    y = tf.saved_model.load(bf16).signatures["serving_default"](images=images)["bits"]
+    assert y.dtype == tf.float32 and x.shape == y.shape
+    assert (np.asarray(x) != np.asarray(y)).mean() < 0.05
