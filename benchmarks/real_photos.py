@@ -112,13 +112,13 @@ def train_row(examples: str, preset_dict: dict, run_dir: str, hashnet_out: str) 
     or distil it: `@ROW` values)."""
     from dsrhn.config import preset_from_dict
     from trainer.task import train_and_export
-    from trainer.train import completed_checkpoints
+    from trainer.train import latest_checkpoint
 
     shutil.rmtree(run_dir, ignore_errors=True)
     code = code_digest(BENCH_FILES)  # the code this row really trained with (a change mid-run is flagged)
     work = os.path.join(run_dir, "work")
     summary = train_and_export(examples, preset_from_dict(preset_dict), work, os.path.join(run_dir, "model"), verbose=0)
-    last = os.path.join(work, "checkpoints", completed_checkpoints(os.path.join(work, "checkpoints"))[-1])
+    last = latest_checkpoint(os.path.join(work, "checkpoints"))
     if os.path.exists(os.path.join(last, "hashnet.weights.h5")):
         shutil.copyfile(os.path.join(last, "hashnet.weights.h5"), hashnet_out + ".tmp")
         os.replace(hashnet_out + ".tmp", hashnet_out)

@@ -169,24 +169,26 @@ def request_bytes(url: str, method: str, body: dict | None) -> tuple[tuple[str, 
     return (u.hostname, u.port), (head + "\r\n").encode() + payload
 
 
+def _receive(sock, buf: bytearray) -> None:
+    """Append what the socket has next to `buf`; a closed connection mid-response is an error."""
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionError("the server closed the connection mid-response")
+    buf += chunk
+
+
 def read_response(sock, buf: bytearray) -> int:
     """One HTTP/1.1 response with a Content-Length (what the server sends) from a keep-alive socket; its status code.
     `buf` carries bytes already received beyond it."""
     while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection mid-response")
-        buf += chunk
+        _receive(sock, buf)
     end = buf.index(b"\r\n\r\n") + 4
     head = bytes(buf[:end]).lower()
     status = int(head.split(b" ", 2)[1])
     at = head.find(b"\r\ncontent-length:")
     length = int(head[at + 17: head.index(b"\r\n", at + 2)]) if at >= 0 else 0
     while len(buf) < end + length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection mid-response")
-        buf += chunk
+        _receive(sock, buf)
     del buf[:end + length]
     return status
 
