@@ -26,6 +26,7 @@ computed with other settings or code is recomputed.
 
     dsrhn photos                                      # once: fetch the corpus (about 1 min)
     python benchmarks/real_photos.py                  # about 70 min on 2 cores
+    python benchmarks/real_photos.py --rows hashnet-lr,two-stage,hashnet-hr --seeds 3  # each row the mean of 3 seeds
     python benchmarks/real_photos.py --rows hashnet-lr,dsrhn --variant dsrhn-lam01:lam=0.1 --out runs/photos
     python benchmarks/real_photos.py --variant two-stage-clean:sr.degradation.noise_prob=0.2  # its own SR stage
     python benchmarks/real_photos.py --variant dsrhn-fromhr:options.hashnet_weights=@hashnet-hr  # HashNet from HR's
@@ -65,6 +66,29 @@ SR_NET_FIELDS = ("sr_blocks", "sr_filters", "sr_kernel", "sr_zero_tail")  # the 
 def ref_of(value) -> str | None:
     """The row an override value names as `@ROW` (that row's trained HashNet), else None."""
     return value[1:] if isinstance(value, str) and value.startswith("@") else None
+
+
+def seeded(rows: dict, seeds: int) -> tuple[dict, dict]:
+    """With `seeds` > 1, every row (variants too) once per seed 0..seeds-1 as ROW@sN: HashNet's `seed` and, for
+    an SR row, its SR stage's; an `@ROW` value then names ROW of the same seed. Returns (the rows to run,
+    row -> its runs' keys); with seeds <= 1 the rows as they are (the preset's seed), each its own run."""
+    if seeds <= 1:
+        return rows, {key: [key] for key in rows}
+    out, runs = {}, {}
+    for key, (name, mode, overrides, sr_overrides) in rows.items():
+        runs[key] = []
+        for seed in range(seeds):
+            run = f"{key}@s{seed}"
+            same_seed = {k: f"@{ref_of(v)}@s{seed}" if ref_of(v) else v for k, v in overrides.items()}
+            out[run] = (f"{name} seed {seed}", mode, {**same_seed, "seed": seed},
+                        {**sr_overrides, "seed": seed} if mode in SR_ROWS else sr_overrides)
+            runs[key].append(run)
+    return out, runs
+
+
+def over_seeds(results: dict, runs: dict) -> dict:
+    """row -> {"runs": its seeds' scored results} for every row with all its runs scored (the tables' input)."""
+    return {row: {"runs": [results[k] for k in keys]} for row, keys in runs.items() if all(k in results for k in keys)}
 
 
 def grid_cells() -> dict:
@@ -184,9 +208,18 @@ def diff_interval(a: np.ndarray, b: np.ndarray, level: float = 0.9, n_boot: int 
     return float(d.mean()), float(lo), float(hi)
 
 
+def run_aps(results: dict, row: str, cell: str) -> list[np.ndarray]:
+    """A row's per-query APs in `cell`, one array per seed run (HashNet-HR: its HR queries in every cell)."""
+    out = []
+    for run in results[row]["runs"]:
+        r = run["score"]["cells"]
+        out.append(np.load(r["HR"]["ap_file"] if "HR" in r else r[cell]["ap_file"]))
+    return out
+
+
 def cell_ap(results: dict, row: str, cell: str) -> np.ndarray:
-    r = results[row]["score"]["cells"]
-    return np.load(r["HR"]["ap_file"] if "HR" in r else r[cell]["ap_file"])
+    """A row's per-query AP in `cell`, averaged over its seeds (the same queries in every run)."""
+    return np.mean(run_aps(results, row, cell), axis=0)
 
 
 def print_grid(title: str, results: dict, rows: list[str], cells: list[str], topk: int) -> dict:
@@ -209,13 +242,20 @@ def print_grid(title: str, results: dict, rows: list[str], cells: list[str], top
         if row in ("hashnet-lr", "hashnet-hr"):
             continue
         print(f"\n{ROW_NAMES.get(row, row)} vs HashNet-LR: difference [90% CI]; closure where HashNet-HR's gap > 0\n")
-        print("| cell | difference | HR - LR gap [90% CI] | closure [90% CI] |")
-        print("|---|---|---|---|")
-        above, x4_closures = [], []
+        n_seeds = len(results[row]["runs"])
+        per_seed = n_seeds > 1 and len(results["hashnet-lr"]["runs"]) == n_seeds
+        print("| cell | difference | " + ("per seed | " if per_seed else "") + "HR - LR gap [90% CI] | closure [90% CI] |")
+        print("|---|---|---|---|" + ("---|" if per_seed else ""))
+        above, x4_closures, seeds_above = [], [], []
         for cell in cells:
             lr, m = cell_ap(results, "hashnet-lr", cell), cell_ap(results, row, cell)
             d, lo, hi = diff_interval(lr, m)
             above.append((cell, d > 0))
+            seed_text = ""
+            if per_seed:  # each seed's row against HashNet-LR of the same seed
+                ds = [b.mean() - a.mean() for a, b in zip(run_aps(results, "hashnet-lr", cell), run_aps(results, row, cell))]
+                seeds_above.append(sum(x > 0 for x in ds))
+                seed_text = " / ".join(f"{x:+.3f}" for x in ds) + " | "
             text = "-"
             gap_text = "-"
             if "hashnet-hr" in results:
@@ -229,13 +269,18 @@ def print_grid(title: str, results: dict, rows: list[str], cells: list[str], top
                         x4_closures.append(c["closure"])
                 else:
                     text = "gap <= 0: undefined"
-            print(f"| {cell} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] | {gap_text} | {text} |")
+            print(f"| {cell} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] | {seed_text}{gap_text} | {text} |")
         x48 = [ok for c, ok in above if not c.startswith("x2-")]
-        summaries[row] = {"above_x4_x8": f"{sum(x48)}/{len(x48)}", "above_all": f"{sum(ok for _, ok in above)}/{len(above)}",
+        summaries[row] = {"seeds": n_seeds, "above_x4_x8": f"{sum(x48)}/{len(x48)}",
+                          "above_all": f"{sum(ok for _, ok in above)}/{len(above)}",
                           "x4_mean_closure": float(np.mean(x4_closures)) if x4_closures else None,
                           "x4_cells_with_gap": len(x4_closures)}
+        if per_seed:
+            summaries[row]["seed_cells_above"] = f"{sum(seeds_above)}/{n_seeds * len(cells)}"
         print(f"| summary | above HashNet-LR in {summaries[row]['above_x4_x8']} x4/x8 cells, {summaries[row]['above_all']} "
-              f"in all | | mean x4 closure over {len(x4_closures)} cells with a gap: "
+              f"in all" + (f" (mean of {n_seeds} seeds; seed by seed {summaries[row]['seed_cells_above']} cells)"
+                           if per_seed else "") + " | " + ("| " if per_seed else "")
+              + f"| mean x4 closure over {len(x4_closures)} cells with a gap: "
               + (f"{summaries[row]['x4_mean_closure']:.2f}" if x4_closures else "-") + " |")
     return summaries
 
@@ -247,11 +292,15 @@ def print_sr_quality(results: dict, sr_rows: list[str], cells: list[str]) -> Non
     print("\n### Query images: PSNR-Y / SSIM-Y against the HR view (first 200 queries; border = scale)\n")
     print("| cell | bicubic | " + " | ".join(ROW_NAMES.get(r, r) + " SRNet" for r in rows) + " |")
     print("|---" * (len(rows) + 2) + "|")
+    def psnr(row: str, cell: str) -> dict:  # the mean over the row's seeds
+        ps = [run["score"]["cells"][cell]["psnr"] for run in results[row]["runs"]]
+        return {k: float(np.mean([p[k] for p in ps])) for k in ("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")}
+
     for cell in cells:
-        first = results[rows[0]]["score"]["cells"][cell]["psnr"]
+        first = psnr(rows[0], cell)
         parts = [f"{first['bicubic_psnr_y']:.2f} / {first['bicubic_ssim_y']:.3f}"]
         for r in rows:
-            p = results[r]["score"]["cells"][cell]["psnr"]
+            p = psnr(r, cell)
             parts.append(f"{p['psnr_y']:.2f} / {p['ssim_y']:.3f} ({p['psnr_y'] - p['bicubic_psnr_y']:+.2f} dB)")
         print(f"| {cell} | " + " | ".join(parts) + " |")
 
@@ -294,6 +343,9 @@ def main() -> None:
                     help="an extra row NAME:FIELD=V[,FIELD=V...] on top of the row named by its prefix "
                          "(e.g. dsrhn-lam01:lam=0.1 starts from the dsrhn row)")
     ap.add_argument("--set", action="append", default=[], help="preset override for every row")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="run every row with seeds 0..N-1 (HashNet's and its SR stage's) and print the means; "
+                         "default: one run at the preset's seed")
     ap.add_argument("--no-labelled", action="store_true", help="skip the labelled GCompris set (b)")
     ap.add_argument("--no-instance", action="store_true", help="skip the instance set (a)")
     args = ap.parse_args()
@@ -346,7 +398,9 @@ def main() -> None:
         variants[name] = (f"{ROWS[parent][0]} [{v.partition(':')[2]}]", ROWS[parent][1], ROWS[parent][2] | overrides,
                           sr_overrides)
         ROW_NAMES[name] = variants[name][0]
-    rows = {k: (*ROWS[k], {}) for k in args.rows.split(",") if k} | variants
+    asked = {k: (*ROWS[k], {}) for k in args.rows.split(",") if k} | variants
+    rows, seed_runs = seeded(asked, args.seeds)
+    ROW_NAMES.update({k: v[0] for k, v in rows.items() if k not in ROW_NAMES})
     refs = {key: names for key, (_, _, overrides, _) in rows.items()
             if (names := [r for r in map(ref_of, overrides.values()) if r])}  # row -> the rows it names
     referred = {ref for names in refs.values() for ref in names}
@@ -405,17 +459,20 @@ def main() -> None:
 
     minutes = (time.time() - t_start) / 60
     print(f"\n## Real photos ({time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, {minutes:.1f} min "
-          f"this run; preset {args.preset}, HR {hr} px, {base.bits} bits, {steps_total} HashNet steps per row)")
-    order = [r for r in list(ROWS) + list(variants) if r in rows]
+          f"this run; preset {args.preset}, HR {hr} px, {base.bits} bits, {steps_total} HashNet steps per row"
+          + (f"; every row the mean of seeds 0..{args.seeds - 1}, intervals over the queries of the seed means)"
+             if args.seeds > 1 else ")"))
+    order = [r for r in list(ROWS) + list(variants) if r in asked]
     summary = {}
     for set_name, res in results.items():
         title = ("(a) instance retrieval on held-out photos" if set_name == "instance"
                  else "(b) labelled retrieval, GCompris categorisation (5 classes)")
-        summary[set_name] = print_grid(title, res, order, list(cells), args.topk)
+        means = over_seeds(res, seed_runs)
+        summary[set_name] = print_grid(title, means, order, list(cells), args.topk)
         if set_name == "instance":
-            print_sr_quality(res, [r for r in order if rows[r][1] in SR_ROWS], list(cells))
-        hr_ref = res.get("hashnet-hr", {}).get("score", {}).get("hr_query_map")
-        print_rows(res, order, hr_ref)
+            print_sr_quality(means, [r for r in order if asked[r][1] in SR_ROWS], list(cells))
+        hr_runs = [res[k]["score"]["hr_query_map"] for k in seed_runs.get("hashnet-hr", []) if k in res]
+        print_rows(res, [k for r in order for k in seed_runs[r]], float(np.mean(hr_runs)) if hr_runs else None)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
 

@@ -84,6 +84,45 @@ def test_cells_average_seeds_and_gap_closure_uses_per_query_means(bench, tmp_pat
     assert bench.gap_closure(results, 12) is None
 
 
+def _real_photos():
+    spec = importlib.util.spec_from_file_location("real_photos", os.path.join(os.path.dirname(_PATH), "real_photos.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_photo_rows_run_per_seed_and_the_tables_average_the_seeds(tmp_path, capsys):
+    import numpy as np
+
+    photos = _real_photos()
+    asked = {k: (*photos.ROWS[k], {}) for k in ("hashnet-lr", "two-stage", "student", "hashnet-hr")}
+    rows, runs = photos.seeded(asked, 2)
+    assert runs["two-stage"] == ["two-stage@s0", "two-stage@s1"] and len(rows) == 8
+    assert rows["two-stage@s1"][2:] == ({"seed": 1}, {"seed": 1})  # HashNet's seed and its SR stage's
+    assert rows["hashnet-lr@s1"][3] == {}  # no SR stage
+    assert rows["student@s1"][2]["options.teacher_weights"] == "@two-stage@s1"  # the teacher of its own seed
+    assert photos.seeded(asked, 1) == (asked, {k: [k] for k in asked})
+
+    # 4 queries, one cell: LR 0.50 / 0.60 by seed, two-stage 0.60 / 0.62, HR 0.90 / 0.80
+    cell = "x4-bicubic"
+    results = {}
+    for key, values in (("hashnet-lr", (0.5, 0.6)), ("two-stage", (0.6, 0.62)), ("hashnet-hr", (0.9, 0.8))):
+        for seed, value in enumerate(values):
+            path = str(tmp_path / f"{key}-{seed}.npy")
+            np.save(path, np.full(4, value))
+            cells = {"HR": {"ap_file": path}} if key == "hashnet-hr" else {cell: {"ap_file": path}}
+            results[f"{key}@s{seed}"] = {"score": {"cells": cells}}
+    means = photos.over_seeds(results, {k: runs[k] for k in ("hashnet-lr", "two-stage", "hashnet-hr")})
+    assert photos.cell_ap(means, "two-stage", cell) == pytest.approx(np.full(4, 0.61))
+    assert "student" not in photos.over_seeds(results, runs)  # a row with unscored runs is left out
+    summary = photos.print_grid("t", means, ["hashnet-lr", "two-stage", "hashnet-hr"], [cell], 100)["two-stage"]
+    printed = capsys.readouterr().out
+    assert "| x4-bicubic | +0.0600 [+0.0600, +0.0600] | +0.100 / +0.020 |" in printed  # the mean, then each seed
+    # closure of the seed means: (0.61 - 0.55) / (0.85 - 0.55) = 0.2
+    assert summary["x4_mean_closure"] == pytest.approx(0.2) and summary["seed_cells_above"] == "2/2"
+    assert summary["seeds"] == 2 and summary["above_all"] == "1/1"
+
+
 def test_benchmark_rows_are_reused_only_with_the_same_settings_and_code(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_cache", os.path.join(os.path.dirname(_PATH), "cache.py"))
     cache = importlib.util.module_from_spec(spec)

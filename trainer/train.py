@@ -474,7 +474,15 @@ def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1,
         health = trained_code_health(trainer, examples_uri, info)
         for problem in health["problems"]:
             print(f"warning: collapsed codes after training: {problem}", file=sys.stderr, flush=True)
+        if health["problems"]:
+            print(collapse_hint(preset), file=sys.stderr, flush=True)
     return TrainResult(trainer, history, seconds, done, health)
+
+
+def collapse_hint(preset: Preset) -> str:
+    """What to try after a collapse: HashNet's steps were too large for its batches (l_hs back near log 2)."""
+    return (f"hint: retrain with smaller HashNet steps, --set hash_lr={preset.hash_lr / 3:g} or --set hash_clipnorm=1: "
+            "on photos with views.per_photo=4 either kept every bit where hash_lr=0.01 collapsed (docs/results.md)")
 
 
 def codes_untrained(method, epochs_done: int) -> bool:
