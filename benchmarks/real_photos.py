@@ -21,8 +21,9 @@ Printed: mAP@K per cell and row; DSRHN - HashNet-LR with a 90% paired bootstrap 
 gap closure only where the HR - LR gap is positive; PSNR-Y / SSIM-Y of the photo SR stage, DSRHN's SRNet
 and bicubic per cell; HR-query retrieval and code health of every row (collapse check); training time.
 
-Rows are cached in <out>/results.json keyed on their settings and the code (benchmarks/cache.py): a row
-computed with other settings or code is recomputed.
+Rows are cached in <out>/results.json keyed on their settings and the code that computes them (the project's
+packages and benchmarks/photo_tasks.py; benchmarks/cache.py): a row computed with other settings or code is
+recomputed; a change to this script's tables alone keeps them.
 
     dsrhn photos                                      # once: fetch the corpus (about 1 min)
     python benchmarks/real_photos.py                  # about 70 min on 2 cores
@@ -45,7 +46,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache import RowCache, code_digest, row_key  # noqa: E402
-from degradation_grid import CONDITIONS, SCALES, STUDENT_STEPS_X, score_model  # noqa: E402
+from degradation_grid import CONDITIONS, SCALES, STUDENT_STEPS_X  # noqa: E402
+from photo_tasks import BENCH_FILES, score_row, train_row, train_sr_stage  # noqa: E402
 from reproduce_table1 import Runner  # noqa: E402
 
 ROWS = {  # key -> (row name, mode, preset overrides)
@@ -115,58 +117,6 @@ def parse_variant(text: str) -> tuple[str, str, dict, dict]:
     if sr_items and ROWS[parent][1] not in SR_ROWS:
         raise ValueError(f"--variant {text}: sr.* fields need a row that starts from the SR stage ({', '.join(SR_ROWS)})")
     return name, parent, parse_set([f for f in items if not f.startswith("sr.")]), parse_set(sr_items)
-
-
-# ---------------------------------------------------------------- tasks (each in a fresh process)
-
-def train_sr_stage(examples: str, preset_dict: dict, out: str, weights: str) -> dict:
-    """The photo SR stage: SRNet by MSE alone on views of the training photos (two-stage's stage 1)."""
-    from dsrhn.config import preset_from_dict
-    from trainer.train import train
-
-    t0 = time.time()
-    preset = preset_from_dict(preset_dict)
-    stage1 = train(examples, preset, out, verbose=0, tensorboard=False, stop_after_epochs=preset.sr_warmup_epochs)
-    stage1.trainer.nets["srnet"].save_weights(weights)
-    return {"seconds": time.time() - t0}
-
-
-def train_row(examples: str, preset_dict: dict, run_dir: str, hashnet_out: str) -> dict:
-    """Train and export one row; its trained HashNet is also kept at `hashnet_out` (for rows that start from it
-    or distil it: `@ROW` values)."""
-    from dsrhn.config import preset_from_dict
-    from trainer.task import train_and_export
-    from trainer.train import latest_checkpoint
-
-    shutil.rmtree(run_dir, ignore_errors=True)
-    code = code_digest(BENCH_FILES)  # the code this row really trained with (a change mid-run is flagged)
-    work = os.path.join(run_dir, "work")
-    summary = train_and_export(examples, preset_from_dict(preset_dict), work, os.path.join(run_dir, "model"), verbose=0)
-    last = latest_checkpoint(os.path.join(work, "checkpoints"))
-    if os.path.exists(os.path.join(last, "hashnet.weights.h5")):
-        shutil.copyfile(os.path.join(last, "hashnet.weights.h5"), hashnet_out + ".tmp")
-        os.replace(hashnet_out + ".tmp", hashnet_out)
-    return {"train_seconds": summary["seconds"], "model": os.path.join(run_dir, "model"), "trained_with_code": code,
-            "code_health": summary["code_health"], "history_end": {
-                phase: {k: v[-1] for k, v in h.items()} for phase, h in summary["history"].items()}}
-
-
-def score_row(model: str, examples: str, cell_dirs: dict, topk: int, out_dir: str, hr_only: bool) -> dict:
-    """Every cell's per-query AP (and PSNR/SSIM), the HR-query mAP of the same model, the gallery's health."""
-    from components.evaluate import SavedModelEncoders, encode_split
-    from components.metrics import average_precisions
-    from dsrhn.health import code_health
-
-    out = score_model(model, examples, cell_dirs, topk, out_dir, hr_only)
-    enc = SavedModelEncoders(model)
-    g = encode_split(examples, "gallery", "hr", enc.gallery)
-    q = encode_split(examples, "query", "hr", enc.gallery)
-    ap, _ = average_precisions(q.codes, g.codes, q.labels, g.labels, topk)
-    np.save(os.path.join(out_dir, "hr-query.npy"), ap)
-    out["hr_query_map"] = float(ap.mean())
-    out["gallery_health"] = code_health(g.codes, int(enc.meta["bits"]), g.labels).to_dict()
-    out["gallery_health"].pop("rare_share")
-    return out
 
 
 def run_tasks(tasks: list, set_name: str, set_results: dict, cache: RowCache, code: str) -> None:
@@ -321,7 +271,6 @@ def print_rows(results: dict, rows: list[str], hr_ref: float | None) -> None:
 
 
 ROW_NAMES = {k: v[0] for k, v in ROWS.items()}
-BENCH_FILES = (os.path.abspath(__file__), os.path.join(os.path.dirname(os.path.abspath(__file__)), "degradation_grid.py"))
 
 
 # ---------------------------------------------------------------- main
