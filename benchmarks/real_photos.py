@@ -198,12 +198,13 @@ def print_grid(title: str, results: dict, rows: list[str], cells: list[str], top
         print("|---|---|---|---|" + ("---|" if per_seed else ""))
         above, x4_closures, seeds_above = [], [], []
         for cell in cells:
-            lr, m = cell_ap(results, "hashnet-lr", cell), cell_ap(results, row, cell)
+            lr_runs, m_runs = run_aps(results, "hashnet-lr", cell), run_aps(results, row, cell)  # loaded once
+            lr, m = np.mean(lr_runs, axis=0), np.mean(m_runs, axis=0)  # the seed means, as cell_ap
             d, lo, hi = diff_interval(lr, m)
             above.append((cell, d > 0))
             seed_text = ""
             if per_seed:  # each seed's row against HashNet-LR of the same seed
-                ds = [b.mean() - a.mean() for a, b in zip(run_aps(results, "hashnet-lr", cell), run_aps(results, row, cell))]
+                ds = [b.mean() - a.mean() for a, b in zip(lr_runs, m_runs)]
                 seeds_above.append(sum(x > 0 for x in ds))
                 seed_text = " / ".join(f"{x:+.3f}" for x in ds) + " | "
             text = "-"

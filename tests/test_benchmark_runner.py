@@ -8,15 +8,21 @@ import sys
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "reproduce_table1.py")
+_BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+
+
+def _benchmark(name: str):
+    """benchmarks/<name>.py as a module (registered in sys.modules: dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("reproduce_table1", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _benchmark("reproduce_table1")
 
 
 def _tasks():
@@ -84,17 +90,10 @@ def test_cells_average_seeds_and_gap_closure_uses_per_query_means(bench, tmp_pat
     assert bench.gap_closure(results, 12) is None
 
 
-def _real_photos():
-    spec = importlib.util.spec_from_file_location("real_photos", os.path.join(os.path.dirname(_PATH), "real_photos.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_photo_rows_run_per_seed_and_the_tables_average_the_seeds(tmp_path, capsys):
     import numpy as np
 
-    photos = _real_photos()
+    photos = _benchmark("real_photos")
     asked = {k: (*photos.ROWS[k], {}) for k in ("hashnet-lr", "two-stage", "student", "hashnet-hr")}
     rows, runs = photos.seeded(asked, 2)
     assert runs["two-stage"] == ["two-stage@s0", "two-stage@s1"] and len(rows) == 8
@@ -124,9 +123,7 @@ def test_photo_rows_run_per_seed_and_the_tables_average_the_seeds(tmp_path, caps
 
 
 def test_benchmark_rows_are_reused_only_with_the_same_settings_and_code(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_cache", os.path.join(os.path.dirname(_PATH), "cache.py"))
-    cache = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cache)
+    cache = _benchmark("cache")
     src = tmp_path / "code"
     src.mkdir()
     (src / "a.py").write_text("x = 1\n")
@@ -149,10 +146,7 @@ def test_benchmark_rows_are_reused_only_with_the_same_settings_and_code(tmp_path
 def test_the_load_generators_socket_clients_count_answers_and_errors(tmp_path):
     """serve_load.py's default load generator (raw keep-alive sockets, the request made once) against the real app on
     loopback: every answer is counted, a non-200 is an error, and a POST body arrives whole (a 404 JSON answer)."""
-    spec = importlib.util.spec_from_file_location("serve_load", os.path.join(os.path.dirname(_PATH), "serve_load.py"))
-    serve_load = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = serve_load  # its dataclasses look their module up
-    spec.loader.exec_module(serve_load)
+    serve_load = _benchmark("serve_load")
     from serving.server import BackgroundServer
     from serving.store import ModelStore
 
@@ -181,9 +175,7 @@ def test_encode_costs_bfloat16_export_keeps_the_codes(tmp_path, tiny_preset, mos
     from dsrhn.records import read_split_raw
     from trainer.task import train_and_export
 
-    spec = importlib.util.spec_from_file_location("encode_cost", os.path.join(os.path.dirname(_PATH), "encode_cost.py"))
-    encode_cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(encode_cost)
+    encode_cost = _benchmark("encode_cost")
     work, plain = str(tmp_path / "work"), str(tmp_path / "plain")
     train_and_export(mosaic_examples, tiny_preset, work, plain, verbose=0)
     bf16 = encode_cost.export_bfloat16(work, mosaic_examples, str(tmp_path / "bf16"))
