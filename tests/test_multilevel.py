@@ -143,6 +143,19 @@ def test_bit_selection_keeps_the_bits_whose_map_concentrates_on_the_region():
     assert not selected[0, 2].any()  # an invalid region keeps no bit
 
 
+def test_multi_level_takes_dsrhns_options_and_its_own():
+    """DSCNN is a DSRHN: it starts from a trained HashNet or an Eq. 5 SR stage as DSRHN does, and checks both."""
+    from trainer.methods.multilevel import DSCNN
+
+    o = DSCNN.parse_options({"sr_stage_lam": "200", "hashnet_weights": "h.weights.h5", "grid": "3"})
+    assert (o.sr_stage_lam, o.hashnet_weights, o.grid) == (200.0, "h.weights.h5", 3)
+    assert DSCNN.parse_options({}).sr_stage_lam == 0.0 and not DSCNN.parse_options({}).hashnet_weights
+    with pytest.raises(ValueError, match="sr_stage_lam"):
+        DSCNN.parse_options({"sr_stage_lam": "-1"})
+    with pytest.raises(ValueError, match="grid"):
+        DSCNN.parse_options({"grid": "9"})
+
+
 @pytest.mark.parametrize("backend", ["faiss", "milvus"])
 def test_two_stage_search_on_either_backend_reads_the_memory_mapped_local_codes(tmp_path, backend):
     rng = np.random.default_rng(3)

@@ -70,7 +70,7 @@ class SRHashing(Method):
         if p.srnet_weights:  # an MSE-trained SRNet (two-stage, dsrhn), checked by Preset
             load_trained_weights(srnet, p.srnet_weights, "srnet_weights")
         hashnet = self.hashnet()
-        if getattr(self.options, "hashnet_weights", ""):  # DSCNN's own options have no such field
+        if self.options.hashnet_weights:
             load_trained_weights(hashnet, self.options.hashnet_weights, "options.hashnet_weights")
         return {"srnet": srnet, "hashnet": hashnet}
 
@@ -115,8 +115,8 @@ class SRHashing(Method):
         return Phase(name, epochs, updates, metrics)
 
     def sr_stage_lam(self) -> float:
-        """Eq. 5's lambda in the SR stage (sr-mse); 0: L_mse alone. DSCNN's own options have no such field."""
-        return getattr(self.options, "sr_stage_lam", 0.0)
+        """Eq. 5's lambda in the SR stage (sr-mse); 0: L_mse alone."""
+        return self.options.sr_stage_lam
 
     def train_step(self, trainer, phase: str, batch: dict) -> None:
         step_a, step_b = self.STEPS[phase]

@@ -29,14 +29,14 @@ import tensorflow as tf
 from dsrhn.multilevel import local_layout
 from trainer import losses
 from trainer.methods.base import Phase
-from trainer.methods.dsrhn import DSRHN
+from trainer.methods.dsrhn import DSRHN, SRHashingOptions
 from trainer.models import AdaptiveAvgPool, HashNet
 
 LOCAL_METRICS = ("l_local_hs", "l_local_dis")
 
 
 @dataclass(frozen=True)
-class MultiLevelOptions:
+class MultiLevelOptions(SRHashingOptions):  # DSRHN's options (hashnet_weights, sr_stage_lam), then its own
     grid: int = 2  # regions per side of the conv map: grid x grid local codes per image
     local_weight: float = 1.0  # mu, the weight of the local terms
     label_fraction: float = 0.02  # a region's labels: the classes covering at least this share of its pixels
@@ -48,6 +48,7 @@ class MultiLevelOptions:
     rerank_weight: float = 1.0  # d = d_global + this x d_local (export metadata; the server's default)
 
     def __post_init__(self):
+        super().__post_init__()
         if not 1 <= self.grid <= 8:
             raise ValueError(f"options.grid must be an integer in [1, 8], got {self.grid}")
         for name in ("local_weight", "label_fraction", "select_threshold", "valid_fraction", "rerank_weight"):
