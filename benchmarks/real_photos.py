@@ -26,7 +26,7 @@ packages and benchmarks/photo_tasks.py; benchmarks/cache.py): a row computed wit
 recomputed; a change to this script's tables alone keeps them.
 
     dsrhn photos                                      # once: fetch the corpus (about 1 min)
-    python benchmarks/real_photos.py                  # about 70 min on 2 cores
+    python benchmarks/real_photos.py --steps 600      # about 70 min on 2 cores (the preset's 1,200 steps: longer)
     python benchmarks/real_photos.py --rows hashnet-lr,two-stage,hashnet-hr --seeds 3  # each row the mean of 3 seeds
     python benchmarks/real_photos.py --rows hashnet-lr,dsrhn --variant dsrhn-lam01:lam=0.1 --out runs/photos
     python benchmarks/real_photos.py --variant two-stage-clean:sr.degradation.noise_prob=0.2  # its own SR stage
