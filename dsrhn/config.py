@@ -169,6 +169,7 @@ class Preset:
     pretrained_weights: str = ""  # local .npz for HashNet's backbone (trainer/pretrained.py); never downloaded
     pretrained_lr_mult: float = 0.1  # a pretrained backbone (mobilenetv2, pretrained_weights) learns at this x hash_lr
     srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
+    query_flip: bool = False  # a query's code is Eq. 1 on the sum of its and its mirror image's logits (2x query cost)
     seed: int = 0
     degradation: Degradation = field(default_factory=Degradation)  # training LR: blind (random) or fixed (stored)
     views: Views = field(default_factory=Views)  # training views of each photo (instance datasets only)
@@ -186,6 +187,11 @@ class Preset:
                              f"got {self.hr_size}")
         if self.hash_optimizer not in ("sgd", "adam"):
             raise ValueError(f"hash_optimizer must be 'sgd' or 'adam', got {self.hash_optimizer!r}")
+        if not isinstance(self.query_flip, bool):
+            raise ValueError(f"query_flip must be true or false, got {self.query_flip!r}")
+        if self.query_flip and self.mode == "multi-level":
+            raise ValueError("query_flip does not apply to mode multi-level: a mirrored query's local codes are those "
+                             "of mirrored grid regions")
         if self.srnet_weights and self.mode not in ("two-stage", "dsrhn", "multi-level"):
             raise ValueError("srnet_weights (an MSE-trained SRNet) applies to modes two-stage, dsrhn and multi-level only")
         if not (math.isfinite(self.sr_lr) and math.isfinite(self.sr_finetune_lr)) or self.sr_lr <= 0 or self.sr_finetune_lr < 0:

@@ -187,3 +187,51 @@ def test_encode_costs_bfloat16_export_keeps_the_codes(tmp_path, tiny_preset, mos
     y = tf.saved_model.load(bf16).signatures["serving_default"](images=images)["bits"]
     assert y.dtype == tf.float32 and x.shape == y.shape
     assert (np.asarray(x) != np.asarray(y)).mean() < 0.05
+
+
+def test_query_views_rescore_trained_rows_under_each_query_setting(tmp_path, mosaic_examples, tiny_preset, monkeypatch,
+                                                                   capsys):
+    """benchmarks/query_views.py on two really trained rows laid out as benchmarks/real_photos.py writes them: each
+    applicable query setting re-encodes the queries with the trained networks; "as trained" is the SavedModel's own
+    query path, the baseline against itself differs by 0, and the table and JSON come out."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from components.evaluate import SavedModelEncoders, encode_split
+    from components.metrics import average_precisions
+    from trainer.task import train_and_export
+
+    views = _benchmark("query_views")
+    assert set(views.settings_for("hashnet-lr")) == {"as trained", "mirror"}
+    assert views.settings_for("two-stage")["bicubic"] == ("hashnet-lr", {})
+    out = tmp_path / "out"
+    root = out / "instance"
+    shutil.copytree(mosaic_examples, root / "examples")
+    shutil.copytree(mosaic_examples, root / "grid" / "x4-bicubic")
+    for mode in ("hashnet-lr", "two-stage"):
+        run = root / f"{mode}@s0"
+        train_and_export(str(root / "examples"), tiny_preset.replace(mode=mode), str(run / "work"), str(run / "model"),
+                         verbose=0)
+    monkeypatch.setattr(sys, "argv", ["query_views.py", "--out", str(out), "--topk", "20"])
+    views.main()
+    printed = capsys.readouterr().out
+    result = json.load(open(out / "query_views.json"))
+    table = result["table"]
+    assert sorted(result["runs"]) == ["hashnet-lr@s0", "two-stage@s0"]
+    assert set(table) == {"hashnet-lr / as trained", "hashnet-lr / mirror"} | {
+        f"two-stage / {s}" for s in ("as trained", "mirror", "sr", "sr + mirror", "fused", "fused + mirror", "bicubic")}
+    assert table["hashnet-lr / as trained"]["cells"]["x4-bicubic"]["diff"] == 0.0
+    assert "| two-stage / fused + mirror |" in printed
+    for mode in ("hashnet-lr", "two-stage"):  # "as trained" is what the exported SavedModel retrieves
+        enc = SavedModelEncoders(str(root / f"{mode}@s0" / "model"))
+        g = encode_split(str(root / "examples"), "gallery", "hr", enc.gallery)
+        q = encode_split(str(root / "grid" / "x4-bicubic"), "query", "lr", enc.query)
+        ap, _ = average_precisions(q.codes, g.codes, q.labels, g.labels, 20)
+        assert table[f"{mode} / as trained"]["cells"]["x4-bicubic"]["map"] == pytest.approx(float(ap.mean()), abs=1e-9)
+        stored = np.load(out / "query-views" / f"{mode}@s0--as-trained--x4-bicubic.npy")
+        assert np.array_equal(stored, ap)
+    # two-stage trained without query_fuse: its "sr" setting is its own, reused rather than encoded again
+    assert table["two-stage / sr"]["cells"] == table["two-stage / as trained"]["cells"]
+    assert not (out / "query-views" / "two-stage@s0--sr--x4-bicubic.npy").exists()

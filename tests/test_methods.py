@@ -108,6 +108,49 @@ def test_the_sr_stage_can_train_against_hashnet_features(mosaic_examples):
         build_trainer(_tiny("two-stage", **{"options.sr_stage_lam": -1}), info)
 
 
+def test_hashnet_can_train_on_sr_and_bicubic_and_the_query_paths_vote(mosaic_examples):
+    """options.hash_views=query+bicubic: step B's joint batch is [HR; SR; bicubic] (L_dis the mean of both queries'
+    Eq. 12); options.query_fuse: the query's logits are the sum of the SR and the bicubic query's; preset.query_flip:
+    the sum of the query's and its mirror image's (so a query and its mirror image get the same code)."""
+    from trainer import losses
+    from trainer.methods.base import joint_hash_terms
+
+    info = DatasetInfo.read(mosaic_examples)
+    preset = _tiny("two-stage", epochs=1, steps_per_epoch=1, hash_lr=0.1,
+                   **{"options.hash_views": "query+bicubic", "options.query_fuse": "true"})
+    trainer = build_trainer(preset, info)
+    trainer.build_optimizers()
+    method, nets = trainer.method, trainer.nets
+    batch = next(iter(training_dataset(mosaic_examples, preset, 0, 1, 1, info, method.needs_masks)))
+    trainer.phase = "hash-sr"
+    before = [np.array(v) for v in nets["hashnet"].weights]
+    out = {k: float(v) for k, v in trainer.train_step(batch).items()}
+    assert np.isfinite(out["l_hash"]) and out["l_dis"] >= 0
+    assert not all(np.array_equal(a, np.array(b)) for a, b in zip(before, nets["hashnet"].weights))
+
+    v = tf.random.stateless_normal([6, 12], seed=[1, 2])  # three views of two images
+    labels = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    l_hs, l_dis = joint_hash_terms(preset, v, labels, views=3)
+    hr, sr, bic = tf.split(v, 3)
+    expect = (losses.margin_loss(hr, sr, preset.margin) + losses.margin_loss(hr, bic, preset.margin)) / 2
+    assert float(l_dis) == pytest.approx(float(expect), rel=1e-6) and np.isfinite(float(l_hs))
+
+    x = tf.random.stateless_uniform([3, preset.hr_size, preset.hr_size, 3], seed=[3, 4])
+    sr_x = method.query_image(nets, x)
+    fused = method.query_code_outputs(nets, x)["code"]
+    assert np.allclose(fused, method.code_logits(nets, sr_x) + method.code_logits(nets, x), atol=1e-4)
+    flip = get_method("two-stage")(preset.replace(query_flip=True), info)
+    mirrored = tf.image.flip_left_right(x)
+    v_x, v_m = (flip.query_code_outputs(nets, t)["code"].numpy() for t in (x, mirrored))
+    assert np.allclose(v_x, v_m, atol=1e-4) and np.allclose(v_x, fused + method.query_code_outputs(nets, mirrored)["code"],
+                                                            atol=1e-4)
+    for mode, key, value in (("hashnet-lr", "options.query_fuse", "true"), ("dsrhn", "options.hash_views", "all")):
+        with pytest.raises(ValueError, match=f"{key}"):
+            build_trainer(_tiny(mode, **{key: value}), info)
+    with pytest.raises(ValueError, match="query_flip does not apply to mode multi-level"):
+        _tiny("multi-level", query_flip=True)
+
+
 @pytest.mark.parametrize("mode", ALL)
 def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples, teacher):
     info = DatasetInfo.read(mosaic_examples)

@@ -10,7 +10,8 @@ declares:
   query_image(nets, x)        a query in HR space -> the image the code network sees (SR, bicubic, HR)
   code_logits(nets, images)   gallery images -> v, whose sign is the code (Eq. 1; one rule for every method)
   query_code_logits(nets, x)  a query in HR space -> v (default: code_logits of query_image; a method that
-                              enhances features instead of pixels, FSR-GAN, overrides it)
+                              enhances features instead of pixels, FSR-GAN, overrides it); with preset.query_flip
+                              the query's code is Eq. 1 on the sum of its and its mirror image's v
   code_outputs / query_code_outputs / local_layout   what export encodes: {"code": v}, plus local codes for
                               a multi-level method (trainer/methods/multilevel.py)
 and class attributes: query_input ("lr" | "hr"), query_path ("sr" | "bicubic" | "hr" | "fsr"), needs_masks,
@@ -129,7 +130,11 @@ class Method:
         return {"code": self.code_logits(nets, images)}
 
     def query_code_outputs(self, nets: dict, x: tf.Tensor) -> dict:
-        return {"code": self.query_code_logits(nets, x)}
+        if not self.preset.query_flip:
+            return {"code": self.query_code_logits(nets, x)}
+        # test-time mirror: the query and its mirror image vote, Eq. 1 on the sum of their logits (one batch)
+        v, v_flip = tf.split(self.query_code_logits(nets, tf.concat([x, tf.image.flip_left_right(x)], 0)), 2, axis=0)
+        return {"code": v + v_flip}
 
     def local_layout(self) -> dict | None:
         """The export metadata's `local` entry (dsrhn/multilevel.py); None: global codes only."""
@@ -183,12 +188,14 @@ def pairwise_hash_loss(preset: Preset, v, labels):
     return losses.semantic_hash_loss(preset.hash_loss, v, labels, preset.gamma, preset.dch_gamma, preset.pair_balance)
 
 
-def joint_hash_terms(preset: Preset, v, labels) -> tuple:
-    """(L_hs, L_dis) of the relaxed codes v of a joint batch [HR; query]: L_hs over all its pairs
-    (Eq. 11, or dhn/dch by hash_loss) and L_dis between each HR image and its query (Eq. 12)."""
-    v_hr, v_q = tf.split(v, 2, axis=0)
-    l_hs = pairwise_hash_loss(preset, v, tf.concat([labels, labels], 0))
-    return l_hs, losses.margin_loss(v_hr, v_q, preset.margin)
+def joint_hash_terms(preset: Preset, v, labels, views: int = 2) -> tuple:
+    """(L_hs, L_dis) of the relaxed codes v of a joint batch [HR; query] (views=3: [HR; query; second query]):
+    L_hs over all its pairs (Eq. 11, or dhn/dch by hash_loss) and L_dis between each HR image and its queries
+    (Eq. 12; the mean over the query views)."""
+    v_hr, *v_q = tf.split(v, views, axis=0)
+    l_hs = pairwise_hash_loss(preset, v, tf.concat([labels] * views, 0))
+    l_dis = [losses.margin_loss(v_hr, q, preset.margin) for q in v_q]
+    return l_hs, l_dis[0] if views == 2 else tf.add_n(l_dis) / len(l_dis)
 
 
 def load_trained_weights(net: keras.Model, path: str, field: str) -> keras.Model:

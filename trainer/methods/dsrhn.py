@@ -3,7 +3,8 @@
 Step A (SRNet, Adam; HashNet frozen): L_SR = L_per + lambda * L_mse        (Eq. 5)
 Step B (HashNet, SGD+momentum; SRNet frozen): L_hash = L_hs + alpha * L_dis (Eq. 13)
 L_hs is computed over all pairs of the joint batch [HR; SR], so SR queries learn to land on their HR
-gallery neighbours in Hamming space.
+gallery neighbours in Hamming space. Options: hash_views=query+bicubic trains step B on [HR; SR; bicubic LR],
+query_fuse sums HashNet's logits for the SR and the bicubic query before the sign.
 Rows: dsrhn; hashnet-hr (HashNet on HR, HR queries); hashnet-lr (HashNet on HR + bicubic LR, no SR);
 two-stage (SRNet by MSE alone, frozen, then HashNet: the paper's HashNet-SRGAN row).
 """
@@ -21,6 +22,7 @@ from trainer.methods.base import (Method, Phase, hash_optimizer, joint_batch, jo
 from trainer.models import HashNet, SRNet
 
 SR_METRICS = ("l_sr", "l_per", "l_mse")
+HASH_VIEWS = {"query": 2, "query+bicubic": 3}  # options.hash_views -> views in step B's joint batch
 HASH_METRICS = ("l_hash", "l_hs", "l_dis")
 
 
@@ -51,11 +53,18 @@ class SRHashingOptions:
     # > 0: the SR stage (sr-mse) trains SRNet by Eq. 5 with this lambda, against the features of HashNet as it starts
     # (its ImageNet backbone; SRGAN's VGG loss with this backbone) instead of by L_mse alone (0, the default)
     sr_stage_lam: float = 0.0
+    # what HashNet's step B trains on besides HR: "query" (the SR query: [HR; SR]) or "query+bicubic" ([HR; SR; the
+    # bicubic query], so that HashNet reads both; the SR rows two-stage and dsrhn)
+    hash_views: str = "query"
+    # the SR rows' query code is Eq. 1 on the sum of HashNet's logits for the SR query and the bicubic query
+    query_fuse: bool = False
 
     def __post_init__(self):
         if not (0 <= self.sr_stage_lam < float("inf")):
             raise ValueError(f"options.sr_stage_lam must be a finite number >= 0 (0: the SR stage by MSE alone), "
                              f"got {self.sr_stage_lam}")
+        if self.hash_views not in HASH_VIEWS:
+            raise ValueError(f"options.hash_views must be one of {list(HASH_VIEWS)}, got {self.hash_views!r}")
 
 
 class SRHashing(Method):
@@ -63,6 +72,14 @@ class SRHashing(Method):
 
     updates = {"sr": ("srnet",), "hash": ("hashnet",)}
     Options = SRHashingOptions
+
+    def __init__(self, preset, info=None):
+        super().__init__(preset, info)
+        o, sr_rows = self.options, (DSRHN, TwoStage)
+        for name, used in (("hash_views", o.hash_views != "query"), ("query_fuse", o.query_fuse)):
+            if used and type(self) not in sr_rows:
+                raise ValueError(f"options.{name} applies to the SR rows {[c.name for c in sr_rows]} (HashNet on "
+                                 f"SRNet's output), not to mode {self.name!r}")
 
     def networks(self) -> dict:
         p = self.preset
@@ -167,6 +184,9 @@ class SRHashing(Method):
                 v_hr = hashnet(hr, training=True)["code"]
                 l_hs = pairwise_hash_loss(p, v_hr, labels)
                 l_dis = tf.zeros(())
+            elif kind == "hash-sr" and self.options.hash_views == "query+bicubic":  # [HR; SR; bicubic]
+                out = hashnet(tf.concat([hr, query, lr_up], axis=0), training=True)
+                l_hs, l_dis = joint_hash_terms(p, out["code"], labels, views=3)
             else:
                 out = hashnet(joint_batch(hr, query), training=True)
                 l_hs, l_dis = joint_hash_terms(p, out["code"], labels)
@@ -184,6 +204,13 @@ class SRHashing(Method):
         if self.query_path == "sr":
             return tf.cast(nets["srnet"](x, training=False), tf.float32)
         return x
+
+    def query_code_logits(self, nets: dict, x: tf.Tensor) -> tf.Tensor:
+        if not self.options.query_fuse:
+            return super().query_code_logits(nets, x)
+        # the SR query and the bicubic query vote: Eq. 1 on the sum of their logits (one batch)
+        v_sr, v_bicubic = tf.split(self.code_logits(nets, tf.concat([self.query_image(nets, x), x], 0)), 2, axis=0)
+        return v_sr + v_bicubic
 
 
 class DSRHN(SRHashing):
