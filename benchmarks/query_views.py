@@ -11,8 +11,8 @@ examples and grid cells) and re-encodes every cell's queries through the product
   sr + mirror, fused + mirror
   bicubic           SR rows: the bicubic query through the row's own HashNet (no SRNet)
 
-The gallery's codes do not depend on these settings (encoded once per row); a setting that is the row's own is
-not encoded twice. Printed per setting, the mean of the
+The gallery's codes do not depend on these settings (encoded once per row); two settings that are the same for a
+row (for a row trained with query_fuse: "as trained" and "fused") are encoded once. Printed per setting, the mean of the
 seeds: mAP@K per cell, the difference to the named baseline (HashNet-LR as trained, same seeds) with a 90% paired
 bootstrap interval over the queries, the cells above it, and the query encoding time as a ratio to the baseline's
 in the same run. Results: OUT/query_views.json.
@@ -117,12 +117,14 @@ def score_run(run_dir: str, cells: dict, topk: int, ap_dir: str) -> dict:
     examples = os.path.join(os.path.dirname(run_dir), "examples")
     base = CodeFunctions(get_method(preset.mode)(preset, info), nets)
     g_codes, g_labels, _ = encode(examples, "gallery", "hr", lambda x: base.codes(decode_hr_space(x, preset.hr_size)))
-    out = {}
+    out, done = {}, {}
     for name, (mode, overrides) in settings_for(preset.mode).items():
         setting = setting_preset(preset, mode, overrides)
-        if name != "as trained" and same_setting(setting, preset):  # the row's own (e.g. fused for a fused row)
-            out[name] = out["as trained"]
+        twin = next((other for other, p in done.items() if same_setting(setting, p)), None)
+        if twin:  # the same setting as one encoded already (e.g. "fused" for a row trained fused)
+            out[name] = out[twin]
             continue
+        done[name] = setting
         fns = CodeFunctions(get_method(mode)(setting, info), nets)
         row = {"cells": {}, "query_seconds": 0.0}
         for cell, uri in cells.items():
