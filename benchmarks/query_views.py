@@ -92,31 +92,34 @@ def load_row(run_dir: str):
     return preset, info, nets
 
 
-def encode(split_uri: str, split: str, field: str, fn, batch: int = 128) -> tuple[np.ndarray, np.ndarray, float]:
-    """(packed codes, labels, seconds in `fn`) of one split's `field` images."""
+def encode(split_uri: str, split: str, field: str, fn) -> tuple[np.ndarray, np.ndarray, float]:
+    """(packed codes, labels, seconds in `fn`) of one split's `field` images (components.evaluate.encode_split)."""
     import tensorflow as tf
 
-    from dsrhn.records import read_split_raw
+    from components.evaluate import encode_split
 
-    codes, labels, seconds = [], [], 0.0
-    for b in read_split_raw(split_uri, split).batch(batch).as_numpy_iterator():
+    seconds = [0.0]
+
+    def timed(images: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        codes.append(fn(tf.constant(b[field]))["codes"].numpy())
-        seconds += time.perf_counter() - t0
-        labels.append(b["labels"])
-    return np.concatenate(codes), np.concatenate(labels).astype(np.int32), seconds
+        codes = fn(tf.constant(images))["codes"].numpy()
+        seconds[0] += time.perf_counter() - t0
+        return codes
+
+    enc = encode_split(split_uri, split, field, timed)
+    return enc.codes, enc.labels, seconds[0]
 
 
 def score_run(run_dir: str, cells: dict, topk: int, ap_dir: str) -> dict:
     """Every applicable setting's per-query APs per cell (saved under ap_dir) and its query encoding seconds."""
     from components.metrics import average_precisions
     from dsrhn.registry import get_method
-    from trainer.export import CodeFunctions, decode_hr_space
+    from trainer.export import CodeFunctions
 
     preset, info, nets = load_row(run_dir)
     examples = os.path.join(os.path.dirname(run_dir), "examples")
     base = CodeFunctions(get_method(preset.mode)(preset, info), nets)
-    g_codes, g_labels, _ = encode(examples, "gallery", "hr", lambda x: base.codes(decode_hr_space(x, preset.hr_size)))
+    g_codes, g_labels, _ = encode(examples, "gallery", "hr", base.serve_hr)
     out, done = {}, {}
     for name, (mode, overrides) in settings_for(preset.mode).items():
         setting = setting_preset(preset, mode, overrides)
@@ -160,6 +163,7 @@ def summarise(scores: dict, groups: dict, cells: list[str]) -> dict:
         return np.mean([np.load(scores[r][setting]["cells"][cell]["ap_file"]) for r in runs], axis=0)
 
     base_time = sum(scores[r][base_setting]["query_seconds"] for r in groups[base_row])
+    base_aps = {cell: mean_ap(base_row, base_setting, cell) for cell in cells}
     table = {}
     for row, runs in groups.items():
         if [r.partition("@")[2] for r in runs] != seeds:
@@ -168,7 +172,7 @@ def summarise(scores: dict, groups: dict, cells: list[str]) -> dict:
         for setting in scores[runs[0]]:
             entry = {"cells": {}, "query_time_ratio": sum(scores[r][setting]["query_seconds"] for r in runs) / base_time}
             for cell in cells:
-                a, b = mean_ap(base_row, base_setting, cell), mean_ap(row, setting, cell)
+                a, b = base_aps[cell], mean_ap(row, setting, cell)
                 d, lo, hi = diff_interval(a, b)
                 entry["cells"][cell] = {"map": float(b.mean()), "diff": d, "interval": [lo, hi]}
             diffs = [entry["cells"][c]["diff"] for c in cells]

@@ -132,9 +132,8 @@ class Method:
     def query_code_outputs(self, nets: dict, x: tf.Tensor) -> dict:
         if not self.preset.query_flip:
             return {"code": self.query_code_logits(nets, x)}
-        # test-time mirror: the query and its mirror image vote, Eq. 1 on the sum of their logits (one batch)
-        v, v_flip = tf.split(self.query_code_logits(nets, tf.concat([x, tf.image.flip_left_right(x)], 0)), 2, axis=0)
-        return {"code": v + v_flip}
+        # test-time mirror: the query and its mirror image vote
+        return {"code": summed_logits(lambda t: self.query_code_logits(nets, t), x, tf.image.flip_left_right(x))}
 
     def local_layout(self) -> dict | None:
         """The export metadata's `local` entry (dsrhn/multilevel.py); None: global codes only."""
@@ -166,10 +165,15 @@ def _bool(v) -> bool:
     raise ValueError(v)
 
 
-def joint_batch(hr, query):
-    """One forward pass over [HR; query], so batch norm normalises both with the same statistics and its
+def joint_batch(hr, *queries):
+    """One forward pass over [HR; query, ...], so batch norm normalises them with the same statistics and its
     moving averages describe the mix it is later run on."""
-    return tf.concat([hr, query], axis=0)
+    return tf.concat([hr, *queries], axis=0)
+
+
+def summed_logits(logits_fn, *views) -> tf.Tensor:
+    """Views of the same queries vote: the sum of their logits (Eq. 1 then signs the sum), in one batch."""
+    return tf.add_n(tf.split(logits_fn(tf.concat(views, axis=0)), len(views), axis=0))
 
 
 def across_replicas(*tensors) -> tuple:

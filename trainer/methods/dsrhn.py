@@ -18,11 +18,11 @@ from keras import ops
 
 from trainer import losses
 from trainer.methods.base import (Method, Phase, hash_optimizer, joint_batch, joint_hash_terms, learning_rate,
-                                  load_trained_weights, pairwise_hash_loss)
+                                  load_trained_weights, pairwise_hash_loss, summed_logits)
 from trainer.models import HashNet, SRNet
 
 SR_METRICS = ("l_sr", "l_per", "l_mse")
-HASH_VIEWS = {"query": 2, "query+bicubic": 3}  # options.hash_views -> views in step B's joint batch
+HASH_VIEWS = ("query", "query+bicubic")  # options.hash_views: step B's joint batch [HR; SR] or [HR; SR; bicubic]
 HASH_METRICS = ("l_hash", "l_hs", "l_dis")
 
 
@@ -184,12 +184,11 @@ class SRHashing(Method):
                 v_hr = hashnet(hr, training=True)["code"]
                 l_hs = pairwise_hash_loss(p, v_hr, labels)
                 l_dis = tf.zeros(())
-            elif kind == "hash-sr" and self.options.hash_views == "query+bicubic":  # [HR; SR; bicubic]
-                out = hashnet(tf.concat([hr, query, lr_up], axis=0), training=True)
-                l_hs, l_dis = joint_hash_terms(p, out["code"], labels, views=3)
             else:
-                out = hashnet(joint_batch(hr, query), training=True)
-                l_hs, l_dis = joint_hash_terms(p, out["code"], labels)
+                three = kind == "hash-sr" and self.options.hash_views == "query+bicubic"  # [HR; SR; bicubic]
+                queries = (query, lr_up) if three else (query,)
+                out = hashnet(joint_batch(hr, *queries), training=True)
+                l_hs, l_dis = joint_hash_terms(p, out["code"], labels, views=1 + len(queries))
                 extra_loss, extra = self.extra_hash_terms(out, batch)
             loss = losses.hash_loss(l_hs, l_dis, p.alpha) + extra_loss
             scaled = trainer.scaled("hash", loss)
@@ -208,9 +207,8 @@ class SRHashing(Method):
     def query_code_logits(self, nets: dict, x: tf.Tensor) -> tf.Tensor:
         if not self.options.query_fuse:
             return super().query_code_logits(nets, x)
-        # the SR query and the bicubic query vote: Eq. 1 on the sum of their logits (one batch)
-        v_sr, v_bicubic = tf.split(self.code_logits(nets, tf.concat([self.query_image(nets, x), x], 0)), 2, axis=0)
-        return v_sr + v_bicubic
+        # the SR query and the bicubic query vote
+        return summed_logits(lambda t: self.code_logits(nets, t), self.query_image(nets, x), x)
 
 
 class DSRHN(SRHashing):
