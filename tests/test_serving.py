@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import threading
 
@@ -256,6 +257,31 @@ def test_an_xla_export_gives_the_same_codes_at_every_batch_size(tmp_path, tiny_p
             y = b.signatures[sig](images=batch)["bits"].numpy()
             assert x.shape == y.shape == (n, 12)
             assert (x != y).mean() < 0.01, (sig, n, (x != y).mean())
+
+
+def test_export_query_flip_turns_on_test_time_mirroring_of_a_trained_run(trained_model, mosaic_examples, tmp_path,
+                                                                           capsys):
+    """`dsrhn export --query-flip` re-exports a trained run with mirrored queries voting (trainer/methods/base.py):
+    a query and its mirror image get the same code, the gallery signature keeps the plain export's codes (so the
+    gallery needs no new codes), and the metadata says so; `--no-query-flip` gives the plain export back."""
+    from dsrhn.cli import main
+
+    work = os.path.join(os.path.dirname(trained_model), "work")  # conftest: the fixture's --work-dir
+    flip, plain = str(tmp_path / "flip"), str(tmp_path / "plain")
+    assert main(["export", "--work-dir", work, "--examples", mosaic_examples, "-o", flip, "--query-flip"]) == 0
+    assert "query_flip=True" in capsys.readouterr().out
+    assert main(["export", "--work-dir", work, "--examples", mosaic_examples, "-o", plain, "--no-query-flip"]) == 0
+    assert read_metadata(flip)["preset"]["query_flip"] is True and read_metadata(plain)["preset"]["query_flip"] is False
+    lr = [r["lr"] for r in read_split_raw(mosaic_examples, "query").take(8).as_numpy_iterator()]
+    mirrored = [tf.io.encode_png(tf.image.flip_left_right(tf.io.decode_png(b, channels=3))).numpy() for b in lr]
+    f, p, trained = (tf.saved_model.load(d).signatures for d in (flip, plain, trained_model))
+    code = {name: sig["serving_default"](images=tf.constant(lr))["bits"].numpy() for name, sig in
+            (("flip", f), ("plain", p), ("trained", trained))}
+    assert (f["serving_default"](images=tf.constant(mirrored))["bits"].numpy() == code["flip"]).all()
+    assert (code["plain"] == code["trained"]).all()  # --no-query-flip: the run as trained
+    assert (code["flip"] != code["plain"]).any()  # the mirror image does vote
+    gallery = tf.constant([r["hr"] for r in read_split_raw(mosaic_examples, "gallery").take(8).as_numpy_iterator()])
+    assert (f["encode_hr"](images=gallery)["bits"].numpy() == p["encode_hr"](images=gallery)["bits"].numpy()).all()
 
 
 def test_the_export_packs_codes_by_the_one_sign_rule(trained_model, mosaic_examples):

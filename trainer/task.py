@@ -33,9 +33,10 @@ def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_di
     return {**summary, "trainer": result.trainer} if with_trainer else summary
 
 
-def export_checkpoint(work_dir: str, examples_uri: str, export_dir: str, xla: bool = False) -> str:
+def export_checkpoint(work_dir: str, examples_uri: str, export_dir: str, xla: bool = False,
+                      query_flip: bool | None = None) -> str:
     """Re-export a trained run from its latest checkpoint (the preset and data it was trained with), e.g. with other
-    serving options (xla). Nothing is trained."""
+    serving options: xla, query_flip (test-time mirroring of queries; None keeps the run's). Nothing is trained."""
     from trainer.export import export_saved_model
     from trainer.train import build_trainer, latest_checkpoint, restore_checkpoint
 
@@ -46,6 +47,8 @@ def export_checkpoint(work_dir: str, examples_uri: str, export_dir: str, xla: bo
         state = json.load(f)
     info = DatasetInfo.read(examples_uri)
     preset = preset_from_dict(state["preset"])
+    if query_flip is not None:
+        preset = preset.replace(query_flip=query_flip)  # a query-side option: the gallery's codes do not change
     trainer = build_trainer(preset, info)
     trainer.identity_json = json.dumps(state.get("identity"))
     restore_checkpoint(trainer, ckpt)
