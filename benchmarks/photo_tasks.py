@@ -29,6 +29,30 @@ def train_sr_stage(examples: str, preset_dict: dict, out: str, weights: str) -> 
     return {"seconds": time.time() - t0}
 
 
+def score_sr_stage(preset_dict: dict, weights: str, cell_dirs: dict, n: int = 200) -> dict:
+    """PSNR-Y / SSIM-Y of an SR stage's SRNet and of bicubic against HR on every cell's first n queries, through
+    the exported query path's resize and rounding (trainer/export.py), with no HashNet and no export."""
+    import tensorflow as tf
+
+    from components.evaluate import sr_quality
+    from dsrhn.config import preset_from_dict
+    from dsrhn.records import DatasetInfo
+    from trainer.export import decode_hr_space
+    from trainer.models import SRNet
+
+    preset = preset_from_dict(preset_dict)
+    net = SRNet(preset)
+    net.load_weights(weights)
+
+    class StageEncoder:  # what sr_quality needs of an export: super_resolve(encoded LR images) -> uint8 HR
+        @staticmethod
+        def super_resolve(images: np.ndarray) -> np.ndarray:
+            x = net(decode_hr_space(tf.constant(images), preset.hr_size), training=False)
+            return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8).numpy()
+
+    return {"cells": {cell: {"psnr": sr_quality(uri, StageEncoder, DatasetInfo.read(uri), n)} for cell, uri in cell_dirs.items()}}
+
+
 def train_row(examples: str, preset_dict: dict, run_dir: str, hashnet_out: str) -> dict:
     """Train and export one row; its trained HashNet is also kept at `hashnet_out` (for rows that start from it
     or distil it: `@ROW` values)."""

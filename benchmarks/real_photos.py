@@ -20,6 +20,8 @@ from it (`options.hashnet_weights=@hashnet-hr`) or distils it trains after it, k
 Printed: mAP@K per cell and row; DSRHN - HashNet-LR with a 90% paired bootstrap interval over the queries;
 gap closure only where the HR - LR gap is positive; PSNR-Y / SSIM-Y of the photo SR stage, DSRHN's SRNet
 and bicubic per cell; HR-query retrieval and code health of every row (collapse check); training time.
+--sr-only trains and scores the SR rows' photo SR stages alone (PSNR-Y / SSIM-Y per cell, no HashNet, minutes a
+stage): for SR-stage recipes, before a retrieval run.
 
 Rows are cached in <out>/results.json keyed on their settings and the code that computes them (the project's
 packages and benchmarks/photo_tasks.py; benchmarks/cache.py): a row computed with other settings or code is
@@ -31,6 +33,7 @@ recomputed; a change to this script's tables alone keeps them.
     python benchmarks/real_photos.py --rows hashnet-lr,dsrhn --variant dsrhn-lam01:lam=0.1 --out runs/photos
     python benchmarks/real_photos.py --variant two-stage-clean:sr.degradation.noise_prob=0.2  # its own SR stage
     python benchmarks/real_photos.py --variant dsrhn-fromhr:options.hashnet_weights=@hashnet-hr  # HashNet from HR's
+    python benchmarks/real_photos.py --sr-only --rows two-stage --variant two-stage-nobn:sr_batchnorm=false --seeds 2  # SR stages alone
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache import RowCache, code_digest, row_key  # noqa: E402
 from degradation_grid import CONDITIONS, SCALES, STUDENT_STEPS_X  # noqa: E402
-from photo_tasks import BENCH_FILES, score_row, train_row, train_sr_stage  # noqa: E402
+from photo_tasks import BENCH_FILES, score_row, score_sr_stage, train_row, train_sr_stage  # noqa: E402
 from reproduce_table1 import Runner  # noqa: E402
 
 ROWS = {  # key -> (row name, mode, preset overrides)
@@ -62,7 +65,7 @@ ROWS = {  # key -> (row name, mode, preset overrides)
 # A value "@ROW" is that row's trained HashNet (.weights.h5): a student's teacher, or a HashNet to start from
 # (options.hashnet_weights=@hashnet-hr). The row named waits for ROW, and its key includes ROW's key.
 SR_ROWS = ("two-stage", "dsrhn", "multi-level")
-SR_NET_FIELDS = ("sr_blocks", "sr_filters", "sr_kernel", "sr_zero_tail")  # the SR stage's SRNet is the row's
+SR_NET_FIELDS = ("sr_blocks", "sr_filters", "sr_kernel", "sr_zero_tail", "sr_batchnorm")  # the SR stage's SRNet is the row's
 
 
 def ref_of(value) -> str | None:
@@ -122,11 +125,17 @@ def parse_variant(text: str) -> tuple[str, str, dict, dict]:
 def run_tasks(tasks: list, set_name: str, set_results: dict, cache: RowCache, code: str) -> None:
     """Train, then score, each row's task (each in a fresh process); scored rows go into set_results and the cache."""
     trained: dict = {}
+    stage_seconds: dict = {}
 
     def on_done(name, out):
         what, key, rk = name
         if what == "stage1":
+            stage_seconds[rk] = out["seconds"]
             print(f"{set_name}: photo SR stage {rk} trained ({out['seconds']:.0f} s)", flush=True)
+        elif what == "sr-score":  # --sr-only: the row's SR stage alone, keyed on the stage
+            set_results[key] = cache.put(f"{set_name}/{key}", rk, {"sr_stage": rk, "score": out,
+                                                                    "stage_seconds": stage_seconds.get(rk)})
+            print(f"{set_name}/{key}: its SR stage scored", flush=True)
         elif what == "train":
             trained[key] = out
             print(f"{set_name}/{key}: trained in {out['train_seconds']:.0f} s", flush=True)
@@ -298,6 +307,9 @@ def main() -> None:
                          "default: one run at the preset's seed")
     ap.add_argument("--no-labelled", action="store_true", help="skip the labelled GCompris set (b)")
     ap.add_argument("--no-instance", action="store_true", help="skip the instance set (a)")
+    ap.add_argument("--sr-only", action="store_true",
+                    help="train only the SR rows' photo SR stages and print their PSNR-Y / SSIM-Y per cell against "
+                         "bicubic (no HashNet: for SR-stage recipes, e.g. --rows two-stage --variant two-stage-big:sr_blocks=16)")
     args = ap.parse_args()
 
     from components.ingest import derive_query_set, run_ingest
@@ -349,6 +361,10 @@ def main() -> None:
                           sr_overrides)
         ROW_NAMES[name] = variants[name][0]
     asked = {k: (*ROWS[k], {}) for k in args.rows.split(",") if k} | variants
+    if args.sr_only:
+        asked = {k: v for k, v in asked.items() if v[1] in SR_ROWS}
+        if not asked:
+            sys.exit(f"--sr-only scores SR stages: name a row that starts from one ({', '.join(SR_ROWS)}) in --rows or --variant")
     rows, seed_runs = seeded(asked, args.seeds)
     ROW_NAMES.update({k: v[0] for k, v in rows.items() if k not in ROW_NAMES})
     refs = {key: names for key, (_, _, overrides, _) in rows.items()
@@ -386,6 +402,15 @@ def main() -> None:
                     stage1_weights = os.path.join(folder, f"sr-stage-{stage1_key}.srnet.weights.h5")
                     stages.setdefault(stage1_key, (stage1_preset, stage1_weights, []))
                     preset = preset.replace(srnet_weights=stage1_weights)
+                if args.sr_only:
+                    cached = cache.get(f"{set_name}/{key}", stage1_key)
+                    if cached:
+                        set_results[key] = cached
+                        continue
+                    task = (1, ("sr-score", key, stage1_key), score_sr_stage,
+                            (json.loads(json.dumps(stage1_preset.to_dict())), stage1_weights, cell_dirs), [])
+                    (stages[stage1_key][2] if not os.path.exists(stage1_weights) else tasks).append(task)
+                    continue
                 rk = row_key({"preset": preset.to_dict(), "data": set_name, "topk": args.topk}, code)
                 trained_hashnet[key] = os.path.join(folder, f"{key}-{rk}.hashnet.weights.h5")
                 cached = cache.get(f"{set_name}/{key}", rk)
@@ -418,6 +443,13 @@ def main() -> None:
         title = ("(a) instance retrieval on held-out photos" if set_name == "instance"
                  else "(b) labelled retrieval, GCompris categorisation (5 classes)")
         means = over_seeds(res, seed_runs)
+        if args.sr_only:
+            print(f"\n### {title}: the SR stages alone")
+            print_sr_quality(means, order, list(cells))
+            times = {r: [res[k].get("stage_seconds") for k in seed_runs[r] if k in res] for r in order}
+            print("\nSR stage training seconds (this run; - where it was cached): " + "; ".join(
+                f"{ROW_NAMES.get(r, r)} {' / '.join(f'{t:.0f}' if t else '-' for t in ts)}" for r, ts in times.items()))
+            continue
         summary[set_name] = print_grid(title, means, order, list(cells), args.topk)
         if set_name == "instance":
             print_sr_quality(means, [r for r in order if asked[r][1] in SR_ROWS], list(cells))

@@ -142,6 +142,7 @@ class Preset:
     dropout: float = 0.5  # after fc6 and fc7 (AlexNet: 0.5)
     sr_kernel: int = 9  # SRNet head/tail kernel (paper: 9)
     sr_zero_tail: bool = False  # SRNet's output conv starts at zero: SR starts as exactly the bicubic input
+    sr_batchnorm: bool = True  # batch norm in SRNet's residual blocks (SRResNet, the paper); False: none, as EDSR
     bits: int = 48
     mode: str = "dsrhn"
     hash_loss: str = "dpsh"

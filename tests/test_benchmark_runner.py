@@ -235,3 +235,37 @@ def test_query_views_rescore_trained_rows_under_each_query_setting(tmp_path, mos
     # two-stage trained without query_fuse: its "sr" setting is its own, reused rather than encoded again
     assert table["two-stage / sr"]["cells"] == table["two-stage / as trained"]["cells"]
     assert not (out / "query-views" / "two-stage@s0--sr--x4-bicubic.npy").exists()
+
+
+def test_an_sr_stage_alone_is_scored_through_the_exported_query_path(tmp_path, mosaic_examples, tiny_preset):
+    """benchmarks/real_photos.py --sr-only: an SR stage's PSNR-Y per cell without a HashNet or an export. An SRNet
+    that is exactly its input (a zero tail) must score as the single resize the exported query path makes, and an
+    SRNet without batch norm (sr_batchnorm=False, as EDSR) has none and is scored the same way."""
+    import numpy as np
+
+    from components.evaluate import sr_quality
+    from dsrhn.records import DatasetInfo
+    from trainer.models import SRNet
+
+    photo_tasks = _benchmark("photo_tasks")
+    for batchnorm in (True, False):
+        preset = tiny_preset.replace(sr_zero_tail=True, sr_batchnorm=batchnorm)
+        net = SRNet(preset)
+        assert any("_bn" in layer.name for layer in net.layers) == batchnorm
+        weights = str(tmp_path / f"stage-{batchnorm}.srnet.weights.h5")
+        net.save_weights(weights)
+        out = photo_tasks.score_sr_stage(preset.to_dict(), weights, {"x4": mosaic_examples}, n=8)
+        q = out["cells"]["x4"]["psnr"]
+        assert q["images"] == 8 and np.isfinite(q["psnr_y"])
+
+        class Resize:  # the exported query path with no SRNet: decode, one resize to HR, round
+            @staticmethod
+            def super_resolve(images):
+                import tensorflow as tf
+
+                from trainer.export import decode_hr_space
+
+                x = decode_hr_space(tf.constant(images), preset.hr_size)
+                return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8).numpy()
+
+        assert q == sr_quality(mosaic_examples, Resize, DatasetInfo.read(mosaic_examples), 8)

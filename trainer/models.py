@@ -100,25 +100,27 @@ def SRNet(preset: Preset) -> keras.Model:  # Eq. 2: X_SR = F_SR(X_LR)
     size by dsrhn.degrade.to_hr_space (one bicubic resize, whatever the query's size); a pixel
     unshuffle by `scale` (as Real-ESRGAN's x2/x1 models do) puts the body at HR/scale resolution, so it
     costs what an LR-input SRResNet costs: conv (9x9 in the paper)+PReLU, residual blocks
-    (conv-BN-PReLU-conv-BN + skip), long skip, log2(scale) sub-pixel x2 upsamplers, output conv
-    (9x9 in the paper), added to the input (global residual), so SR starts at bicubic quality. With
+    (conv-BN-PReLU-conv-BN + skip; no BN without preset.sr_batchnorm, as EDSR), long skip, log2(scale)
+    sub-pixel x2 upsamplers, output conv (9x9 in the paper), added to the input (global residual), so SR
+    starts at bicubic quality. With
     preset.sr_zero_tail the output conv starts at zero, so SR starts as exactly its input: on real photos a
     random tail's first output (mean |residual| 0.27) was driven to zero with the body, and the net stayed the
     identity (MSE equal to bicubic's after 250 steps); from a zero tail the same 250 steps cut the MSE by 18%."""
     f, s = preset.sr_filters, preset.hr_size
+    norm = (lambda name, t: BatchNorm(name=name)(t)) if preset.sr_batchnorm else (lambda name, t: t)  # EDSR: none
     up = keras.Input((s, s, 3), name="lr_up")
     x = PixelUnshuffle(preset.scale, name="unshuffle")(up)
     x = layers.Conv2D(f, preset.sr_kernel, padding="same", name="head")(x)
     x = head = PReLU(shared_axes=[1, 2], name="head_prelu")(x)
     for i in range(preset.sr_blocks):
         y = layers.Conv2D(f, 3, padding="same", name=f"res{i}_conv1")(x)
-        y = BatchNorm(name=f"res{i}_bn1")(y)
+        y = norm(f"res{i}_bn1", y)
         y = PReLU(shared_axes=[1, 2], name=f"res{i}_prelu")(y)
         y = layers.Conv2D(f, 3, padding="same", name=f"res{i}_conv2")(y)
-        y = BatchNorm(name=f"res{i}_bn2")(y)
+        y = norm(f"res{i}_bn2", y)
         x = layers.Add(name=f"res{i}_add")([x, y])
     x = layers.Conv2D(f, 3, padding="same", name="body_conv")(x)
-    x = BatchNorm(name="body_bn")(x)
+    x = norm("body_bn", x)
     x = layers.Add(name="long_skip")([x, head])
     for i in range(int(math.log2(preset.scale))):
         x = layers.Conv2D(f * 4, 3, padding="same", name=f"up{i}_conv")(x)
