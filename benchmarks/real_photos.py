@@ -133,7 +133,7 @@ def run_tasks(tasks: list, set_name: str, set_results: dict, cache: RowCache, co
             stage_seconds[rk] = out["seconds"]
             print(f"{set_name}: photo SR stage {rk} trained ({out['seconds']:.0f} s)", flush=True)
         elif what == "sr-score":  # --sr-only: the row's SR stage alone, keyed on the stage
-            set_results[key] = cache.put(f"{set_name}/{key}", rk, {"sr_stage": rk, "score": out,
+            set_results[key] = cache.put(f"{set_name}/sr-stage/{key}", rk, {"sr_stage": rk, "score": out,
                                                                     "stage_seconds": stage_seconds.get(rk)})
             print(f"{set_name}/{key}: its SR stage scored", flush=True)
         elif what == "train":
@@ -403,7 +403,7 @@ def main() -> None:
                     stages.setdefault(stage1_key, (stage1_preset, stage1_weights, []))
                     preset = preset.replace(srnet_weights=stage1_weights)
                 if args.sr_only:
-                    cached = cache.get(f"{set_name}/{key}", stage1_key)
+                    cached = cache.get(f"{set_name}/sr-stage/{key}", stage1_key)  # apart from the row's own entry
                     if cached:
                         set_results[key] = cached
                         continue
