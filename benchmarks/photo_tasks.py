@@ -37,7 +37,7 @@ def score_sr_stage(preset_dict: dict, weights: str, cell_dirs: dict, n: int = 20
     from components.evaluate import sr_quality
     from dsrhn.config import preset_from_dict
     from dsrhn.records import DatasetInfo
-    from trainer.export import decode_hr_space
+    from trainer.export import decode_hr_space, to_uint8
     from trainer.models import SRNet
 
     preset = preset_from_dict(preset_dict)
@@ -47,8 +47,7 @@ def score_sr_stage(preset_dict: dict, weights: str, cell_dirs: dict, n: int = 20
     class StageEncoder:  # what sr_quality needs of an export: super_resolve(encoded LR images) -> uint8 HR
         @staticmethod
         def super_resolve(images: np.ndarray) -> np.ndarray:
-            x = net(decode_hr_space(tf.constant(images), preset.hr_size), training=False)
-            return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8).numpy()
+            return to_uint8(net(decode_hr_space(tf.constant(images), preset.hr_size), training=False)).numpy()
 
     return {"cells": {cell: {"psnr": sr_quality(uri, StageEncoder, DatasetInfo.read(uri), n)} for cell, uri in cell_dirs.items()}}
 

@@ -263,9 +263,8 @@ def test_an_sr_stage_alone_is_scored_through_the_exported_query_path(tmp_path, m
             def super_resolve(images):
                 import tensorflow as tf
 
-                from trainer.export import decode_hr_space
+                from trainer.export import decode_hr_space, to_uint8
 
-                x = decode_hr_space(tf.constant(images), preset.hr_size)
-                return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8).numpy()
+                return to_uint8(decode_hr_space(tf.constant(images), preset.hr_size)).numpy()
 
         assert q == sr_quality(mosaic_examples, Resize, DatasetInfo.read(mosaic_examples), 8)

@@ -40,6 +40,11 @@ def decode_hr_space(images: tf.Tensor, hr_size: int) -> tf.Tensor:
     return tf.cond(tf.equal(tf.size(images), 1), lambda: one(images[0])[tf.newaxis], many)
 
 
+def to_uint8(images: tf.Tensor) -> tf.Tensor:
+    """float images in [0, 1] (an SRNet's output may overshoot) -> uint8, as the `sr` signature returns them."""
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+
+
 def pack_bits_tf(bits: tf.Tensor) -> tf.Tensor:  # Eq. 1 codes -> bytes, MSB first
     k = bits.shape[-1]
     n_bytes = math.ceil(k / 8)
@@ -116,7 +121,7 @@ class CodeFunctions:
 
     def serve_sr(self, images):
         x = self.query_image(images)
-        return {"sr": tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)}
+        return {"sr": to_uint8(x)}
 
 
 def trained_query_sizes(preset: Preset, train_lr_size: int, query_input: str = "lr") -> tuple[int, int]:
