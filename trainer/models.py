@@ -132,6 +132,41 @@ def SRNet(preset: Preset) -> keras.Model:  # Eq. 2: X_SR = F_SR(X_LR)
     return keras.Model(up, sr, name="SRNet")
 
 
+def _lrelu_conv(x, filters: int, name: str, act: bool = True):
+    x = layers.Conv2D(filters, 3, padding="same", name=name)(x)
+    return layers.LeakyReLU(0.2, name=f"{name}_lrelu")(x) if act else x
+
+
+def _rdb(x, name: str, feat: int, growth: int):
+    """Residual dense block: five densely connected 3x3 convs, output scaled by 0.2 and added (ESRGAN)."""
+    outs = [x]
+    for c in range(1, 5):
+        inp = outs[0] if c == 1 else layers.Concatenate(name=f"{name}_cat{c}")(outs)
+        outs.append(_lrelu_conv(inp, growth, f"{name}_conv{c}"))
+    y = _lrelu_conv(layers.Concatenate(name=f"{name}_cat5")(outs), feat, f"{name}_conv5", act=False)
+    return layers.Add(name=f"{name}_add")([layers.Rescaling(0.2, name=f"{name}_scale")(y), x])
+
+
+def RRDBNet(blocks: int = 23, feat: int = 64, growth: int = 32) -> keras.Model:
+    """ESRGAN's generator (Wang et al. 2018; RealSR and Real-ESRGAN x4 use it): LR [B, h, w, 3] in [0, 1]
+    -> x4 [B, 4h, 4w, 3]. Residual-in-residual dense blocks (3 RDBs, x0.2 each), long skip, two nearest x2
+    upsamplings + conv; layer names are what trainer/sr_weights.py converts the ncnn files to."""
+    lr = keras.Input((None, None, 3), name="lr")
+    x = head = layers.Conv2D(feat, 3, padding="same", name="conv_first")(lr)
+    for i in range(blocks):
+        y = x
+        for j in range(1, 4):
+            y = _rdb(y, f"body{i}_rdb{j}", feat, growth)
+        x = layers.Add(name=f"body{i}_add")([layers.Rescaling(0.2, name=f"body{i}_scale")(y), x])
+    x = layers.Add(name="long_skip")([layers.Conv2D(feat, 3, padding="same", name="conv_body")(x), head])
+    for i in (1, 2):
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{i}")(x)
+        x = _lrelu_conv(x, feat, f"conv_up{i}")
+    x = _lrelu_conv(x, feat, "conv_hr")
+    sr = layers.Conv2D(3, 3, padding="same", name="conv_last", dtype="float32")(x)
+    return keras.Model(lr, sr, name="RRDBNet")
+
+
 def _alexnet_features(x, preset: Preset):
     """AlexNet c1-c5 (Krizhevsky et al.; one tower, no LRN), for 224 px inputs: c1 pads 2 pixels as
     torchvision and caffe do, so the maps are 55 -> 27 -> 13 and pool5 is 6 x 6 x 256 = 9,216."""
