@@ -39,10 +39,15 @@ def score_sr_stage(preset_dict: dict, weights: str, cell_dirs: dict, n: int = 20
     from dsrhn.records import DatasetInfo
     from trainer.export import decode_hr_space, to_uint8
     from trainer.models import SRNet
+    from trainer.pretrained import load_weights_strict
+    from trainer.sr_weights import weights_path as sr_weights_path
 
     preset = preset_from_dict(preset_dict)
     net = SRNet(preset)
-    net.load_weights(weights)
+    if weights:
+        net.load_weights(weights)
+    else:  # a pretrained generator (preset.sr_weights), scored as it is
+        load_weights_strict(net, sr_weights_path(preset.sr_weights))
 
     class StageEncoder:  # what sr_quality needs of an export: super_resolve(encoded LR images) -> uint8 HR
         @staticmethod

@@ -65,7 +65,7 @@ ROWS = {  # key -> (row name, mode, preset overrides)
 # A value "@ROW" is that row's trained HashNet (.weights.h5): a student's teacher, or a HashNet to start from
 # (options.hashnet_weights=@hashnet-hr). The row named waits for ROW, and its key includes ROW's key.
 SR_ROWS = ("two-stage", "dsrhn", "multi-level")
-SR_NET_FIELDS = ("sr_blocks", "sr_filters", "sr_kernel", "sr_zero_tail", "sr_batchnorm")  # the SR stage's SRNet is the row's
+SR_NET_FIELDS = ("sr_blocks", "sr_filters", "sr_kernel", "sr_zero_tail", "sr_batchnorm", "sr_arch", "sr_weights")  # the SR stage's SRNet is the row's
 
 
 def ref_of(value) -> str | None:
@@ -249,7 +249,7 @@ def print_sr_quality(results: dict, sr_rows: list[str], cells: list[str]) -> Non
     rows = [r for r in sr_rows if r in results]
     if not rows:
         return
-    print("\n### Query images: PSNR-Y / SSIM-Y against the HR view (first 200 queries; border = scale)\n")
+    print("\n### Query images: PSNR-Y / SSIM-Y against the HR view (first queries of each cell; border = scale)\n")
     print("| cell | bicubic | " + " | ".join(ROW_NAMES.get(r, r) + " SRNet" for r in rows) + " |")
     print("|---" * (len(rows) + 2) + "|")
     def psnr(row: str, cell: str) -> dict:  # the mean over the row's seeds
@@ -309,7 +309,9 @@ def main() -> None:
     ap.add_argument("--no-instance", action="store_true", help="skip the instance set (a)")
     ap.add_argument("--sr-only", action="store_true",
                     help="train only the SR rows' photo SR stages and print their PSNR-Y / SSIM-Y per cell against "
-                         "bicubic (no HashNet: for SR-stage recipes, e.g. --rows two-stage --variant two-stage-big:sr_blocks=16)")
+                         "bicubic (no HashNet: for SR-stage recipes, e.g. --rows two-stage --variant two-stage-big:sr_blocks=16; "
+                         "a pretrained generator, --variant realsr:sr_arch=rrdb,sr_weights=realsr-df2k, is scored as it is)")
+    ap.add_argument("--sr-queries", type=int, default=200, help="--sr-only: queries scored per cell (the first N)")
     args = ap.parse_args()
 
     from components.ingest import derive_query_set, run_ingest
@@ -398,18 +400,20 @@ def main() -> None:
                 if mode in SR_ROWS:
                     stage1_preset = with_overrides(stage1_base.replace(**{f: getattr(preset, f) for f in SR_NET_FIELDS}),
                                                    sr_overrides)
-                    stage1_key = row_key({"preset": stage1_preset.to_dict(), "data": set_name}, code)
-                    stage1_weights = os.path.join(folder, f"sr-stage-{stage1_key}.srnet.weights.h5")
+                    stage1_key = row_key({"preset": stage1_preset.to_dict(), "data": set_name}
+                                         | ({"queries": args.sr_queries} if args.sr_queries != 200 else {}), code)
+                    pretrained = bool(stage1_preset.sr_weights)  # a pretrained generator: no stage to train
+                    stage1_weights = "" if pretrained else os.path.join(folder, f"sr-stage-{stage1_key}.srnet.weights.h5")
                     stages.setdefault(stage1_key, (stage1_preset, stage1_weights, []))
-                    preset = preset.replace(srnet_weights=stage1_weights)
+                    preset = preset if pretrained else preset.replace(srnet_weights=stage1_weights)
                 if args.sr_only:
                     cached = cache.get(f"{set_name}/sr-stage/{key}", stage1_key)  # apart from the row's own entry
                     if cached:
                         set_results[key] = cached
                         continue
                     task = (1, ("sr-score", key, stage1_key), score_sr_stage,
-                            (json.loads(json.dumps(stage1_preset.to_dict())), stage1_weights, cell_dirs), [])
-                    (stages[stage1_key][2] if not os.path.exists(stage1_weights) else tasks).append(task)
+                            (json.loads(json.dumps(stage1_preset.to_dict())), stage1_weights, cell_dirs, args.sr_queries), [])
+                    (stages[stage1_key][2] if stage1_weights and not os.path.exists(stage1_weights) else tasks).append(task)
                     continue
                 rk = row_key({"preset": preset.to_dict(), "data": set_name, "topk": args.topk}, code)
                 trained_hashnet[key] = os.path.join(folder, f"{key}-{rk}.hashnet.weights.h5")
@@ -422,7 +426,7 @@ def main() -> None:
                                                            args.topk, os.path.join(run_dir, "ap"), mode == "hashnet-hr"), [])
                 task = (0, ("train", key, rk), train_row, (examples, json.loads(json.dumps(preset.to_dict())), run_dir,
                                                            trained_hashnet[key]), [score])
-                waiting = mode in SR_ROWS and not os.path.exists(preset.srnet_weights)
+                waiting = mode in SR_ROWS and not preset.sr_weights and not os.path.exists(preset.srnet_weights)
                 (stages[stage1_key][2] if waiting else tasks).append(task)
             for stage1_key, (stage1_preset, stage1_weights, after) in stages.items():
                 if after:

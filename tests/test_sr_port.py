@@ -88,3 +88,27 @@ def test_param_reader_refuses_other_graphs():
     graph = "7767517\n2 2\nInput in 0 1 data\nPooling pool 1 1 data out 0=1\n"
     with pytest.raises(ValueError, match="Pooling .* not part of RRDBNet"):
         sr_weights.read_convolutions(graph, b"")
+
+
+def test_a_pretrained_generator_is_srnet_in_the_sr_methods():
+    from dsrhn.config import get_preset
+    from dsrhn.registry import get_method
+
+    with pytest.raises(ValueError, match="sr_weights .* needs sr_arch=rrdb"):
+        get_preset("photo", mode="two-stage", sr_weights="realsr-df2k")
+    with pytest.raises(ValueError, match="sr_weights .* mode two-stage, dsrhn or multi-level"):
+        get_preset("photo", mode="hashnet-lr", sr_arch="rrdb", sr_weights="realsr-df2k")
+    with pytest.raises(ValueError, match="sr_arch must be one of"):
+        get_preset("photo", sr_arch="edsr")
+    preset = get_preset("cpu", mode="two-stage", sr_arch="rrdb", sr_weights="realsr-df2k-jpeg", bits=12)
+    two_stage = get_method("two-stage")(preset)
+    assert [ph.name for ph in two_stage.phases()] == ["hash-sr"]  # pretrained: no MSE stage first
+    assert [ph.name for ph in get_method("dsrhn")(preset.replace(mode="dsrhn", sr_warmup_epochs=3)).phases()] == ["alternate"]
+    srnet = two_stage.networks()["srnet"]
+    with np.load(sr_weights.weights_path("realsr-df2k-jpeg")) as f:
+        np.testing.assert_array_equal(srnet.get_layer("RRDBNet").get_layer("conv_last").kernel.numpy(),
+                                      f["conv_last/kernel"])
+    up = np.random.default_rng(1).random((1, preset.hr_size, preset.hr_size, 3), dtype=np.float32)
+    assert srnet(up).shape == up.shape  # HR-size query in, HR-size restored image out
+    with pytest.raises(ValueError, match="unknown pretrained SR weights 'nope'"):
+        get_method("two-stage")(preset.replace(sr_weights="nope")).networks()

@@ -96,6 +96,22 @@ def BatchNorm(**kwargs) -> layers.BatchNormalization:
 
 
 def SRNet(preset: Preset) -> keras.Model:  # Eq. 2: X_SR = F_SR(X_LR)
+    """preset.sr_arch's SRNet on the query brought to HR size (dsrhn.degrade.to_hr_space)."""
+    return PretrainedSR(preset) if preset.sr_arch == "rrdb" else SRResNet(preset)
+
+
+def PretrainedSR(preset: Preset) -> keras.Model:
+    """RRDBNet x4 in SRNet's place: the HR-size input is brought to hr_size / 4 by one antialiased bicubic resize
+    (a native x4 query comes back close to itself; x2 queries lose detail here, x8 ones are upsampled first by
+    to_hr_space), then RRDBNet restores it to hr_size. Its weights: preset.sr_weights (trainer/sr_weights.py)."""
+    s = preset.hr_size
+    up = keras.Input((s, s, 3), name="lr_up")
+    lr = layers.Resizing(s // 4, s // 4, interpolation="bicubic", antialias=True, name="to_lr")(up)
+    sr = RRDBNet()(lr)
+    return keras.Model(up, sr, name="SRNet")
+
+
+def SRResNet(preset: Preset) -> keras.Model:
     """SRResNet-style body on a query of any scale. The input is the LR query already brought to HR
     size by dsrhn.degrade.to_hr_space (one bicubic resize, whatever the query's size); a pixel
     unshuffle by `scale` (as Real-ESRGAN's x2/x1 models do) puts the body at HR/scale resolution, so it

@@ -20,6 +20,8 @@ from trainer import losses
 from trainer.methods.base import (Method, Phase, hash_optimizer, joint_batch, joint_hash_terms, learning_rate,
                                   load_trained_weights, pairwise_hash_loss, summed_logits)
 from trainer.models import HashNet, SRNet
+from trainer.pretrained import load_weights_strict
+from trainer.sr_weights import weights_path
 
 SR_METRICS = ("l_sr", "l_per", "l_mse")
 HASH_VIEWS = ("query", "query+bicubic")  # options.hash_views: step B's joint batch [HR; SR] or [HR; SR; bicubic]
@@ -86,6 +88,8 @@ class SRHashing(Method):
         srnet = SRNet(p)  # built first: the seeded initial weights follow the build order
         if p.srnet_weights:  # an MSE-trained SRNet (two-stage, dsrhn), checked by Preset
             load_trained_weights(srnet, p.srnet_weights, "srnet_weights")
+        elif p.sr_weights:  # a pretrained RRDBNet (trainer/sr_weights.py)
+            load_weights_strict(srnet, weights_path(p.sr_weights))
         hashnet = self.hashnet()
         if self.options.hashnet_weights:
             load_trained_weights(hashnet, self.options.hashnet_weights, "options.hashnet_weights")
@@ -105,7 +109,7 @@ class SRHashing(Method):
         lr_decay=cosine each part decays over its own updates."""
         p = self.preset
         updates = self.optimizer_updates(steps_per_epoch).get("sr", 0)
-        mse_start = isinstance(self, DSRHN) and bool(p.srnet_weights or p.sr_warmup_epochs)
+        mse_start = isinstance(self, DSRHN) and bool(p.sr_trained or p.sr_warmup_epochs)
         if not (mse_start and p.sr_finetune_lr):
             return learning_rate(p, p.sr_lr, updates)
         warmup = sum(ph.epochs for ph in self.phases() if ph.name == "sr-mse") * steps_per_epoch
@@ -218,7 +222,7 @@ class DSRHN(SRHashing):
         """Optionally from an SRNet first trained by MSE alone (sr_warmup_epochs), as SRGAN does;
         srnet_weights: that SRNet exists already."""
         p = self.preset
-        warmup = p.sr_warmup_epochs if not p.srnet_weights else 0
+        warmup = p.sr_warmup_epochs if not p.sr_trained else 0
         return ([self.phase("sr-mse", warmup)] if warmup else []) + [self.phase("alternate", p.epochs)]
 
 
@@ -241,6 +245,6 @@ class TwoStage(SRHashing):
 
     def phases(self) -> list[Phase]:
         p = self.preset
-        if p.srnet_weights:  # stage 1 already trained (e.g. for another bit length)
+        if p.sr_trained:  # stage 1 already trained (e.g. for another bit length) or pretrained
             return [self.phase("hash-sr", p.epochs)]
         return [self.phase("sr-mse", p.sr_warmup_epochs or p.epochs), self.phase("hash-sr", p.epochs)]
