@@ -6,10 +6,11 @@
     dsrhn methods   the registered methods (dsrhn/registry.py) and their options
     dsrhn queries   Examples -> a stored query set with another LR degradation (evaluation grids)
     dsrhn evaluate  SavedModel + Examples -> report.json / report.md / plots
-    dsrhn index     SavedModel + gallery -> Faiss index beside the model
+    dsrhn index     SavedModel + gallery -> Faiss index beside the model (--add / --remove: change it)
     dsrhn weights   convert the pretrained weights set-up installed (MobileNetV2; --sr: RealSR, Real-ESRGAN)
     dsrhn serve     TF-Serving-style REST service with k-NN search
     dsrhn search    SavedModel + its index -> top-k of query images or folders, from the shell (no server)
+    dsrhn duplicates  SavedModel + its index -> groups of near-duplicate gallery photos (JSON + HTML sheet)
     dsrhn pipeline  the whole TFX pipeline on the local orchestrator (same as `tfx run create`)
 """
 from __future__ import annotations
@@ -167,6 +168,8 @@ def cmd_evaluate(args) -> int:
 def cmd_index(args) -> int:
     from serving.indexer import gallery_from_examples, gallery_from_source, run_indexing
 
+    if args.add or args.remove or args.remove_file:
+        return _update_index(args)
     if args.examples:
         items = gallery_from_examples(args.examples)
     elif args.list_file:
@@ -185,6 +188,31 @@ def cmd_index(args) -> int:
     summary = run_indexing(args.model, items, out_dir=args.output, beam_args=_beam_args(args), batch_size=args.batch_size,
                            config=config, previews=args.previews)
     print(summary.console())
+    return 0
+
+
+def _update_index(args) -> int:
+    """`dsrhn index --add/--remove`: change an existing index; only the added photos are encoded."""
+    from serving.indexer import gallery_from_source, run_update
+
+    adds = []
+    for path in args.add or []:
+        if os.path.isdir(path):
+            adds += gallery_from_source({"kind": "directory", "root": path})
+        elif os.path.isfile(path):
+            if not args.image_root:
+                raise ValueError(f"--add {path}: a list file needs --image-root (the folder its paths are relative to)")
+            adds += gallery_from_source({"kind": "list", "list_file": path, "image_root": args.image_root,
+                                         "allow_outside_root": args.allow_outside_root})
+        else:
+            raise FileNotFoundError(f"--add {path}: no such folder or list file")
+    removes = list(args.remove or [])
+    if args.remove_file:
+        with open(args.remove_file, encoding="utf-8") as f:
+            removes += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    print(f"index: updating the index of {args.model}: {len(adds)} photos to add or replace, {len(removes)} to remove")
+    report = run_update(args.model, adds, removes, args.output, _beam_args(args), args.batch_size)
+    print(report.console())
     return 0
 
 
@@ -241,14 +269,20 @@ def cmd_photos(args) -> int:
 
 def cmd_serve(args) -> int:
     from serving.batching import BatchingConfig
-    from serving.server import InputLimits, ServeSpec, serve
+    from serving.server import InputLimits, ServeSpec, read_write_key, serve
 
     spec = ServeSpec(args.base_dir, args.model_name, poll_seconds=args.poll_seconds,
                      limits=InputLimits(args.max_instances, args.max_pixels, args.max_results),
                      batching=BatchingConfig(args.batching, args.max_batch_size, args.batch_timeout_ms,
                                              args.num_batch_threads),
                      max_inflight=args.max_inflight, faiss_device=args.faiss_device,
-                     intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
+                     intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
+                     write_key_file=os.path.abspath(args.write_key_file) if args.write_key_file else "")
+    if spec.write_key_file:
+        try:
+            read_write_key(spec.write_key_file)  # refused here, in one line, not in every worker
+        except ValueError as e:
+            sys.exit(f"dsrhn serve: error: {e}")
     serve(spec, host=args.host, port=args.port, max_connections=args.max_connections,
           keep_alive_s=args.keep_alive_seconds, workers=args.workers, http=args.http, loop=args.loop)
     return 0
@@ -268,7 +302,8 @@ def cmd_search(args) -> int:
         sys.exit(f"dsrhn search: error: {e} (build the index with `dsrhn index --model {args.model} ...`)")
     except (FileNotFoundError, OSError) as e:
         sys.exit(f"dsrhn search: error: cannot load the model {args.model}: {e}")
-    run = run_search(servable, paths, args.k)
+    where = {k: v for k, v in (("labels", args.label or []), ("folder", args.folder or "")) if v} or None
+    run = run_search(servable, paths, args.k, where=where)
     run.entries = empty + run.entries  # folders without images
     for e in run.errors:
         print(f"dsrhn search: error: {e['query']}: {e['error']}", file=sys.stderr)
@@ -284,6 +319,19 @@ def cmd_search(args) -> int:
         if args.sheet:
             print(f"sheet: {os.path.abspath(args.sheet)}")
     return 1 if run.errors else 0
+
+
+def cmd_duplicates(args) -> int:
+    from serving.duplicates import find_duplicates, open_exact, summary_text, write_report
+
+    gallery = open_exact(args.model, args.index)
+    report = find_duplicates(gallery, args.radius, os.path.abspath(args.index or os.path.join(args.model, "index")))
+    json_path, html_path = write_report(report, args.out, gallery.previews)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(f"{summary_text(report)}\njson:  {os.path.abspath(json_path)}\nsheet: {os.path.abspath(html_path)}")
+    return 0
 
 
 def cmd_pipeline(args) -> int:
@@ -438,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside-root", action="store_true",
                    help="read listed paths that leave --image-root (../, absolute); refused by default")
     p.add_argument("--output", help="index directory (default: <model>/index)")
+    p.add_argument("--add", action="append", metavar="FOLDER|LIST",
+                   help="add photos to the existing index (a root/<class>/<image> folder, or a list file with "
+                        "--image-root); an id the index has is replaced; only these photos are encoded")
+    p.add_argument("--remove", action="append", metavar="ID", help="remove this gallery id from the existing index")
+    p.add_argument("--remove-file", help="remove the ids listed in this file (one per line)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--factory", default="BFlat",
                    help="faiss binary index factory: BFlat (exact, default), BIVF<nlist> or BHNSW<M> (approximate: "
@@ -506,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn's HTTP parser (auto: httptools, which scripts/setup.sh installs; h11: pure Python)")
     p.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"],
                    help="uvicorn's event loop (auto: uvloop, which scripts/setup.sh installs)")
+    p.add_argument("--write-key-file", help="a file holding the key (>= 16 bytes, mode 600) that :add and :remove "
+                   "requests must send as `Authorization: Bearer <key>`; without it the server has no write endpoints")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("search", help="top-k gallery hits of query images, from the shell (no server)")
@@ -519,7 +574,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON document on stdout: the :search answer's fields per query, plus its path")
     p.add_argument("--sheet", metavar="OUT.html",
                    help="write an HTML contact sheet: each query beside its hits' previews (images embedded)")
+    p.add_argument("--label", action="append", help="only hits carrying this label (repeat: any of them)")
+    p.add_argument("--folder", help="only hits whose id lies under this folder (a photo-folder gallery's sub-folder)")
     p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("duplicates", help="groups of near-duplicate photos in a model's gallery index")
+    p.add_argument("--model", required=True, help="SavedModel export directory with its index (e.g. <base>/<name>/<version>)")
+    p.add_argument("--index", help="index directory, when not <model>/index (`dsrhn index --output`); exact (BFlat) only")
+    p.add_argument("--radius", type=int, help="Hamming radius (inclusive) that links two photos (default: 1/16 of the "
+                   "code length, 3 for 48 bits: serving/duplicates.py default_radius)")
+    p.add_argument("--out", default=".", help="folder for duplicates.json and duplicates.html (default: the current "
+                                              "directory; files there are replaced)")
+    p.add_argument("--json", action="store_true", help="print the JSON document on stdout instead of the summary")
+    p.set_defaults(fn=cmd_duplicates)
 
     p = sub.add_parser("pipeline", help="run the TFX pipeline (local orchestrator)")
     p.add_argument("--engine", default="local", choices=["local", "beam"])
@@ -543,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad flags, inputs or a diverged run: one line
         parser.exit(2, f"dsrhn {args.command}: error: {e}\n")
+    except OSError as e:  # disk full, permission: one line naming the file, never a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        parser.exit(1, f"dsrhn {args.command}: error: {where}{e.strerror or e}\n")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ SCALES = (2, 4, 8)
 DEGRADATION_KINDS = ("blind", "fixed")
 HASHNETS = ("alexnet", "small", "mobilenetv2")  # HashNet backbones (trainer/models.py)
 SR_ARCHS = ("srresnet", "rrdb")  # SRNet: the paper's SRResNet, or ESRGAN's RRDBNet x4 (pretrained: sr_weights)
+SR_START_MODES = ("two-stage", "dsrhn", "multi-level")  # the methods whose SRNet can start trained (srnet_weights, sr_weights)
 
 
 @dataclass(frozen=True)
@@ -196,13 +197,13 @@ class Preset:
         if self.query_flip and self.mode == "multi-level":
             raise ValueError("query_flip does not apply to mode multi-level: a mirrored query's local codes are those "
                              "of mirrored grid regions")
-        if self.srnet_weights and self.mode not in ("two-stage", "dsrhn", "multi-level"):
+        if self.srnet_weights and self.mode not in SR_START_MODES:
             raise ValueError("srnet_weights (an MSE-trained SRNet) applies to modes two-stage, dsrhn and multi-level only")
         if self.sr_arch not in SR_ARCHS:
             raise ValueError(f"sr_arch must be one of {SR_ARCHS}, got {self.sr_arch!r}")
         if self.sr_arch == "rrdb" and self.hr_size % 4:
             raise ValueError(f"sr_arch=rrdb (an x4 generator) needs hr_size a multiple of 4, got {self.hr_size}")
-        if self.sr_weights and (self.sr_arch != "rrdb" or self.mode not in ("two-stage", "dsrhn", "multi-level")):
+        if self.sr_weights and (self.sr_arch != "rrdb" or self.mode not in SR_START_MODES):
             raise ValueError("sr_weights (a pretrained RRDBNet) needs sr_arch=rrdb and mode two-stage, dsrhn or multi-level")
         if not (math.isfinite(self.sr_lr) and math.isfinite(self.sr_finetune_lr)) or self.sr_lr <= 0 or self.sr_finetune_lr < 0:
             raise ValueError("sr_lr must be > 0 and sr_finetune_lr >= 0 (0: fine-tune at sr_lr)")

@@ -166,3 +166,9 @@ def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1, icc_profile=None)  # pixels are taken as sRGB everywhere
     return buf.getvalue()
+
+
+def gallery_png(img: Image.Image, hr_size: int) -> bytes:
+    """A gallery image as the model's encode_hr signature takes it: the HR centre square, as PNG (what
+    `dsrhn index` and the service's :add both encode)."""
+    return encode_png(prepare_hr(img, hr_size))

@@ -41,6 +41,7 @@ class Task:
     k: int  # 0: no search (:predict)
     future: Future
     rerank: object = None  # serving.index.Rerank: a two-stage (multi-level) search
+    where: object = None  # serving.index.Where: a filter applied inside the search
 
 
 @dataclass
@@ -91,8 +92,8 @@ class Batcher:
         self.batches = self.batched_images = 0  # counters (benchmarks)
         self.split_batches = 0  # batches of several requests whose model call failed and were re-run one by one
 
-    def submit(self, servable, signature: str, images: list[bytes], k: int, rerank=None) -> Answer:
-        task = Task(servable, signature, images, k, Future(), rerank)
+    def submit(self, servable, signature: str, images: list[bytes], k: int, rerank=None, where=None) -> Answer:
+        task = Task(servable, signature, images, k, Future(), rerank, where)
         with self._cond:
             self._queue.append(task)
             self._cond.notify()
@@ -118,9 +119,9 @@ class Batcher:
             return batch
 
     def _pick(self, first: Task, size: int) -> Task | None:
-        """The next queued task that fits the batch and shares its model version and signature."""
+        """The next queued task that fits the batch and shares its model version, signature and filter."""
         for i, t in enumerate(self._queue):
-            if (t.servable is first.servable and t.signature == first.signature
+            if (t.servable is first.servable and t.signature == first.signature and t.where == first.where
                     and size + len(t.images) <= self.config.max_batch_size):
                 del self._queue[i]
                 return t
@@ -162,7 +163,7 @@ class Batcher:
             codes = np.asarray(outputs["codes"], np.uint8)
             # the batch threads are the only searchers: a batch may use every core (one per query at most)
             threads = max(1, min(len(codes), (os.cpu_count() or 1) // self.config.num_batch_threads))
-            dist, rows = first.servable.index.search(codes, depth, threads=threads)
+            dist, rows = first.servable.index.search(codes, depth, threads=threads, where=first.where)
         timing = {"encode_ms": round((t1 - t0) * 1000, 2), "search_ms": round((time.perf_counter() - t1) * 1000, 2),
                   "batch_images": len(images)}
         start = 0

@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import faiss
@@ -270,13 +272,16 @@ class Previews:
 def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits: np.ndarray,
                   label_names: Sequence[str], bits: int, binding: dict,
                   config: IndexConfig = IndexConfig(), local: np.ndarray | None = None,
-                  local_layout: dict | None = None, previews: Sequence[bytes] | None = None) -> dict:
+                  local_layout: dict | None = None, previews: Sequence[bytes] | None = None,
+                  generation: int = 0, extra: dict[str, bytes] | None = None) -> dict:
     """Write index, id map and manifest to `final` atomically (temp folder + rename). `binding` holds the
     model's fingerprint, version and code layout; the Milvus backend writes the codes to its collection.
     local: a multi-level model's stored local codes [N, R, 2, W] (dsrhn/multilevel.py), with its
     export metadata's `local` layout; written to local.npy beside the index, whatever the backend.
     previews: each row's preview JPEG (dsrhn.images.preview_jpeg), packed into previews.bin beside the
-    index, whatever the backend; None: no previews (`dsrhn index --no-previews`)."""
+    index, whatever the backend; None: no previews (`dsrhn index --no-previews`). generation: 0 for a full
+    index, one more at each update (serving/update.py); preview URLs name it, so a cached preview is never
+    another row's. extra: other files of the generation (name -> bytes: the rejection report), not checksummed."""
     codes = check_codes(codes, bits)
     if not (len(ids) == len(codes) == len(label_bits)):
         raise ValueError(f"{len(ids)} ids and {len(label_bits)} label rows for {len(codes)} codes")
@@ -298,6 +303,7 @@ def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits:
             "bits": bits, "code_bytes": code_dim(bits) // 8, "stored_bytes": stored_bytes(bits),
             "faiss_dim": stored_bytes(bits) * 8, "factory": config.factory, "search_params": config.search_params,
             "exact": config.exact, "count": int(len(codes)), "label_names": list(label_names),
+            "generation": int(generation),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_id_map(tmp, ids, label_bits)
@@ -325,6 +331,9 @@ def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits:
             faiss.write_index_binary(index, os.path.join(tmp, INDEX_FILE))
             files.insert(0, INDEX_FILE)
         manifest["files"] = {name: sha256_file(os.path.join(tmp, name)) for name in files}
+        for name, data in (extra or {}).items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
         with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
             json.dump(manifest, f, indent=2)
         swap_into_place(tmp, final)
@@ -342,7 +351,7 @@ def model_binding(model_dir: str, model_meta: dict) -> dict:
 
 def write_index(model_dir: str, codes: np.ndarray, rows: list[dict], model_meta: dict,
                 out_dir: str | None = None, config: IndexConfig = IndexConfig(), local: np.ndarray | None = None,
-                previews: Sequence[bytes] | None = None) -> dict:
+                previews: Sequence[bytes] | None = None, extra: dict[str, bytes] | None = None) -> dict:
     """Rows {"id", "labels"} and their codes (and a multi-level model's local codes, dsrhn/multilevel.py)
     -> model_dir/index (or out_dir), bound to the model."""
     if len(rows) != len(codes):
@@ -353,7 +362,8 @@ def write_index(model_dir: str, codes: np.ndarray, rows: list[dict], model_meta:
     names = label_names_for(rows_labels, model_meta.get("label_names", []))
     return write_gallery(out_dir or os.path.join(model_dir, INDEX_DIR), codes, [r["id"] for r in rows],
                          pack_labels(rows_labels, names), names, int(model_meta["bits"]),
-                         model_binding(model_dir, model_meta), config, local, model_meta.get("local"), previews)
+                         model_binding(model_dir, model_meta), config, local, model_meta.get("local"), previews,
+                         extra=extra)
 
 
 # ---------------------------------------------------------------- reading
@@ -367,6 +377,55 @@ class Rerank:
     weight: float
 
 
+@dataclass(frozen=True)
+class Where:
+    """A search filter, applied inside the search so that k hits still come back: hits that carry any of
+    `labels`, and whose id lies under `folder` (the source folder of a photo-folder gallery)."""
+
+    labels: tuple[str, ...] = ()
+    folder: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.labels or self.folder)
+
+
+def allowed_rows(ids: IdMap, where: Where) -> np.ndarray:
+    """The rows (int64, ascending) a filter lets through, from the memory-mapped label bits and id bytes."""
+    mask = np.ones(len(ids), bool)
+    if where.labels:
+        pos = {n: i for i, n in enumerate(ids.label_names)}
+        bits, anyof = np.asarray(ids.labels), np.zeros(len(ids), bool)
+        for name in where.labels:
+            j = pos[name]
+            anyof |= (bits[:, j // 8] & (0x80 >> (j % 8))) != 0  # np.packbits' bit order
+        mask &= anyof
+    if where.folder:
+        prefix = np.frombuffer(where.folder.strip("/").encode("utf-8") + b"/", np.uint8)
+        offsets = np.asarray(ids.offsets, np.int64)
+        cand = np.flatnonzero(mask & (np.diff(offsets) > len(prefix)))
+        under = np.zeros(len(ids), bool)
+        if len(cand):
+            window = np.asarray(ids.blob)[offsets[cand, None] + np.arange(len(prefix))]
+            under[cand[(window == prefix).all(1)]] = True
+        mask &= under
+    return np.flatnonzero(mask)
+
+
+def stored_codes(index: faiss.IndexBinary, code_bytes: int | None = None) -> np.ndarray:
+    """The packed codes a faiss binary index holds ([:, :code_bytes]: without the index's zero padding)."""
+    n = index.ntotal
+    if isinstance(index, faiss.IndexBinaryFlat):
+        codes = faiss.vector_to_array(index.xb).reshape(n, index.code_size)
+    else:
+        if isinstance(index, faiss.IndexBinaryIVF):
+            index.make_direct_map()
+        codes = index.reconstruct_n(0, n) if n else np.zeros((0, index.code_size), np.uint8)
+    return np.ascontiguousarray(codes[:, :code_bytes or index.code_size], np.uint8)
+
+
+FILTER_CACHE = 16  # filters whose rows and exact sub-index a gallery keeps
+
+
 @dataclass
 class GalleryIndex:
     index: faiss.IndexBinary
@@ -375,16 +434,43 @@ class GalleryIndex:
     local: np.ndarray | None = None  # multi-level: uint8 [count, R, 2, W], memory-mapped
     previews: Previews | None = None  # each row's preview JPEG, memory-mapped
     on_gpu: bool = False  # index is a faiss GpuIndexBinaryFlat (k <= MAX_GPU_K)
+    cpu: faiss.IndexBinary | None = None  # the CPU index a GPU copy was made from (filtered searches read it)
+    _subsets: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _subsets_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def count(self) -> int:
         return self.index.ntotal
 
-    def search(self, codes: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def subset(self, where: Where) -> tuple[np.ndarray, faiss.IndexBinaryFlat]:
+        """The rows a filter allows and an exact index of their codes (kept for the last FILTER_CACHE filters)."""
+        with self._subsets_lock:
+            if where in self._subsets:
+                self._subsets.move_to_end(where)
+                return self._subsets[where]
+        rows = allowed_rows(self.ids, where)
+        source = self.cpu or self.index
+        sub = faiss.IndexBinaryFlat(source.d)
+        if len(rows):
+            sub.add(np.ascontiguousarray(stored_codes(source)[rows]))
+        with self._subsets_lock:
+            self._subsets[where] = (rows, sub)
+            while len(self._subsets) > FILTER_CACHE:
+                self._subsets.popitem(last=False)
+        return rows, sub
+
+    def search(self, codes: np.ndarray, k: int, threads: int | None = None,
+               where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distances int32 [n, k], rows int64 [n, k]; -1 where fewer hits) for packed query codes;
-        k is capped at count."""
+        k is capped at count. where: only rows the filter allows, searched exactly."""
         codes = pad_codes(codes, int(self.manifest["stored_bytes"]))
         faiss.omp_set_num_threads(threads or search_threads(len(codes)))
+        if where:
+            rows, sub = self.subset(where)
+            if not len(rows):
+                return np.full((len(codes), 0), -1, np.int32), np.full((len(codes), 0), -1, np.int64)
+            dist, hit = sub.search(codes, min(k, len(rows)))
+            return dist, np.where(hit >= 0, rows[np.maximum(hit, 0)], -1)
         k = min(k, self.count)
         if self.on_gpu:
             if k > MAX_GPU_K:
@@ -454,8 +540,8 @@ def open_gallery(index_dir: str, manifest: dict, device: str = "cpu", log=None, 
     if index.ntotal != manifest["count"] or index.d != manifest["faiss_dim"]:
         raise IndexMismatch(f"index holds {index.ntotal} codes of d={index.d}; manifest says "
                             f"{manifest['count']} of d={manifest['faiss_dim']}")
-    index, gpu = on_device(index, device, log)
-    return GalleryIndex(index, ids, manifest, local, previews, gpu)
+    served, gpu = on_device(index, device, log)
+    return GalleryIndex(served, ids, manifest, local, previews, gpu, index if gpu else None)
 
 
 def open_local(index_dir: str, manifest: dict) -> np.ndarray | None:
@@ -470,11 +556,28 @@ def open_local(index_dir: str, manifest: dict) -> np.ndarray | None:
     return local
 
 
+LOAD_TRIES = 3  # an index swapped while it is read is read again
+
+
 def load_index(model_dir: str, model_meta: dict, index_dir: str | None = None, device: str = "cpu", log=None,
                mmap: bool = False):
     """Load and verify: refuses an index whose manifest does not match the model beside it. device: where faiss
-    searches ("cpu", "gpu" or "auto": the GPU when there is one); mmap: see open_gallery."""
+    searches ("cpu", "gpu" or "auto": the GPU when there is one); mmap: see open_gallery. Files are opened by
+    path, so the folder must be the same one (inode) before and after: an update swapped in meanwhile
+    (serving/update.py) means reading again, never serving a mix of two generations."""
     d = index_dir or os.path.join(model_dir, INDEX_DIR)
-    manifest = read_manifest(d)
-    check_manifest(manifest, model_dir, model_meta, d)
-    return open_gallery(d, manifest, device, log, mmap)
+    for _ in range(LOAD_TRIES):
+        before = _inode(d)
+        manifest = read_manifest(d)
+        check_manifest(manifest, model_dir, model_meta, d)
+        gallery = open_gallery(d, manifest, device, log, mmap)
+        if _inode(d) == before:
+            return gallery
+    raise IndexMismatch(f"index at {d} was replaced {LOAD_TRIES} times while being read; retry")
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1

@@ -83,7 +83,7 @@ class EncodeGallery(beam.DoFn):
         self._progress = Progress("index", self.total or None, "images", share=self.share, worker=self.share < 1)
 
     def process(self, batch: list[GalleryItem]):
-        from dsrhn.images import decode_image, encode_png, load_image, prepare_hr, preview_jpeg
+        from dsrhn.images import decode_image, gallery_png, load_image, preview_jpeg
 
         good, images, previews = [], [], []
         for it in batch:
@@ -92,7 +92,7 @@ class EncodeGallery(beam.DoFn):
                 continue
             try:  # any failure on one item (unreadable, undecodable, a decoder's own bug) rejects that item only
                 img = load_image(it.path) if not it.data else (decode_image(it.data) if self.previews else None)
-                png = it.data or encode_png(prepare_hr(img, self.hr_size))
+                png = it.data or gallery_png(img, self.hr_size)
                 previews.append(preview_jpeg(img) if self.previews else b"")
             except Exception as e:
                 yield json.dumps({"id": it.id, "path": it.path, "error": _reason(e)})
@@ -179,12 +179,26 @@ class IndexSummary:
         return "\n".join(lines)
 
 
-def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None = None,
-                 beam_args: list[str] | None = None, batch_size: int = 128,
-                 beam_pipeline: beam.Pipeline | None = None, config: IndexConfig = IndexConfig(),
-                 previews: bool = True) -> IndexSummary:
-    """Encode `items` with the model at model_dir and write model_dir/index (or out_dir); previews: store a
-    small JPEG of every indexed image beside the index (served for people to see the hits)."""
+@dataclass
+class Encoded:
+    """What the encode job gave: one row per distinct id (in id order) and every refused item with its reason."""
+
+    rows: list[dict]  # {"id", "code" (hex), "labels"[, "local" (hex)][, "preview" (base64)]}
+    rejected: list[dict]  # {"id", "path", "error"}
+
+    def gallery_rows(self, meta: dict) -> list:
+        """The rows as serving.update.GalleryRow (codes, local codes and previews decoded)."""
+        from serving.update import GalleryRow
+
+        shape = (int(meta["local"]["count"]), 2, -1) if "local" in meta else None
+        return [GalleryRow(r["id"], np.frombuffer(bytes.fromhex(r["code"]), np.uint8), tuple(r["labels"]),
+                           np.frombuffer(bytes.fromhex(r["local"]), np.uint8).reshape(shape) if shape else None,
+                           base64.b64decode(r["preview"]) if "preview" in r else None) for r in self.rows]
+
+
+def encode_items(model_dir: str, items: list[GalleryItem], beam_args: list[str] | None = None, batch_size: int = 128,
+                 beam_pipeline: beam.Pipeline | None = None, previews: bool = True) -> Encoded:
+    """Encode `items` with the model at model_dir on a Beam runner; every item comes back encoded or rejected."""
     from dsrhn.contracts import read_metadata
     from dsrhn.progress import beam_workers
 
@@ -202,35 +216,67 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
              | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"]), len(items), share,
                                                    int(meta["bits"]), "local" in meta, previews))
              | "Write" >> beam.io.WriteToText(os.path.join(shards, "codes"), file_name_suffix=".jsonl"))
-        rows, codes, rejected = [], [], []
+        rows, rejected = [], []
         for path in sorted(glob.glob(os.path.join(shards, "codes*"))):
             with open(path) as f:
                 for line in f:
                     rec = json.loads(line)
                     (rejected if "error" in rec else rows).append(rec)
-        rows.sort(key=lambda r: r["id"])
-        unique = []
-        for r in rows:  # one row per id: a repeated id is rejected, not indexed twice
-            if unique and unique[-1]["id"] == r["id"]:
-                rejected.append({"id": r["id"], "path": "", "error": "duplicate gallery id (the first one is indexed)"})
-            else:
-                unique.append(r)
-        rows = unique
-        if len(rows) + len(rejected) != len(items):  # every item is indexed or rejected, never dropped
-            raise RuntimeError(f"{len(items)} gallery items in, {len(rows)} indexed + {len(rejected)} rejected out")
-        if not rows:
-            raise ValueError(f"no gallery image could be encoded ({len(rejected)} rejected)")
-        codes = np.array([np.frombuffer(bytes.fromhex(r["code"]), np.uint8) for r in rows], dtype=np.uint8)
-        local = None
-        if "local" in meta:  # [N, R, 2, W], the stored layout (dsrhn/multilevel.py)
-            local = np.stack([np.frombuffer(bytes.fromhex(r["local"]), np.uint8) for r in rows])
-            local = local.reshape(len(rows), int(meta["local"]["count"]), 2, -1)
-        preview_bytes = [base64.b64decode(r["preview"]) for r in rows] if previews else None
-        manifest = write_index(model_dir, codes, [{"id": r["id"], "labels": r["labels"]} for r in rows], meta, out_dir,
-                               config, local, preview_bytes)
-        index_dir = out_dir or os.path.join(model_dir, "index")
-        with open(os.path.join(index_dir, "rejected.json"), "w") as f:
-            json.dump(sorted(rejected, key=lambda r: r["id"]), f, indent=2)
-        return IndexSummary(index_dir, manifest, rejected)
     finally:
         shutil.rmtree(shards, ignore_errors=True)
+    rows.sort(key=lambda r: r["id"])
+    unique = []
+    for r in rows:  # one row per id: a repeated id is rejected, not indexed twice
+        if unique and unique[-1]["id"] == r["id"]:
+            rejected.append({"id": r["id"], "path": "", "error": "duplicate gallery id (the first one is indexed)"})
+        else:
+            unique.append(r)
+    if len(unique) + len(rejected) != len(items):  # every item is indexed or rejected, never dropped
+        raise RuntimeError(f"{len(items)} gallery items in, {len(unique)} encoded + {len(rejected)} rejected out")
+    return Encoded(unique, sorted(rejected, key=lambda r: r["id"]))
+
+
+def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None = None,
+                 beam_args: list[str] | None = None, batch_size: int = 128,
+                 beam_pipeline: beam.Pipeline | None = None, config: IndexConfig = IndexConfig(),
+                 previews: bool = True) -> IndexSummary:
+    """Encode `items` with the model at model_dir and write model_dir/index (or out_dir); previews: store a
+    small JPEG of every indexed image beside the index (served for people to see the hits). Another writer of
+    the same index is refused (serving/update.py: index_lock)."""
+    from dsrhn.contracts import INDEX_DIR, read_metadata
+    from serving.update import REJECTED_FILE, index_lock
+
+    meta = read_metadata(model_dir)
+    index_dir = out_dir or os.path.join(model_dir, INDEX_DIR)
+    with index_lock(index_dir):
+        enc = encode_items(model_dir, items, beam_args, batch_size, beam_pipeline, previews)
+        if not enc.rows:
+            raise ValueError(f"no gallery image could be encoded ({len(enc.rejected)} rejected)")
+        rows = enc.gallery_rows(meta)
+        codes = np.array([r.code for r in rows], dtype=np.uint8)
+        local = np.stack([r.local for r in rows]) if "local" in meta else None  # [N, R, 2, W] (dsrhn/multilevel.py)
+        manifest = write_index(model_dir, codes, [{"id": r.id, "labels": list(r.labels)} for r in rows], meta, out_dir,
+                               config, local, [r.preview for r in rows] if previews else None,
+                               extra={REJECTED_FILE: json.dumps(enc.rejected, indent=2).encode()})
+    return IndexSummary(index_dir, manifest, enc.rejected)
+
+
+def run_update(model_dir: str, adds: list[GalleryItem] = (), removes: list[str] = (), index_dir: str | None = None,
+               beam_args: list[str] | None = None, batch_size: int = 128):
+    """Add (or replace) `adds` and remove `removes` in the index of the model at model_dir: only the added photos
+    are encoded (serving/update.py). Returns its UpdateReport."""
+    from dsrhn.contracts import INDEX_DIR, MANIFEST_FILE, IndexMismatch, check_manifest, read_metadata
+    from serving.index import read_manifest
+    from serving.update import update_index
+
+    meta = read_metadata(model_dir)
+    index_dir = index_dir or os.path.join(model_dir, INDEX_DIR)
+    if not os.path.exists(os.path.join(index_dir, MANIFEST_FILE)):
+        raise IndexMismatch(f"no index at {index_dir} to update; build it first with `dsrhn index`")
+    manifest = read_manifest(index_dir)
+    check_manifest(manifest, model_dir, meta, index_dir)  # codes of this model only
+    enc = encode_items(model_dir, list(adds), beam_args, batch_size, previews=bool(manifest.get("previews"))) \
+        if adds else Encoded([], [])
+    refused = [{"id": r["id"], "error": f"{r['path']}: {r['error']}" if r.get("path") else r["error"]}
+               for r in enc.rejected]
+    return update_index(index_dir, enc.gallery_rows(meta), list(removes), extra_rejected=refused)

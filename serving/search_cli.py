@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from dsrhn.sources import IMAGE_SUFFIXES
-from serving.server import MAX_K, ApiError, InputLimits, search
+from serving.server import MAX_K, ApiError, InputLimits, parse_filter, search
 from serving.store import Servable, load_servable
 
 
@@ -92,12 +92,17 @@ def _decodes(data: bytes) -> None:
 
 
 def run_search(s: Servable, paths: list[str], k: int = 10, limits: InputLimits = InputLimits(),
-               max_k: int = MAX_K) -> SearchRun:
+               max_k: int = MAX_K, where: dict | None = None) -> SearchRun:
     """Search every file: batches of at most the server's images-per-request and k x images limits, each one
-    :search; a batch the model cannot decode is retried image by image so only the bad file fails."""
+    :search; a batch the model cannot decode is retried image by image so only the bad file fails.
+    where: the :search "filter" ({"labels": [...], "folder": "..."}), checked once before any search."""
     sig = query_signature(s.meta)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise ValueError(f"k must be an integer in [1, {max_k}], got {k!r}")
+    try:
+        parse_filter(where, s)
+    except ApiError as e:
+        raise ValueError(e.message.replace("'filter.labels'", "--label").replace("'filter.folder'", "--folder")) from None
     run = SearchRun(s.path, str(s.version), k, sig)
     batch = max(1, min(limits.max_instances, limits.max_results // k))
     entries: dict[int, dict] = {}
@@ -120,7 +125,7 @@ def run_search(s: Servable, paths: list[str], k: int = 10, limits: InputLimits =
             if all(i in entries for i, _ in group):
                 continue
             body = {"instances": [{"b64": base64.b64encode(d).decode("ascii")} for _, d in group], "k": k,
-                    "signature_name": sig}
+                    "signature_name": sig, **({"filter": where} if where else {})}
             try:
                 answer = search(s, body, max_k, limits)
             except ApiError as e:

@@ -5,6 +5,11 @@
     POST /v1/models/{name}[/versions/{v}]:predict    {"instances": [...]} | {"inputs": ...}
     POST /v1/models/{name}[/versions/{v}]:search     {"instances": [{"b64": ...}], "k": 10}
                                                       [+ "rerank": {"shortlist": 1000}: multi-level models]
+                                                      [+ "filter": {"labels": [...], "folder": "..."}]
+    POST /v1/models/{name}[/versions/{v}]:add        {"instances": [{"id": ..., "b64": ..., "labels": [...]}]}
+    POST /v1/models/{name}[/versions/{v}]:remove     {"ids": [...]}          (write endpoints: a server started
+                                                      with a write key only; `Authorization: Bearer <key>`)
+    GET  /v1/models/{name}/versions/{v}/generations/{g}/previews/{row}   a gallery row's picture
     GET  /healthz, /readyz                            liveness, readiness
 Errors are {"error": "..."} with 400/404/413, as TF Serving answers; also 408 (body too slow), 429 (too
 many requests in flight), 503 (out of memory) and 500 (unexpected), always JSON; the server keeps serving.
@@ -29,7 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
-from serving.index import MAX_GPU_K, Rerank, answer_results, search_depth
+from serving.index import MAX_GPU_K, Rerank, Where, answer_results, search_depth
 from serving.store import ModelStore, Servable
 
 MAX_BODY_BYTES = 16 << 20
@@ -45,7 +50,10 @@ MAX_PIXELS = 40_000_000  # per image (width x height, read from its header befor
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what the SavedModel's decoder reads
 # ASCII digits only: "\d" would take "١" (Arabic-Indic one) as version 1, where TF Serving answers 404
 _ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?"
-                    r"(?::(?P<verb>[a-z]+)|/(?P<sub>metadata)|/previews/(?P<row>[0-9]{1,12}))?$")
+                    r"(?::(?P<verb>[a-z]+)|/(?P<sub>metadata)"
+                    r"|(?:/generations/(?P<generation>[0-9]{1,18}))?/previews/(?P<row>[0-9]{1,12}))?$")
+MAX_REMOVE = 10_000  # ids in one :remove
+WRITE_VERBS = ("add", "remove")
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")  # the search page (no build step)
 WEB_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 SAMPLES = 8  # gallery rows the page offers as sample queries
@@ -97,9 +105,10 @@ class Model:
     def __init__(self, batching: BatchingConfig):
         self.batcher = Batcher(batching, _run_signature, _graph_error) if batching.enabled else None
 
-    def answer(self, s: Servable, signature_name: str, images: list[bytes], k: int, rerank: Rerank | None = None) -> Answer:
+    def answer(self, s: Servable, signature_name: str, images: list[bytes], k: int, rerank: Rerank | None = None,
+               where: Where | None = None) -> Answer:
         if self.batcher:
-            return self.batcher.submit(s, signature_name, images, k, rerank)
+            return self.batcher.submit(s, signature_name, images, k, rerank, where)
         t0 = time.perf_counter()
         try:
             outputs = _run_signature(s, signature_name, images)
@@ -108,7 +117,7 @@ class Model:
         t1 = time.perf_counter()
         if not k:
             return Answer(outputs, None, {"encode_ms": round((t1 - t0) * 1000, 2), "batch_images": len(images)})
-        dist, rows = s.index.search(np.asarray(outputs["codes"], np.uint8), search_depth(k, rerank))
+        dist, rows = s.index.search(np.asarray(outputs["codes"], np.uint8), search_depth(k, rerank), where=where)
         results = answer_results(s.index, outputs, dist, rows, k, rerank)
         return Answer(outputs, results, {"encode_ms": round((t1 - t0) * 1000, 2),
                                          "search_ms": round((time.perf_counter() - t1) * 1000, 2),
@@ -130,7 +139,9 @@ def _graph_error(e: BaseException) -> Exception:
 
 def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
                limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
-               max_inflight: int = MAX_INFLIGHT, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+               max_inflight: int = MAX_INFLIGHT, body_timeout_s: float = BODY_TIMEOUT_S,
+               write_key: bytes | None = None) -> FastAPI:
+    """write_key: the key :add and :remove requests must carry (read_write_key); None: no write endpoints."""
     app = FastAPI(title="dsrhn", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None)
     model = Model(batching)
     app.state.model = model
@@ -185,8 +196,8 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
         if m["verb"]:
             raise ApiError(404, f"Unknown GET path /v1/models/{rest}")
         if m["row"] is not None:
-            return preview(_servable(store, m["version"]), int(m["row"]), m["version"] is not None,
-                           request.headers.get("if-none-match"))
+            return preview(_servable(store, m["version"], write_key is not None), int(m["row"]), m["version"] is not None,
+                           request.headers.get("if-none-match"), m["generation"])
         if m["sub"] == "metadata":
             return metadata(_servable(store, m["version"]), store.name)
         return version_status(store, m["version"])
@@ -194,16 +205,24 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
     @app.post("/v1/models/{rest:path}")
     async def post_model(rest: str, request: Request):
         m = _route(rest, store)
-        if m["verb"] not in ("predict", "search"):
-            raise ApiError(404, f"Unknown verb {m['verb']!r}: this server supports :predict and :search")
+        if m["verb"] in WRITE_VERBS:
+            if write_key is None:
+                raise ApiError(404, f":{m['verb']} is not served: this server was started without a write key "
+                                    "(dsrhn serve --write-key-file FILE enables :add and :remove)")
+            authorize(request.headers.get("authorization"), write_key)  # before the body is read
+        elif m["verb"] not in ("predict", "search"):
+            raise ApiError(404, f"Unknown verb {m['verb']!r}: this server supports :predict and :search"
+                                + (", :add and :remove" if write_key is not None else ""))
         if inflight["n"] >= max_inflight:
             raise ApiError(429, f"{max_inflight} requests are in flight already; retry shortly")
         inflight["n"] += 1
         try:
             body = await _json_body(request, max_body_bytes, body_timeout_s)
-            servable = _servable(store, m["version"])
+            servable = _servable(store, m["version"], write_key is not None)
             if m["verb"] == "predict":
                 return await _run(predict, servable, body, limits, model)
+            if m["verb"] in WRITE_VERBS:
+                return await _run(add if m["verb"] == "add" else remove, servable, store, body, limits)
             return await _run(search, servable, body, max_k, limits, model, store.name)
         finally:
             inflight["n"] -= 1
@@ -230,7 +249,11 @@ def _route(rest: str, store: ModelStore) -> dict:
     return d
 
 
-def _servable(store: ModelStore, version: int | None) -> Servable:
+def _servable(store: ModelStore, version: int | None, follow_writes: bool = False) -> Servable:
+    """The servable a request uses; follow_writes (a server that takes writes): first pick up an index
+    generation another server process wrote, so a search right after an :add sees the new photo."""
+    if follow_writes:
+        store.sync_index()
     s = store.get(version)
     if s is None:
         what = f"Specific({store.name}, {version})" if version is not None else f"Latest({store.name})"
@@ -267,10 +290,15 @@ async def _json_body(request: Request, limit: int, timeout_s: float = BODY_TIMEO
     return body
 
 
-def preview(s: Servable, row: int, versioned: bool, if_none_match: str | None = None) -> Response:
-    """A gallery row's preview JPEG. Under a version the bytes never change (a re-indexed version is a new
-    index: its fingerprint is in the ETag), so they are cached for a year; under the latest version they are
-    revalidated."""
+def preview(s: Servable, row: int, versioned: bool, if_none_match: str | None = None,
+            generation: str | None = None) -> Response:
+    """A gallery row's preview JPEG. Under a version and index generation (what :search answers name) the bytes
+    never change, so they are cached for a year; otherwise (rows move when photos are added or removed) they
+    are revalidated by ETag (the previews' checksum and the row)."""
+    current = int(s.index.manifest.get("generation", 0))
+    if generation is not None and int(generation) != current:
+        raise ApiError(404, f"generation {int(generation)} of version {s.version}'s gallery is gone (photos were added "
+                            f"or removed; now generation {current}): search again")
     previews = getattr(s.index, "previews", None)
     if previews is None:
         raise ApiError(404, f"the index of version {s.version} has no previews; rebuild it with `dsrhn index` "
@@ -279,7 +307,7 @@ def preview(s: Servable, row: int, versioned: bool, if_none_match: str | None = 
     if data is None:
         raise ApiError(404, f"gallery row {row} does not exist (version {s.version} has {len(previews)} rows)")
     etag = f'"{s.index.manifest.get("files", {}).get("previews.bin", "")[:16]}-{row}"'
-    cache = "public, max-age=31536000, immutable" if versioned else "no-cache"
+    cache = "public, max-age=31536000, immutable" if versioned and generation is not None else "no-cache"
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})
     return Response(data, media_type="image/jpeg", headers={"ETag": etag, "Cache-Control": cache})
@@ -289,10 +317,12 @@ def page_info(s: Servable, name: str) -> dict:
     """The served model as the search page shows it, and a few gallery rows to try as queries."""
     meta, count = s.meta, int(s.index.count)
     previews = getattr(s.index, "previews", None) is not None
-    return {"model": name, "version": str(s.version), "method": meta.get("mode"), "bits": meta.get("bits"),
+    return {"model": name, "version": str(s.version), "generation": int(s.index.manifest.get("generation", 0)),
+            "method": meta.get("mode"), "bits": meta.get("bits"),
             "hr_size": meta.get("hr_size"), "query_sizes": meta.get("query_sizes"), "query_path": meta.get("query_path"),
             "query_input": meta.get("query_input", "lr"), "gallery": count, "previews": previews,
             "rerank": bool(meta.get("local")) and getattr(s.index, "local", None) is not None,
+            "label_names": list(s.index.manifest.get("label_names", []))[:1000],
             "max_k": MAX_K, "samples": [{"row": r, **s.index.row(r)} for r in sample_rows(count)] if previews else []}
 
 
@@ -367,13 +397,13 @@ def parse_images(body: dict, input_name: str = "images") -> tuple[list[bytes], b
 
 
 def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits, model: Model | None,
-          k: int = 0, rerank: Rerank | None = None) -> tuple[Answer, list]:
+          k: int = 0, rerank: Rerank | None = None, where: Where | None = None) -> tuple[Answer, list]:
     """The signature's outputs for these images (and their top-k when k > 0, re-ranked with `rerank`), and
     each image's (width, height) from its header; without a `model`, one unbatched call."""
     if signature_name not in s.model.signatures:
         raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
     image_sizes = limits.check(images)
-    return (model or Model(BatchingConfig(enabled=False))).answer(s, signature_name, images, k, rerank), image_sizes
+    return (model or Model(BatchingConfig(enabled=False))).answer(s, signature_name, images, k, rerank, where), image_sizes
 
 
 def predict(s: Servable, body: dict, limits: InputLimits = InputLimits(), model: Model | None = None) -> dict:
@@ -404,7 +434,8 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
     if rerank and rerank.shortlist * len(images) > MAX_RERANKED:
         raise ApiError(400, f"shortlist x images = {rerank.shortlist} x {len(images)} is more than {MAX_RERANKED} "
                             "re-ranked hits per request (shorten the shortlist, or split the request)")
-    answer, image_sizes = _call(s, sig, images, limits, model, k, rerank)
+    where = parse_filter(body.get("filter"), s)
+    answer, image_sizes = _call(s, sig, images, limits, model, k, rerank, where)
     trained_sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
     results = []
     for (width, height), result in zip(image_sizes, answer.results):
@@ -415,11 +446,170 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
     out = {"model_version": str(s.version), "k": k, "results": results}
     if rerank:
         out["rerank"] = {"shortlist": rerank.shortlist, "weight": rerank.weight}
+    if where:
+        out["filter"] = {"labels": list(where.labels), "folder": where.folder}
     if getattr(s.index, "previews", None) is not None:  # each hit's picture: <previews><row>
-        out["previews"] = f"/v1/models/{name}/versions/{s.version}/previews/"
+        out["previews"] = preview_prefix(name, s)
     if answer.timing:
         out["timing"] = answer.timing
     return out
+
+
+def preview_prefix(name: str, s: Servable) -> str:
+    """Where a :search answer's hits' pictures are: <prefix><row>, under this version and index generation."""
+    return f"/v1/models/{name}/versions/{s.version}/generations/{int(s.index.manifest.get('generation', 0))}/previews/"
+
+
+# ---------------------------------------------------------------- writes (a server started with a write key)
+
+MIN_KEY_BYTES = 16
+
+
+def read_write_key(path: str) -> bytes:
+    """The write key from its file (one line; never from the command line, where `ps` shows it); ValueError
+    naming the file when it is unreadable, too short, or readable by other users."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"write key file {path}: {e.strerror}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"write key file {path}: the key must be at least {MIN_KEY_BYTES} bytes "
+                         "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE`)")
+    if st.st_mode & 0o077:
+        raise ValueError(f"write key file {path}: readable by other users (mode {st.st_mode & 0o777:o}); "
+                         f"`chmod 600 {path}`")
+    return key
+
+
+def authorize(header: str | None, key: bytes) -> None:
+    """401 without credentials, 403 with a wrong key; keys are compared in constant time."""
+    import hmac
+
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(401, "this write needs the server's write key: send `Authorization: Bearer <key>`")
+    if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), key):
+        raise ApiError(403, "the write key is wrong; nothing was changed")
+
+
+def _index_dir(s: Servable) -> str:
+    from dsrhn.contracts import INDEX_DIR
+
+    return os.path.join(s.path, INDEX_DIR)
+
+
+def parse_add(body: dict, s: Servable, limits: InputLimits) -> tuple[list[tuple[str, bytes, tuple]], list[dict]]:
+    """:add's instances -> ([(id, image bytes, labels)], rejected): a malformed request is a 400, an image that
+    cannot be read is that item's rejection."""
+    inst = body.get("instances")
+    if not isinstance(inst, list) or not inst:
+        raise ApiError(400, "'instances' must be a non-empty list of {\"id\": ..., \"b64\": ..., \"labels\": [...]}")
+    if len(inst) > limits.max_instances:
+        raise ApiError(400, f"{len(inst)} images in one request; at most {limits.max_instances} (split the request)")
+    items, rejected = [], []
+    for i, x in enumerate(inst):
+        if not isinstance(x, dict) or not isinstance(x.get("id"), str) or not x["id"]:
+            raise ApiError(400, f"instances[{i}]: each instance needs an \"id\" (a non-empty string)")
+        labels = x.get("labels", [])
+        if not isinstance(labels, list) or not all(isinstance(n, str) and n for n in labels):
+            raise ApiError(400, f"instances[{i}] ({x['id']}): 'labels' must be a list of non-empty strings")
+        data = _decode_b64({"b64": x.get("b64")} if "b64" in x else x.get("image"), f"instances[{i}] ({x['id']})")
+        try:
+            limits.check([data])
+        except ApiError as e:
+            rejected.append({"id": x["id"], "error": e.message.replace("instances[0]: ", "")})
+            continue
+        items.append((x["id"], data, tuple(labels)))
+    return items, rejected
+
+
+def gallery_rows(s: Servable, items: list[tuple[str, bytes, tuple]]) -> tuple[list, list[dict]]:
+    """Encode uploaded images as `dsrhn index` encodes gallery images (HR-prepared PNG -> encode_hr), with
+    their previews when the index keeps them; each image the model cannot read is rejected alone."""
+    from dsrhn.images import decode_image, gallery_png, preview_jpeg
+    from dsrhn.multilevel import stored_local
+    from serving.update import GalleryRow
+
+    hr, bits, keep_previews = int(s.meta["hr_size"]), int(s.meta["bits"]), bool(s.index.manifest.get("previews"))
+    rows, rejected = [], []
+    for id_, data, labels in items:
+        try:
+            img = decode_image(data)
+            png, pic = gallery_png(img, hr), (preview_jpeg(img) if keep_previews else None)
+            out = _run_signature(s, "encode_hr", [png])
+        except Exception as e:  # this image only
+            rejected.append({"id": id_, "error": f"could not encode the image ({_graph_error(e).message})"
+                             if not isinstance(e, ValueError) else str(e)})
+            continue
+        local = stored_local(out, bits)[0] if "local" in s.meta else None
+        rows.append(GalleryRow(id_, np.asarray(out["codes"][0], np.uint8), labels, local, pic))
+    return rows, rejected
+
+
+def add(s: Servable, store: ModelStore, body: dict, limits: InputLimits = InputLimits()) -> dict:
+    """:add: encode the instances and put them in the served version's index as its next generation (an id
+    the gallery has is replaced); searches see it when the answer comes back."""
+    from serving.update import LOCK_WAIT_S, update_index
+
+    items, refused = parse_add(body, s, limits)
+    rows, unreadable = gallery_rows(s, items)
+    report = _write(lambda: update_index(_index_dir(s), rows, (), LOCK_WAIT_S, refused + unreadable), s, store)
+    return {"model_version": str(s.version), **report.to_json()}
+
+
+def remove(s: Servable, store: ModelStore, body: dict, limits: InputLimits = InputLimits()) -> dict:
+    """:remove: take the ids out of the served version's index (ids it does not hold are rejected)."""
+    from serving.update import LOCK_WAIT_S, update_index
+
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise ApiError(400, "'ids' must be a non-empty list of gallery ids (strings)")
+    if len(ids) > MAX_REMOVE:
+        raise ApiError(400, f"{len(ids)} ids in one :remove; at most {MAX_REMOVE} (split the request)")
+    report = _write(lambda: update_index(_index_dir(s), (), ids, LOCK_WAIT_S), s, store)
+    return {"model_version": str(s.version), **report.to_json()}
+
+
+def _write(update, s: Servable, store: ModelStore):
+    """Run an index update and serve its generation at once; its errors as JSON (409: another writer)."""
+    from serving.update import IndexBusy
+
+    try:
+        report = update()
+    except IndexBusy as e:
+        raise ApiError(409, str(e)) from None
+    except ValueError as e:
+        raise ApiError(400, str(e).replace(s.path, f"version {s.version}")) from None
+    except OSError as e:
+        raise ApiError(507 if e.errno == 28 else 500, f"could not write the index of version {s.version}: "
+                                                      f"{e.strerror}; nothing was changed") from None
+    store.sync_index()
+    return report
+
+
+def parse_filter(spec, s: Servable) -> Where | None:
+    """A :search body's "filter": {"labels": [names], "folder": "path"} -> Where (hits carrying any of the labels,
+    under the folder); None when absent. Unknown labels are a 400 naming the known ones."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not spec or set(spec) - {"labels", "folder"}:
+        raise ApiError(400, "'filter' must be an object {\"labels\": [names], \"folder\": \"sub/folder\"} (either or both)")
+    labels, folder = spec.get("labels", []), spec.get("folder", "")
+    if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
+        raise ApiError(400, "'filter.labels' must be a list of label names")
+    if not isinstance(folder, str) or len(folder) > 4096:
+        raise ApiError(400, "'filter.folder' must be a string (a folder of the gallery's ids)")
+    known = s.index.manifest.get("label_names", [])
+    unknown = [n for n in labels if n not in known]
+    if unknown:
+        raise ApiError(400, f"'filter.labels': {unknown[:5]} not among the gallery's labels "
+                            f"({', '.join(known[:20])}{', ...' if len(known) > 20 else ''})")
+    if s.index.manifest.get("backend", "faiss") != "faiss":
+        raise ApiError(400, "filters are searched on the faiss backend only; this index is in Milvus")
+    where = Where(tuple(dict.fromkeys(labels)), folder.strip("/"))
+    return where or None
 
 
 def parse_rerank(spec, s: Servable, k: int) -> Rerank | None:
@@ -479,14 +669,15 @@ class BackgroundServer:
 
     def __init__(self, store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, start_timeout: float = 30.0,
                  limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
-                 max_inflight: int = MAX_INFLIGHT, body_timeout_s: float = BODY_TIMEOUT_S):
+                 max_inflight: int = MAX_INFLIGHT, body_timeout_s: float = BODY_TIMEOUT_S,
+                 write_key: bytes | None = None):
         import threading
 
         import uvicorn
 
         self.port = free_loopback_port()
         app = create_app(store, max_body_bytes=max_body_bytes, limits=limits, batching=batching,
-                         max_inflight=max_inflight, body_timeout_s=body_timeout_s)
+                         max_inflight=max_inflight, body_timeout_s=body_timeout_s, write_key=write_key)
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -521,6 +712,7 @@ class ServeSpec:
     mmap_index: bool = False  # faiss codes shared through the page cache (serve() sets it for several workers)
     intra_op_threads: int = 0  # TensorFlow's threads inside one op (0: TensorFlow's default, every core)
     inter_op_threads: int = 0  # ops run at once (0: TensorFlow's default)
+    write_key_file: str = ""  # the key :add / :remove must carry (read_write_key); "": no write endpoints
 
     def __post_init__(self):
         for name in ("intra_op_threads", "inter_op_threads"):
@@ -553,10 +745,12 @@ def app_from_spec(spec: ServeSpec) -> FastAPI:
     set_tf_threads(spec.intra_op_threads, spec.inter_op_threads)
     store = ModelStore(spec.base_dir, spec.name, poll_seconds=spec.poll_seconds, faiss_device=spec.faiss_device,
                        mmap_index=spec.mmap_index)
+    key = read_write_key(spec.write_key_file) if spec.write_key_file else None
     store.start()
     if store.current is None:
         print(f"warning: no loadable version under {store.model_dir} yet; polling every {spec.poll_seconds}s")
-    return create_app(store, limits=spec.limits, batching=spec.batching, max_inflight=spec.max_inflight)
+    return create_app(store, limits=spec.limits, batching=spec.batching, max_inflight=spec.max_inflight,
+                      write_key=key)
 
 
 def worker_app() -> FastAPI:

@@ -7,6 +7,7 @@ ignored with a log line. Swaps are atomic: a request holds the `Servable` it sta
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -61,6 +62,7 @@ class ModelStore:
 
     def __post_init__(self):
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()  # one index reload at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed: dict[int, tuple] = {}
@@ -111,6 +113,10 @@ class ModelStore:
                 break  # the served version is the highest loadable one and unchanged
             if self._failed.get(v) == signature:
                 continue  # failed before and nothing changed on disk since: don't reload every poll
+            if cur is not None and v == cur.version and _same_graph(self._loaded_signature.get(v), signature):
+                if self.sync_index():  # only the index changed (an update): the model stays loaded
+                    return True
+                continue
             try:
                 servable = self.load_version(v)
             except Exception as e:  # a bad version must never take the service down
@@ -132,6 +138,36 @@ class ModelStore:
             log.info("serving %s version %s%s", self.name, v, " (reloaded: changed on disk)" if old and old.version == v else "")
             return True
         return False
+
+    def sync_index(self) -> bool:
+        """Serve the index generation on disk if it is not the one served (an update by this or another server
+        process) and the model is unchanged: only the index is read again. True if swapped; a generation that
+        fails to load is logged and the served one kept."""
+        cur = self.current
+        if cur is None:
+            return False
+        signature = _dir_signature(cur.path)
+        loaded = self._loaded_signature.get(cur.version)
+        if signature == loaded or not _same_graph(loaded, signature):
+            return False
+        with self._index_lock:
+            cur = self.current
+            if cur is None or _dir_signature(cur.path) == self._loaded_signature.get(cur.version):
+                return False  # another thread got there first
+            signature = _dir_signature(cur.path)
+            try:
+                index = load_index(cur.path, cur.meta, device=self.faiss_device, log=log.info, mmap=self.mmap_index)
+            except Exception as e:
+                if self._failed.get(cur.version) != signature:
+                    log.warning("index of version %s not reloaded, the served one kept: %s", cur.version, e)
+                self._failed[cur.version] = signature
+                return False
+            with self._lock:
+                self.current = dataclasses.replace(cur, index=index)
+                self._loaded_signature[cur.version] = signature
+            log.info("serving %s version %s, index generation %s (%s photos)", self.name, cur.version,
+                     index.manifest.get("generation", 0), index.count)
+            return True
 
     def _public(self, message: str) -> str:
         """Status messages are served over HTTP: no absolute server paths in them."""
@@ -161,6 +197,13 @@ class ModelStore:
 
 SIGNATURE_FILES = ("saved_model.pb", os.path.join("variables", "variables.index"), os.path.join("assets.extra", "dsrhn.json"),
                    os.path.join("index", "manifest.json"))
+
+
+GRAPH_FILES = 3  # SIGNATURE_FILES before the index manifest: the model itself
+
+
+def _same_graph(a: tuple | None, b: tuple) -> bool:
+    return a is not None and a[:GRAPH_FILES] == b[:GRAPH_FILES]
 
 
 def _dir_signature(path: str) -> tuple:

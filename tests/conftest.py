@@ -57,6 +57,20 @@ def trained_model(tmp_path_factory, mosaic_examples, tiny_preset) -> str:
     return export
 
 
+def indexed_copy(root, trained_model: str, examples: str, **index_kwargs):
+    """<root>/dsrhn/1: a copy of the trained model with its gallery index (the Examples' gallery split), as
+    `dsrhn index` writes it; returns root."""
+    import shutil
+
+    from serving.indexer import gallery_from_examples, run_indexing
+
+    v1 = root / "dsrhn" / "1"
+    shutil.copytree(trained_model, v1)
+    summary = run_indexing(str(v1), gallery_from_examples(examples), beam_args=BEAM, batch_size=16, **index_kwargs)
+    assert summary.manifest["count"] == 48 and not summary.rejected
+    return root
+
+
 def wait_for(condition, timeout: float = 60.0, what: str = "the condition", every: float = 0.05):
     """Poll `condition()` until it is true; fail naming `what` after `timeout` seconds (no fixed sleeps)."""
     import time

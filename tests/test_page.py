@@ -57,16 +57,19 @@ def test_previews_are_packed_checksummed_and_bound_to_the_version(served, mosaic
     gallery = {r["id"].decode(): bytes(r["hr"]) for r in read_split_raw(mosaic_examples, "gallery").as_numpy_iterator()}
     with httpx.Client(base_url=server.url, timeout=30) as c:
         for row in (0, 47):
-            r = c.get(f"/v1/models/dsrhn/versions/1/previews/{row}")
+            r = c.get(f"/v1/models/dsrhn/versions/1/generations/0/previews/{row}")
             assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
-            assert "immutable" in r.headers["cache-control"]
+            assert "immutable" in r.headers["cache-control"]  # a version's generation never changes
+            moving = c.get(f"/v1/models/dsrhn/versions/1/previews/{row}")  # rows move when photos come and go
+            assert moving.content == r.content and moving.headers["cache-control"] == "no-cache"
             img = np.asarray(Image.open(io.BytesIO(r.content)).convert("L"), np.float32)
             # row r is the r-th id in id order, and its preview is that gallery image (JPEG, so nearly equal;
             # another gallery image is far from it)
             hr = np.asarray(Image.open(io.BytesIO(gallery[sorted(gallery)[row]])).convert("L"), np.float32)
             other = np.asarray(Image.open(io.BytesIO(gallery[sorted(gallery)[row - 1]])).convert("L"), np.float32)
             assert img.shape == hr.shape and np.abs(img - hr).mean() < 4.0 < np.abs(img - other).mean()
-            again = c.get(f"/v1/models/dsrhn/versions/1/previews/{row}", headers={"If-None-Match": r.headers["etag"]})
+            again = c.get(f"/v1/models/dsrhn/versions/1/generations/0/previews/{row}",
+                          headers={"If-None-Match": r.headers["etag"]})
             assert again.status_code == 304
         latest = c.get("/v1/models/dsrhn/previews/0")
         assert latest.status_code == 200 and latest.headers["cache-control"] == "no-cache"
@@ -74,7 +77,9 @@ def test_previews_are_packed_checksummed_and_bound_to_the_version(served, mosaic
         assert missing.status_code == 404 and "row 48 does not exist" in missing.json()["error"]
         answer = c.post("/v1/models/dsrhn:search", json={
             "instances": [{"b64": base64.b64encode(query_png(mosaic_examples)).decode()}], "k": 5}).json()
-        assert answer["previews"] == "/v1/models/dsrhn/versions/1/previews/"
+        assert answer["previews"] == "/v1/models/dsrhn/versions/1/generations/0/previews/"
+        gone = c.get("/v1/models/dsrhn/versions/1/generations/7/previews/0")
+        assert gone.status_code == 404 and "search again" in gone.json()["error"]
         result = answer["results"][0]
         for row, hit in zip(result["rows"], result["ids"]):
             assert sorted(gallery)[row] == hit  # rows address the previews of exactly these hits

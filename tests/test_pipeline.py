@@ -105,29 +105,6 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     assert sorted(os.listdir(os.path.join(cfg.serving_dir, cfg.model_name))) == [os.path.basename(out["pushed_model"])]
 
 
-@pytest.mark.parametrize("mode,option", [("pointwise-seg", "seg_epochs"), ("fsr-gan", "hash_epochs")])
-def test_another_registered_method_runs_through_the_same_pipeline(mode, option, tmp_path):
-    """`dsrhn pipeline --config` with another method (point-wise + segmentation: ingest writes masks;
-    FSR-GAN: three networks, a feature-space query path): the Trainer's run_fn builds the method from
-    the registry; evaluation, push and index are unchanged."""
-    config = {"preset_overrides": {"mode": mode, "bits": 12, "epochs": 1, "batch_size": 32,
-                                   "steps_per_epoch": 40, f"options.{option}": 1}, "train_steps": 40, "min_map": 0.0}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("DSRHN_PIPELINE_CONFIG", None)
-    log = run([os.path.join(BIN, "dsrhn"), "pipeline", "--tiny", "--home", str(tmp_path), "--config", json.dumps(config)],
-              env)
-    assert "LR-query mAP@100" in log
-    pushed = [line.split()[-1] for line in log.splitlines() if line.startswith("pushed_model")]
-    assert pushed, log[-3000:]
-    from serving.index import load_index
-    from dsrhn.contracts import read_metadata
-
-    meta = read_metadata(pushed[0])
-    assert meta["mode"] == mode and meta["query_path"] == {"pointwise-seg": "bicubic", "fsr-gan": "fsr"}[mode]
-    assert meta["bits"] == 12
-    assert load_index(pushed[0], meta).count == 120
-
-
 def test_kubeflow_v2_runner_compiles(tmp_path, tiny_env):
     run([sys.executable, os.path.join(REPO_ROOT, "kubeflow_v2_runner.py"), str(tmp_path)], tiny_env)
     spec = json.load(open(tmp_path / "dsrhn_pipeline.json"))

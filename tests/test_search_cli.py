@@ -14,10 +14,9 @@ from PIL import Image
 
 from dsrhn.cli import main
 from dsrhn.records import read_split_raw
-from serving.indexer import gallery_from_examples, run_indexing
 from serving.server import search
 from serving.store import ModelStore
-from tests.conftest import BEAM
+from tests.conftest import indexed_copy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,12 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, trained_model, mosaic_examples):
     """<base>/dsrhn/1: the trained model with its gallery index (previews on), as `dsrhn index` writes it."""
-    root = tmp_path_factory.mktemp("search_cli")
-    v1 = root / "dsrhn" / "1"
-    shutil.copytree(trained_model, v1)
-    summary = run_indexing(str(v1), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16)
-    assert summary.manifest["count"] == 48 and summary.manifest.get("previews")
-    return root
+    return indexed_copy(tmp_path_factory.mktemp("search_cli"), trained_model, mosaic_examples)
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +144,44 @@ def test_the_sheet_embeds_the_queries_and_their_hits_previews(base, store, queri
         preview = store.current.index.previews.get(want["rows"][0])
         assert base64.b64encode(preview).decode() in text  # its rank-1 hit's preview, as previews/<row> serves it
     assert text.count("<figure class=hit>") == 6 and "data:image/jpeg;base64," in text
+
+
+def test_filters_are_applied_inside_the_search(base, store, queries, capsys):
+    """A label or folder filter still returns k hits when the gallery has them, each allowed, nearest first,
+    equal to brute force over the allowed rows; unknown labels are a one-line error."""
+    import numpy as np
+
+    from components import metrics
+    from serving.index import stored_codes
+
+    s = store.current
+    g = s.index
+    rows = [g.row(r) for r in range(g.count)]
+    label = max(s.index.manifest["label_names"], key=lambda n: sum(n in r["labels"] for r in rows))
+    allowed = [r for r, row in enumerate(rows) if label in row["labels"]]
+    assert 5 < len(allowed) < g.count
+    codes = stored_codes(g.index, int(g.manifest["code_bytes"]))
+    path = next(iter(queries.values()))
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    body = {"instances": [{"b64": data}], "k": 5, "filter": {"labels": [label]}}
+    answer = search(s, body, 1000)
+    hit = answer["results"][0]
+    assert len(hit["ids"]) == 5 and all(label in lab for lab in hit["labels"]) and answer["filter"]["labels"] == [label]
+    q = s.signature("serving_default")(images=tf_constant([base64.b64decode(data)]))["codes"].numpy()
+    brute = np.sort(metrics.hamming_distances(q, codes[allowed])[0])[:5]
+    assert hit["distances"] == [int(d) for d in brute]
+    folder = rows[7]["id"].rsplit("/", 1)[0]
+    one = search(s, {"instances": [{"b64": data}], "k": 5, "filter": {"folder": folder}}, 1000)["results"][0]
+    assert one["ids"] == [r["id"] for r in rows if r["id"].startswith(folder + "/")]
+    assert main(["search", "--model", model_dir(base), "-k", "5", "--json", "--label", label, path]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["ids"] == hit["ids"]
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--model", model_dir(base), "--label", "no-such-label", path])
+    assert e.value.code == 2 and "--label: ['no-such-label'] not among the gallery's labels" in capsys.readouterr().err
+
+
+def tf_constant(values):
+    import tensorflow as tf
+
+    return tf.constant(values)

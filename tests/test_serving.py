@@ -18,7 +18,7 @@ from dsrhn.records import read_split_raw
 from serving import index as gindex
 from serving.indexer import gallery_from_examples, gallery_from_source, run_indexing
 from serving.store import ModelStore
-from tests.conftest import BEAM, LiveServer, wait_for
+from tests.conftest import BEAM, LiveServer, indexed_copy, wait_for
 from trainer.export import export_saved_model
 from trainer.train import build_trainer
 
@@ -40,12 +40,7 @@ def test_12_bit_codes_pad_to_16_without_changing_distances():
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory, trained_model, mosaic_examples):
     """TF Serving layout <base>/dsrhn/1/ with the model and its gallery index."""
-    base = tmp_path_factory.mktemp("serving")
-    v1 = base / "dsrhn" / "1"
-    shutil.copytree(trained_model, v1)
-    summary = run_indexing(str(v1), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16)
-    assert summary.manifest["count"] == 48 and not summary.rejected
-    return base
+    return indexed_copy(tmp_path_factory.mktemp("serving"), trained_model, mosaic_examples)
 
 
 def other_model(tmp_path, tiny_preset) -> str:

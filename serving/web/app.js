@@ -41,6 +41,7 @@ async function loadInfo() {
   }
   $("model").textContent = modelLine(info);
   $("k").max = String(info.max_k);
+  $("label-names").replaceChildren(...(info.label_names || []).map((n) => Object.assign(document.createElement("option"), {value: n})));
   $("api-link").href = `/v1/models/${encodeURIComponent(info.model)}`;
   $("rerank-box").hidden = !info.rerank;
   const samples = $("samples");
@@ -62,7 +63,7 @@ async function loadInfo() {
 }
 
 function previewUrl(row) {
-  return `/v1/models/${encodeURIComponent(info.model)}/versions/${info.version}/previews/${row}`;
+  return `/v1/models/${encodeURIComponent(info.model)}/versions/${info.version}/generations/${info.generation}/previews/${row}`;
 }
 
 async function sampleQuery(s) {
@@ -100,6 +101,13 @@ function toBase64(blob) {
   });
 }
 
+function filterValue() {  // the :search "filter": hits with any of the labels, under the folder
+  const labels = $("labels").value.split(",").map((s) => s.trim()).filter((s) => s);
+  const folder = $("folder").value.trim();
+  if (!labels.length && !folder) return null;
+  return {...(labels.length ? {labels} : {}), ...(folder ? {folder} : {})};
+}
+
 function kValue() {
   const k = parseInt($("k").value, 10);
   if (!Number.isInteger(k) || k < 1) return 10;
@@ -120,6 +128,8 @@ async function search(blob, caption) {
   const name = encodeURIComponent(info.model);
   const signature = info.query_input === "hr" ? "encode_hr" : "serving_default";
   const body = {instances: [{b64}], k: kValue(), signature_name: signature};
+  const where = filterValue();
+  if (where) body.filter = where;
   const started = performance.now();
   const wanted = [api(`/v1/models/${name}/versions/${info.version}:search`, body)];
   if (info.rerank && $("rerank").checked) {
@@ -238,6 +248,9 @@ document.addEventListener("paste", (e) => {
   const item = [...(e.clipboardData ? e.clipboardData.items : [])].find((x) => x.type.startsWith("image/"));
   if (item) fromFiles([item.getAsFile()]);
 });
+for (const id of ["labels", "folder"]) {
+  $(id).addEventListener("change", () => { if (lastQuery) search(lastQuery.blob, lastQuery.caption).catch((e) => showError(String(e.message || e))); });
+}
 $("k").addEventListener("change", () => { if (lastQuery) search(lastQuery.blob, lastQuery.caption).catch((e) => showError(String(e.message || e))); });
 $("rerank").addEventListener("change", () => { if (lastQuery) search(lastQuery.blob, lastQuery.caption).catch((e) => showError(String(e.message || e))); });
 loadInfo();
