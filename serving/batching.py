@@ -41,7 +41,7 @@ class Task:
     k: int  # 0: no search (:predict)
     future: Future
     rerank: object = None  # serving.index.Rerank: a two-stage (multi-level) search
-    where: object = None  # serving.index.Where: a filter applied inside the search
+    where: object = None  # serving.filters.Where: a filter applied inside the search
 
 
 @dataclass

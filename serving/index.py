@@ -36,6 +36,7 @@ from dsrhn.contracts import (ID_BYTES_FILE, ID_OFFSETS_FILE, INDEX_DIR, INDEX_FI
                              check_manifest, code_dim, model_fingerprint, sha256_file, stored_bytes)
 from dsrhn.multilevel import rerank as rerank_rows
 from dsrhn.multilevel import stored_local, word_bytes
+from serving.filters import Where, allowed_rows
 from serving.hits import query_results
 
 MAX_GPU_K = 2048  # faiss GPU binary search limit
@@ -375,40 +376,6 @@ class Rerank:
 
     shortlist: int
     weight: float
-
-
-@dataclass(frozen=True)
-class Where:
-    """A search filter, applied inside the search so that k hits still come back: hits that carry any of
-    `labels`, and whose id lies under `folder` (the source folder of a photo-folder gallery)."""
-
-    labels: tuple[str, ...] = ()
-    folder: str = ""
-
-    def __bool__(self) -> bool:
-        return bool(self.labels or self.folder)
-
-
-def allowed_rows(ids: IdMap, where: Where) -> np.ndarray:
-    """The rows (int64, ascending) a filter lets through, from the memory-mapped label bits and id bytes."""
-    mask = np.ones(len(ids), bool)
-    if where.labels:
-        pos = {n: i for i, n in enumerate(ids.label_names)}
-        bits, anyof = np.asarray(ids.labels), np.zeros(len(ids), bool)
-        for name in where.labels:
-            j = pos[name]
-            anyof |= (bits[:, j // 8] & (0x80 >> (j % 8))) != 0  # np.packbits' bit order
-        mask &= anyof
-    if where.folder:
-        prefix = np.frombuffer(where.folder.strip("/").encode("utf-8") + b"/", np.uint8)
-        offsets = np.asarray(ids.offsets, np.int64)
-        cand = np.flatnonzero(mask & (np.diff(offsets) > len(prefix)))
-        under = np.zeros(len(ids), bool)
-        if len(cand):
-            window = np.asarray(ids.blob)[offsets[cand, None] + np.arange(len(prefix))]
-            under[cand[(window == prefix).all(1)]] = True
-        mask &= under
-    return np.flatnonzero(mask)
 
 
 def stored_codes(index: faiss.IndexBinary, code_bytes: int | None = None) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 from dsrhn.config import IndexConfig
 from dsrhn.contracts import IndexMismatch, code_dim
 from serving.hits import query_results
+from serving.filters import allowed_rows
 
 INSERT_BATCH = 10_000
 MAX_LIMIT = 16_384  # Milvus's top-k limit
@@ -122,11 +123,20 @@ class MilvusGallery:
     def count(self) -> int:
         return int(self.manifest["count"])
 
-    def search(self, codes: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, codes: np.ndarray, k: int, threads: int | None = None,
+               where=None) -> tuple[np.ndarray, np.ndarray]:
+        """As GalleryIndex.search; where (serving.filters.Where): only the rows it allows, as a Milvus filter."""
         k = min(k, self.count, MAX_LIMIT)
         codes = np.ascontiguousarray(codes, np.uint8)
+        extra = {}
+        if where:
+            rows = allowed_rows(self.ids, where)
+            if not len(rows):
+                empty = np.full((len(codes), k), -1)
+                return empty.astype(np.int32), empty.astype(np.int64)
+            extra["filter"] = f"row in [{','.join(map(str, rows.tolist()))}]"
         hits = self.client.search(self.collection, data=[c.tobytes() for c in codes], limit=k, anns_field="code",
-                                  search_params={"metric_type": "HAMMING"})
+                                  search_params={"metric_type": "HAMMING"}, **extra)
         dist = np.full((len(codes), k), -1, np.int32)
         rows = np.full((len(codes), k), -1, np.int64)
         for q, found in enumerate(hits):

@@ -34,7 +34,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
-from serving.index import MAX_GPU_K, Rerank, Where, answer_results, search_depth
+from serving.filters import Where
+from serving.index import MAX_GPU_K, Rerank, answer_results, search_depth
 from serving.store import ModelStore, Servable
 
 MAX_BODY_BYTES = 16 << 20

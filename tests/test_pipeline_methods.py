@@ -16,7 +16,7 @@ def test_another_registered_method_runs_through_the_same_pipeline(mode, option, 
     FSR-GAN: three networks, a feature-space query path): the Trainer's run_fn builds the method from
     the registry; evaluation, push and index are unchanged."""
     config = {"preset_overrides": {"mode": mode, "bits": 12, "epochs": 1, "batch_size": 32,
-                                   "steps_per_epoch": 8, f"options.{option}": 1}, "train_steps": 8, "min_map": 0.0}
+                                   "steps_per_epoch": 20, f"options.{option}": 1}, "train_steps": 20, "min_map": 0.0}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("DSRHN_PIPELINE_CONFIG", None)
     log = run([os.path.join(BIN, "dsrhn"), "pipeline", "--tiny", "--home", str(tmp_path), "--config", json.dumps(config)],

@@ -22,6 +22,8 @@ from dsrhn.cli import main
 from dsrhn.contracts import read_metadata
 from dsrhn.records import read_split_raw
 from serving import index as gindex
+from serving.filters import Where
+from serving.hits import query_results
 from serving.indexer import GalleryItem, gallery_from_examples, run_indexing, run_update
 from serving.server import BackgroundServer
 from serving.store import ModelStore
@@ -50,14 +52,14 @@ def model_copy(root, trained_model: str) -> str:
     return str(v1)
 
 
-def answers(model_dir: str, lr_queries: list[bytes], k: int = 48) -> list[tuple]:
+def answers(model_dir: str, lr_queries: list[bytes], k: int = 48, where=None) -> list[tuple]:
     """(ids, distances) of every query against the model's index, as the service computes them."""
     import tensorflow as tf
 
     meta = read_metadata(model_dir)
     g = gindex.load_index(model_dir, meta)
     codes = tf.saved_model.load(model_dir).signatures["serving_default"](images=tf.constant(lr_queries))["codes"].numpy()
-    return [(tuple(r["ids"]), tuple(r["distances"])) for r in g.query(codes, k)]
+    return [(tuple(r["ids"]), tuple(r["distances"])) for r in query_results(g, *g.search(codes, k, where=where))]
 
 
 def replaced(item: GalleryItem, by: GalleryItem) -> GalleryItem:
@@ -354,3 +356,7 @@ def test_milvus_updates_answer_as_faiss_and_as_a_full_reindex(tmp_path, trained_
     # faiss and Milvus order ties their own way: equal distances, and equal id sets at each distance
     for (ids_m, d_m), (ids_f, d_f) in zip(got, answers(fa, queries, 46)):
         assert d_m == d_f and sorted(zip(d_m, ids_m)) == sorted(zip(d_f, ids_f))
+    # a label filter runs inside Milvus and lets through exactly the rows it lets through in faiss
+    where = Where(labels=(final[0].labels[0],))
+    for (ids_m, d_m), (ids_f, d_f) in zip(answers(mv, queries, 46, where), answers(fa, queries, 46, where)):
+        assert 0 < len(ids_m) < 46 and d_m == d_f and sorted(zip(d_m, ids_m)) == sorted(zip(d_f, ids_f))

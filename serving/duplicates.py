@@ -1,0 +1,307 @@
+"""`dsrhn duplicates`: near-duplicate groups in an indexed gallery, found from the codes the index already holds.
+
+Two gallery images are linked when their codes are within the Hamming radius (inclusive); a group is a connected
+component of links (union-find). Linking is transitive, so a chain a-b-c is one group even when a and c are
+further apart than the radius: each group reports every linked pair with its distance, the largest of them
+(`max_distance`, at most the radius) and the largest distance between any two of its members (`diameter`).
+
+The pairs come from faiss's binary range search over the exact index's codes, a block of queries at a time
+against the codes from the block on (each pair is computed once; memory is one block's hits): 100,000 48-bit
+codes take 1.6 s on 2 cores. Only an exact faiss index (BFlat) holds every code to read; an approximate
+(BIVF, BHNSW) or Milvus index is refused with a one-line error.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from dsrhn.contracts import INDEX_DIR, METADATA, IndexMismatch
+from serving.index import load_index, read_manifest, search_threads
+
+# The default radius: 1/16 of the code length, rounded down (3 of 48 bits). Chosen after measuring planted copies of
+# held-out photos (benchmarks/duplicates.py, docs/results.md "Near-duplicates on held-out photos"): resized and
+# recompressed copies were within 2 bits of their originals, distinct held-out photos at least 4 apart, and every
+# radius past 3 added wrong pairs; 90 % crops (up to 10 bits away) are found only in part.
+DEFAULT_RADIUS_FRACTION = 1 / 16
+QUERY_BLOCK = 4096  # queries per range search: bounds the memory of one block's hits
+MAX_PAIRS = 5_000_000  # more linked pairs than this: the radius links unrelated images, refused
+DIAMETER_BLOCK = 1 << 22  # distances computed at once for a group's diameter (16 MiB of int32)
+SHEET_GROUPS = 200  # groups drawn on the HTML sheet; the rest are counted in one line
+SHEET_PAIRS = 50  # pairs listed under a group on the sheet (all of them are in the JSON)
+JSON_FILE = "duplicates.json"
+HTML_FILE = "duplicates.html"
+
+
+def default_radius(bits: int) -> int:
+    """The radius `dsrhn duplicates` uses without --radius: DEFAULT_RADIUS_FRACTION of the code length."""
+    return int(bits * DEFAULT_RADIUS_FRACTION)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One near-duplicate group: its rows (ascending), and each linked pair (row_a < row_b, distance)."""
+
+    rows: list[int]
+    pairs: list[tuple[int, int, int]]
+    diameter: int
+
+    @property
+    def max_distance(self) -> int:
+        return max(d for _, _, d in self.pairs)
+
+
+@dataclass
+class DuplicateReport:
+    """What `dsrhn duplicates` found in one index; groups largest first."""
+
+    index_dir: str
+    model_version: str
+    bits: int
+    radius: int
+    count: int
+    groups: list[Group] = field(default_factory=list)
+    ids: dict[int, str] = field(default_factory=dict)  # row -> id, for the rows in some group
+    labels: dict[int, list[str]] | None = None  # row -> labels, when the index has label names
+
+    @property
+    def photos(self) -> int:
+        return sum(len(g.rows) for g in self.groups)
+
+    def group_json(self, g: Group) -> dict:
+        out = {"ids": [self.ids[r] for r in g.rows]}
+        if self.labels is not None:
+            out["labels"] = [self.labels[r] for r in g.rows]
+        out.update(size=len(g.rows), max_distance=g.max_distance, diameter=g.diameter,
+                   pairs=[[self.ids[a], self.ids[b], d] for a, b, d in g.pairs])
+        return out
+
+    def to_json(self) -> dict:
+        return {"index": self.index_dir, "model_version": self.model_version, "bits": self.bits,
+                "radius": self.radius, "count": self.count, "groups_found": len(self.groups),
+                "photos_in_groups": self.photos, "groups": [self.group_json(g) for g in self.groups]}
+
+
+# ---------------------------------------------------------------- finding
+
+def pairs_within(codes: np.ndarray, radius: int, block: int = QUERY_BLOCK,
+                 max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of rows a < b whose codes (uint8 [N, W]) are within `radius` bits, as (a, b, distance) arrays
+    ordered by a then b; each block of queries is searched against the codes from the block on only."""
+    codes = np.ascontiguousarray(codes, np.uint8)
+    n, width = codes.shape
+    found_a, found_b, found_d, total = [], [], [], 0
+    for start in range(0, n, block):
+        rest = faiss.IndexBinaryFlat(width * 8)
+        rest.add(codes[start:])
+        faiss.omp_set_num_threads(search_threads(min(block, n - start)))
+        lims, dist, cols = rest.range_search(codes[start:start + block], radius + 1)  # faiss: distance < radius
+        q = np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
+        later = cols > q  # the pair once, not the code with itself
+        found_a.append(q[later] + start)
+        found_b.append(cols[later] + start)
+        found_d.append(dist[later].astype(np.int32))
+        total += int(later.sum())
+        if total > max_pairs:
+            raise ValueError(f"radius {radius} links more than {max_pairs:,} pairs of the {n:,} codes: it joins "
+                             "unrelated images; use a smaller --radius")
+    a, b, d = (np.concatenate(x) if x else np.zeros(0, t) for x, t in
+               ((found_a, np.int64), (found_b, np.int64), (found_d, np.int32)))
+    order = np.lexsort((b, a))
+    return a[order], b[order], d[order]
+
+
+def components(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
+    """Connected components (union-find with path halving) of the rows the pairs link; rows ascending."""
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y in zip(a.tolist(), b.tolist()):
+        rx, ry = root(x), root(y)
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+    groups: dict[int, list[int]] = {}
+    for x in sorted(parent):
+        groups.setdefault(root(x), []).append(x)
+    return list(groups.values())
+
+
+def diameter(codes: np.ndarray) -> int:
+    """The largest Hamming distance between any two of `codes` (uint8 [n, W]), computed a block of rows at a time."""
+    codes = np.ascontiguousarray(codes, np.uint8)
+    n, width = codes.shape
+    rows = max(1, DIAMETER_BLOCK // max(1, n))
+    best = 0
+    for start in range(0, n, rows):
+        part = codes[start:start + rows]
+        dist = np.empty((len(part), n), np.int32)
+        faiss.hammings(faiss.swig_ptr(part), faiss.swig_ptr(codes), len(part), n, width, faiss.swig_ptr(dist))
+        best = max(best, int(dist.max()))
+    return best
+
+
+def group_pairs(codes: np.ndarray, radius: int) -> list[Group]:
+    """The near-duplicate groups of `codes` at `radius`: largest first, then tightest, then by first row."""
+    a, b, d = pairs_within(codes, radius)
+    comps = components(a, b)
+    where = {}
+    for gi, rows in enumerate(comps):
+        for r in rows:
+            where[r] = gi
+    pairs: list[list[tuple[int, int, int]]] = [[] for _ in comps]
+    for x, y, dist in zip(a.tolist(), b.tolist(), d.tolist()):
+        pairs[where[x]].append((x, y, dist))
+    groups = [Group(rows, sorted(p, key=lambda t: (t[2], t[0], t[1])), diameter(codes[rows]))
+              for rows, p in zip(comps, pairs)]
+    return sorted(groups, key=lambda g: (-len(g.rows), g.max_distance, g.diameter, g.rows[0]))
+
+
+# ---------------------------------------------------------------- the index
+
+def read_model_meta(model_dir: str) -> dict:
+    """The export metadata, read as plain JSON (no TensorFlow: this command touches only the index)."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"--model {model_dir}: no such directory")
+    path = os.path.join(model_dir, METADATA)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a SavedModel exported by dsrhn")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def open_exact(model_dir: str, index_dir: str | None = None):
+    """The model's gallery index, verified against the model as the server verifies it, when it is an exact faiss
+    index (its codes readable); a clear error for an approximate or Milvus index."""
+    meta = read_model_meta(model_dir)
+    d = index_dir or os.path.join(model_dir, INDEX_DIR)
+    try:
+        manifest = read_manifest(d)
+    except IndexMismatch as e:
+        raise IndexMismatch(f"{e} (build it with `dsrhn index --model {model_dir} ...`)") from None
+    if manifest.get("backend", "faiss") != "faiss":
+        raise ValueError(f"index at {d} is a {manifest['backend']} collection: `dsrhn duplicates` reads the codes of a "
+                         "faiss index; build one with `dsrhn index --backend faiss`")
+    gallery = load_index(model_dir, meta, d)
+    if type(gallery.index) is not faiss.IndexBinaryFlat:
+        raise ValueError(f"index at {d} is approximate ({manifest.get('factory')}): `dsrhn duplicates` needs an exact "
+                         "index's codes; build one with `dsrhn index --factory BFlat`")
+    return gallery
+
+
+def stored_codes(index: faiss.IndexBinaryFlat) -> np.ndarray:
+    """The codes an exact index holds, uint8 [ntotal, code_size] (zero-padded: the same distances)."""
+    return faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size)
+
+
+def check_radius(radius: int, bits: int) -> int:
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or not 0 <= radius <= bits:
+        raise ValueError(f"--radius must be an integer in [0, {bits}] (the index's codes have {bits} bits), "
+                         f"got {radius!r}")
+    return int(radius)
+
+
+def find_duplicates(gallery, radius: int | None = None, index_dir: str = "") -> DuplicateReport:
+    """The near-duplicate groups of an opened exact gallery (open_exact) at `radius` (None: default_radius)."""
+    bits = int(gallery.manifest["bits"])
+    radius = default_radius(bits) if radius is None else check_radius(radius, bits)
+    groups = group_pairs(stored_codes(gallery.index), radius)
+    rows = sorted(r for g in groups for r in g.rows)
+    ids = {r: gallery.ids.id(r) for r in rows}
+    labels = {r: gallery.ids.row_labels(r) for r in rows} if gallery.ids.label_names else None
+    return DuplicateReport(index_dir, str(gallery.manifest.get("model_version", "")), bits, radius, gallery.count,
+                           groups, ids, labels)
+
+
+# ---------------------------------------------------------------- output
+
+def write_atomic(path: str, text: str) -> None:
+    """`path` holds the old text or the new, never a part (temp file beside it + os.replace)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_report(report: DuplicateReport, out_dir: str, previews=None) -> tuple[str, str]:
+    """duplicates.json and duplicates.html into out_dir (made if missing); returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path, html_path = os.path.join(out_dir, JSON_FILE), os.path.join(out_dir, HTML_FILE)
+    write_atomic(json_path, json.dumps(report.to_json(), indent=1) + "\n")
+    write_atomic(html_path, contact_sheet(report, previews))
+    return json_path, html_path
+
+
+SHEET_CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.3em}
+.g{border-top:1px solid #ddd;padding:1em 0}.g h2{font-size:1em;margin:0 0 .5em}.m{display:flex;flex-wrap:wrap;gap:.6em}
+figure{margin:0;width:128px;font-size:12px;word-break:break-all}img{width:128px;height:128px;object-fit:contain;
+background:#f3f3f3}.none{width:128px;height:128px;background:#eee;display:flex;align-items:center;
+justify-content:center;color:#888}.pairs{font-size:12px;color:#555;margin:.4em 0 0}"""
+
+
+def _jpeg_uri(data: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+
+def contact_sheet(report: DuplicateReport, previews=None, limit: int = SHEET_GROUPS) -> str:
+    """A self-contained HTML page: each group's previews side by side (data: URIs from the index's previews.bin;
+    captions only without previews), largest group first, at most `limit` groups."""
+    esc = html.escape
+    parts = [f"<!doctype html><meta charset=utf-8><title>dsrhn duplicates</title><style>{SHEET_CSS}</style>",
+             f"<h1>dsrhn duplicates: {_count(len(report.groups), 'group')}, {report.photos} of {report.count} photos, radius "
+             f"{report.radius} of {report.bits} bits (model version {esc(report.model_version)})</h1>"]
+    if previews is None:
+        parts.append("<p>This index was built without previews (--no-previews): photos are shown by id.</p>")
+    for n, g in enumerate(report.groups[:limit], 1):
+        figures = []
+        for r in g.rows:
+            data = previews.get(r) if previews is not None else None
+            img = f"<img src=\"{_jpeg_uri(data)}\" alt=\"{esc(report.ids[r])}\">" if data else \
+                "<div class=none>no preview</div>"
+            labels = f"<br>{esc(', '.join(report.labels[r]))}" if report.labels and report.labels[r] else ""
+            figures.append(f"<figure>{img}<figcaption>{esc(report.ids[r])}{labels}</figcaption></figure>")
+        counts = np.unique([d for _, _, d in g.pairs], return_counts=True)
+        spread = ", ".join(f"{n_d} at {d}" for d, n_d in zip(*counts))
+        pairs = "<br>".join(f"{d}: {esc(report.ids[a])} - {esc(report.ids[b])}" for a, b, d in g.pairs[:SHEET_PAIRS])
+        more = f"<br>and {len(g.pairs) - SHEET_PAIRS} more (in {JSON_FILE})" if len(g.pairs) > SHEET_PAIRS else ""
+        parts.append(f"<div class=g><h2>group {n}: {len(g.rows)} photos, pairs within {g.max_distance} bits, "
+                     f"diameter {g.diameter}</h2><div class=m>{''.join(figures)}</div><details class=pairs><summary>"
+                     f"{_count(len(g.pairs), 'linked pair')}: {spread} bits</summary>{pairs}{more}</details></div>")
+    if len(report.groups) > limit:
+        parts.append(f"<p>{len(report.groups) - limit} more groups left out (the first {limit} are shown); all are in "
+                     f"{JSON_FILE}.</p>")
+    return "\n".join(parts) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def summary_text(report: DuplicateReport, top: int = 5) -> str:
+    """A few lines: how many groups and photos, the radius, and the largest groups."""
+    lines = [f"duplicates: {_count(len(report.groups), 'group')}, {_count(report.photos, 'photo')} in them (of "
+             f"{report.count} indexed), radius {report.radius} of {report.bits} bits"]
+    for n, g in enumerate(report.groups[:top], 1):
+        ids = ", ".join(report.ids[r] for r in g.rows[:6]) + (", ..." if len(g.rows) > 6 else "")
+        lines.append(f"  group {n}: {len(g.rows)} photos, pairs within {g.max_distance}, diameter {g.diameter}: {ids}")
+    if len(report.groups) > top:
+        lines.append(f"  ... and {len(report.groups) - top} more groups")
+    return "\n".join(lines)
