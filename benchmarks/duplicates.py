@@ -29,13 +29,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-COPY_KINDS = ("half", "jpeg", "crop90", "half+jpeg", "crop90+half+jpeg")
+COPY_KINDS = ("half", "jpeg", "crop90", "half+jpeg", "crop90+half+jpeg")  # the kinds the defaults were chosen on
+# damage never used to choose anything: a 75 % corner crop, a quarter-size copy, brighter and lower-contrast,
+# a letterboxed screenshot (grey bars), and all of them with JPEG
+UNSEEN_KINDS = ("corner75", "quarter+jpeg", "bright+jpeg", "letterbox+jpeg", "corner75+quarter+bright+jpeg")
 SEP = "~"  # a copy's file is <original stem>~<kind>.jpg
 
 
 def damaged(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple[bytes, int]:
     """`kind` applied to `img` (crop, then resize, then the JPEG quality): the copy's JPEG bytes and its quality."""
     img = img.convert("RGB")
+    if "corner75" in kind:
+        img = img.crop((0, 0, round(img.width * 0.75), round(img.height * 0.75)))
+    if "bright" in kind:
+        arr = np.asarray(img, np.float32)
+        img = Image.fromarray(np.clip((arr - 128) * 0.8 + 128 + 30, 0, 255).astype(np.uint8))
+    if "letterbox" in kind:
+        w, h = img.size
+        canvas = Image.new("RGB", (w, round(h * 1.4)), (40, 40, 40))
+        canvas.paste(img, (0, (canvas.height - h) // 2))
+        img = canvas
+    if "quarter" in kind:
+        img = img.resize((max(8, img.width // 4), max(8, img.height // 4)), Image.BICUBIC)
     if "crop90" in kind:
         w, h = img.size
         cw, ch = round(w * 0.9), round(h * 0.9)
@@ -48,7 +63,8 @@ def damaged(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple[byte
     return buf.getvalue(), quality
 
 
-def plant(photos_dir: str, gallery: str, n_originals: int, singletons: list[str], seed: int) -> dict:
+def plant(photos_dir: str, gallery: str, n_originals: int, singletons: list[str], seed: int,
+          kinds: tuple[str, ...] = COPY_KINDS) -> dict:
     """Write the gallery folder (<gallery>/photos/*.jpg); returns {file stem: source stem} and what was planted."""
     with open(os.path.join(photos_dir, "manifest.json")) as f:
         manifest = json.load(f)
@@ -66,7 +82,7 @@ def plant(photos_dir: str, gallery: str, n_originals: int, singletons: list[str]
             continue
         with Image.open(os.path.join(photos_dir, rel)) as img:
             img.load()
-            for kind in COPY_KINDS:
+            for kind in kinds:
                 data, quality = damaged(img, kind, rng)
                 name = f"{stem}{SEP}{kind}"
                 with open(os.path.join(folder, name + ".jpg"), "wb") as f:
@@ -117,7 +133,7 @@ def distances(gallery, source: dict, copies: list[dict]) -> dict:
     row = {s: r for r, s in enumerate(stems)}
     dist = (codes[:, None, :] != codes[None, :, :]).sum(-1)
     by_kind = {}
-    for kind in COPY_KINDS:
+    for kind in sorted({c["kind"] for c in copies}):
         d = [int(dist[row[c["copy"]], row[c["original"]]]) for c in copies if c["kind"] == kind]
         by_kind[kind] = {"median": float(np.median(d)), "max": max(d)}
     src = np.array([source[s] for s in stems])
@@ -139,7 +155,10 @@ def main() -> None:
     ap.add_argument("--singletons", default="", help="other splits added as singletons, e.g. labelled,train")
     ap.add_argument("--radii", default="0,1,2,3,4,5,6,8,10,12,16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unseen", action="store_true", help="plant UNSEEN_KINDS of copies instead of COPY_KINDS")
+    ap.add_argument("--min-inliers", default="4,6,8,12,16", help="verified runs (at the default candidate radius)")
     args = ap.parse_args()
+    kinds = UNSEEN_KINDS if args.unseen else COPY_KINDS
 
     from serving.duplicates import default_radius, find_duplicates, open_exact, write_report
     from serving.indexer import gallery_from_source, run_indexing
@@ -148,7 +167,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     gallery_dir, index_dir = os.path.join(args.out, "gallery"), os.path.join(args.out, "index")
     t0 = time.perf_counter()
-    info = plant(args.photos, gallery_dir, args.originals, [s for s in args.singletons.split(",") if s], args.seed)
+    info = plant(args.photos, gallery_dir, args.originals, [s for s in args.singletons.split(",") if s], args.seed, kinds)
     items = gallery_from_source({"kind": "directory", "root": gallery_dir})
     summary = run_indexing(args.model, items, out_dir=index_dir, beam_args=["--runner=DirectRunner"], batch_size=32)
     if summary.rejected:
@@ -162,19 +181,26 @@ def main() -> None:
         t = time.perf_counter()
         report = find_duplicates(gallery, radius, index_dir)
         rows.append({**score(report, info["source"], info["copies"]), "seconds": time.perf_counter() - t})
-    default = find_duplicates(gallery, None, index_dir)
+    for m in (int(x) for x in args.min_inliers.split(",") if x):
+        t = time.perf_counter()
+        report = find_duplicates(gallery, None, index_dir, verify=True, min_inliers=m)
+        rows.append({**score(report, info["source"], info["copies"]), "seconds": time.perf_counter() - t,
+                     "verify": report.verify})
+    default = find_duplicates(gallery, None, index_dir, verify=True)  # what `dsrhn duplicates` does by default
     write_report(default, args.out, gallery.previews)
     print(f"planted-copies gallery: {gallery.count} photos ({info['test_photos']} held-out test photos, "
-          f"{info['planted_originals']} of them with {len(COPY_KINDS)} copies each: {', '.join(COPY_KINDS)}; "
-          f"{info['other_singletons']} other photos as singletons); model {args.model} ({bits} bits); "
+          f"{info['planted_originals']} of them with {len(kinds)} copies each: {', '.join(kinds)}; "
+          f"{info['other_singletons']} other photos as singletons); model {args.model} ({bits} bits); seed {args.seed}; "
           f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; plant + index {t_index:.0f} s")
-    print("| radius | copies found (recall) | pairs (precision) | groups (precision) | unplanted photos in groups | "
+    print("| radius | verified | copies found (recall) | pairs (precision) | groups (precision) | unplanted photos in groups | "
           "largest group | missed copies by kind |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        mark = " (default)" if r["radius"] == default.radius else ""
+        v = r.get("verify")
+        mark = " (default)" if v and v["min_inliers"] == default.verify["min_inliers"] else ""
+        check = f"{v['min_inliers']} inliers{mark}: {v['kept']} of {v['candidates']}" if v else "no"
         missed = ", ".join(f"{k} {n}" for k, n in sorted(r["missed_by_kind"].items())) or "-"
-        print(f"| {r['radius']}{mark} | {r['copies_found']}/{r['copies']} ({r['recall']:.3f}) | {r['pairs']} "
+        print(f"| {r['radius']} | {check} | {r['copies_found']}/{r['copies']} ({r['recall']:.3f}) | {r['pairs']} "
               f"({fmt(r['pair_precision'])}) | {r['groups']} ({fmt(r['group_precision'])}) | "
               f"{r['unplanted_in_groups']} | {r['largest_group']} | {missed} |")
     dists = distances(gallery, info["source"], info["copies"])
@@ -182,11 +208,15 @@ def main() -> None:
         f"{k} {v['median']:g} / {v['max']}" for k, v in dists["copy_to_original"].items()))
     print("photos by the distance to their nearest photo of another original: " + ", ".join(
         f"d={d}: {n}" for d, n in sorted(dists["nearest_other_photo"].items())))
-    print(f"default radius {default.radius} (default_radius({bits})); grouping took at most "
-          f"{max(r['seconds'] for r in rows) * 1000:.0f} ms per radius")
+    plain = [r["seconds"] for r in rows if not r.get("verify")]
+    checked = [r["seconds"] for r in rows if r.get("verify")]
+    print(f"default: candidates within {default.radius} bits, verified at {default.verify['min_inliers']} inliers; "
+          f"codes only: at most {max(plain) * 1000:.0f} ms per radius; verified: {max(checked):.1f} s per run "
+          f"({max(checked) / max(1, default.verify['candidates']) * 1000:.1f} ms per candidate pair, features included)")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"info": {k: v for k, v in info.items() if k != "source"}, "bits": bits, "count": gallery.count,
-                   "default_radius": default_radius(bits), "rows": rows, "distances": dists, "model": args.model},
+                   "default_radius": default_radius(bits), "verified_radius": default_radius(bits, True), "rows": rows,
+                   "distances": dists, "model": args.model},
                   f, indent=1)
 
 

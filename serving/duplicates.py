@@ -9,6 +9,14 @@ The pairs come from faiss's binary range search over the exact index's codes, a 
 against the codes from the block on (each pair is computed once; memory is one block's hits): 100,000 48-bit
 codes take 1.6 s on 2 cores. Only an exact faiss index (BFlat) holds every code to read; an approximate
 (BIVF, BHNSW) or Milvus index is refused with a one-line error.
+
+A short code conflates photos that only look alike (two menu screenshots of one game, two misty landscapes), and
+a 90 % crop can lie 10 of 48 bits from its original: no radius gets every copy without wrong pairs. `verify`
+(the CLI's default when the index keeps previews) makes the codes a candidate stage and checks each candidate
+geometrically, as near-duplicate search systems do: candidates are each photo's nearest `VERIFY_NEIGHBOURS` codes
+within a wider radius (1/4 of the code length), and a pair is kept when ORB keypoints of the two previews match
+under one similarity transform (scale, rotation, shift: crops and resizes) with at least `MIN_INLIERS` RANSAC
+inliers (OpenCV: 1 ms per preview, 1 ms per pair).
 """
 from __future__ import annotations
 
@@ -34,13 +42,21 @@ MAX_PAIRS = 5_000_000  # more linked pairs than this: the radius links unrelated
 DIAMETER_BLOCK = 1 << 22  # distances computed at once for a group's diameter (16 MiB of int32)
 SHEET_GROUPS = 200  # groups drawn on the HTML sheet; the rest are counted in one line
 SHEET_PAIRS = 50  # pairs listed under a group on the sheet (all of them are in the JSON)
+# Verification (benchmarks/duplicates.py, docs/results.md): on 16 held-out photos with 5 planted copies each among
+# 344 other photos, same-photo pairs had 7..800 inliers and pairs of distinct photos at most 4; chosen after seeing it.
+VERIFY_RADIUS_FRACTION = 1 / 4  # candidate radius: every planted copy lay within 10 of 48 bits of its original
+VERIFY_NEIGHBOURS = 16  # candidates per photo (its nearest codes): bounds the pairs to check at 16 per photo
+MIN_INLIERS = 8  # RANSAC inliers of one similarity transform between two previews' ORB keypoints
+ORB_KEYPOINTS = 300  # per preview
+MATCH_RATIO = 0.8  # Lowe's ratio test: the best match clearly better than the second
 JSON_FILE = "duplicates.json"
 HTML_FILE = "duplicates.html"
 
 
-def default_radius(bits: int) -> int:
-    """The radius `dsrhn duplicates` uses without --radius: DEFAULT_RADIUS_FRACTION of the code length."""
-    return int(bits * DEFAULT_RADIUS_FRACTION)
+def default_radius(bits: int, verify: bool = False) -> int:
+    """The radius `dsrhn duplicates` uses without --radius: a fraction of the code length (wider as a candidate
+    radius when pairs are verified)."""
+    return int(bits * (VERIFY_RADIUS_FRACTION if verify else DEFAULT_RADIUS_FRACTION))
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class DuplicateReport:
     groups: list[Group] = field(default_factory=list)
     ids: dict[int, str] = field(default_factory=dict)  # row -> id, for the rows in some group
     labels: dict[int, list[str]] | None = None  # row -> labels, when the index has label names
+    verify: dict | None = None  # {"min_inliers", "neighbours", "candidates", "kept"} when pairs were verified
 
     @property
     def photos(self) -> int:
@@ -83,7 +100,7 @@ class DuplicateReport:
 
     def to_json(self) -> dict:
         return {"index": self.index_dir, "model_version": self.model_version, "bits": self.bits,
-                "radius": self.radius, "count": self.count, "groups_found": len(self.groups),
+                "radius": self.radius, "verify": self.verify, "count": self.count, "groups_found": len(self.groups),
                 "photos_in_groups": self.photos, "groups": [self.group_json(g) for g in self.groups]}
 
 
@@ -151,9 +168,91 @@ def diameter(codes: np.ndarray) -> int:
     return best
 
 
-def group_pairs(codes: np.ndarray, radius: int) -> list[Group]:
-    """The near-duplicate groups of `codes` at `radius`: largest first, then tightest, then by first row."""
-    a, b, d = pairs_within(codes, radius)
+def nearest_pairs(codes: np.ndarray, radius: int, neighbours: int = VERIFY_NEIGHBOURS,
+                  block: int = QUERY_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs a < b where b is among a's `neighbours` nearest codes within `radius` or a among b's, as
+    pairs_within returns them: at most neighbours * N pairs, whatever the radius."""
+    codes = np.ascontiguousarray(codes, np.uint8)
+    n, width = codes.shape
+    index = faiss.IndexBinaryFlat(width * 8)
+    index.add(codes)
+    k = min(neighbours + 1, n)
+    found = []
+    for start in range(0, n, block):
+        faiss.omp_set_num_threads(search_threads(min(block, n - start)))
+        dist, cols = index.search(codes[start:start + block], k)
+        q = np.repeat(np.arange(start, start + len(dist)), k)
+        dist, cols = dist.ravel(), cols.ravel()
+        ok = (cols >= 0) & (cols != q) & (dist <= radius)
+        lo, hi = np.minimum(q[ok], cols[ok]), np.maximum(q[ok], cols[ok])
+        found.append(np.stack([lo, hi, dist[ok].astype(np.int64)], 1))
+    pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 3), np.int64)  # sorted by a, b
+    return pairs[:, 0], pairs[:, 1], pairs[:, 2].astype(np.int32)
+
+
+def orb_features(jpeg: bytes | None) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoints (x, y) [K, 2] and binary descriptors [K, 32] of one preview; empty when it has no texture."""
+    import cv2
+
+    empty = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+    grey = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE) if jpeg else None
+    if grey is None:
+        return empty
+    # previews are small (PREVIEW_SIDE): a 15 px patch and border keep keypoints near the edges
+    orb = cv2.ORB_create(nfeatures=ORB_KEYPOINTS, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=15,
+                         fastThreshold=10)
+    keypoints, descriptors = orb.detectAndCompute(grey, None)
+    if descriptors is None:
+        return empty
+    return np.array([k.pt for k in keypoints], np.float32), descriptors
+
+
+def mutual_matches(da: np.ndarray, db: np.ndarray, ratio: float = MATCH_RATIO) -> np.ndarray:
+    """Pairs (i, j) [M, 2] of descriptors that are each other's nearest (Hamming) and pass Lowe's ratio test."""
+    import cv2
+
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    back = np.full(len(db), -1)
+    for m in matcher.match(db, da):
+        back[m.queryIdx] = m.trainIdx
+    pairs = [(best.queryIdx, best.trainIdx) for found in matcher.knnMatch(da, db, k=2) if len(found) == 2
+             for best, second in [found] if best.distance < ratio * second.distance and back[best.trainIdx] == best.queryIdx]
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+def inliers(fa: tuple[np.ndarray, np.ndarray], fb: tuple[np.ndarray, np.ndarray], at_least: int = 3) -> int:
+    """RANSAC inliers of one similarity transform between two previews' matched ORB keypoints; 0 when fewer than
+    `at_least` descriptors match (then fewer inliers than that are possible: RANSAC is skipped)."""
+    import cv2
+
+    (ka, da), (kb, db) = fa, fb
+    if len(ka) < 3 or len(kb) < 3:
+        return 0
+    m = mutual_matches(da, db)
+    if len(m) < max(3, at_least):
+        return 0
+    # a similarity (4 degrees of freedom: scale, rotation, shift); OpenCV's RANSAC is seeded: the same answer each run
+    _, keep = cv2.estimateAffinePartial2D(ka[m[:, 0]], kb[m[:, 1]], method=cv2.RANSAC, ransacReprojThreshold=2.0,
+                                          maxIters=500)
+    return int(keep.sum()) if keep is not None else 0
+
+
+def verified(previews, a: np.ndarray, b: np.ndarray, min_inliers: int = MIN_INLIERS) -> np.ndarray:
+    """A bool mask over the candidate pairs: the two previews match geometrically (>= min_inliers inliers)."""
+    feats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    keep = np.zeros(len(a), bool)
+    for i, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
+        for r in (x, y):
+            if r not in feats:
+                feats[r] = orb_features(previews.get(r))
+        keep[i] = inliers(feats[x], feats[y], min_inliers) >= min_inliers
+    return keep
+
+
+def group_pairs(codes: np.ndarray, radius: int, pairs=None) -> list[Group]:
+    """The near-duplicate groups of `codes` at `radius` (or of the given (a, b, d) pairs): largest first, then
+    tightest, then by first row."""
+    a, b, d = pairs_within(codes, radius) if pairs is None else pairs
     comps = components(a, b)
     where = {}
     for gi, rows in enumerate(comps):
@@ -214,16 +313,32 @@ def check_radius(radius: int, bits: int) -> int:
     return int(radius)
 
 
-def find_duplicates(gallery, radius: int | None = None, index_dir: str = "") -> DuplicateReport:
-    """The near-duplicate groups of an opened exact gallery (open_exact) at `radius` (None: default_radius)."""
+def find_duplicates(gallery, radius: int | None = None, index_dir: str = "", verify: bool = False,
+                    min_inliers: int | None = None) -> DuplicateReport:
+    """The near-duplicate groups of an opened exact gallery (open_exact) at `radius` (None: default_radius);
+    verify: the codes give candidates, the previews decide (see the module's docstring)."""
     bits = int(gallery.manifest["bits"])
-    radius = default_radius(bits) if radius is None else check_radius(radius, bits)
-    groups = group_pairs(stored_codes(gallery.index), radius)
+    radius = default_radius(bits, verify) if radius is None else check_radius(radius, bits)
+    codes, check = stored_codes(gallery.index), None
+    if verify:
+        if gallery.previews is None:
+            raise ValueError(f"index at {index_dir or 'the model'} keeps no previews (built with --no-previews): "
+                             "pairs cannot be verified; use --no-verify, or re-index with previews")
+        min_inliers = MIN_INLIERS if min_inliers is None else min_inliers
+        if isinstance(min_inliers, bool) or not isinstance(min_inliers, int) or min_inliers < 3:
+            raise ValueError(f"--min-inliers must be an integer >= 3 (a similarity needs 3 points), got {min_inliers!r}")
+        a, b, d = nearest_pairs(codes, radius)
+        keep = verified(gallery.previews, a, b, min_inliers)
+        check = {"min_inliers": min_inliers, "neighbours": VERIFY_NEIGHBOURS, "candidates": int(len(a)),
+                 "kept": int(keep.sum())}
+        groups = group_pairs(codes, radius, (a[keep], b[keep], d[keep]))
+    else:
+        groups = group_pairs(codes, radius)
     rows = sorted(r for g in groups for r in g.rows)
     ids = {r: gallery.ids.id(r) for r in rows}
     labels = {r: gallery.ids.row_labels(r) for r in rows} if gallery.ids.label_names else None
     return DuplicateReport(index_dir, str(gallery.manifest.get("model_version", "")), bits, radius, gallery.count,
-                           groups, ids, labels)
+                           groups, ids, labels, check)
 
 
 # ---------------------------------------------------------------- output
@@ -298,7 +413,9 @@ def _count(n: int, noun: str) -> str:
 def summary_text(report: DuplicateReport, top: int = 5) -> str:
     """A few lines: how many groups and photos, the radius, and the largest groups."""
     lines = [f"duplicates: {_count(len(report.groups), 'group')}, {_count(report.photos, 'photo')} in them (of "
-             f"{report.count} indexed), radius {report.radius} of {report.bits} bits"]
+             f"{report.count} indexed), radius {report.radius} of {report.bits} bits" + (
+                 f"; {report.verify['kept']} of {report.verify['candidates']} candidate pairs verified on the previews "
+                 f"(>= {report.verify['min_inliers']} inliers)" if report.verify else "")]
     for n, g in enumerate(report.groups[:top], 1):
         ids = ", ".join(report.ids[r] for r in g.rows[:6]) + (", ..." if len(g.rows) > 6 else "")
         lines.append(f"  group {n}: {len(g.rows)} photos, pairs within {g.max_distance}, diameter {g.diameter}: {ids}")

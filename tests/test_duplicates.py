@@ -1,23 +1,27 @@
 """`dsrhn duplicates`: near-duplicate groups from an index's codes, checked against brute-force Hamming distances
-over the conftest's trained model and a gallery with planted exact copies."""
+over the conftest's trained model and a gallery with planted exact copies; the geometric verification on real
+photos with planted crops and recompressions among other photos."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dsrhn.cli import main
-from dsrhn.config import IndexConfig
-from serving.duplicates import (contact_sheet, default_radius, find_duplicates, open_exact, pairs_within, read_model_meta,
-                                stored_codes)
+from dsrhn.config import IndexConfig, data_dir
+from serving.duplicates import (MIN_INLIERS, contact_sheet, default_radius, find_duplicates, nearest_pairs, open_exact,
+                                pairs_within, read_model_meta, stored_codes)
 from serving.index import write_index
 from serving.indexer import GalleryItem, gallery_from_examples, run_indexing
 from tests.conftest import BEAM
 
 COPIES = 3  # gallery images indexed a second time, the same bytes under another id
+MINI = os.path.join(data_dir(), "photos-mini")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +111,7 @@ def test_planted_exact_copies_are_found_at_radius_zero(gallery):
 
 def test_cli_writes_json_and_sheet_with_the_groups(model, gallery, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["duplicates", "--model", model, "--radius", "0", "--out", str(out)]) == 0
+    assert main(["duplicates", "--model", model, "--radius", "0", "--out", str(out), "--no-verify"]) == 0
     text = capsys.readouterr().out
     doc = json.loads((out / "duplicates.json").read_text())
     report = find_duplicates(gallery, 0)
@@ -127,10 +131,10 @@ def test_cli_writes_json_and_sheet_with_the_groups(model, gallery, tmp_path, cap
     assert capped.count("<div class=g>") == 1 and f"{len(report.groups) - 1} more groups left out" in capped
     assert "data:image" not in capped and capped.count("no preview") == len(report.groups[0].rows)
 
-    assert main(["duplicates", "--model", model, "--out", str(out), "--json"]) == 0
+    assert main(["duplicates", "--model", model, "--out", str(out), "--json", "--no-verify"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((out / "duplicates.json").read_text())
-    assert printed["radius"] == default_radius(12)
+    assert printed["radius"] == default_radius(12) and printed["verify"] is None
     assert not [f for f in os.listdir(out) if ".tmp-" in f]  # written by rename, no temp files left
 
 
@@ -165,3 +169,63 @@ def test_bad_input_is_one_line_and_exit_2(model, tmp_path, capsys):
     err = one_error_line(["duplicates", "--model", model, "--index", approx], capsys)
     assert f"index at {approx} is approximate (BHNSW8)" in err
     assert not (tmp_path / "duplicates.json").exists()  # nothing written on a refusal
+
+
+def copy_of(path: str, crop: float, scale: float, quality: int) -> bytes:
+    """A centre crop of `crop` of each side, resized by `scale`, saved as JPEG at `quality`."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    cw, ch = round(w * crop), round(h * crop)
+    im = im.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+    im = im.resize((round(cw * scale), round(ch * scale)), Image.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MINI, "manifest.json")),
+                    reason=f"{MINI} missing: scripts/setup.sh fetches it (dsrhn photos --mini)")
+def test_verification_keeps_the_planted_copies_of_real_photos_and_drops_every_other_pair(trained_model, tmp_path,
+                                                                                          capsys):
+    """Every pair of photos is a candidate (radius = the code length: the codes decide nothing); the previews
+    must link each held-out photo to its two copies and nothing else among the corpus's other photos."""
+    photos = json.load(open(os.path.join(MINI, "manifest.json")))["photos"]
+    items, source = [], {}
+    for p in photos:
+        path = os.path.join(MINI, p["file"])
+        items.append(GalleryItem(p["file"], path, ()))
+        source[p["file"]] = p["file"]
+        if p["split"] == "test":
+            for name, data in (("crop90", copy_of(path, 0.9, 1.0, 85)), ("half+jpeg", copy_of(path, 1.0, 0.5, 50))):
+                items.append(GalleryItem(f"{p['file']}~{name}", "", (), data))
+                source[f"{p['file']}~{name}"] = p["file"]
+    model = tmp_path / "dsrhn" / "1"
+    shutil.copytree(trained_model, model)
+    assert not run_indexing(str(model), items, beam_args=BEAM, batch_size=16).rejected
+    gallery = open_exact(str(model))
+    n = gallery.count
+    assert n == len(items) == len(photos) + 2 * 2 and n <= 16  # every photo's 16 nearest codes: all the others
+    a, b, _ = nearest_pairs(stored_codes(gallery.index), 12)
+    assert len(a) == n * (n - 1) // 2
+
+    report = find_duplicates(gallery, 12, verify=True)
+    want = {frozenset(k for k, v in source.items() if v == p["file"]) for p in photos if p["split"] == "test"}
+    assert {frozenset(report.ids[r] for r in g.rows) for g in report.groups} == want
+    assert report.verify == {"min_inliers": MIN_INLIERS, "neighbours": 16, "candidates": len(a), "kept": 2 * 3}
+    assert find_duplicates(gallery, 12).groups != report.groups  # the codes alone link other photos at 12 bits
+
+    out = tmp_path / "out"  # the CLI verifies by default on an index with previews, at 1/4 of the code length
+    assert main(["duplicates", "--model", str(model), "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["radius"] == default_radius(12, verify=True) == 3 and doc["verify"]["min_inliers"] == MIN_INLIERS
+    err = one_error_line(["duplicates", "--model", str(model), "--min-inliers", "2", "--out", str(out)], capsys)
+    assert "--min-inliers must be an integer >= 3" in err
+
+    bare = tmp_path / "bare" / "1"  # an index without previews cannot be verified: one line, then --no-verify works
+    shutil.copytree(trained_model, bare)
+    run_indexing(str(bare), items, beam_args=BEAM, batch_size=16, previews=False)
+    err = one_error_line(["duplicates", "--model", str(bare), "--verify", "--out", str(out)], capsys)
+    assert "keeps no previews (built with --no-previews)" in err and "--no-verify" in err
+    assert main(["duplicates", "--model", str(bare), "--out", str(out)]) == 0  # default: codes only
+    assert "verified" not in capsys.readouterr().out
