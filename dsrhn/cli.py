@@ -584,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="SavedModel export directory with its index (e.g. <base>/<name>/<version>)")
     p.add_argument("--index", help="index directory, when not <model>/index (`dsrhn index --output`); exact (BFlat) only")
     p.add_argument("--radius", type=int, help="Hamming radius (inclusive) that links two photos (default: 1/16 of the "
-                   "code length, 3 for 48 bits; verified: a candidate radius of 1/4, 12 for 48 bits)")
+                   "code length, 3 for 48 bits; verified: a candidate radius of 1/2, 24 for 48 bits)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                    help="check each candidate pair geometrically on the index's previews (ORB + RANSAC); default: "
                         "on when the index keeps previews")

@@ -14,7 +14,7 @@ A short code conflates photos that only look alike (two menu screenshots of one 
 a 90 % crop can lie 10 of 48 bits from its original: no radius gets every copy without wrong pairs. `verify`
 (the CLI's default when the index keeps previews) makes the codes a candidate stage and checks each candidate
 geometrically, as near-duplicate search systems do: candidates are each photo's nearest `VERIFY_NEIGHBOURS` codes
-within a wider radius (1/4 of the code length), and a pair is kept when ORB keypoints of the two previews match
+within half the code length (where unrelated photos lie), and a pair is kept when ORB keypoints of the two previews match
 under one similarity transform (scale, rotation, shift: crops and resizes) with at least `MIN_INLIERS` RANSAC
 inliers (OpenCV: 1 ms per preview, 1 ms per pair).
 """
@@ -32,10 +32,10 @@ import numpy as np
 from dsrhn.contracts import INDEX_DIR, METADATA, IndexMismatch
 from serving.index import load_index, read_manifest, search_threads
 
-# The default radius: 1/16 of the code length, rounded down (3 of 48 bits). Chosen after measuring planted copies of
-# held-out photos (benchmarks/duplicates.py, docs/results.md "Near-duplicates on held-out photos"): resized and
-# recompressed copies were within 2 bits of their originals, distinct held-out photos at least 4 apart, and every
-# radius past 3 added wrong pairs; 90 % crops (up to 10 bits away) are found only in part.
+# The codes-only radius (--no-verify): 1/16 of the code length, rounded down (3 of 48 bits). Chosen on planted copies
+# of held-out photos (benchmarks/duplicates.py, docs/results.md "Near-duplicates on held-out photos"): resized and
+# recompressed copies lay within 4 bits of their originals, 90 % crops up to 10, and past 5 bits wrong pairs grew
+# faster than found copies; some distinct photos share a code, so codes alone never reach precision 1.
 DEFAULT_RADIUS_FRACTION = 1 / 16
 QUERY_BLOCK = 4096  # queries per range search: bounds the memory of one block's hits
 MAX_PAIRS = 5_000_000  # more linked pairs than this: the radius links unrelated images, refused
@@ -43,8 +43,8 @@ DIAMETER_BLOCK = 1 << 22  # distances computed at once for a group's diameter (1
 SHEET_GROUPS = 200  # groups drawn on the HTML sheet; the rest are counted in one line
 SHEET_PAIRS = 50  # pairs listed under a group on the sheet (all of them are in the JSON)
 # Verification (benchmarks/duplicates.py, docs/results.md): on 16 held-out photos with 5 planted copies each among
-# 344 other photos, same-photo pairs had 7..800 inliers and pairs of distinct photos at most 4; chosen after seeing it.
-VERIFY_RADIUS_FRACTION = 1 / 4  # candidate radius: every planted copy lay within 10 of 48 bits of its original
+# 264 other photos, 6 inliers let 2 pairs of distinct photos through and 8 none, with every copy kept; chosen on it.
+VERIFY_RADIUS_FRACTION = 1 / 2  # candidate radius: half the code length, where unrelated photos' codes lie
 VERIFY_NEIGHBOURS = 16  # candidates per photo (its nearest codes): bounds the pairs to check at 16 per photo
 MIN_INLIERS = 8  # RANSAC inliers of one similarity transform between two previews' ORB keypoints
 ORB_KEYPOINTS = 300  # per preview

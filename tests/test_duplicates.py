@@ -215,10 +215,10 @@ def test_verification_keeps_the_planted_copies_of_real_photos_and_drops_every_ot
     assert report.verify == {"min_inliers": MIN_INLIERS, "neighbours": 16, "candidates": len(a), "kept": 2 * 3}
     assert find_duplicates(gallery, 12).groups != report.groups  # the codes alone link other photos at 12 bits
 
-    out = tmp_path / "out"  # the CLI verifies by default on an index with previews, at 1/4 of the code length
+    out = tmp_path / "out"  # the CLI verifies by default on an index with previews, at 1/2 of the code length
     assert main(["duplicates", "--model", str(model), "--out", str(out), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["radius"] == default_radius(12, verify=True) == 3 and doc["verify"]["min_inliers"] == MIN_INLIERS
+    assert doc["radius"] == default_radius(12, verify=True) == 6 and doc["verify"]["min_inliers"] == MIN_INLIERS
     err = one_error_line(["duplicates", "--model", str(model), "--min-inliers", "2", "--out", str(out)], capsys)
     assert "--min-inliers must be an integer >= 3" in err
 
