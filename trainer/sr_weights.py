@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dsrhn import atomic
 from dsrhn.config import data_dir
 
 _FP16_TAG = 0x01306B47
@@ -186,7 +187,4 @@ def _record(out_dir: str, name: str, path: str) -> None:
         npz_sha = _sha256(f.read())
     manifest[name] = {**asdict(SOURCES[name]), "architecture": "RRDBNet (23 RRDB, 64 features, growth 32), x4",
                       "npz": os.path.basename(path), "npz_sha256": npz_sha}
-    tmp = f"{manifest_path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, manifest_path)
+    atomic.write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
