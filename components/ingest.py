@@ -10,18 +10,19 @@ import json
 import os
 import re
 import shutil
+import uuid
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from dsrhn import sources
 from dsrhn.images import ImageError, encode_png, load_image, make_lr, photo_view, prepare_hr, source_image
 from components.masks import item_mask
 from dsrhn.atomic import remove_stale, swap_into_place, temp_path
+from dsrhn.beam_options import pipeline_options, run as run_pipeline
 from dsrhn.config import LRConfig
 from dsrhn.records import SPLITS, DatasetInfo, make_example, split_dir
 
@@ -55,15 +56,21 @@ def source_pixels(ref: str):
 
 
 class ProcessItem(beam.DoFn):
-    """Decode, prepare HR, generate LR; emit (role, serialized Example) or a rejection."""
+    """Decode, prepare HR, generate LR; emit each record keyed by the shard it goes to, or a rejection.
 
+    One output, keyed (runner-portable: Beam's Dask runner drops tagged outputs' routing):
+    (RECORD, role, shard) -> (id, serialized Example); (REJECTED, "", 0) -> {"id", "path", "reason"};
+    (WRITTEN, "", bucket) -> 1, once per item whose records were all made."""
+
+    RECORD = "record"
     REJECTED = "rejected"
     WRITTEN = "written"
 
     def __init__(self, hr_size: int, lr: LRConfig, masks: bool = False, total: int = 0, share: float = 1.0,
-                 source_side: int = 0, views: dict | None = None):
+                 source_side: int = 0, views: dict | None = None, shards: dict | None = None):
         self.hr_size, self.lr, self.masks, self.total, self.share = hr_size, lr, masks, total, share
         self.source_side, self.views = source_side, dict(views or {})
+        self.shards = dict(shards or {})  # role -> shard count
 
     def setup(self):
         from dsrhn.progress import Progress
@@ -78,16 +85,17 @@ class ProcessItem(beam.DoFn):
         if getattr(self, "_progress", None):
             self._progress.update()
         if item.error:
-            yield beam.pvalue.TaggedOutput(self.REJECTED, {"id": item.id, "path": item.ref, "reason": item.error})
+            yield (self.REJECTED, "", 0), {"id": item.id, "path": item.ref, "reason": item.error}
             return
         try:
             records = self._records(item)
         except Exception as e:  # dead letter: any failure on one item rejects that item, the job goes on
             reason = str(e) if isinstance(e, ImageError) else f"could not process the image ({type(e).__name__}: {e})"
-            yield beam.pvalue.TaggedOutput(self.REJECTED, {"id": item.id, "path": item.ref, "reason": reason})
+            yield (self.REJECTED, "", 0), {"id": item.id, "path": item.ref, "reason": reason}
             return
-        yield from records
-        yield beam.pvalue.TaggedOutput(self.WRITTEN, item.id)
+        for role, record in records:
+            yield (self.RECORD, role, shard_of(item.id, self.shards.get(role, 1))), (item.id, record)
+        yield (self.WRITTEN, "", shard_of(item.id, COUNT_GROUPS)), 1
 
     def _records(self, item: sources.SourceItem) -> list:
         from dsrhn.config import Views
@@ -110,7 +118,7 @@ class ProcessItem(beam.DoFn):
             mask_png = encode_png(prepare_hr(mask, self.hr_size, Image.NEAREST))
         hr_png, lr_png = encode_png(hr), encode_png(lr)
         return [(role, make_example(item.id, role, hr_png, lr_png, list(item.labels), mask_png,
-                                    source_png if role == "train" else None).SerializeToString())
+                                    source_png if role == "train" else None).SerializeToString(deterministic=True))
                 for role in item.splits]
 
 
@@ -145,27 +153,96 @@ def _reason_kind(reason: str) -> str:
     return re.sub(r"\d+", "N", parts[0])
 
 
+RECORDS_PER_SHARD = 1024  # a shard's records are grouped on one worker and written sorted by id
+COUNT_GROUPS = 64  # the written-item markers are counted in this many groups, not all on one worker
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    """The shard of an item's record: from its id (crc32, the same in every process), not from the runner's
+    bundles, so that any runner writes the same files."""
+    return zlib.crc32(item_id.encode("utf-8")) % max(1, shards)
+
+
+def shard_counts(source: sources.Source) -> dict[str, int]:
+    """Shards per role, from the items each role is given (known before any image is read)."""
+    per_role = Counter(role for it in source.items for role in it.splits)
+    return {role: max(1, -(-per_role.get(role, 0) // RECORDS_PER_SHARD)) for role in SPLITS}
+
+
+def shard_path(examples_uri: str, role: str, shard: int, shards: int) -> str:
+    return os.path.join(split_dir(examples_uri, role), f"data_tfrecord-{shard:05d}-of-{shards:05d}.gz")
+
+
+def write_tfrecords(path: str, records: list[bytes]) -> None:
+    """GZIP TFRecords at `path`, written under a temp name and renamed (a killed worker leaves no part file)."""
+    import tensorflow as tf
+
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with tf.io.TFRecordWriter(tmp, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+        for r in records:
+            w.write(r)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+class WriteGroup(beam.DoFn):
+    """One group of ProcessItem's output -> what the report needs: a shard written (sorted by id), the
+    rejections, or the count of items written."""
+
+    def __init__(self, examples_uri: str, shards: dict):
+        self.examples_uri, self.shards = examples_uri, dict(shards)
+
+    def process(self, group):
+        (kind, role, shard), values = group
+        values = list(values)
+        if kind == ProcessItem.RECORD:
+            values.sort(key=lambda v: v[0])
+            write_tfrecords(shard_path(self.examples_uri, role, shard, self.shards[role]), [r for _, r in values])
+            yield {"role": role, "shard": shard, "records": len(values)}
+        elif kind == ProcessItem.REJECTED:
+            yield {"rejected": values}
+        else:
+            yield {"written": sum(values)}
+
+
+def finish_report(report_path: str, source: sources.Source, examples_uri: str, shards: dict, parts: list[dict]) -> dict:
+    """The report from every group's part; an empty shard file for each shard no record went to (each role's
+    files are then exactly its -of-N set)."""
+    written_shards = {(p["role"], p["shard"]) for p in parts if "role" in p}
+    for role, n in shards.items():
+        for shard in range(n):
+            if (role, shard) not in written_shards:
+                write_tfrecords(shard_path(examples_uri, role, shard, n), [])
+    per_split = Counter()
+    for p in parts:
+        if "role" in p:
+            per_split[p["role"]] += p["records"]
+    rejected = [r for p in parts for r in p.get("rejected", [])]
+    written = sum(p.get("written", 0) for p in parts)
+    return write_report(report_path, source, rejected, dict(per_split), written)
+
+
 def build_ingest_pipeline(p: beam.Pipeline, source: sources.Source, hr_size: int, lr: LRConfig,
                           examples_uri: str, report_path: str, share: float = 1.0) -> None:
-    """Add the ingestion transforms to pipeline `p`."""
-    results = (p | "Items" >> beam.Create(source.items, reshuffle=False)
-               | "Process" >> beam.ParDo(ProcessItem(hr_size, lr, source.masks, len(source.items), share,
-                                                    source.source_side, source.views))
-               .with_outputs(ProcessItem.REJECTED, ProcessItem.WRITTEN, main="records"))
-    records = results.records
-    by_role = records | "ByRole" >> beam.Partition(lambda kv, n: SPLITS.index(kv[0]), len(SPLITS))
-    for role, pcoll in zip(SPLITS, by_role):
-        (pcoll | f"Value{role}" >> beam.Values()
-         | f"Write{role}" >> beam.io.WriteToTFRecord(
-             os.path.join(split_dir(examples_uri, role), "data_tfrecord"),
-             file_name_suffix=".gz", compression_type=CompressionTypes.GZIP))
-    per_split = records | "Roles" >> beam.Keys() | "CountRoles" >> beam.combiners.Count.PerElement()
-    rejected = results[ProcessItem.REJECTED] | "ListRejected" >> beam.combiners.ToList()
-    written = results[ProcessItem.WRITTEN] | "CountWritten" >> beam.combiners.Count.Globally()
-    (p | "ReportSeed" >> beam.Create([None])
-     | "Report" >> beam.Map(lambda _, rej, counts, n: write_report(report_path, source, rej, dict(counts), n),
-                            rej=beam.pvalue.AsSingleton(rejected), counts=beam.pvalue.AsList(per_split),
-                            n=beam.pvalue.AsSingleton(written)))
+    """Add the ingestion transforms to pipeline `p`: one chain ending in the report, with no sink, tagged
+    output, side input or finish_bundle output, so that every runner runs all of it (Beam's Dask runner
+    computes only the last transform and drops what finish_bundle emits) and writes the same files."""
+    shards = shard_counts(source)
+    for role in SPLITS:
+        tf_makedirs(split_dir(examples_uri, role))
+    (p | "Items" >> beam.Create(source.items, reshuffle=False)
+     | "Process" >> beam.ParDo(ProcessItem(hr_size, lr, source.masks, len(source.items), share,
+                                          source.source_side, source.views, shards))
+     | "ByShard" >> beam.GroupByKey()
+     | "Write" >> beam.ParDo(WriteGroup(examples_uri, shards))
+     | "One" >> beam.Map(lambda part: (None, part))
+     | "All" >> beam.GroupByKey()
+     | "Report" >> beam.Map(lambda kv: finish_report(report_path, source, examples_uri, shards, list(kv[1]))))
+
+
+def tf_makedirs(path: str) -> None:
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(path)
 
 
 @dataclass
@@ -211,9 +288,9 @@ def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report
         tf.io.gfile.makedirs(d)
     report_path = os.path.join(report_uri, REPORT_FILE)
     try:
-        pipeline = beam_pipeline or beam.Pipeline(options=PipelineOptions(beam_args or ["--runner=DirectRunner"]))
-        with pipeline as p:
-            build_ingest_pipeline(p, source, hr_size, lr, work, report_path, share=1.0 / beam_workers(beam_args))
+        pipeline = beam_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
+        build_ingest_pipeline(pipeline, source, hr_size, lr, work, report_path, share=1.0 / beam_workers(beam_args))
+        run_pipeline(pipeline)
         with tf.io.gfile.GFile(report_path) as f:
             report = json.loads(f.read())
         DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
@@ -255,7 +332,7 @@ def derive_query_set(examples_uri: str, out_uri: str, lr: LRConfig) -> DatasetIn
                 hr = Image.open(io.BytesIO(rec["hr"])).convert("RGB")
                 lr_png = encode_png(make_lr(hr, lr, item_id))
                 w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]],
-                                     bytes(rec["mask"]) if info.masks else None).SerializeToString())
+                                     bytes(rec["mask"]) if info.masks else None).SerializeToString(deterministic=True))
                 n += 1
         DatasetInfo(source=info.source, label_names=info.label_names, hr_size=info.hr_size,
                     lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n},

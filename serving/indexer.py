@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from dsrhn.atomic import remove_stale, temp_path
+from dsrhn.beam_options import pipeline_options, run as run_pipeline
 from dsrhn.config import IndexConfig
 from dsrhn.progress import Progress
 from serving.index import write_index
@@ -67,10 +67,13 @@ def gallery_from_source(spec: dict) -> list[GalleryItem]:
 
 
 class EncodeGallery(beam.DoFn):
-    """Batches of GalleryItems -> JSON rows {"id", "code" (hex), "labels"} or {"id", "error"}."""
+    """(index, a batch of GalleryItems) -> the batch's JSON rows {"id", "code" (hex), "labels"} or {"id", "error"}
+    in <shards>/codes-<index>.jsonl, written by the DoFn itself (Beam's file sinks write nothing on the Dask
+    runner); yields the number of rows written."""
 
     def __init__(self, model_dir: str, hr_size: int, total: int = 0, share: float = 1.0, bits: int = 0,
-                 local: bool = False, previews: bool = True):
+                 local: bool = False, previews: bool = True, shards: str = ""):
+        self.shards = shards
         self.model_dir, self.hr_size, self.total, self.share = model_dir, hr_size, total, share
         self.bits, self.local = bits, local  # local: the model returns local codes (export metadata `local`)
         self.previews = previews  # a small JPEG of every indexed image, for people to see the hits
@@ -82,7 +85,16 @@ class EncodeGallery(beam.DoFn):
         self._encode = tf.saved_model.load(self.model_dir).signatures["encode_hr"]
         self._progress = Progress("index", self.total or None, "images", share=self.share, worker=self.share < 1)
 
-    def process(self, batch: list[GalleryItem]):
+    def process(self, indexed: tuple[int, list[GalleryItem]]):
+        index, batch = indexed
+        rows = list(self.rows(batch))
+        path = os.path.join(self.shards, f"codes-{index:06d}.jsonl")
+        with open(path + ".tmp", "w") as f:
+            f.write("".join(r + "\n" for r in rows))
+        os.replace(path + ".tmp", path)  # a retried bundle writes the same file again, whole
+        yield len(rows)
+
+    def rows(self, batch: list[GalleryItem]):
         from dsrhn.images import decode_image, gallery_png, load_image, preview_jpeg
 
         good, images, previews = [], [], []
@@ -209,15 +221,15 @@ def encode_items(model_dir: str, items: list[GalleryItem], beam_args: list[str] 
     shards = temp_path(shards_home)
     os.makedirs(shards)
     try:
-        pipeline = beam_pipeline or beam.Pipeline(options=PipelineOptions(beam_args or ["--runner=DirectRunner"]))
-        with pipeline as p:
-            (p | "Gallery" >> beam.Create(items, reshuffle=False)
-             | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-             | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"]), len(items), share,
-                                                   int(meta["bits"]), "local" in meta, previews))
-             | "Write" >> beam.io.WriteToText(os.path.join(shards, "codes"), file_name_suffix=".jsonl"))
+        pipeline = beam_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
+        batches = [(i // batch_size, items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+        # one chain, batched here: runner-portable (no BatchElements, no file sink)
+        (pipeline | "Batches" >> beam.Create(batches, reshuffle=False)
+         | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"]), len(items), share,
+                                               int(meta["bits"]), "local" in meta, previews, shards)))
+        run_pipeline(pipeline)
         rows, rejected = [], []
-        for path in sorted(glob.glob(os.path.join(shards, "codes*"))):
+        for path in sorted(glob.glob(os.path.join(shards, "codes-*.jsonl"))):
             with open(path) as f:
                 for line in f:
                     rec = json.loads(line)
