@@ -7,6 +7,7 @@ import os
 from tfx import v1 as tfx
 
 from components.tfx_components import DsrhnIngest, GalleryIndexer, RetrievalEvaluator
+from dsrhn.beam_options import expand_runner
 from pipeline.configs import PipelineConfig
 
 
@@ -63,5 +64,5 @@ def create_pipeline(cfg: PipelineConfig, metadata_connection_config=None, enable
         components=[ingest, trainer, baseline, evaluator, pusher, indexer],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(cfg.beam_pipeline_args),
+        beam_pipeline_args=expand_runner(list(cfg.beam_pipeline_args)),  # --runner=DaskRunner: the short name
     )
