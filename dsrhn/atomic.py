@@ -29,6 +29,15 @@ def alive(pid: int) -> bool:
     return True
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int) -> None:
+    """This process gets `sig` when its parent dies (Linux prctl), so a child never outlives a parent killed with
+    SIGKILL (a server's workers still holding its port, a database server nobody stops)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
 def write_text(path: str, text: str) -> None:
     """`path` holds the old text or the new, never a part (a temp file beside it, then os.replace)."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -40,6 +49,28 @@ def write_text(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+SPACE_MARGIN = 1.25  # what a write may need beyond its arrays (file formats' headers, a graph)
+
+
+def ensure_space(folder: str, needed_bytes: int, what: str) -> None:
+    """Refuse a write before it starts when the file system holding `folder` has less free space than it needs
+    (some writers, h5py's among them, crash mid-write on a full disk instead of raising). Remote paths: not
+    checked."""
+    if "://" in folder:
+        return
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    needed = int(needed_bytes * SPACE_MARGIN)
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device: {what} needs {_mb(needed)}, {_mb(free)} free", folder)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def temp_path(final: str) -> str:

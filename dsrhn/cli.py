@@ -284,7 +284,8 @@ def cmd_serve(args) -> int:
         except ValueError as e:
             sys.exit(f"dsrhn serve: error: {e}")
     serve(spec, host=args.host, port=args.port, max_connections=args.max_connections,
-          keep_alive_s=args.keep_alive_seconds, workers=args.workers, http=args.http, loop=args.loop)
+          keep_alive_s=args.keep_alive_seconds, workers=args.workers, http=args.http, loop=args.loop,
+          drain_s=args.drain_seconds)
     return 0
 
 
@@ -542,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inflight", type=int, default=64, help="requests answered at once (more: 429)")
     p.add_argument("--max-connections", type=int, default=1000, help="open connections (more: 503)")
     p.add_argument("--keep-alive-seconds", type=float, default=5.0, help="an idle keep-alive connection is closed after this")
+    p.add_argument("--drain-seconds", type=int, default=20,
+                   help="on SIGTERM, requests in flight get this long to finish before the server exits")
     p.add_argument("--faiss-device", default="cpu", choices=["cpu", "gpu", "auto"],
                    help="where exact search runs: gpu (faiss's GpuIndexBinaryFlat; `scripts/setup.sh --gpu` installs it; "
                         "k and re-ranking shortlists <= 2048; the CPU when no GPU is present), auto (the GPU if there is one)")
@@ -619,7 +622,43 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"dsrhn {args.command}: error: {e}\n")
     except OSError as e:  # disk full, permission: one line naming the file, never a traceback
         where = f"{e.filename}: " if e.filename else ""
-        parser.exit(1, f"dsrhn {args.command}: error: {where}{e.strerror or e}\n")
+        out = _output_of(args)
+        writing = f" (writing {out})" if out and not e.filename else ""
+        parser.exit(1, f"dsrhn {args.command}: error: {where}{e.strerror or e}{writing}\n")
+    except Exception as e:
+        line = _known_failure(args, e)
+        if line is None:
+            raise
+        parser.exit(1, f"dsrhn {args.command}: error: {line}\n")
+
+
+def _known_failure(args, e: Exception) -> str | None:
+    """One line for a failure that is the data's or the machine's, not a bug: an OS error a library or a Beam worker
+    wrapped (disk full, permission), a damaged TFRecord (TensorFlow's DataLossError); None for anything else."""
+    from dsrhn.beam_options import worker_os_error
+
+    os_error = worker_os_error(e)
+    if os_error is not None:
+        out = _output_of(args)
+        return f"{os_error.strerror}" + (f" (writing {out})" if out else "")
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(e, tf.errors.DataLossError):
+        from dsrhn.records import damaged_shard, op_error_text
+
+        examples = getattr(args, "examples", None)
+        where = damaged_shard(examples) if examples and os.path.isdir(examples) else ""
+        return (f"damaged record in {where or (examples or 'the input')}: write the Examples again with `dsrhn ingest`"
+                if where or examples else f"damaged data ({op_error_text(e)})")
+    return None
+
+
+def _output_of(args) -> str:
+    """Where the command writes, for an OS error that names no file (a library's write, a Beam worker's)."""
+    if getattr(args, "output", None):
+        return os.path.abspath(args.output)
+    if args.command == "index" and getattr(args, "model", None):
+        return os.path.abspath(os.path.join(args.model, "index"))
+    return ""
 
 
 if __name__ == "__main__":

@@ -96,9 +96,10 @@ def stored_bytes(bits: int) -> int:
     return next((w for w in KERNEL_BYTES if w >= native), native)
 
 
-def sha256_file(path: str) -> str:
+def sha256_file(path: str, opener=open) -> str:
+    """opener: `open`, or tf.io.gfile.GFile for paths on a remote file system."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with opener(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

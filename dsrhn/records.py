@@ -167,3 +167,27 @@ def read_split_raw(examples_uri: str, split: str, info: DatasetInfo | None = Non
     spec = feature_spec(info.num_labels, info.masks, info.source_side > 0)
     ds = tf.data.TFRecordDataset(split_files(examples_uri, split), compression_type="GZIP")
     return ds.map(lambda s: tf.io.parse_single_example(s, spec))
+
+
+def damaged_shard(examples_uri: str) -> str:
+    """The first TFRecord file of an Examples folder that does not read to its end, as "path (what failed)"; "" if
+    every one reads (read whole: only after a read has already failed)."""
+    import tensorflow as tf
+
+    for split in SPLITS:
+        for path in split_files(examples_uri, split):
+            try:
+                for _ in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                    pass
+            except tf.errors.OpError as e:
+                return f"{path} ({op_error_text(e)})"
+    return ""
+
+
+def op_error_text(e) -> str:
+    """A TensorFlow op error's own words, without the graph node and op names it is wrapped in."""
+    import re
+
+    text = re.sub(r"\{\{[^}]*\}\}|\[\[[^\]]*\]\]|\[Op:[^\]]*\].*", "", e.message.splitlines()[0] if e.message else "")
+    return text.strip(" :") or type(e).__name__
+

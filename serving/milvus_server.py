@@ -12,7 +12,6 @@ the embedded etcd moves off its fixed ports 2379/2380 (two servers at once), and
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
@@ -41,7 +40,6 @@ PORTS_FILE = "ports.json"
 ETCD_FILE = "etcd-embed.yaml"
 READY_S = 120.0
 STOP_S = 10.0
-PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -64,7 +62,7 @@ def binaries() -> str:
 
 
 def _die_with_parent() -> None:  # in the child, between fork and exec
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    atomic.die_with_parent(signal.SIGKILL)
 
 
 def etcd_config(folder: str, client_port: int, peer_port: int) -> str:

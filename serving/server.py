@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
+from dsrhn.atomic import die_with_parent
 from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
 from serving.filters import Where
 from serving.index import MAX_GPU_K, Rerank, answer_results, search_depth
@@ -696,6 +698,7 @@ class BackgroundServer:
 
 
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long
+DRAIN_S = 20  # SIGTERM: requests in flight get this long to finish, then are cancelled (under Kubernetes' 30 s grace)
 SPEC_ENV = "DSRHN_SERVE_SPEC"  # how `serve` hands its settings to worker processes (JSON)
 
 
@@ -756,21 +759,26 @@ def app_from_spec(spec: ServeSpec) -> FastAPI:
 
 def worker_app() -> FastAPI:
     """The app of one of `serve(..., workers=N)`'s processes (uvicorn's factory), from the spec in $DSRHN_SERVE_SPEC."""
+    die_with_parent(signal.SIGTERM)  # the supervisor killed with SIGKILL: drain and exit, not keep its port
+    if os.getppid() == 1:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
     return app_from_spec(ServeSpec.from_json(os.environ[SPEC_ENV]))
 
 
 def serve(spec: ServeSpec, host: str = "127.0.0.1", port: int = 8501, max_connections: int = MAX_CONNECTIONS,
-          keep_alive_s: float = KEEP_ALIVE_S, workers: int = 1, http: str = "auto", loop: str = "auto") -> None:
+          keep_alive_s: float = KEEP_ALIVE_S, workers: int = 1, http: str = "auto", loop: str = "auto",
+          drain_s: int = DRAIN_S) -> None:
     """Serve until stopped. workers > 1: that many processes share the listening socket (uvicorn's supervisor
     restarts one that dies), each with its own model and version poller; their faiss indexes read one copy of the
     codes through the page cache (mmap_index). http / loop: uvicorn's HTTP parser and event loop ("auto":
-    httptools and uvloop, which the requirements install; "h11" / "asyncio": the pure-Python ones)."""
+    httptools and uvloop, which the requirements install; "h11" / "asyncio": the pure-Python ones). SIGTERM stops
+    accepting, lets the requests in flight finish for up to drain_s seconds, then exits (tests/test_faults.py)."""
     import uvicorn
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     common = dict(host=host, port=port, log_level="info", timeout_keep_alive=keep_alive_s,
-                  limit_concurrency=max_connections, http=http, loop=loop)
+                  limit_concurrency=max_connections, http=http, loop=loop, timeout_graceful_shutdown=drain_s)
     if workers == 1:
         uvicorn.run(app_from_spec(spec), **common)
         return

@@ -244,3 +244,27 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing(mosaic_examp
     with pytest.raises(FloatingPointError, match="phase hash-hr, epoch 1: non-finite loss"):
         train(mosaic_examples, preset, str(tmp_path / "w"), verbose=0, tensorboard=False)
     assert completed_checkpoints(str(tmp_path / "w" / "checkpoints")) == []
+
+
+def test_a_damaged_checkpoint_is_skipped_and_the_resume_reaches_the_uninterrupted_weights(mosaic_examples, tiny_preset,
+                                                                                        tmp_path, capsys):
+    """A flipped byte in the newest checkpoint (h5 and npz carry no checksum of their own) is caught by the
+    checkpoint's checksums.json: the resume starts from the epoch before and trains to the same weights."""
+    preset = tiny_preset.replace(epochs=2)
+    straight = train(mosaic_examples, preset, str(tmp_path / "a"), verbose=0, tensorboard=False).trainer
+    work = tmp_path / "b"
+    train(mosaic_examples, preset, str(work), verbose=0, tensorboard=False)
+    weights = work / "checkpoints" / "epoch-0002" / "hashnet.weights.h5"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    resumed = train(mosaic_examples, preset, str(work), verbose=0, tensorboard=False)
+    assert resumed.resumed_from == 1
+    assert f"checkpoint {work / 'checkpoints' / 'epoch-0002'} is damaged ({weights} does not match its checksum)" in \
+        capsys.readouterr().err
+    for name in straight.nets:
+        for x, y in zip(straight.nets[name].variables, resumed.trainer.nets[name].variables):
+            np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6)
+    from trainer.train import checkpoint_damage
+
+    assert checkpoint_damage(str(work / "checkpoints" / "epoch-0002")) == ""  # written again, whole

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dsrhn.atomic import ensure_space
 from dsrhn.config import Preset
 from dsrhn.degrade import degrade, example_seed, to_hr_space
 from dsrhn.records import DatasetInfo, read_split
@@ -237,6 +238,7 @@ def save_checkpoint(trainer: Trainer, directory: str, epoch: int) -> str:
     """Every network's weights, every optimizer's slots, the RNG states and the epoch, written atomically."""
     final = os.path.join(directory, f"epoch-{epoch:04d}")
     tmp = final + ".tmp"
+    ensure_space(directory, checkpoint_bytes(trainer), f"checkpoint {os.path.basename(final)}")
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
     tf.io.gfile.makedirs(tmp)
@@ -249,10 +251,18 @@ def save_checkpoint(trainer: Trainer, directory: str, epoch: int) -> str:
         json.dump({"epoch": epoch, "method": trainer.method.name, "networks": sorted(trainer.nets),
                    "optimizers": sorted(trainer.opts), "preset": trainer.preset.to_dict(),
                    "identity": json.loads(getattr(trainer, "identity_json", "null"))}, f, allow_nan=False)
+    with tf.io.gfile.GFile(os.path.join(tmp, CHECKSUMS), "w") as f:  # h5 and npz carry none: a flipped byte would load
+        json.dump({name: _sha256(os.path.join(tmp, name)) for name in sorted(tf.io.gfile.listdir(tmp))}, f, indent=1)
     if tf.io.gfile.exists(final):
         tf.io.gfile.rmtree(final)
     tf.io.gfile.rename(tmp, final)
     return final
+
+
+def checkpoint_bytes(trainer: Trainer) -> int:
+    """What one checkpoint holds: every network's and optimizer's variables."""
+    nets = sum(np.asarray(v).nbytes for net in trainer.nets.values() for v in net.weights)
+    return nets + sum(np.asarray(v).nbytes for o in trainer.opts.values() for v in o.variables)
 
 
 def completed_checkpoints(directory: str) -> list[str]:
@@ -263,9 +273,45 @@ def completed_checkpoints(directory: str) -> list[str]:
     return sorted(d for d in names if d.startswith("epoch-") and not d.endswith(".tmp"))
 
 
+CHECKSUMS = "checksums.json"  # file name -> sha256, written last inside a checkpoint
+
+
+def _sha256(path: str) -> str:
+    from dsrhn.contracts import sha256_file
+
+    return sha256_file(path, opener=tf.io.gfile.GFile)
+
+
+def checkpoint_damage(path: str) -> str:
+    """What is wrong with a complete checkpoint's files ("" when each matches its checksum; checkpoints written
+    before checksums were recorded are taken as they are)."""
+    listed = os.path.join(path, CHECKSUMS)
+    if not tf.io.gfile.exists(listed):
+        return ""
+    try:
+        with tf.io.gfile.GFile(listed) as f:
+            digests = json.load(f)
+    except (ValueError, UnicodeDecodeError):
+        return f"{listed} is not valid JSON"
+    for name, digest in digests.items():
+        file = os.path.join(path, name)
+        if not tf.io.gfile.exists(file):
+            return f"{file} is missing"
+        if _sha256(file) != digest:
+            return f"{file} does not match its checksum"
+    return ""
+
+
 def latest_checkpoint(directory: str) -> str | None:
-    done = completed_checkpoints(directory)
-    return os.path.join(directory, done[-1]) if done else None
+    """The newest checkpoint whose files are intact; a damaged one is skipped with a warning (resuming from the one
+    before and training that epoch again reaches the same weights)."""
+    for name in reversed(completed_checkpoints(directory)):
+        path = os.path.join(directory, name)
+        damage = checkpoint_damage(path)
+        if not damage:
+            return path
+        print(f"warning: checkpoint {path} is damaged ({damage}): skipped", file=sys.stderr)
+    return None
 
 
 def restore_checkpoint(trainer: Trainer, path: str) -> int:
