@@ -621,10 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad flags, inputs or a diverged run: one line
         parser.exit(2, f"dsrhn {args.command}: error: {e}\n")
     except OSError as e:  # disk full, permission: one line naming the file, never a traceback
-        where = f"{e.filename}: " if e.filename else ""
-        out = _output_of(args)
-        writing = f" (writing {out})" if out and not e.filename else ""
-        parser.exit(1, f"dsrhn {args.command}: error: {where}{e.strerror or e}{writing}\n")
+        parser.exit(1, f"dsrhn {args.command}: error: {_os_error_line(args, e)}\n")
     except Exception as e:
         line = _known_failure(args, e)
         if line is None:
@@ -639,17 +636,25 @@ def _known_failure(args, e: Exception) -> str | None:
 
     os_error = worker_os_error(e)
     if os_error is not None:
-        out = _output_of(args)
-        return f"{os_error.strerror}" + (f" (writing {out})" if out else "")
+        return _os_error_line(args, os_error)
     tf = sys.modules.get("tensorflow")
     if tf is not None and isinstance(e, tf.errors.DataLossError):
         from dsrhn.records import damaged_shard, op_error_text
 
         examples = getattr(args, "examples", None)
-        where = damaged_shard(examples) if examples and os.path.isdir(examples) else ""
-        return (f"damaged record in {where or (examples or 'the input')}: write the Examples again with `dsrhn ingest`"
-                if where or examples else f"damaged data ({op_error_text(e)})")
+        if not examples:
+            return f"damaged data ({op_error_text(e)})"
+        where = damaged_shard(examples) if os.path.isdir(examples) else ""
+        return f"damaged record in {where or examples}: write the Examples again with `dsrhn ingest`"
     return None
+
+
+def _os_error_line(args, e: OSError) -> str:
+    """The file an OS error names, else the command's output, and the error's words."""
+    if e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    out = _output_of(args)
+    return f"{e.strerror or e}" + (f" (writing {out})" if out else "")
 
 
 def _output_of(args) -> str:

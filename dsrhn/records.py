@@ -190,4 +190,3 @@ def op_error_text(e) -> str:
 
     text = re.sub(r"\{\{[^}]*\}\}|\[\[[^\]]*\]\]|\[Op:[^\]]*\].*", "", e.message.splitlines()[0] if e.message else "")
     return text.strip(" :") or type(e).__name__
-

@@ -20,13 +20,13 @@ import os
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from dsrhn.atomic import ensure_space
 from dsrhn.config import Preset
 from dsrhn.contracts import CODE_LAYOUT, METADATA, write_metadata
 from dsrhn.degrade import to_hr_space
+from trainer.models import variables_bytes
 IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
 
 
@@ -149,7 +149,7 @@ def export_saved_model(method, nets: dict, export_dir: str, label_names: list[st
     archive.add_endpoint("serving_default", fns.serve_query, input_signature=[IMAGES_SPEC])
     archive.add_endpoint("encode_hr", fns.serve_hr, input_signature=[IMAGES_SPEC])
     archive.add_endpoint("super_resolve", fns.serve_sr, input_signature=[IMAGES_SPEC])
-    ensure_space(export_dir, sum(np.asarray(v).nbytes for net in nets.values() for v in net.weights), "the SavedModel")
+    ensure_space(export_dir, variables_bytes(v for net in nets.values() for v in net.weights), "the SavedModel")
     stale = os.path.join(export_dir, METADATA)
     if tf.io.gfile.exists(stale):  # written last: an export killed midway never reads as a dsrhn model
         tf.io.gfile.remove(stale)

@@ -5,9 +5,15 @@ import math
 import os
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from dsrhn.config import Preset
+
+
+def variables_bytes(variables) -> int:
+    """What variables hold, from their shapes and dtypes (no copy of their values)."""
+    return sum(math.prod(v.shape) * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize for v in variables)
 
 
 class _Shuffle(layers.Layer):

@@ -28,6 +28,7 @@ from dsrhn.degrade import degrade, example_seed, to_hr_space
 from dsrhn.records import DatasetInfo, read_split
 from dsrhn.registry import get_method
 from dsrhn.views import random_view, view_seed
+from trainer.models import variables_bytes
 
 
 def build_method(preset: Preset, info: DatasetInfo | None = None):
@@ -261,8 +262,8 @@ def save_checkpoint(trainer: Trainer, directory: str, epoch: int) -> str:
 
 def checkpoint_bytes(trainer: Trainer) -> int:
     """What one checkpoint holds: every network's and optimizer's variables."""
-    nets = sum(np.asarray(v).nbytes for net in trainer.nets.values() for v in net.weights)
-    return nets + sum(np.asarray(v).nbytes for o in trainer.opts.values() for v in o.variables)
+    return (variables_bytes(v for net in trainer.nets.values() for v in net.weights)
+            + variables_bytes(v for o in trainer.opts.values() for v in o.variables))
 
 
 def completed_checkpoints(directory: str) -> list[str]:
