@@ -13,6 +13,7 @@ one original (the original and a copy, or two copies); a group is right when all
 
     python benchmarks/duplicates.py --model /tmp/pj/serving/photos/<version> --out runs/duplicates-photos
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,14 @@ def damaged(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple[byte
     return buf.getvalue(), quality
 
 
-def plant(photos_dir: str, gallery: str, n_originals: int, singletons: list[str], seed: int,
-          kinds: tuple[str, ...] = COPY_KINDS) -> dict:
+def plant(
+    photos_dir: str,
+    gallery: str,
+    n_originals: int,
+    singletons: list[str],
+    seed: int,
+    kinds: tuple[str, ...] = COPY_KINDS,
+) -> dict:
     """Write the gallery folder (<gallery>/photos/*.jpg); returns {file stem: source stem} and what was planted."""
     with open(os.path.join(photos_dir, "manifest.json")) as f:
         manifest = json.load(f)
@@ -94,8 +101,13 @@ def plant(photos_dir: str, gallery: str, n_originals: int, singletons: list[str]
         stem = f"{os.path.dirname(rel).replace('/', '-')}-{os.path.splitext(os.path.basename(rel))[0]}"
         shutil.copyfile(os.path.join(photos_dir, rel), os.path.join(folder, stem + os.path.splitext(rel)[1]))
         source[stem] = stem
-    return {"source": source, "copies": copies, "test_photos": len(test), "planted_originals": len(planted),
-            "other_singletons": len(extra)}
+    return {
+        "source": source,
+        "copies": copies,
+        "test_photos": len(test),
+        "planted_originals": len(planted),
+        "other_singletons": len(extra),
+    }
 
 
 def stem_of(gallery_id: str) -> str:
@@ -115,12 +127,21 @@ def score(report, source: dict, copies: list[dict]) -> dict:
     for c in copies:
         if c not in found:
             missed_kinds[c["kind"]] = missed_kinds.get(c["kind"], 0) + 1
-    return {"radius": report.radius, "copies_found": len(found), "copies": len(copies),
-            "recall": len(found) / max(1, len(copies)), "pairs": len(pairs), "right_pairs": right_pairs,
-            "pair_precision": right_pairs / len(pairs) if pairs else None, "groups": len(report.groups),
-            "pure_groups": pure, "group_precision": pure / len(report.groups) if report.groups else None,
-            "unplanted_in_groups": strays, "largest_group": max((len(g.rows) for g in report.groups), default=0),
-            "missed_by_kind": missed_kinds}
+    return {
+        "radius": report.radius,
+        "copies_found": len(found),
+        "copies": len(copies),
+        "recall": len(found) / max(1, len(copies)),
+        "pairs": len(pairs),
+        "right_pairs": right_pairs,
+        "pair_precision": right_pairs / len(pairs) if pairs else None,
+        "groups": len(report.groups),
+        "pure_groups": pure,
+        "group_precision": pure / len(report.groups) if report.groups else None,
+        "unplanted_in_groups": strays,
+        "largest_group": max((len(g.rows) for g in report.groups), default=0),
+        "missed_by_kind": missed_kinds,
+    }
 
 
 def distances(gallery, source: dict, copies: list[dict]) -> dict:
@@ -137,16 +158,18 @@ def distances(gallery, source: dict, copies: list[dict]) -> dict:
         d = [int(dist[row[c["copy"]], row[c["original"]]]) for c in copies if c["kind"] == kind]
         by_kind[kind] = {"median": float(np.median(d)), "max": max(d)}
     src = np.array([source[s] for s in stems])
-    other = np.where(src[:, None] != src[None, :], dist, 10 ** 6).min(1)
-    return {"copy_to_original": by_kind, "nearest_other_photo": {int(d): int(n) for d, n in
-                                                                 zip(*np.unique(other, return_counts=True))}}
+    other = np.where(src[:, None] != src[None, :], dist, 10**6).min(1)
+    return {
+        "copy_to_original": by_kind,
+        "nearest_other_photo": {int(d): int(n) for d, n in zip(*np.unique(other, return_counts=True))},
+    }
 
 
 def fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a trained photo model (e.g. the photo main job's served version)")
     ap.add_argument("--photos", default="data/photos", help="the corpus from `dsrhn photos`")
@@ -158,73 +181,122 @@ def main() -> None:
     ap.add_argument("--unseen", action="store_true", help="plant UNSEEN_KINDS of copies instead of COPY_KINDS")
     ap.add_argument("--min-inliers", default="4,6,8,12,16", help="verified runs (at the default candidate radius)")
     ap.add_argument("--verify-radii", default="", help="more verified runs at these candidate radii (default inliers)")
-    args = ap.parse_args()
-    kinds = UNSEEN_KINDS if args.unseen else COPY_KINDS
+    return ap.parse_args()
 
-    from serving.duplicates import default_radius, find_duplicates, open_exact, write_report
+
+def planted_gallery(args, kinds: tuple[str, ...]) -> tuple[dict, str, float]:
+    """The planted-copies gallery, indexed as `dsrhn index --image-dir` does into --out/index; (what was planted,
+    the index folder, seconds to plant and index)."""
     from serving.indexer import gallery_from_source, run_indexing
 
     if os.path.exists(args.out):
         shutil.rmtree(args.out)
     gallery_dir, index_dir = os.path.join(args.out, "gallery"), os.path.join(args.out, "index")
     t0 = time.perf_counter()
-    info = plant(args.photos, gallery_dir, args.originals, [s for s in args.singletons.split(",") if s], args.seed, kinds)
+    info = plant(
+        args.photos, gallery_dir, args.originals, [s for s in args.singletons.split(",") if s], args.seed, kinds
+    )
     items = gallery_from_source({"kind": "directory", "root": gallery_dir})
     summary = run_indexing(args.model, items, out_dir=index_dir, beam_args=["--runner=DirectRunner"], batch_size=32)
     if summary.rejected:
         raise SystemExit(f"rejected: {summary.rejected}")
     t_index = time.perf_counter() - t0
     shutil.rmtree(gallery_dir)  # the photos' copies (tens of MB); the index keeps their previews, the seed remakes them
-    gallery = open_exact(args.model, index_dir)
-    bits = int(gallery.manifest["bits"])
+    return info, index_dir, t_index
+
+
+def sweep(args, gallery, index_dir: str, info: dict, bits: int) -> list[dict]:
+    """Scored groupings: codes only at every radius, verified at each --min-inliers and --verify-radii."""
+    from serving.duplicates import find_duplicates
+
+    runs = [{"radius": int(r)} for r in args.radii.split(",") if int(r) <= bits]
+    runs += [{"radius": None, "verify": True, "min_inliers": int(m)} for m in args.min_inliers.split(",") if m]
+    runs += [{"radius": int(r), "verify": True} for r in args.verify_radii.split(",") if r and int(r) <= bits]
     rows = []
-    for radius in (int(r) for r in args.radii.split(",") if int(r) <= bits):
+    for run in runs:
         t = time.perf_counter()
-        report = find_duplicates(gallery, radius, index_dir)
-        rows.append({**score(report, info["source"], info["copies"]), "seconds": time.perf_counter() - t})
-    for m in (int(x) for x in args.min_inliers.split(",") if x):
-        t = time.perf_counter()
-        report = find_duplicates(gallery, None, index_dir, verify=True, min_inliers=m)
-        rows.append({**score(report, info["source"], info["copies"]), "seconds": time.perf_counter() - t,
-                     "verify": report.verify})
-    for radius in (int(r) for r in args.verify_radii.split(",") if r and int(r) <= bits):
-        t = time.perf_counter()
-        report = find_duplicates(gallery, radius, index_dir, verify=True)
-        rows.append({**score(report, info["source"], info["copies"]), "seconds": time.perf_counter() - t,
-                     "verify": report.verify})
-    default = find_duplicates(gallery, None, index_dir, verify=True)  # what `dsrhn duplicates` does by default
-    write_report(default, args.out, gallery.previews)
-    print(f"planted-copies gallery: {gallery.count} photos ({info['test_photos']} held-out test photos, "
-          f"{info['planted_originals']} of them with {len(kinds)} copies each: {', '.join(kinds)}; "
-          f"{info['other_singletons']} other photos as singletons); model {args.model} ({bits} bits); seed {args.seed}; "
-          f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; plant + index {t_index:.0f} s")
-    print("| radius | verified | copies found (recall) | pairs (precision) | groups (precision) | unplanted photos in groups | "
-          "largest group | missed copies by kind | seconds |")
+        report = find_duplicates(gallery, run.pop("radius"), index_dir, **run)
+        row = {**score(report, info["source"], info["copies"]), "seconds": time.perf_counter() - t}
+        rows.append({**row, "verify": report.verify} if run else row)
+    return rows
+
+
+def print_sweep(rows: list[dict], default) -> None:
+    print(
+        "| radius | verified | copies found (recall) | pairs (precision) | groups (precision) | unplanted photos in "
+        "groups | largest group | missed copies by kind | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         v = r.get("verify")
-        mark = " (default)" if v and v["min_inliers"] == default.verify["min_inliers"] and r["radius"] == default.radius else ""
+        mark = (
+            " (default)"
+            if v and v["min_inliers"] == default.verify["min_inliers"] and r["radius"] == default.radius
+            else ""
+        )
         check = f"{v['min_inliers']} inliers{mark}: {v['kept']} of {v['candidates']}" if v else "no"
         missed = ", ".join(f"{k} {n}" for k, n in sorted(r["missed_by_kind"].items())) or "-"
-        print(f"| {r['radius']} | {check} | {r['copies_found']}/{r['copies']} ({r['recall']:.3f}) | {r['pairs']} "
-              f"({fmt(r['pair_precision'])}) | {r['groups']} ({fmt(r['group_precision'])}) | "
-              f"{r['unplanted_in_groups']} | {r['largest_group']} | {missed} | {r['seconds']:.2f} |")
-    dists = distances(gallery, info["source"], info["copies"])
-    print("copy -> original distance (median / max): " + "; ".join(
-        f"{k} {v['median']:g} / {v['max']}" for k, v in dists["copy_to_original"].items()))
-    print("photos by the distance to their nearest photo of another original: " + ", ".join(
-        f"d={d}: {n}" for d, n in sorted(dists["nearest_other_photo"].items())))
+        print(
+            f"| {r['radius']} | {check} | {r['copies_found']}/{r['copies']} ({r['recall']:.3f}) | {r['pairs']} "
+            f"({fmt(r['pair_precision'])}) | {r['groups']} ({fmt(r['group_precision'])}) | "
+            f"{r['unplanted_in_groups']} | {r['largest_group']} | {missed} | {r['seconds']:.2f} |"
+        )
+
+
+def print_distances(dists: dict, rows: list[dict], default) -> None:
+    print(
+        "copy -> original distance (median / max): "
+        + "; ".join(f"{k} {v['median']:g} / {v['max']}" for k, v in dists["copy_to_original"].items())
+    )
+    print(
+        "photos by the distance to their nearest photo of another original: "
+        + ", ".join(f"d={d}: {n}" for d, n in sorted(dists["nearest_other_photo"].items()))
+    )
     plain = [r["seconds"] for r in rows if not r.get("verify")]
     per_pair = [r["seconds"] / max(1, r["verify"]["candidates"]) for r in rows if r.get("verify")]
-    print(f"default: candidates within {default.radius} bits, verified at {default.verify['min_inliers']} inliers; "
-          f"codes only: at most {max(plain, default=0) * 1000:.0f} ms per radius; verified: "
-          f"{min(per_pair, default=0) * 1000:.1f}-{max(per_pair, default=0) * 1000:.1f} ms per candidate pair, "
-          "features included")
+    print(
+        f"default: candidates within {default.radius} bits, verified at {default.verify['min_inliers']} inliers; "
+        f"codes only: at most {max(plain, default=0) * 1000:.0f} ms per radius; verified: "
+        f"{min(per_pair, default=0) * 1000:.1f}-{max(per_pair, default=0) * 1000:.1f} ms per candidate pair, "
+        "features included"
+    )
+
+
+def main() -> None:
+    from serving.duplicates import default_radius, find_duplicates, open_exact, write_report
+
+    args = parse_args()
+    kinds = UNSEEN_KINDS if args.unseen else COPY_KINDS
+    info, index_dir, t_index = planted_gallery(args, kinds)
+    gallery = open_exact(args.model, index_dir)
+    bits = int(gallery.manifest["bits"])
+    rows = sweep(args, gallery, index_dir, info, bits)
+    default = find_duplicates(gallery, None, index_dir, verify=True)  # what `dsrhn duplicates` does by default
+    write_report(default, args.out, gallery.previews)
+    print(
+        f"planted-copies gallery: {gallery.count} photos ({info['test_photos']} held-out test photos, "
+        f"{info['planted_originals']} of them with {len(kinds)} copies each: {', '.join(kinds)}; "
+        f"{info['other_singletons']} other photos as singletons); model {args.model} ({bits} bits); seed {args.seed}; "
+        f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; plant + index {t_index:.0f} s"
+    )
+    print_sweep(rows, default)
+    dists = distances(gallery, info["source"], info["copies"])
+    print_distances(dists, rows, default)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"info": {k: v for k, v in info.items() if k != "source"}, "bits": bits, "count": gallery.count,
-                   "default_radius": default_radius(bits), "verified_radius": default_radius(bits, True), "rows": rows,
-                   "distances": dists, "model": args.model},
-                  f, indent=1)
+        json.dump(
+            {
+                "info": {k: v for k, v in info.items() if k != "source"},
+                "bits": bits,
+                "count": gallery.count,
+                "default_radius": default_radius(bits),
+                "verified_radius": default_radius(bits, True),
+                "rows": rows,
+                "distances": dists,
+                "model": args.model,
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ on a subset of queries, and prints the ratio. Results are also checked for equal
 
     python benchmarks/eval_speed.py [--queries 10000 --gallery 100000 --bits 48]
 """
+
 from __future__ import annotations
 
 import argparse

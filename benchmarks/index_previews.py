@@ -3,6 +3,7 @@ and with them, alternately, in one run; wall time of each and the previews' byte
 
     python benchmarks/index_previews.py --model runs/tfx/serving/dsrhn/<version> --examples <the job's Examples>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,17 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base, with_p = statistics.median(times[False]), statistics.median(times[True])
-    print(f"dsrhn index of {len(items):,} gallery images, {platform.node()} {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}, median of {args.repeats} runs each, alternating")
+    print(
+        f"dsrhn index of {len(items):,} gallery images, {platform.node()} {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d')}, median of {args.repeats} runs each, alternating"
+    )
     print("| index | seconds | x without |\n|---|---|---|")
     print(f"| without previews (baseline) | {base:.1f} | 1.00 |")
     print(f"| with previews | {with_p:.1f} | {with_p / base:.2f} |")
-    print(f"previews: {size['bytes'] / size['count'] / 1024:.2f} KiB per image ({size['bytes'] / 2**20:.1f} MiB for "
-          f"{size['count']:,}), longer side <= {size['max_side']} px, JPEG")
+    print(
+        f"previews: {size['bytes'] / size['count'] / 1024:.2f} KiB per image ({size['bytes'] / 2**20:.1f} MiB for "
+        f"{size['count']:,}), longer side <= {size['max_side']} px, JPEG"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ stopped and started on its folder: restart s, rows kept, answers identical to be
     python benchmarks/milvus_server.py                 # 100,000 codes
     python benchmarks/milvus_server.py --n 1000000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
+from benchlib.timing import batched, single  # noqa: E402
 
 from dsrhn.config import IndexConfig  # noqa: E402
-from search_scale import batched, single  # noqa: E402
 from serving.index import IdMap  # noqa: E402
 from serving.milvus import MilvusGallery, write_collection  # noqa: E402
 from serving.milvus_server import start, stop  # noqa: E402
@@ -61,8 +61,13 @@ def recall(rows: np.ndarray, d_ref: np.ndarray, rows_ref: np.ndarray, codes: np.
 
 def gallery(uri: str, codes: np.ndarray, index_type: str = "BIN_FLAT", nprobe: int | None = None):
     manifest = {"model_fingerprint": "synthetic", "model_version": "1", "count": len(codes)}
-    config = IndexConfig(backend="milvus", milvus_uri=uri, milvus_collection=f"bench_{index_type.lower()}",
-                         milvus_index_type=index_type, nprobe=nprobe)
+    config = IndexConfig(
+        backend="milvus",
+        milvus_uri=uri,
+        milvus_collection=f"bench_{index_type.lower()}",
+        milvus_index_type=index_type,
+        nprobe=nprobe,
+    )
     t0 = time.perf_counter()
     manifest["milvus"] = write_collection(config, codes, BITS, manifest)
     write_s = time.perf_counter() - t0
@@ -75,13 +80,94 @@ def row(name: str, search, write_s: float, queries: np.ndarray, n_single: int) -
     return {"name": name, "write_s": write_s, "p50": p50, "p99": p99, "batched": batched(search, queries)}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--single", type=int, default=100, help="single queries timed per row")
     ap.add_argument("--nprobe", default="16,64,256")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def server_rows(args, folder: str, codes: np.ndarray, queries: np.ndarray, ref: tuple, rows: list) -> dict:
+    """The Milvus server's rows (BIN_FLAT, then BIN_IVF_FLAT per nprobe); its BIN_FLAT gallery and answers."""
+    t0 = time.perf_counter()
+    server = start(folder)
+    start_s = time.perf_counter() - t0
+    try:
+        flat, flat_manifest, write_s = gallery(server.uri, codes)
+        d, r = flat.search(queries, K)
+        rows.append(
+            {
+                **row("Milvus server 2.3.5, BIN_FLAT", lambda q: flat.search(q, K), write_s, queries, args.single),
+                "identical": same_top_k(d, r, *ref),
+            }
+        )
+        for nprobe in (int(x) for x in args.nprobe.split(",") if x):
+            ivf, _, write_s = gallery(server.uri, codes, "BIN_IVF_FLAT", nprobe)
+            _, r = ivf.search(queries, K)
+            rows.append(
+                {
+                    **row(
+                        f"Milvus server, BIN_IVF_FLAT nprobe {nprobe}",
+                        lambda q, ivf=ivf: ivf.search(q, K),
+                        write_s,
+                        queries,
+                        args.single,
+                    ),
+                    "recall": recall(r, *ref, codes, queries),
+                }
+            )
+        return {"start_s": start_s, "flat": flat, "manifest": flat_manifest, "before": flat.search(queries, K)}
+    finally:
+        stop(server)
+
+
+def after_restart(folder: str, served: dict, queries: np.ndarray) -> dict:
+    """The server started again on its folder: seconds to start, rows kept, its answers."""
+    t0 = time.perf_counter()
+    server = start(folder)
+    restart_s = time.perf_counter() - t0
+    try:
+        again = MilvusGallery.open(served["manifest"], served["flat"].ids)  # checks the row count against the manifest
+        after = again.search(queries, K)
+        kept = again.client.query(again.collection, output_fields=["count(*)"])[0]["count(*)"]
+    finally:
+        stop(server)
+    return {"restart_s": restart_s, "after": after, "kept": kept}
+
+
+def print_table(args, rows: list, served: dict, again: dict) -> None:
+    base = rows[0]
+    print(
+        f"{args.n:,} random {BITS}-bit codes, {args.queries} queries, k={K}; {platform.node()}, {os.cpu_count()} "
+        f"cores, {time.strftime('%Y-%m-%d %H:%M')}; ratio = faiss / this (higher is better)"
+    )
+    print(
+        "| index | write s | single p50 ms | p99 ms | batched ms/query | p50 ratio | batched ratio | same top-100 as "
+        "faiss |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for x in rows:
+        same = (
+            ("yes" if x["identical"] else "NO")
+            if "identical" in x
+            else (f"recall@100 {x['recall']:.3f}" if "recall" in x else "baseline")
+        )
+        print(
+            f"| {x['name']} | {x['write_s']:.2f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['batched']:.4f} | "
+            f"{base['p50'] / x['p50']:.3f} | {base['batched'] / x['batched']:.3f} | {same} |"
+        )
+    before, after = served["before"], again["after"]
+    print(
+        f"server start {served['start_s']:.1f} s; stop + start on its folder {again['restart_s']:.1f} s; rows after "
+        f"the restart {again['kept']:,} of {args.n:,}; answers identical to before the restart: "
+        f"{np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])}"
+    )
+
+
+def main() -> None:
+    args = parse_args()
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (args.n, BITS // 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (args.queries, BITS // 8), dtype=np.uint8)
@@ -92,54 +178,23 @@ def main() -> None:
         exact = faiss.IndexBinaryFlat(BITS)
         exact.add(codes)
         build_s = time.perf_counter() - t0
-        d_ref, rows_ref = exact.search(queries, K)
-        rows.append(row("faiss IndexBinaryFlat (baseline)", lambda q: exact.search(q, K), build_s, queries, args.single))
+        ref = exact.search(queries, K)
+        rows.append(
+            row("faiss IndexBinaryFlat (baseline)", lambda q: exact.search(q, K), build_s, queries, args.single)
+        )
         lite, _, write_s = gallery(os.path.join(root, "lite.db"), codes)
         d, r = lite.search(queries, K)
-        rows.append({**row("Milvus Lite 2.5.1, BIN_FLAT", lambda q: lite.search(q, K), write_s, queries, args.single),
-                     "identical": same_top_k(d, r, d_ref, rows_ref)})
-        t0 = time.perf_counter()
-        server = start(os.path.join(root, "server"))
-        start_s = time.perf_counter() - t0
-        try:
-            flat, flat_manifest, write_s = gallery(server.uri, codes)
-            d, r = flat.search(queries, K)
-            rows.append({**row("Milvus server 2.3.5, BIN_FLAT", lambda q: flat.search(q, K), write_s, queries,
-                               args.single), "identical": same_top_k(d, r, d_ref, rows_ref)})
-            for nprobe in (int(x) for x in args.nprobe.split(",") if x):
-                ivf, _, write_s = gallery(server.uri, codes, "BIN_IVF_FLAT", nprobe)
-                _, r = ivf.search(queries, K)
-                rows.append({**row(f"Milvus server, BIN_IVF_FLAT nprobe {nprobe}", lambda q: ivf.search(q, K),
-                                   write_s, queries, args.single),
-                             "recall": recall(r, d_ref, rows_ref, codes, queries)})
-            before = flat.search(queries, K)
-        finally:
-            stop(server)
-        t0 = time.perf_counter()
-        server = start(os.path.join(root, "server"))
-        restart_s = time.perf_counter() - t0
-        try:
-            again = MilvusGallery.open(flat_manifest, flat.ids)  # checks the row count against the manifest
-            after = again.search(queries, K)
-            kept = again.client.query(again.collection, output_fields=["count(*)"])[0]["count(*)"]
-        finally:
-            stop(server)
+        rows.append(
+            {
+                **row("Milvus Lite 2.5.1, BIN_FLAT", lambda q: lite.search(q, K), write_s, queries, args.single),
+                "identical": same_top_k(d, r, *ref),
+            }
+        )
+        served = server_rows(args, os.path.join(root, "server"), codes, queries, ref, rows)
+        again = after_restart(os.path.join(root, "server"), served, queries)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-    base = rows[0]
-    print(f"{args.n:,} random {BITS}-bit codes, {args.queries} queries, k={K}; {platform.node()}, {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; ratio = faiss / this (higher is better)")
-    print("| index | write s | single p50 ms | p99 ms | batched ms/query | p50 ratio | batched ratio | same top-100 as faiss |")
-    print("|---|---|---|---|---|---|---|---|")
-    for x in rows:
-        same = ("yes" if x["identical"] else "NO") if "identical" in x else (
-            f"recall@100 {x['recall']:.3f}" if "recall" in x else "baseline")
-        print(f"| {x['name']} | {x['write_s']:.2f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['batched']:.4f} | "
-              f"{base['p50'] / x['p50']:.3f} | {base['batched'] / x['batched']:.3f} | {same} |")
-    print(f"server start {start_s:.1f} s; stop + start on its folder {restart_s:.1f} s; rows after the restart "
-          f"{kept:,} of {args.n:,}; answers identical to before the restart: "
-          f"{np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])}")
+    print_table(args, rows, served, again)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ in the same run. Results: OUT/query_views.json.
         --variant "two-stage-3v:options.hash_views=query+bicubic,options.query_fuse=true"
     python benchmarks/query_views.py --out runs/photos-3v      # about 2 min per trained row on 2 cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,33 +34,36 @@ import sys
 import time
 
 import numpy as np
+from benchlib.grid import grid_cells
+from benchlib.stats import diff_interval
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from real_photos import diff_interval  # noqa: E402
+from dsrhn.registry import spec
 
-SR_MODES = ("two-stage", "dsrhn")
 BASELINE = ("hashnet-lr", "as trained")
-CELL_ORDER = [f"x{s}-{c}" for s in (2, 4, 8) for c in ("bicubic", "blur1.5", "noise8", "jpeg40", "blur+noise+jpeg")]
+CELL_ORDER = list(grid_cells())
 
 
-def settings_for(mode: str) -> dict[str, tuple[str, dict]]:
-    """The query-time settings that apply to a row of `mode`: name -> (mode to build, preset overrides)."""
-    out = {"as trained": (mode, {}), "mirror": (mode, {"query_flip": True})}
-    if mode in SR_MODES:
-        out |= {"sr": (mode, {"options.query_fuse": False}), "sr + mirror": (mode, {"options.query_fuse": False,
-                                                                                    "query_flip": True}),
-                "fused": (mode, {"options.query_fuse": True}),
-                "fused + mirror": (mode, {"options.query_fuse": True, "query_flip": True}),
-                "bicubic": ("hashnet-lr", {})}
+def settings_for(method: str) -> dict[str, tuple[str, dict]]:
+    """The query-time settings that apply to a row of `method`: name -> (method to build, preset overrides); the SR
+    view settings for the methods whose HashNet sees SRNet's output (options.query_fuse applies)."""
+    out = {"as trained": (method, {}), "mirror": (method, {"query_flip": True})}
+    if spec(method).sr_views:
+        out |= {
+            "sr": (method, {"options.query_fuse": False}),
+            "sr + mirror": (method, {"options.query_fuse": False, "query_flip": True}),
+            "fused": (method, {"options.query_fuse": True}),
+            "fused + mirror": (method, {"options.query_fuse": True, "query_flip": True}),
+            "bicubic": ("hashnet-lr", {}),
+        }
     return out
 
 
-def setting_preset(preset, mode: str, overrides: dict):
-    """The row's preset under a setting; building another mode (bicubic: hashnet-lr) drops the SR rows' options."""
+def setting_preset(preset, method: str, overrides: dict):
+    """The row's preset under a setting; building another method (bicubic: hashnet-lr) drops the SR rows' options."""
     from dsrhn.config import with_overrides
 
-    if mode != preset.mode:
-        preset = preset.replace(mode=mode, options={}, srnet_weights="")
+    if method != preset.method:
+        preset = preset.replace(method=method, options={}, srnet_weights="")
     return with_overrides(preset, overrides)
 
 
@@ -67,8 +71,11 @@ def same_setting(a, b) -> bool:
     """Two presets that encode queries alike: the same fields and the same typed method options."""
     from dsrhn.registry import get_method
 
-    return a.mode == b.mode and a.replace(options={}) == b.replace(options={}) and \
-        get_method(a.mode).parse_options(a.options) == get_method(b.mode).parse_options(b.options)
+    return (
+        a.method == b.method
+        and a.replace(options={}) == b.replace(options={})
+        and get_method(a.method).parse_options(a.options) == get_method(b.method).parse_options(b.options)
+    )
 
 
 def load_row(run_dir: str):
@@ -82,7 +89,7 @@ def load_row(run_dir: str):
     meta = read_metadata(os.path.join(run_dir, "model"))
     preset = preset_from_dict(meta["preset"])
     info = DatasetInfo.read(os.path.join(os.path.dirname(run_dir), "examples"))
-    nets = get_method(preset.mode)(preset, info).networks()
+    nets = get_method(preset.method)(preset, info).networks()
     last = latest_checkpoint(os.path.join(run_dir, "work", "checkpoints"))
     for name, net in nets.items():
         path = os.path.join(last, f"{name}.weights.h5")
@@ -118,17 +125,17 @@ def score_run(run_dir: str, cells: dict, topk: int, ap_dir: str) -> dict:
 
     preset, info, nets = load_row(run_dir)
     examples = os.path.join(os.path.dirname(run_dir), "examples")
-    base = CodeFunctions(get_method(preset.mode)(preset, info), nets)
+    base = CodeFunctions(get_method(preset.method)(preset, info), nets)
     g_codes, g_labels, _ = encode(examples, "gallery", "hr", base.serve_hr)
     out, done = {}, {}
-    for name, (mode, overrides) in settings_for(preset.mode).items():
-        setting = setting_preset(preset, mode, overrides)
+    for name, (method, overrides) in settings_for(preset.method).items():
+        setting = setting_preset(preset, method, overrides)
         twin = next((other for other, p in done.items() if same_setting(setting, p)), None)
         if twin:  # the same setting as one encoded already (e.g. "fused" for a row trained fused)
             out[name] = out[twin]
             continue
         done[name] = setting
-        fns = CodeFunctions(get_method(mode)(setting, info), nets)
+        fns = CodeFunctions(get_method(method)(setting, info), nets)
         row = {"cells": {}, "query_seconds": 0.0}
         for cell, uri in cells.items():
             q_codes, q_labels, seconds = encode(uri, "query", "lr", fns.query_codes)
@@ -138,8 +145,11 @@ def score_run(run_dir: str, cells: dict, topk: int, ap_dir: str) -> dict:
             row["cells"][cell] = {"map": float(ap.mean()), "ap_file": path}
             row["query_seconds"] += seconds
         out[name] = row
-        print(f"{os.path.basename(run_dir)} / {name}: x4-bicubic {row['cells'].get('x4-bicubic', {}).get('map', 0):.4f}, "
-              f"query encoding {row['query_seconds']:.1f} s", flush=True)
+        print(
+            f"{os.path.basename(run_dir)} / {name}: x4-bicubic {row['cells'].get('x4-bicubic', {}).get('map', 0):.4f}, "
+            f"query encoding {row['query_seconds']:.1f} s",
+            flush=True,
+        )
     return out
 
 
@@ -170,15 +180,20 @@ def summarise(scores: dict, groups: dict, cells: list[str]) -> dict:
             print(f"{row}: its seeds {runs} differ from the baseline's ({groups[base_row]}): left out")
             continue
         for setting in scores[runs[0]]:
-            entry = {"cells": {}, "query_time_ratio": sum(scores[r][setting]["query_seconds"] for r in runs) / base_time}
+            entry = {
+                "cells": {},
+                "query_time_ratio": sum(scores[r][setting]["query_seconds"] for r in runs) / base_time,
+            }
             for cell in cells:
                 a, b = base_aps[cell], mean_ap(row, setting, cell)
                 d, lo, hi = diff_interval(a, b)
                 entry["cells"][cell] = {"map": float(b.mean()), "diff": d, "interval": [lo, hi]}
             diffs = [entry["cells"][c]["diff"] for c in cells]
             entry["above"] = f"{sum(x > 0 for x in diffs)}/{len(diffs)}"
-            entry["above_x4_x8"] = f"{sum(entry['cells'][c]['diff'] > 0 for c in cells if not c.startswith('x2'))}/" \
-                                   f"{sum(not c.startswith('x2') for c in cells)}"
+            entry["above_x4_x8"] = (
+                f"{sum(entry['cells'][c]['diff'] > 0 for c in cells if not c.startswith('x2'))}/"
+                f"{sum(not c.startswith('x2') for c in cells)}"
+            )
             entry["mean_diff"] = float(np.mean(diffs))
             table[f"{row} / {setting}"] = entry
     return table
@@ -187,16 +202,22 @@ def summarise(scores: dict, groups: dict, cells: list[str]) -> dict:
 def print_table(table: dict, cells: list[str]) -> None:
     x4 = [c for c in cells if c.startswith("x4")]
     print(f"\nmAP@K, seed means; difference to {' / '.join(BASELINE)} [90% paired interval]")
-    print("| row / query setting | " + " | ".join(x4) + " | x8 differences | above (x4/x8) | mean difference | "
-          "query time |")
+    print(
+        "| row / query setting | " + " | ".join(x4) + " | x8 differences | above (x4/x8) | mean difference | "
+        "query time |"
+    )
     print("|---" * (len(x4) + 5) + "|")
     for name, e in table.items():
         c = e["cells"]
-        x4_text = [f"{c[k]['map']:.4f} ({c[k]['diff']:+.3f} [{c[k]['interval'][0]:+.3f}, {c[k]['interval'][1]:+.3f}])"
-                   for k in x4]
+        x4_text = [
+            f"{c[k]['map']:.4f} ({c[k]['diff']:+.3f} [{c[k]['interval'][0]:+.3f}, {c[k]['interval'][1]:+.3f}])"
+            for k in x4
+        ]
         x8 = " / ".join(f"{c[k]['diff']:+.3f}" for k in cells if k.startswith("x8"))
-        print(f"| {name} | " + " | ".join(x4_text) + f" | {x8} | {e['above']} ({e['above_x4_x8']}) | "
-              f"{e['mean_diff']:+.4f} | {e['query_time_ratio']:.2f}x |")
+        print(
+            f"| {name} | " + " | ".join(x4_text) + f" | {x8} | {e['above']} ({e['above_x4_x8']}) | "
+            f"{e['mean_diff']:+.4f} | {e['query_time_ratio']:.2f}x |"
+        )
     print("\nall cells, mAP@K:")
     print("| row / query setting | " + " | ".join(cells) + " |")
     for name, e in table.items():
@@ -222,11 +243,14 @@ def main() -> None:
     table = summarise(scores, seed_groups(runs), list(cells))
     print_table(table, list(cells))
     minutes = (time.time() - t0) / 60
-    print(f"\n{len(runs)} trained rows, {minutes:.1f} min on {platform.node()} ({os.cpu_count()} cores), "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(
+        f"\n{len(runs)} trained rows, {minutes:.1f} min on {platform.node()} ({os.cpu_count()} cores), "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
     with open(os.path.join(args.out, "query_views.json.tmp"), "w") as f:
-        json.dump({"table": table, "runs": runs, "minutes": minutes, "computed": time.strftime("%Y-%m-%d %H:%M")}, f,
-                  indent=1)
+        json.dump(
+            {"table": table, "runs": runs, "minutes": minutes, "computed": time.strftime("%Y-%m-%d %H:%M")}, f, indent=1
+        )
     os.replace(os.path.join(args.out, "query_views.json.tmp"), os.path.join(args.out, "query_views.json"))
 
 

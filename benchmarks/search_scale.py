@@ -12,13 +12,13 @@ Milvus Lite (embedded) at 100k: insert s and query latency, distances checked ag
     python benchmarks/search_scale.py                       # 100k, 1M, 10M x 12/24/32/48/64 bits
     python benchmarks/search_scale.py --sizes 100000 --bits 48 --no-milvus
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,12 +28,12 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import faiss  # noqa: E402
+from benchlib.timing import batched, percentiles, run_threads, single  # noqa: E402
 
 from dsrhn.contracts import code_dim, stored_bytes  # noqa: E402
-from serving.index import GalleryIndex, build_index, open_gallery, pad_codes, read_manifest, write_gallery  # noqa: E402
+from serving.index import GalleryIndex, build_index, open_gallery, read_manifest, write_gallery  # noqa: E402
 
 K = 100
 
@@ -42,26 +42,6 @@ def rss_mib() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
-
-
-def percentiles(lat: list[float]) -> tuple[float, float]:
-    lat = sorted(lat)
-    return statistics.median(lat) * 1e3, lat[int(0.99 * (len(lat) - 1))] * 1e3
-
-
-def single(search, queries: np.ndarray) -> tuple[float, float]:
-    lat = []
-    for q in queries:
-        t0 = time.perf_counter()
-        search(q[None])
-        lat.append(time.perf_counter() - t0)
-    return percentiles(lat)
-
-
-def batched(search, queries: np.ndarray) -> float:
-    t0 = time.perf_counter()
-    search(queries)
-    return (time.perf_counter() - t0) * 1e3 / len(queries)
 
 
 def concurrent(search, queries: np.ndarray, clients: int = 8) -> dict:
@@ -76,8 +56,6 @@ def concurrent(search, queries: np.ndarray, clients: int = 8) -> dict:
         with lock:
             lat.extend(mine)
 
-    from serve_load import run_threads
-
     wall = run_threads([lambda part=queries[i::clients]: client(part) for i in range(clients)])
     p50, p99 = percentiles(lat)
     return {"p50": p50, "p99": p99, "qps": len(lat) / wall}
@@ -85,8 +63,13 @@ def concurrent(search, queries: np.ndarray, clients: int = 8) -> dict:
 
 def measure(name: str, search, queries: np.ndarray, n_single: int) -> dict:
     p50, p99 = single(search, queries[:n_single])
-    return {"name": name, "single_p50": p50, "single_p99": p99, "batched": batched(search, queries[:256]),
-            **{f"conc_{k}": v for k, v in concurrent(search, queries[:n_single * 2]).items()}}
+    return {
+        "name": name,
+        "single_p50": p50,
+        "single_p99": p99,
+        "batched": batched(search, queries[:256]),
+        **{f"conc_{k}": v for k, v in concurrent(search, queries[: n_single * 2]).items()},
+    }
 
 
 def run_size_bits(n: int, bits: int, rng: np.random.Generator, n_single: int) -> list[dict]:
@@ -117,16 +100,25 @@ def run_size_bits(n: int, bits: int, rng: np.random.Generator, n_single: int) ->
     def ours_search(q):
         return ours.search(q, K)
 
-    batched_row = through_batcher(ours, queries[:n_single * 2], n)
+    batched_row = through_batcher(ours, queries[: n_single * 2], n)
 
     d_ref, r_ref = native.search(queries[:64], K)
     d, r = ours.search(queries[:64], K)
     identical = bool((d == d_ref).all() and (r == r_ref).all())
-    rows = [dict(measure("IndexBinaryFlat native, default threads (baseline)", native_search, queries, n_single),
-                 build_s=native_build, mem_mib=native_mem),
-            dict(measure(f"dsrhn: padded to {stored_bytes(bits)} B, thread policy", ours_search, queries, n_single),
-                 build_s=ours_build, mem_mib=ours_mem, identical=identical), batched_row]
-    del native, ours
+    rows = [
+        dict(
+            measure("IndexBinaryFlat native, default threads (baseline)", native_search, queries, n_single),
+            build_s=native_build,
+            mem_mib=native_mem,
+        ),
+        dict(
+            measure(f"dsrhn: padded to {stored_bytes(bits)} B, thread policy", ours_search, queries, n_single),
+            build_s=ours_build,
+            mem_mib=ours_mem,
+            identical=identical,
+        ),
+        batched_row,
+    ]
     return rows
 
 
@@ -140,12 +132,19 @@ def through_batcher(gallery: GalleryIndex, queries: np.ndarray, n: int) -> dict:
     nb = queries.shape[1]
     gallery.ids = IdMap(np.zeros(0, np.uint8), np.zeros(n + 1, np.uint64), np.zeros((n, 0), np.uint8), [])
     servable = type("Servable", (), {"index": gallery})()
-    batcher = Batcher(BatchingConfig(max_batch_size=64),
-                      lambda s, sig, images: {"codes": np.frombuffer(b"".join(images), np.uint8).reshape(-1, nb)},
-                      lambda e: e)
+    batcher = Batcher(
+        BatchingConfig(max_batch_size=64),
+        lambda s, sig, images: {"codes": np.frombuffer(b"".join(images), np.uint8).reshape(-1, nb)},
+        lambda e: e,
+    )
     r = concurrent(lambda q: batcher.submit(servable, "codes", [q.tobytes()], K), queries)
-    return {"name": "dsrhn + request batching (serving/batching.py)", "conc_p50": r["p50"], "conc_p99": r["p99"],
-            "conc_qps": r["qps"], "calls": batcher.batches}
+    return {
+        "name": "dsrhn + request batching (serving/batching.py)",
+        "conc_p50": r["p50"],
+        "conc_p99": r["p99"],
+        "conc_qps": r["qps"],
+        "calls": batcher.batches,
+    }
 
 
 def gallery_load(n: int, bits: int, rng: np.random.Generator, root: str) -> dict:
@@ -182,8 +181,16 @@ def load_only(d: str) -> None:
     res = g.query(q, 10)[0]
     first_ms = (time.perf_counter() - t0) * 1e3
     assert len(res["ids"]) == 10 and res["ids"][0].startswith("photos/")
-    print(json.dumps({"load_s": load_s, "rss_mib": psutil.Process().memory_info().rss / 2**20,
-                      "rss_delta_mib": rss_mib() - base, "first_query_ms": first_ms}))
+    print(
+        json.dumps(
+            {
+                "load_s": load_s,
+                "rss_mib": psutil.Process().memory_info().rss / 2**20,
+                "rss_delta_mib": rss_mib() - base,
+                "first_query_ms": first_ms,
+            }
+        )
+    )
 
 
 def milvus_rows(n: int, bits: int, rng: np.random.Generator, root: str) -> dict:
@@ -206,55 +213,86 @@ def milvus_rows(n: int, bits: int, rng: np.random.Generator, root: str) -> dict:
     d_ref, _ = native.search(queries[:50], K)
     d, _ = g.search(queries[:50], K)
     p50, p99 = single(lambda q: g.search(q, K), queries[:100])
-    return {"insert_s": insert_s, "single_p50": p50, "single_p99": p99,
-            "batched": batched(lambda q: g.search(q, K), queries), "same_distances": bool((d == d_ref).all())}
+    return {
+        "insert_s": insert_s,
+        "single_p50": p50,
+        "single_p99": p99,
+        "batched": batched(lambda q: g.search(q, K), queries),
+        "same_distances": bool((d == d_ref).all()),
+    }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000,10000000")
     ap.add_argument("--bits", default="12,24,32,48,64")
     ap.add_argument("--single", type=int, default=200, help="single queries timed per row")
     ap.add_argument("--no-milvus", action="store_true")
     ap.add_argument("--load-only", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def print_size_bits(n: int, bits: int, base: dict, ours: dict, via: dict) -> None:
+    for r in (base, ours):
+        print(
+            f"{n:>10,} {bits:>4}  {r['name']:<52} {r['build_s']:7.2f} {r['mem_mib']:6.0f} "
+            f"{r['single_p50']:10.3f} {r['single_p99']:7.3f} {r['batched']:8.4f} {r['conc_p50']:8.3f} "
+            f"{r['conc_p99']:8.3f} {r['conc_qps']:8.0f}"
+        )
+    print(
+        f"{n:>10,} {bits:>4}  {via['name']:<52} {'':>7} {'':>6} {'':>10} {'':>7} {'':>8} "
+        f"{via['conc_p50']:8.3f} {via['conc_p99']:8.3f} {via['conc_qps']:8.0f}"
+    )
+    print(
+        f"{'':>16}  ratio: single p50 {base['single_p50'] / ours['single_p50']:.2f}x, batched "
+        f"{base['batched'] / ours['batched']:.2f}x, 8 clients q/s {ours['conc_qps'] / base['conc_qps']:.2f}x "
+        f"({via['conc_qps'] / base['conc_qps']:.2f}x batched, p99 {via['conc_p99']:.2f} ms); "
+        f"identical results: {ours['identical']}"
+    )
+
+
+def print_gallery_and_milvus(n: int, rng: np.random.Generator, milvus: bool) -> None:
+    """The full gallery's write and fresh-process load at n x 48 bits; Milvus Lite at 100k unless told not."""
+    root = tempfile.mkdtemp(prefix="dsrhn-scale-")
+    try:
+        r = gallery_load(n, 48, rng, root)
+        print(
+            f"\nfull gallery of {n:,} 48-bit codes (index + columnar id map + manifest, {r['disk_mib']:.0f} MiB on "
+            f"disk): write {r['write_s']:.1f} s; fresh-process load with checksums {r['load_s']:.2f} s, "
+            f"RSS {r['rss_mib']:.0f} MiB (+{r['rss_delta_mib']:.0f} MiB for the gallery), "
+            f"first query {r['first_query_ms']:.1f} ms"
+        )
+        if milvus:
+            m = milvus_rows(100_000, 48, rng, root)
+            print(
+                f"Milvus Lite (embedded), 100,000 48-bit codes: insert {m['insert_s']:.1f} s; single p50 "
+                f"{m['single_p50']:.2f} ms p99 {m['single_p99']:.2f} ms; batched {m['batched']:.3f} ms/query; "
+                f"same top-{K} distances as faiss: {m['same_distances']}"
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    args = parse_args()
     if args.load_only:
         return load_only(args.load_only)
     sizes = [int(x) for x in args.sizes.split(",")]
     bits_list = [int(x) for x in args.bits.split(",")]
     rng = np.random.default_rng(0)
-    print(f"{os.cpu_count()} cores, faiss {faiss.__version__}, default OpenMP threads {faiss.omp_get_max_threads()}, "
-          f"k={K}; latencies in ms; ratio = baseline / dsrhn (higher is better)")
-    print(f"{'N':>10} {'bits':>4}  {'index':<52} {'build s':>7} {'MiB':>6} {'single p50':>10} {'p99':>7} "
-          f"{'batched':>8} {'8cl p50':>8} {'8cl p99':>8} {'8cl q/s':>8}")
+    print(
+        f"{os.cpu_count()} cores, faiss {faiss.__version__}, default OpenMP threads {faiss.omp_get_max_threads()}, "
+        f"k={K}; latencies in ms; ratio = baseline / dsrhn (higher is better)"
+    )
+    print(
+        f"{'N':>10} {'bits':>4}  {'index':<52} {'build s':>7} {'MiB':>6} {'single p50':>10} {'p99':>7} "
+        f"{'batched':>8} {'8cl p50':>8} {'8cl p99':>8} {'8cl q/s':>8}"
+    )
     for n in sizes:
         for bits in bits_list:
-            base, ours, via = run_size_bits(n, bits, rng, args.single if n < 10_000_000 else max(50, args.single // 4))
-            for r in (base, ours):
-                print(f"{n:>10,} {bits:>4}  {r['name']:<52} {r['build_s']:7.2f} {r['mem_mib']:6.0f} "
-                      f"{r['single_p50']:10.3f} {r['single_p99']:7.3f} {r['batched']:8.4f} {r['conc_p50']:8.3f} "
-                      f"{r['conc_p99']:8.3f} {r['conc_qps']:8.0f}")
-            print(f"{n:>10,} {bits:>4}  {via['name']:<52} {'':>7} {'':>6} {'':>10} {'':>7} {'':>8} "
-                  f"{via['conc_p50']:8.3f} {via['conc_p99']:8.3f} {via['conc_qps']:8.0f}")
-            print(f"{'':>16}  ratio: single p50 {base['single_p50'] / ours['single_p50']:.2f}x, batched "
-                  f"{base['batched'] / ours['batched']:.2f}x, 8 clients q/s {ours['conc_qps'] / base['conc_qps']:.2f}x "
-                  f"({via['conc_qps'] / base['conc_qps']:.2f}x batched, p99 {via['conc_p99']:.2f} ms); "
-                  f"identical results: {ours['identical']}")
-    root = tempfile.mkdtemp(prefix="dsrhn-scale-")
-    try:
-        n = max(sizes)
-        r = gallery_load(n, 48, rng, root)
-        print(f"\nfull gallery of {n:,} 48-bit codes (index + columnar id map + manifest, {r['disk_mib']:.0f} MiB on disk): "
-              f"write {r['write_s']:.1f} s; fresh-process load with checksums {r['load_s']:.2f} s, "
-              f"RSS {r['rss_mib']:.0f} MiB (+{r['rss_delta_mib']:.0f} MiB for the gallery), "
-              f"first query {r['first_query_ms']:.1f} ms")
-        if not args.no_milvus:
-            m = milvus_rows(100_000, 48, rng, root)
-            print(f"Milvus Lite (embedded), 100,000 48-bit codes: insert {m['insert_s']:.1f} s; single p50 "
-                  f"{m['single_p50']:.2f} ms p99 {m['single_p99']:.2f} ms; batched {m['batched']:.3f} ms/query; "
-                  f"same top-{K} distances as faiss: {m['same_distances']}")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+            rows = run_size_bits(n, bits, rng, args.single if n < 10_000_000 else max(50, args.single // 4))
+            print_size_bits(n, bits, *rows)
+    print_gallery_and_milvus(max(sizes), rng, not args.no_milvus)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,21 @@ user runs it (e.g. several worker processes, TensorFlow's thread pools), against
 --baseline-process MODEL[:FLAGS] makes such a row the named baseline instead, and leaves out the in-process rows
 (e.g. the server as it was: `dsrhn:--no-batching --http h11 --loop asyncio`).
 """
+
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import os
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 
 import httpx
+from benchlib.serve import ProcessServer, build_tiny
+from benchlib.timing import run_threads
 
 
 def start_server(base_dir: str, name: str, batching: bool = True, timeout_ms: float = 0.0, threads: int = 1):
@@ -37,8 +40,9 @@ def start_server(base_dir: str, name: str, batching: bool = True, timeout_ms: fl
     store.refresh()
     if store.current is None:
         raise SystemExit(f"no servable version with an index under {base_dir}/{name}")
-    return BackgroundServer(store, batching=BatchingConfig(enabled=batching, batch_timeout_ms=timeout_ms,
-                                                                   num_batch_threads=threads))
+    return BackgroundServer(
+        store, batching=BatchingConfig(enabled=batching, batch_timeout_ms=timeout_ms, num_batch_threads=threads)
+    )
 
 
 @dataclass(frozen=True)
@@ -51,72 +55,6 @@ class Row:
     timeout_ms: float = 0.0
     threads: int = 1
     flags: str | None = None  # not None: `dsrhn serve` in its own process(es) with these flags
-
-
-class ProcessServer:
-    """`dsrhn serve` in a child process on a free loopback port; ready when every worker has started."""
-
-    def __init__(self, base_dir: str, name: str, flags: str, start_timeout: float = 300.0):
-        import shlex
-        import subprocess
-        import sys
-
-        from dsrhn.cli import build_parser
-        from serving.server import free_loopback_port
-
-        self.port = free_loopback_port()
-        extra = shlex.split(flags)
-        workers = build_parser().parse_args(["serve", "--base-dir", base_dir, *extra]).workers  # as dsrhn serve reads them
-        cmd = [sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", base_dir, "--model-name", name,
-               "--port", str(self.port), "--poll-seconds", "3600", *extra]
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + start_timeout
-        while self._started() < workers:
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise SystemExit(f"`{' '.join(cmd)}` did not start {workers} worker(s):\n{self._tail()}")
-            time.sleep(0.2)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def _started(self) -> int:
-        from serving.server import started_processes
-
-        with open(self.log.name) as f:
-            return started_processes(f.read())
-
-    def _tail(self) -> str:
-        with open(self.log.name) as f:
-            return "".join(f.readlines()[-20:])
-
-    def stop(self) -> None:
-        import signal
-        import subprocess
-
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.unlink(self.log.name)
-
-
-def build_tiny(root: str) -> tuple[str, str]:
-    from components.ingest import run_ingest
-    from dsrhn.config import LRConfig, get_preset
-    from serving.indexer import gallery_from_examples, run_indexing
-    from trainer.export import export_saved_model
-    from trainer.train import build_trainer
-
-    ex = os.path.join(root, "examples")
-    run_ingest({"kind": "fashion-mnist-mosaic", "n_train": 0, "n_query": 50, "n_gallery": 2000}, ex, 56, LRConfig())
-    p = get_preset("cpu")
-    t = build_trainer(p)
-    v1 = os.path.join(root, "serving", "dsrhn", "1")
-    export_saved_model(t.method, t.nets, v1, [str(i) for i in range(10)])
-    run_indexing(v1, gallery_from_examples(ex))
-    return os.path.join(root, "serving"), ex
 
 
 def load(url: str, method: str, body: dict | None, clients: int, seconds: float, kind: str = "sockets") -> dict:
@@ -141,19 +79,11 @@ def client_process(spec_path: str) -> None:
 
     with open(spec_path) as f:
         spec = json.load(f)
-    print(json.dumps(run_clients(spec["url"], spec["method"], spec["body"], spec["clients"], spec["seconds"],
-                                 spec["kind"])))
-
-
-def run_threads(targets: list) -> float:
-    """Start one thread per target, wait for all; the wall time in seconds."""
-    threads = [threading.Thread(target=t) for t in targets]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - t0
+    print(
+        json.dumps(
+            run_clients(spec["url"], spec["method"], spec["body"], spec["clients"], spec["seconds"], spec["kind"])
+        )
+    )
 
 
 def request_bytes(url: str, method: str, body: dict | None) -> tuple[tuple[str, int], bytes]:
@@ -186,11 +116,47 @@ def read_response(sock, buf: bytearray) -> int:
     head = bytes(buf[:end]).lower()
     status = int(head.split(b" ", 2)[1])
     at = head.find(b"\r\ncontent-length:")
-    length = int(head[at + 17: head.index(b"\r\n", at + 2)]) if at >= 0 else 0
+    length = int(head[at + 17 : head.index(b"\r\n", at + 2)]) if at >= 0 else 0
     while len(buf) < end + length:
         _receive(sock, buf)
-    del buf[:end + length]
+    del buf[: end + length]
     return status
+
+
+def socket_client(address: tuple[str, int], raw: bytes, stop: float, lat: list, errors: list) -> None:
+    """One keep-alive connection sending the request's bytes back to back until `stop` (a time.time())."""
+    import socket
+
+    buf = bytearray()
+    sock = socket.create_connection(address, timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:  # at least one request, however late the thread starts on busy cores
+            t0 = time.perf_counter()
+            sock.sendall(raw)
+            status = read_response(sock, buf)
+            lat.append(time.perf_counter() - t0)
+            if status != 200:
+                errors.append(status)
+            if time.time() >= stop:
+                break
+    except OSError as e:
+        errors.append(repr(e))
+    finally:
+        sock.close()
+
+
+def httpx_client(url: str, method: str, body: dict | None, stop: float, lat: list, errors: list) -> None:
+    """One httpx client sending requests back to back until `stop`."""
+    with httpx.Client(timeout=30) as c:
+        while True:  # at least one request: making the client can outlast a short run
+            t0 = time.perf_counter()
+            r = c.post(url, json=body) if method == "POST" else c.get(url)
+            lat.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                errors.append(r.status_code)
+            if time.time() >= stop:
+                break
 
 
 def run_clients(url: str, method: str, body: dict | None, clients: int, seconds: float, kind: str = "sockets") -> dict:
@@ -198,52 +164,28 @@ def run_clients(url: str, method: str, body: dict | None, clients: int, seconds:
     bytes are made once and the answers parsed only as far as status and length (so the load generator takes little of
     the cores it shares with the server); "httpx": a full HTTP client per thread. Reports the clients' own CPU time."""
     import resource
-    import socket
 
     lat, errors = [], []
     stop = time.time() + seconds
     address, raw = request_bytes(url, method, body)
-
-    def with_sockets():
-        buf = bytearray()
-        sock = socket.create_connection(address, timeout=30)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            while True:  # at least one request, however late the thread starts on busy cores
-                t0 = time.perf_counter()
-                sock.sendall(raw)
-                status = read_response(sock, buf)
-                lat.append(time.perf_counter() - t0)
-                if status != 200:
-                    errors.append(status)
-                if time.time() >= stop:
-                    break
-        except OSError as e:
-            errors.append(repr(e))
-        finally:
-            sock.close()
-
-    def with_httpx():
-        with httpx.Client(timeout=30) as c:
-            while True:  # at least one request: making the client can outlast a short run
-                t0 = time.perf_counter()
-                r = c.post(url, json=body) if method == "POST" else c.get(url)
-                lat.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    errors.append(r.status_code)
-                if time.time() >= stop:
-                    break
-
+    if kind == "sockets":
+        client = functools.partial(socket_client, address, raw, stop, lat, errors)
+    else:
+        client = functools.partial(httpx_client, url, method, body, stop, lat, errors)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    wall = run_threads([with_sockets if kind == "sockets" else with_httpx] * clients)
+    wall = run_threads([client] * clients)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     client_cpu = (cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime) / wall  # cores the clients used
+    out = {"n": len(lat), "errors": len(errors), "client_cores": client_cpu}
     if not lat:
-        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "n": 0, "errors": len(errors),
-                "client_cores": client_cpu}
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), **out}
     lat.sort()
-    return {"rps": len(lat) / wall, "p50": statistics.median(lat) * 1e3, "p99": lat[int(0.99 * (len(lat) - 1))] * 1e3,
-            "n": len(lat), "errors": len(errors), "client_cores": client_cpu}
+    return {
+        "rps": len(lat) / wall,
+        "p50": statistics.median(lat) * 1e3,
+        "p99": lat[int(0.99 * (len(lat) - 1))] * 1e3,
+        **out,
+    }
 
 
 def profile_search(base_dir: str, name: str, body: dict, n: int = 300) -> dict:
@@ -263,8 +205,10 @@ def profile_search(base_dir: str, name: str, body: dict, n: int = 300) -> dict:
     s = store.current
     raw = json.dumps(body).encode()
     limits = InputLimits()
-    stages: dict = {k: [] for k in ("json in", "base64", "header checks", "model call", "index search", "ids and labels",
-                                    "json out")}
+    stages: dict = {
+        k: []
+        for k in ("json in", "base64", "header checks", "model call", "index search", "ids and labels", "json out")
+    }
     for i in range(n + 20):
         t = [time.perf_counter()]
         req = json.loads(raw)
@@ -282,15 +226,18 @@ def profile_search(base_dir: str, name: str, body: dict, n: int = 300) -> dict:
         json.dumps({"model_version": str(s.version), "k": req["k"], "results": results})
         t.append(time.perf_counter())
         if i >= 20:
-            for (stage, values), a, b in zip(stages.items(), t, t[1:]):
+            for values, a, b in zip(stages.values(), t, t[1:]):
                 values.append((b - a) * 1e3)
     med = {k: statistics.median(v) for k, v in stages.items()}
     total = sum(med.values())
-    return {"stages_ms": {k: round(v, 3) for k, v in med.items()}, "total_ms": round(total, 3),
-            "model_share": round(med["model call"] / total, 3)}
+    return {
+        "stages_ms": {k: round(v, 3) for k, v in med.items()},
+        "total_ms": round(total, 3),
+        "model_share": round(med["model call"] / total, 3),
+    }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base-dir")
     ap.add_argument("--model-name", default="dsrhn")
@@ -303,18 +250,112 @@ def main() -> None:
     ap.add_argument("--batch-timeout-ms", type=float, default=2.0, help="the third row's batch timeout")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--profile-only", action="store_true", help="only where one :search spends its time")
-    ap.add_argument("--compare-model-name", default="",
-                    help="more models in --base-dir, comma-separated (e.g. an XLA export, a student) measured in the "
-                         "same run against --model-name's unbatched row, rows marked with their names")
-    ap.add_argument("--process", action="append", default=[], metavar="MODEL[:FLAGS]",
-                    help="a row served by `dsrhn serve --model-name MODEL FLAGS` in its own process(es) (repeatable)")
-    ap.add_argument("--load-client", default="sockets", choices=["sockets", "httpx"],
-                    help="the load generator: raw keep-alive sockets, the request serialised once (default; it takes "
-                         "little of the cores the server shares), or httpx clients (this script's generator until "
-                         "2026-11-28)")
-    ap.add_argument("--baseline-process", metavar="MODEL[:FLAGS]",
-                    help="the named baseline is this `dsrhn serve` row; only --process rows are compared with it")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--compare-model-name",
+        default="",
+        help="more models in --base-dir, comma-separated (e.g. an XLA export, a student) measured in the "
+        "same run against --model-name's unbatched row, rows marked with their names",
+    )
+    ap.add_argument(
+        "--process",
+        action="append",
+        default=[],
+        metavar="MODEL[:FLAGS]",
+        help="a row served by `dsrhn serve --model-name MODEL FLAGS` in its own process(es) (repeatable)",
+    )
+    ap.add_argument(
+        "--load-client",
+        default="sockets",
+        choices=["sockets", "httpx"],
+        help="the load generator: raw keep-alive sockets, the request serialised once (default; it takes "
+        "little of the cores the server shares), or httpx clients (this script's generator until "
+        "2026-11-28)",
+    )
+    ap.add_argument(
+        "--baseline-process",
+        metavar="MODEL[:FLAGS]",
+        help="the named baseline is this `dsrhn serve` row; only --process rows are compared with it",
+    )
+    return ap.parse_args()
+
+
+def served_rows(args, compare: list[str]) -> list[Row]:
+    """The rows to measure: batching settings in this process, then --compare-model-name and --process rows."""
+    m, t = args.model_name, args.batch_timeout_ms
+    rows = [
+        Row(m, "unbatched (baseline)", False),
+        Row(m, "batched", True),
+        Row(m, f"batched, timeout {t:g} ms", True, t),
+        Row(m, "batched, 2 batch threads", True, threads=2),
+        Row(m, f"batched, 2 batch threads, timeout {t:g} ms", True, t, 2),
+    ]
+    for name in compare:
+        rows += [
+            Row(name, f"{name}: unbatched", False),
+            Row(name, f"{name}: batched, 2 batch threads", True, threads=2),
+        ]
+    if args.baseline_process:
+        name, _, flags = args.baseline_process.partition(":")
+        rows = [Row(name, f"{name}: dsrhn serve {flags or '(defaults)'} (baseline)", flags=flags)]
+    for spec in args.process:
+        name, _, flags = spec.partition(":")
+        rows.append(Row(name, f"{name}: dsrhn serve {flags or '(defaults)'}", flags=flags))
+    return rows
+
+
+def measure(args, base: str, body: dict, row: Row, results: dict) -> None:
+    """One row's :search load (after a warm-up); the first row also measures GET /healthz."""
+    server = (
+        ProcessServer(base, row.model, row.flags)
+        if row.flags is not None
+        else start_server(base, row.model, row.batching, row.timeout_ms, row.threads)
+    )
+    batcher = server.app.state.model.batcher if row.flags is None and row.batching else None
+    try:
+        if not results:
+            results["GET /healthz (no model)"] = load(
+                f"{server.url}/healthz", "GET", None, args.clients, args.seconds, args.load_client
+            )
+        url = f"{server.url}/v1/models/{row.model}:search"
+        load(url, "POST", body, args.clients, args.warmup_seconds, args.load_client)  # XLA compiles: not counted
+        if batcher:
+            batcher.batched_images = batcher.batches = 0
+        results[f":search k={args.k} {row.label}"] = load(
+            url, "POST", body, args.clients, args.seconds, args.load_client
+        )
+        if batcher:
+            results[f":search k={args.k} {row.label}"]["per_call"] = batcher.batched_images / max(1, batcher.batches)
+    finally:
+        server.stop()
+
+
+def print_profiles(base: str, names: list[str], body: dict) -> None:
+    for name in names:
+        prof = profile_search(base, name, body)
+        print(
+            f"where one unbatched :search of {name} spends its time (median ms, in-process, no HTTP): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in prof["stages_ms"].items())
+            + f"; total {prof['total_ms']:.2f} ms, the model call {prof['model_share']:.0%}",
+            flush=True,
+        )
+
+
+def print_results(results: dict) -> None:
+    for name, r in results.items():
+        extra = f"  {r['per_call']:.1f} images per model call" if "per_call" in r else ""
+        print(
+            f"  {name:<40} {r['rps']:8.1f} req/s  p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
+            f"n={r['n']} errors={r['errors']}  clients' CPU {r['client_cores']:.2f} cores{extra}"
+        )
+    names = list(results)
+    base_r = results[names[1]]
+    for name in names[2:]:
+        r = results[name]
+        print(f"  {name}: {r['rps'] / base_r['rps']:.2f}x the baseline's req/s, p99 {r['p99'] / base_r['p99']:.2f}x")
+
+
+def main() -> None:
+    args = parse_args()
     if args.client:
         return client_process(args.client)
     base, examples = args.base_dir, args.examples
@@ -328,54 +369,13 @@ def main() -> None:
     body = {"instances": [{"b64": base64.b64encode(lr).decode()}], "k": args.k}
     print(f"{args.clients} clients ({args.load_client}) x {args.seconds:.0f} s on loopback, {os.cpu_count()} cores")
     compare = [m for m in args.compare_model_name.split(",") if m]
-    for name in [args.model_name] + compare:
-        prof = profile_search(base, name, body)
-        print(f"where one unbatched :search of {name} spends its time (median ms, in-process, no HTTP): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in prof["stages_ms"].items())
-              + f"; total {prof['total_ms']:.2f} ms, the model call {prof['model_share']:.0%}", flush=True)
+    print_profiles(base, [args.model_name] + compare, body)
     if args.profile_only:
         return
-    results = {}
-    rows = [Row(args.model_name, "unbatched (baseline)", False), Row(args.model_name, "batched", True),
-            Row(args.model_name, f"batched, timeout {args.batch_timeout_ms:g} ms", True, args.batch_timeout_ms),
-            Row(args.model_name, "batched, 2 batch threads", True, threads=2),
-            Row(args.model_name, f"batched, 2 batch threads, timeout {args.batch_timeout_ms:g} ms", True,
-                args.batch_timeout_ms, 2)]
-    for name in compare:
-        rows += [Row(name, f"{name}: unbatched", False), Row(name, f"{name}: batched, 2 batch threads", True, threads=2)]
-    if args.baseline_process:
-        name, _, flags = args.baseline_process.partition(":")
-        rows = [Row(name, f"{name}: dsrhn serve {flags or '(defaults)'} (baseline)", flags=flags)]
-    for spec in args.process:
-        name, _, flags = spec.partition(":")
-        rows.append(Row(name, f"{name}: dsrhn serve {flags or '(defaults)'}", flags=flags))
-    for row in rows:
-        server = (ProcessServer(base, row.model, row.flags) if row.flags is not None
-                  else start_server(base, row.model, row.batching, row.timeout_ms, row.threads))
-        batcher = server.app.state.model.batcher if row.flags is None and row.batching else None
-        try:
-            if not results:
-                results["GET /healthz (no model)"] = load(f"{server.url}/healthz", "GET", None, args.clients, args.seconds,
-                                                          args.load_client)
-            url = f"{server.url}/v1/models/{row.model}:search"
-            load(url, "POST", body, args.clients, args.warmup_seconds, args.load_client)  # XLA compiles: not counted
-            if batcher:
-                batcher.batched_images = batcher.batches = 0
-            results[f":search k={args.k} {row.label}"] = load(url, "POST", body, args.clients, args.seconds,
-                                                              args.load_client)
-            if batcher:
-                results[f":search k={args.k} {row.label}"]["per_call"] = batcher.batched_images / max(1, batcher.batches)
-        finally:
-            server.stop()
-    for name, r in results.items():
-        extra = f"  {r['per_call']:.1f} images per model call" if "per_call" in r else ""
-        print(f"  {name:<40} {r['rps']:8.1f} req/s  p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
-              f"n={r['n']} errors={r['errors']}  clients' CPU {r['client_cores']:.2f} cores{extra}")
-    names = list(results)
-    base_r = results[names[1]]
-    for name in names[2:]:
-        r = results[name]
-        print(f"  {name}: {r['rps'] / base_r['rps']:.2f}x the baseline's req/s, p99 {r['p99'] / base_r['p99']:.2f}x")
+    results: dict = {}
+    for row in served_rows(args, compare):
+        measure(args, base, body, row, results)
+    print_results(results)
     if any(r["errors"] for r in results.values()):
         raise SystemExit("errors under load")
 

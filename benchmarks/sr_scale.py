@@ -11,6 +11,7 @@ Prints the mean and range of PSNR-Y(SR) - PSNR-Y(bicubic) per (way, S), border 4
     python benchmarks/sr_scale.py                          # 12 photos, S = 96, 192, 384, RealSR DF2K
     python benchmarks/sr_scale.py --photos 33 --weights realsr-df2k,realesrgan-x4plus
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ def main() -> None:
     ap.add_argument("--weights", default="realsr-df2k")
     ap.add_argument("--root", default=os.path.join(data_dir(), "photos", "test"))
     args = ap.parse_args()
-    files = sorted(os.listdir(args.root))[:args.photos]
+    files = sorted(os.listdir(args.root))[: args.photos]
     sides = [int(s) for s in args.sides.split(",")]
     for name in args.weights.split(","):
         net = RRDBNet()
@@ -70,8 +71,10 @@ def main() -> None:
                     sr = np.clip(np.round(keras.ops.convert_to_numpy(net(x, training=False))[0] * 255), 0, 255)
                     ref = np.asarray(hr, np.float32)
                     gains.setdefault((way, side), []).append(psnr_y(sr, ref, BORDER) - psnr_y(bic, ref, BORDER))
-        print(f"{name}: PSNR-Y gain over bicubic x4 (baseline), {len(files)} held-out photos, "
-              f"{time.perf_counter() - t0:.0f} s")
+        print(
+            f"{name}: PSNR-Y gain over bicubic x4 (baseline), {len(files)} held-out photos, "
+            f"{time.perf_counter() - t0:.0f} s"
+        )
         print("| HR made by | S | photos | mean dB | min | max |\n|---|---|---|---|---|---|")
         for (way, side), g in sorted(gains.items()):
             print(f"| {way} | {side} | {len(g)} | {np.mean(g):+.2f} | {np.min(g):+.2f} | {np.max(g):+.2f} |")

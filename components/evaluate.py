@@ -177,7 +177,7 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     encode_seconds = time.time() - t0
     report = {
         "model": model_dir, "examples": examples_uri, "queries_from": queries_uri, "query_lr": q_info.lr,
-        "mode": enc.meta["mode"], "bits": bits, "topk": topk,
+        "method": enc.meta["method"], "bits": bits, "topk": topk,
         "queries": len(q.ids), "gallery": len(g.ids), "query_input": enc.query_field,
         "lr_query": retrieval_numbers(q, g, bits, topk, curves),
         "hr_query": retrieval_numbers(q_hr, g, bits, topk, curves),
@@ -203,7 +203,8 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
         from components import plots as plotting
 
         plotting.write_plots(report, out_dir)
-        plotting.sample_grid(examples_uri, enc, q, g, info, os.path.join(out_dir, "samples.png"), queries_uri=queries_uri)
+        plotting.sample_grid(examples_uri, enc, q, g, info, os.path.join(out_dir, "samples.png"),
+                             queries_uri=queries_uri)
     return report
 
 
@@ -230,7 +231,7 @@ def markdown_summary(report: dict) -> str:
     k = report["topk"]
     rows = [("LR query" if report["query_input"] == "lr" else "HR query (an HR-query method)", report["lr_query"]),
             ("HR query (upper bound)", report["hr_query"])]
-    lines = [f"# Retrieval report: {report['mode']}, {report['bits']} bits",
+    lines = [f"# Retrieval report: {report['method']}, {report['bits']} bits",
              "", f"{report['queries']} queries, {report['gallery']} gallery images.", "",
              f"| queries | mAP@{k} | mAP@{k} (skip empty) | mAP@all | P@r<=2 |", "|---|---|---|---|---|"]
     if "bicubic_query" in report:

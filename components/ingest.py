@@ -1,7 +1,7 @@
 """Ingestion as a Beam job: SourceItems -> HR/LR TFRecords per role + a rejection report.
 
 Runs on DirectRunner here and on any Beam runner at scale (pipeline options pass through).
-`run_ingest` is what `dsrhn ingest` calls; `components.tfx_components.DsrhnIngest` wraps it.
+`run_ingest` is what `dsrhn ingest` calls; `pipeline.tfx_components.DsrhnIngest` wraps it.
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import shutil
 import uuid
 import zlib
 from collections import Counter
@@ -21,35 +20,17 @@ from PIL import Image
 from dsrhn import sources
 from dsrhn.images import ImageError, encode_png, load_image, make_lr, photo_view, prepare_hr, source_image
 from components.masks import item_mask
-from dsrhn.atomic import remove_stale, swap_into_place, temp_path
+from dsrhn.atomic import atomic_dir
 from dsrhn.beam_options import pipeline_options, run as run_pipeline
 from dsrhn.config import LRConfig
 from dsrhn.records import SPLITS, DatasetInfo, make_example, split_dir
+from dsrhn.sources import build_source  # a spec {"kind": one of dsrhn.sources.SOURCES, ...} -> Source
 
 REPORT_FILE = "ingest_report.json"
 
 
-def build_source(spec: dict) -> sources.Source:
-    """A source from a JSON-able spec: {"kind": ..., **arguments of that source}."""
-    spec = dict(spec)
-    kind = spec.pop("kind")
-    builders = {
-        "fashion-mnist": sources.fashion_mnist_source,
-        "fashion-mnist-mosaic": sources.fashion_mnist_mosaic_source,
-        "list": sources.list_source,
-        "coco": lambda **kw: sources.coco_source([tuple(p) for p in kw.pop("pairs")], **kw),
-        "directory": lambda **kw: sources.directory_source(kw.pop("root"), **kw),
-        "photos": lambda **kw: sources.photo_source(kw.pop("root"), **kw),
-    }
-    if kind not in builders:
-        raise ValueError(f"unknown source kind {kind!r}; choose one of {sorted(builders)}")
-    return builders[kind](**spec)
-
-
 def source_pixels(ref: str):
     """The RGB PIL image an item refers to (file path or Fashion-MNIST reference)."""
-    from PIL import Image
-
     if ref.startswith("fmnist:"):
         return Image.fromarray(sources.fashion_mnist_pixels(ref), "L").convert("RGB")
     return load_image(ref)
@@ -266,79 +247,72 @@ class IngestSummary:
 
 def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report_uri: str | None = None,
                beam_pipeline: beam.Pipeline | None = None, beam_args: list[str] | None = None) -> IngestSummary:
-    """Ingest `spec` into an Examples directory at `examples_uri` (Split-train/query/gallery).
-
-    A local `examples_uri` is written under a temporary name and renamed into place at the end, so a
-    killed run leaves the previous output (records, dsrhn_dataset.json, report) intact and whole."""
+    """Ingest `spec` into an Examples directory at `examples_uri` (Split-train/query/gallery), written whole
+    or not at all (dsrhn.atomic.atomic_dir): a killed run leaves the previous output (records,
+    dsrhn_dataset.json, report) intact. The report goes into the Examples unless `report_uri` is elsewhere."""
     import tensorflow as tf
-
-    from dsrhn.progress import beam_workers
 
     source = build_source(spec)
     if source.name == "photos" and not source.source_side:  # views are drawn from the photo at 4x the HR side
         source.source_side = 4 * hr_size
-    local = "://" not in examples_uri
-    final = examples_uri.rstrip("/")
-    work = temp_path(final) if local else examples_uri
-    if local:
-        remove_stale(final)
-    report_in_examples = report_uri is None or report_uri.rstrip("/") == final
-    report_uri = work if report_in_examples else report_uri
-    for d in (work, report_uri):
-        tf.io.gfile.makedirs(d)
-    report_path = os.path.join(report_uri, REPORT_FILE)
-    try:
-        pipeline = beam_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
-        build_ingest_pipeline(pipeline, source, hr_size, lr, work, report_path, share=1.0 / beam_workers(beam_args))
-        run_pipeline(pipeline)
-        with tf.io.gfile.GFile(report_path) as f:
-            report = json.loads(f.read())
-        DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
-                    scale=lr.scale, lr=asdict(lr), counts=report["per_split"],
-                    multi_label=any(sum(it.labels) > 1 for it in source.items), masks=source.masks,
-                    source_side=source.source_side).write(work)
-        if local:
-            swap_into_place(work, final)
-    except BaseException:
-        if local:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if report_in_examples:
-        report_path = os.path.join(examples_uri, REPORT_FILE)
+    report_in_examples = report_uri is None or report_uri.rstrip("/") == examples_uri.rstrip("/")
+    with atomic_dir(examples_uri) as work:
+        report_dir = work if report_in_examples else report_uri
+        tf.io.gfile.makedirs(report_dir)
+        report = ingest_into(work, os.path.join(report_dir, REPORT_FILE), source, hr_size, lr, beam_pipeline,
+                             beam_args)
+    report_path = os.path.join(examples_uri if report_in_examples else report_uri, REPORT_FILE)
     return IngestSummary(examples_uri, report_path, report)
+
+
+def ingest_into(work: str, report_path: str, source: sources.Source, hr_size: int, lr: LRConfig,
+                beam_pipeline: beam.Pipeline | None, beam_args: list[str] | None) -> dict:
+    """Run the Beam job that writes `source`'s records into `work` and the report to `report_path`, then
+    dsrhn_dataset.json beside the records; returns the report."""
+    import tensorflow as tf
+
+    from dsrhn.progress import beam_workers
+
+    pipeline = beam_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
+    build_ingest_pipeline(pipeline, source, hr_size, lr, work, report_path, share=1.0 / beam_workers(beam_args))
+    run_pipeline(pipeline)
+    with tf.io.gfile.GFile(report_path) as f:
+        report = json.loads(f.read())
+    DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
+                scale=lr.scale, lr=asdict(lr), counts=report["per_split"],
+                multi_label=any(sum(it.labels) > 1 for it in source.items), masks=source.masks,
+                source_side=source.source_side).write(work)
+    return report
 
 
 def derive_query_set(examples_uri: str, out_uri: str, lr: LRConfig) -> DatasetInfo:
     """A stored, repeatable query set: the query split of `examples_uri` with its LR partners made anew
-    from each HR by `lr` (deterministic per (lr.seed, id), dsrhn.images.make_lr), written as an
-    Examples directory holding Split-query and dsrhn_dataset.json. Written under a temporary name
-    and renamed into place, so a killed run never leaves a half set behind."""
+    from each HR by `lr` (deterministic per (lr.seed, id), dsrhn.images.make_lr), written whole or not at
+    all (atomic_dir) as an Examples directory holding Split-query and dsrhn_dataset.json."""
+    info = DatasetInfo.read(examples_uri)
+    with atomic_dir(out_uri) as work:
+        n = write_query_records(examples_uri, info, work, lr)
+        DatasetInfo(source=info.source, label_names=info.label_names, hr_size=info.hr_size,
+                    lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n},
+                    multi_label=info.multi_label, masks=info.masks).write(work)
+    return DatasetInfo.read(out_uri)
+
+
+def write_query_records(examples_uri: str, info: DatasetInfo, work: str, lr: LRConfig) -> int:
+    """The query records of `examples_uri` with new LR partners, as one shard in `work`; returns their count."""
     import tensorflow as tf
-    from PIL import Image
 
     from dsrhn.records import read_split_raw
 
-    info = DatasetInfo.read(examples_uri)
-    final = out_uri.rstrip("/")
-    remove_stale(final)
-    tmp = temp_path(final)
-    os.makedirs(split_dir(tmp, "query"))
-    try:
-        n = 0
-        options = tf.io.TFRecordOptions(compression_type="GZIP")
-        with tf.io.TFRecordWriter(os.path.join(split_dir(tmp, "query"), "data_tfrecord-00000-of-00001.gz"), options) as w:
-            for rec in read_split_raw(examples_uri, "query", info).as_numpy_iterator():
-                item_id = rec["id"].decode("utf-8")
-                hr = Image.open(io.BytesIO(rec["hr"])).convert("RGB")
-                lr_png = encode_png(make_lr(hr, lr, item_id))
-                w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]],
-                                     bytes(rec["mask"]) if info.masks else None).SerializeToString(deterministic=True))
-                n += 1
-        DatasetInfo(source=info.source, label_names=info.label_names, hr_size=info.hr_size,
-                    lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n},
-                    multi_label=info.multi_label, masks=info.masks).write(tmp)
-        swap_into_place(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return DatasetInfo.read(out_uri)
+    tf.io.gfile.makedirs(split_dir(work, "query"))
+    n = 0
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(os.path.join(split_dir(work, "query"), "data_tfrecord-00000-of-00001.gz"), options) as w:
+        for rec in read_split_raw(examples_uri, "query", info).as_numpy_iterator():
+            item_id = rec["id"].decode("utf-8")
+            hr = Image.open(io.BytesIO(rec["hr"])).convert("RGB")
+            lr_png = encode_png(make_lr(hr, lr, item_id))
+            w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]],
+                                 bytes(rec["mask"]) if info.masks else None).SerializeToString(deterministic=True))
+            n += 1
+    return n

@@ -181,7 +181,8 @@ def retrieval_curves(q_codes, g_codes, q_labels, g_labels, bits: int,
         ok = total_rel > 0
         sum_r += (correct[ok] / total_rel[ok, None]).sum(0)
         cnt_r += int(ok.sum())
-        sum_p2 += np.where(retrieved[:, min(2, bits)] > 0, correct[:, min(2, bits)] / np.maximum(retrieved[:, min(2, bits)], 1), 0).sum()
+        r2 = min(2, bits)  # Hamming radius 2
+        sum_p2 += np.where(retrieved[:, r2] > 0, correct[:, r2] / np.maximum(retrieved[:, r2], 1), 0).sum()
         ranked_rel = np.cumsum(np.take_along_axis(rel, rank(d.astype(np.uint16))[:, : max(top_n)], axis=1), axis=1)
         sum_top += np.array([ranked_rel[:, n - 1].sum() / n for n in top_n])
     nq = max(1, len(q_codes))

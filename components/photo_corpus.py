@@ -1,13 +1,12 @@
 """The offline photo corpus: real photographs from Debian packages, fetched with the machine's own apt.
 
 `dsrhn photos` (fetch_corpus) downloads the packages below with `apt-get download` (the machine's apt
-sources, no other hosts, nothing installed), unpacks each with `dpkg-deb -x` into a temporary folder,
-takes the photos each package's selection names (checked by eye on 2026-11-28: wallpaper packages also
-hold renders, which the selections leave out), reads the ones inside Qt resource bundles (GCompris) and
-Eet files (Enlightenment) with components/containers.py, and keeps a photo when
+sources, nothing installed), unpacks each with `dpkg-deb -x`, takes the photos each package's selection
+names (which and why: docs/data.md), reads those inside Qt resource bundles and Eet files with
+components/containers.py, and keeps a photo when
 
 * it decodes, and is >= 1 megapixel (the labelled set is exempt: GCompris ships it at 320 px),
-* no photo kept before has the same bytes (sha256) or nearly the same picture (64-bit difference hash
+* no photo kept before has the same bytes (sha256) or nearly the same picture (256-bit difference hash
   within NEAR_DUPLICATE bits: a wallpaper shipped at several sizes, a menu background reusing a level's).
 
 Photos are split **by photo**, once and for all, from their content: within each package, sorted by
@@ -45,8 +44,9 @@ from dsrhn import atomic
 
 MIN_PIXELS = 1_000_000
 HASH_SIDE = 16  # difference hash of a 17 x 16 grey thumbnail: 256 bits
-NEAR_DUPLICATE = 32  # at or below this many of the 256 bits, two photos are the same picture (among the
-# corpus's distinct photos the closest pair is 63 bits apart; one photo re-encoded or resized is a few bits)
+# at or below this many of the 256 bits, two photos are the same picture: a photo re-encoded or resized moves a
+# few bits, the corpus's closest distinct pair is 63 apart (docs/data.md)
+NEAR_DUPLICATE = 32
 TEST_EVERY = 4  # every 4th photo of a package (by sha256) is held out
 FORMAT = 1  # of the selection below and the manifest; a change re-writes the corpus
 
@@ -197,7 +197,8 @@ def licence_for(source: str, rules: list[tuple[list[str], str]]) -> str:
 def _run(cmd: list[str], cwd: str | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-400:]}")
+        output = (proc.stderr or proc.stdout).strip()[-400:]
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {output}")
     return proc.stdout
 
 
@@ -241,7 +242,8 @@ def select(selection: Selection, tree: str, version: str) -> list[Candidate]:
             data = f.read()
         if selection.container == "rcc":
             for inner, blob in read_rcc(data, rel):
-                if any(fnmatch.fnmatchcase(inner, g) for g in selection.inner) and inner.lower().endswith(IMAGE_EXTENSIONS):
+                selected = any(fnmatch.fnmatchcase(inner, g) for g in selection.inner)
+                if selected and inner.lower().endswith(IMAGE_EXTENSIONS):
                     label = os.path.basename(os.path.dirname(inner)) if selection.labelled else ""
                     out.append(Candidate(selection.package, version, f"{rel}!{inner}", blob, selection.labelled, label))
         elif selection.container == "edj":
@@ -297,7 +299,8 @@ def choose(candidates: list[Candidate]) -> tuple[list[Candidate], list[dict]]:
         try:
             facts = image_facts(c.data)
         except Exception as e:
-            dropped.append({"package": c.package, "source": c.source, "reason": f"does not decode ({type(e).__name__}: {e})"})
+            dropped.append({"package": c.package, "source": c.source,
+                            "reason": f"does not decode ({type(e).__name__}: {e})"})
             continue
         c.info.update(facts, bytes=len(c.data), sha256=sha)
         if sha in seen_sha:
@@ -315,7 +318,8 @@ def choose(candidates: list[Candidate]) -> tuple[list[Candidate], list[dict]]:
         near = next(((d, w) for d, w in ((hamming(h, o), w) for o, w in hashes) if d <= NEAR_DUPLICATE), None)
         if near:
             dropped.append({"package": c.package, "source": c.source,
-                            "reason": f"near-duplicate of {near[1]} (difference hash {near[0]} of {HASH_SIDE ** 2} bits apart)"})
+                            "reason": f"near-duplicate of {near[1]} (difference hash {near[0]} of {HASH_SIDE ** 2} "
+                                      "bits apart)"})
             continue
         hashes.append((h, where))
         kept.append(c)
@@ -411,9 +415,7 @@ def fetch_corpus(root: str, packages: tuple[str, ...] = PACKAGES, log=print) -> 
 
 
 def write_corpus(root: str, packages, kept: list[Candidate], dropped: list[dict], versions: dict, failed: dict) -> dict:
-    """Write the photo folders and the manifest; the folders are swapped in whole (temporary name, rename)."""
-    from dsrhn.atomic import remove_stale, swap_into_place, temp_path
-
+    """Write the photo folders and the manifest; each folder is swapped in whole (dsrhn.atomic.atomic_dir)."""
     os.makedirs(root, exist_ok=True)
     rows = []
     for c in kept:
@@ -421,17 +423,13 @@ def write_corpus(root: str, packages, kept: list[Candidate], dropped: list[dict]
         rows.append({"file": rel, "package": c.package, "version": c.version, "source": c.source,
                      **({"class": c.label} if c.labelled else {}), **c.info})
     for sub in ("train", "test", "labelled"):
-        final = os.path.join(root, sub)
-        remove_stale(final)
-        work = temp_path(final)
-        os.makedirs(work)
-        for c, row in zip(kept, rows):
-            if row["file"].startswith(sub + "/"):
-                dest = os.path.join(work, row["file"][len(sub) + 1:])
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                with open(dest, "wb") as f:
-                    f.write(c.data)
-        swap_into_place(work, final)
+        with atomic.atomic_dir(os.path.join(root, sub)) as work:
+            for c, row in zip(kept, rows):
+                if row["file"].startswith(sub + "/"):
+                    dest = os.path.join(work, row["file"][len(sub) + 1:])
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    with open(dest, "wb") as f:
+                        f.write(c.data)
     manifest = {"format": FORMAT, "spec": SPEC, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "requested": list(packages), "packages": versions, "failed": failed,
                 "rules": {"min_pixels": MIN_PIXELS, "near_duplicate_bits": NEAR_DUPLICATE, "test_every": TEST_EVERY},

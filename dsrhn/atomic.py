@@ -1,6 +1,7 @@
-"""Outputs that appear whole or not at all: write into `<final>.tmp-<pid>[-...]`, then swap it into place;
-leftovers of killed writers (replaced outputs `.old-*`, temp folders of dead processes) are removed by
-the next writer. Used by ingestion (Examples folders) and indexing (index folders).
+"""Outputs that appear whole or not at all: `with atomic_dir(final) as work:` writes into
+`<final>.tmp-<pid>-<ns>`, then swaps it into place; leftovers of killed writers (replaced outputs `.old-*`,
+temp folders of dead processes) are removed by the next writer. Used by ingestion (Examples folders),
+indexing (index folders) and the photo corpus.
 
 The swap is one renameat2(RENAME_EXCHANGE) where the file system has it (Linux >= 3.15; ext4, xfs, tmpfs,
 btrfs): `final` always names a complete output, even under kill -9. Elsewhere it is two renames, and a
@@ -8,12 +9,14 @@ writer killed between them leaves `final.old-*` alone, which the next writer put
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import glob
 import os
 import shutil
 import time
+from collections.abc import Iterator
 
 RENAME_EXCHANGE = 2  # linux/fs.h
 AT_FDCWD = -100
@@ -125,3 +128,31 @@ def swap_into_place(work: str, final: str) -> None:
     os.rename(work, final)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def is_remote(path: str) -> bool:
+    """A URI for tf.io.gfile (gs://, s3://, ...): no renames to swap with, written in place."""
+    return "://" in path
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str) -> Iterator[str]:
+    """Yield a new, empty temp folder beside `final`; when the block ends without an error it replaces
+    `final` (swap_into_place), on any error (KeyboardInterrupt included) it is removed and the old `final`
+    stays whole. A remote `final` (is_remote) has no atomic rename: it is created and yielded itself."""
+    final = final.rstrip("/") or final
+    if is_remote(final):
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(final)
+        yield final
+        return
+    remove_stale(final)
+    work = temp_path(final)
+    os.makedirs(work)
+    try:
+        yield work
+        swap_into_place(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

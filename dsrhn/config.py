@@ -10,7 +10,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from dsrhn.registry import method_names
+from dsrhn.contracts import code_bytes
+from dsrhn.registry import method_names, spec, sr_stage_methods
 
 def data_dir() -> str:
     """The project's data folder (converted weights, the photo corpus): $DSRHN_DATA, else <repository>/data."""
@@ -18,14 +19,13 @@ def data_dir() -> str:
                                                         "data")
 
 
-MODES = method_names()  # the registered methods (dsrhn/registry.py)
+METHODS = method_names()  # the registered methods (dsrhn/registry.py)
 HASH_LOSSES = ("dpsh", "dhn", "dch")
 KERNELS = ("bicubic", "area", "bilinear")
 SCALES = (2, 4, 8)
 DEGRADATION_KINDS = ("blind", "fixed")
 HASHNETS = ("alexnet", "small", "mobilenetv2")  # HashNet backbones (trainer/models.py)
 SR_ARCHS = ("srresnet", "rrdb")  # SRNet: the paper's SRResNet, or ESRGAN's RRDBNet x4 (pretrained: sr_weights)
-SR_START_MODES = ("two-stage", "dsrhn", "multi-level")  # the methods whose SRNet can start trained (srnet_weights, sr_weights)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class Preset:
     sr_zero_tail: bool = False  # SRNet's output conv starts at zero: SR starts as exactly the bicubic input
     sr_batchnorm: bool = True  # batch norm in SRNet's residual blocks (SRResNet, the paper); False: none, as EDSR
     bits: int = 48
-    mode: str = "dsrhn"
+    method: str = "dsrhn"  # the registered method (dsrhn/registry.py)
     hash_loss: str = "dpsh"
     lam: float = 0.1  # Eq. 5 weight of L_mse
     alpha: float = 0.01  # Eq. 13 weight of L_dis
@@ -181,36 +181,44 @@ class Preset:
     options: dict = field(default_factory=dict)  # the method's own settings (its Options dataclass), --set options.NAME=V
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.hash_loss not in HASH_LOSSES:
-            raise ValueError(f"hash_loss must be one of {HASH_LOSSES}, got {self.hash_loss!r}")
-        if self.hashnet not in HASHNETS:
-            raise ValueError(f"hashnet must be one of {HASHNETS}, got {self.hashnet!r}")
+        if isinstance(self.degradation, dict):  # from JSON (checkpoints, export metadata, TFX custom_config)
+            object.__setattr__(self, "degradation", Degradation(**self.degradation))
+        if isinstance(self.views, dict):
+            object.__setattr__(self, "views", Views(**self.views))
+        self._check_choices()
+        self._check_sr()
+        self._check_numbers()
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options must be a dict of the method's settings, got {self.options!r}")
+
+    def _check_choices(self) -> None:
+        for name, choices in (("method", METHODS), ("hash_loss", HASH_LOSSES), ("hashnet", HASHNETS),
+                              ("hash_optimizer", ("sgd", "adam")), ("lr_decay", ("none", "cosine")),
+                              ("sr_arch", SR_ARCHS), ("scale", SCALES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.hashnet == "mobilenetv2" and self.hr_size % 32:
             raise ValueError(f"hashnet=mobilenetv2 needs hr_size a multiple of 32 (its map is 1/32 of the input), "
                              f"got {self.hr_size}")
-        if self.hash_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"hash_optimizer must be 'sgd' or 'adam', got {self.hash_optimizer!r}")
         if not isinstance(self.query_flip, bool):
             raise ValueError(f"query_flip must be true or false, got {self.query_flip!r}")
-        if self.query_flip and self.mode == "multi-level":
-            raise ValueError("query_flip does not apply to mode multi-level: a mirrored query's local codes are those "
-                             "of mirrored grid regions")
-        if self.srnet_weights and self.mode not in SR_START_MODES:
-            raise ValueError("srnet_weights (an MSE-trained SRNet) applies to modes two-stage, dsrhn and multi-level only")
-        if self.sr_arch not in SR_ARCHS:
-            raise ValueError(f"sr_arch must be one of {SR_ARCHS}, got {self.sr_arch!r}")
+        if self.query_flip and not spec(self.method).query_flip:
+            raise ValueError(f"query_flip does not apply to method {self.method}: a mirrored query's local codes are "
+                             "those of mirrored grid regions")
+
+    def _check_sr(self) -> None:
+        """SRNet's starting weights and architecture (an SR stage: dsrhn/registry.py sr_stage)."""
+        if self.srnet_weights and not spec(self.method).sr_stage:
+            raise ValueError(f"srnet_weights (an MSE-trained SRNet) applies to methods {', '.join(sr_stage_methods())} only")
         if self.sr_arch == "rrdb" and self.hr_size % 4:
             raise ValueError(f"sr_arch=rrdb (an x4 generator) needs hr_size a multiple of 4, got {self.hr_size}")
-        if self.sr_weights and (self.sr_arch != "rrdb" or self.mode not in SR_START_MODES):
-            raise ValueError("sr_weights (a pretrained RRDBNet) needs sr_arch=rrdb and mode two-stage, dsrhn or multi-level")
+        if self.sr_weights and (self.sr_arch != "rrdb" or not spec(self.method).sr_stage):
+            raise ValueError(f"sr_weights (a pretrained RRDBNet) needs sr_arch=rrdb and a method of "
+                             f"{', '.join(sr_stage_methods())}")
         if not (math.isfinite(self.sr_lr) and math.isfinite(self.sr_finetune_lr)) or self.sr_lr <= 0 or self.sr_finetune_lr < 0:
             raise ValueError("sr_lr must be > 0 and sr_finetune_lr >= 0 (0: fine-tune at sr_lr)")
-        if self.lr_decay not in ("none", "cosine"):
-            raise ValueError(f"lr_decay must be 'none' or 'cosine', got {self.lr_decay!r}")
-        if self.scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
+
+    def _check_numbers(self) -> None:
         if self.hr_size % self.scale:
             raise ValueError(f"hr_size {self.hr_size} is not a multiple of scale {self.scale}")
         if self.bits < 1:
@@ -231,12 +239,6 @@ class Preset:
                     and (high is None or value < high)):
                 raise ValueError(f"{name} must be a finite number >= {low}" + (f" and < {high}" if high else "")
                                  + f", got {value!r}")
-        if not isinstance(self.options, dict):
-            raise ValueError(f"options must be a dict of the method's settings, got {self.options!r}")
-        if isinstance(self.degradation, dict):  # from JSON (checkpoints, export metadata, TFX custom_config)
-            object.__setattr__(self, "degradation", Degradation(**self.degradation))
-        if isinstance(self.views, dict):
-            object.__setattr__(self, "views", Views(**self.views))
 
     @property
     def pretrained(self) -> bool:
@@ -258,50 +260,29 @@ class Preset:
 
     @property
     def code_bytes(self) -> int:
-        return (self.bits + 7) // 8
+        return code_bytes(self.bits)
 
     def replace(self, **changes) -> "Preset":
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **renamed(changes))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+# Why each preset has its settings, and the runs that chose them: docs/results.md, "How the presets were chosen".
 PAPER = Preset(
     name="paper", hr_size=224, scale=4, hashnet="alexnet", sr_blocks=16, sr_filters=64,
     hash_width=4096, batch_size=64, epochs=150, mixed_precision=True, xla=True,
-    hash_clipnorm=1.0,  # without it a random AlexNet diverged to NaN in its 2nd step on CPU (README)
+    hash_clipnorm=1.0,  # without it a random AlexNet diverged to NaN in its 2nd step on CPU
 )
 
-# No dropout in the cpu preset: the small HashNet trains from scratch for a few hundred steps, and
-# with AlexNet's 0.5 dropout a 400-step HashNet-HR run reached mAP@5000 0.51-0.62 depending on the
-# seed; without it, 0.82 for both seeds (Fashion-MNIST mosaic, 48 bits).
-# SRNet's Adam at 2e-3 (paper: 1e-3): in a run this short SRNet is what lags. A 360-step DSRHN run
-# from the MSE stage 1 reached LR-query mAP@5000 0.8206 at 48 bits (0.8120 with 1e-3) and 0.8022
-# at 24 bits (0.7950), at no extra cost; 2 SRNet updates per step (sr_steps=2) gave 0.8186 / 0.8064
-# for ~1.5x DSRHN's step time.
-# An SRNet that starts MSE-trained (srnet_weights, sr_warmup_epochs) is fine-tuned at 5e-4, a quarter
-# of its MSE rate, as SRGAN fine-tunes SRResNet at a lower rate: from the same 720-step MSE SRNet,
-# 360-step DSRHN runs reached 0.8170 / 0.8165 at 48 bits (seeds 0 / 1; 0.8157 / 0.8119 at 2e-3).
-# lam = 1 (Eq. 5's MSE weight; paper 0.1): with blind degradations the perceptual term alone pulls
-# SRNet's output toward features the moving HashNet rewards, and DSRHN fell below two-stage (frozen
-# MSE SRNet). On the degradation grid (720 steps, 48 bits, one seed) blind DSRHN's mean gap closure
-# over 16 cells went 0.60 (lam 0.1) -> 1.05 (lam 1); fine-tuning SRNet at 1e-4 instead gave 0.78.
-# Chosen after seeing those grid runs (the two settings tried).
-CPU = Preset(
+CPU = Preset(  # no dropout, SRNet at 2e-3 (fine-tuned at 5e-4 after its MSE start), lam 1 under blind degradations
     name="cpu", hr_size=56, scale=4, hashnet="small", sr_blocks=4, sr_filters=32, sr_kernel=3,
     hash_width=512, dropout=0.0, batch_size=64, epochs=6, hash_lr=1e-2, sr_lr=2e-3, sr_finetune_lr=5e-4,
     lam=1.0,
 )
 
-# Real photos (`dsrhn ingest photos`, the photo corpus): 96 px HR, so a thumbnail of 12-96 px is a query;
-# HashNet on ImageNet MobileNetV2 (offline weights, `dsrhn weights`); batches of 16 photos x 2 views; an
-# SRNet first trained by MSE alone on views of the training photos (sr_warmup_epochs), as the mosaics'
-# main job does: without it DSRHN's HashNet collapsed on real photos (issue 27). Settings chosen on the
-# held-out photo benchmark (benchmarks/real_photos.py, docs/results.md). HashNet gets 8 x 150 = 1,200 steps: over
-# three seeds twice the 600 steps lifted every row by about 0.03 mAP@100 at x4 and narrowed HashNet-LR's seed spread
-# at x8 (0.139 to 0.086); the photo main job then took 15 min 53 s on 2 cores (docs/results.md, 2026-11-29).
-PHOTO = Preset(
+PHOTO = Preset(  # 96 px real photos, ImageNet MobileNetV2, an MSE SR stage first, HashNet 8 x 150 steps
     name="photo", hr_size=96, scale=4, hashnet="mobilenetv2", sr_blocks=4, sr_filters=32, sr_kernel=3,
     hash_width=512, dropout=0.0, batch_size=32, epochs=8, steps_per_epoch=150, hash_lr=1e-2, sr_lr=2e-3,
     sr_finetune_lr=5e-4, lam=1.0, sr_warmup_epochs=5, pair_balance=True, sr_zero_tail=True,
@@ -319,7 +300,7 @@ def get_preset(name: str, **overrides) -> Preset:
 
 def with_overrides(preset: Preset, overrides: dict) -> Preset:
     """`preset` with --set style overrides: FIELD, degradation.FIELD, views.FIELD, options.NAME (None: ignored)."""
-    changes = {k: v for k, v in overrides.items() if v is not None}
+    changes = {k: v for k, v in renamed(overrides).items() if v is not None}
     nested = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("degradation.")}
     views = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("views.")}
     options = {k.partition(".")[2]: changes.pop(k) for k in list(changes) if k.startswith("options.")}
@@ -338,32 +319,51 @@ def with_overrides(preset: Preset, overrides: dict) -> Preset:
     return preset
 
 
+RENAMED = {"mode": "method"}  # old preset field names, still read from saved presets, export metadata and --set
+
+
+def renamed(d: dict) -> dict:
+    """`d` with old preset field names (RENAMED) under their new ones."""
+    return {RENAMED.get(k, k): v for k, v in d.items()}
+
+
+def coerce(kind: str, raw):
+    """`raw` (a --set string or a JSON value) as a dataclass field of type `kind`; ValueError if it is not one."""
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() not in ("true", "false", "1", "0"):
+            raise ValueError(raw)
+        return str(raw).lower() in ("true", "1")
+    return {"int": int, "float": float, "str": str}.get(kind, lambda x: x)(raw)
+
+
+def field_kind(f: dataclasses.Field) -> str:
+    """A dataclass field's type name ("int", "float", "bool", "str", ...), under postponed annotations too."""
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
 def parse_overrides(items: list[str]) -> dict:
     """`["lr_decay=cosine", "degradation.scale_max=4"]` -> typed preset overrides (the CLI's --set)."""
-    types = {f.name: f.type for f in dataclasses.fields(Preset) if f.name not in ("degradation", "views", "options")}
-    types.update({f"degradation.{f.name}": f.type for f in dataclasses.fields(Degradation)})
-    types.update({f"views.{f.name}": f.type for f in dataclasses.fields(Views)})
+    types = {f.name: field_kind(f) for f in dataclasses.fields(Preset) if f.name not in ("degradation", "views", "options")}
+    types.update({f"degradation.{f.name}": field_kind(f) for f in dataclasses.fields(Degradation)})
+    types.update({f"views.{f.name}": field_kind(f) for f in dataclasses.fields(Views)})
     out: dict = {}
     for item in items:
         name, sep, raw = item.partition("=")
+        name = RENAMED.get(name, name)
         if sep and name.startswith("options.") and len(name) > len("options."):
             out[name] = raw  # typed by the method's Options dataclass (trainer/methods/base.py)
             continue
         if not sep or name not in types:
             raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)} "
                              "or options.NAME (the method's own options)")
-        kind = types[name] if isinstance(types[name], str) else types[name].__name__
         try:
-            if kind == "bool":
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(raw)
-                out[name] = raw.lower() in ("true", "1")
-            else:
-                out[name] = {"int": int, "float": float}.get(kind, str)(raw)
-                if kind == "float" and not math.isfinite(out[name]):
-                    raise ValueError(raw)
+            out[name] = coerce(types[name], raw)
+            if types[name] == "float" and not math.isfinite(out[name]):  # a preset's numbers are finite
+                raise ValueError(raw)
         except ValueError:
-            raise ValueError(f"--set {item!r}: {name} must be {kind}") from None
+            raise ValueError(f"--set {item!r}: {name} must be {types[name]}") from None
     return out
 
 
@@ -371,7 +371,7 @@ def preset_from_dict(d: dict) -> Preset:
     """A Preset from its to_dict() form (checkpoints, export metadata); a dict written before the
     `degradation` field existed trained on the stored LR partners, so it reads as kind=fixed."""
     known = {f.name for f in dataclasses.fields(Preset)}
-    values = {k: v for k, v in d.items() if k in known}
+    values = {k: v for k, v in renamed(d).items() if k in known}
     values.setdefault("degradation", {"kind": "fixed"})
     return Preset(**values)
 

@@ -5,7 +5,7 @@ model that made its codes. Every stage imports these from here; none reaches int
 Export metadata (`<SavedModel>/assets.extra/dsrhn.json`), written by the trainer, read by evaluation,
 indexing and serving:
     bits, code_bytes, code_layout   the code contract (sign rule + packing below)
-    mode                            the registered method (dsrhn/registry.py)
+    method                          the registered method (dsrhn/registry.py; "mode" in older exports)
     query_input                     "lr" (queries are LR images) or "hr"
     query_path                      "sr" (SRNet), "bicubic", "hr" or "fsr" (bicubic image, features enhanced
                                     by a feature generator): how a query becomes codes
@@ -31,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+
+from dsrhn.registry import spec
 
 METADATA = os.path.join("assets.extra", "dsrhn.json")
 CODE_LAYOUT = "sign bits packed MSB-first, bit 1 for b=+1 (sign(0)=+1), zero padding to whole bytes"
@@ -68,14 +70,9 @@ def read_metadata(export_dir: str) -> dict:
         raise FileNotFoundError(f"{path} not found: {export_dir} is not a SavedModel exported by dsrhn")
     with tf.io.gfile.GFile(path) as f:
         meta = json.loads(f.read())
-    meta.setdefault("query_path", _legacy_query_path(meta))
+    meta.setdefault("method", meta.pop("mode", "dsrhn"))  # models exported before "mode" was named "method"
+    meta.setdefault("query_path", spec(meta["method"]).query_path)  # models exported before query_path was written
     return meta
-
-
-def _legacy_query_path(meta: dict) -> str:
-    """Models exported before `query_path` was written: derived from their mode."""
-    mode = meta.get("mode", "dsrhn")
-    return {"dsrhn": "sr", "two-stage": "sr", "hashnet-hr": "hr"}.get(mode, "bicubic")
 
 
 # ---------------------------------------------------------------- index manifest
@@ -84,9 +81,14 @@ class IndexMismatch(ValueError):
     """The index on disk does not belong to the model beside it (or is damaged)."""
 
 
+def code_bytes(bits: int) -> int:
+    """The packed width of a K-bit code: K sign bits zero-padded to whole bytes."""
+    return (bits + 7) // 8
+
+
 def code_dim(bits: int) -> int:
     """Faiss binary indexes need d % 8 == 0: K bits are zero-padded to whole bytes."""
-    return ((bits + 7) // 8) * 8
+    return code_bytes(bits) * 8
 
 
 def stored_bytes(bits: int) -> int:

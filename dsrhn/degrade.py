@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -77,66 +78,95 @@ def _blur(img, kernel):
     return tf.nn.depthwise_conv2d(padded[None], k, [1, 1, 1, 1], "VALID")[0]
 
 
-def degrade(hr: tf.Tensor, seed: tf.Tensor, cfg: Degradation) -> tf.Tensor:
-    """float HR [H, W, 3] in [0, 1] -> a random LR, float [h, w, 3] in [0, 1] quantised to 8 bits,
-    h = round(H / s) for a scale s drawn log-uniformly from [cfg.scale_min, cfg.scale_max].
-    `seed`: int32/int64 [2] (stateless); the draws depend on nothing else."""
+class Draws(NamedTuple):
+    """Every random choice of one degradation (scalar tensors), drawn from one stateless seed."""
+
+    scale: tf.Tensor  # HR side / LR side
+    out_h: tf.Tensor
+    out_w: tf.Tensor
+    do_blur: tf.Tensor
+    sigma_x: tf.Tensor  # in HR pixels
+    sigma_y: tf.Tensor
+    theta: tf.Tensor
+    kernel_id: tf.Tensor  # index into cfg.kernels
+    do_noise: tf.Tensor
+    noise_sigma: tf.Tensor  # in 0..1 units
+    gray: tf.Tensor
+    noise_seed: tf.Tensor
+    do_jpeg: tf.Tensor
+    quality: tf.Tensor
+    order: tf.Tensor  # index into _ORDERS
+
+
+def draw(seed: tf.Tensor, hr_h: tf.Tensor, hr_w: tf.Tensor, cfg: Degradation) -> Draws:
+    """The draws of one degradation of an hr_h x hr_w image; each from its own split of `seed`."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=16)
-    hr = tf.convert_to_tensor(hr, tf.float32)
-    hr_h, hr_w = tf.shape(hr)[0], tf.shape(hr)[1]
     scale = tf.exp(_uniform(seeds[0], math.log(cfg.scale_min), math.log(cfg.scale_max)))
     out_h = tf.maximum(1, tf.cast(tf.round(tf.cast(hr_h, tf.float32) / scale), tf.int32))
     out_w = tf.maximum(1, tf.cast(tf.round(tf.cast(hr_w, tf.float32) / scale), tf.int32))
-
-    # blur: sigma in HR pixels, divided by the scale when applied after the resize (same physical blur)
-    do_blur = _chance(seeds[1], cfg.blur_prob)
     sigma_x = _uniform(seeds[2], cfg.blur_sigma_min, cfg.blur_sigma_max)
     aniso = _chance(seeds[3], cfg.aniso_prob)
     sigma_y = tf.where(aniso, _uniform(seeds[4], cfg.blur_sigma_min, cfg.blur_sigma_max), sigma_x)
     theta = tf.where(aniso, _uniform(seeds[5], 0.0, math.pi), 0.0)
     kernel_id = tf.random.stateless_uniform([], seeds[6], 0, len(cfg.kernels), dtype=tf.int32)
-    do_noise = _chance(seeds[7], cfg.noise_prob)
     noise_sigma = _uniform(seeds[8], cfg.noise_sigma_min, cfg.noise_sigma_max) / 255.0
-    gray = _chance(seeds[9], cfg.gray_noise_prob)
-    do_jpeg = _chance(seeds[10], cfg.jpeg_prob)
-    quality = tf.random.stateless_uniform([], seeds[11], cfg.jpeg_quality_min, cfg.jpeg_quality_max + 1, dtype=tf.int32)
-    shuffled = _chance(seeds[12], cfg.shuffle_prob)
-    order = tf.where(shuffled, tf.random.stateless_uniform([], seeds[13], 0, len(_ORDERS), dtype=tf.int32), 0)
+    quality = tf.random.stateless_uniform([], seeds[11], cfg.jpeg_quality_min, cfg.jpeg_quality_max + 1,
+                                          dtype=tf.int32)
+    order = tf.where(_chance(seeds[12], cfg.shuffle_prob),
+                     tf.random.stateless_uniform([], seeds[13], 0, len(_ORDERS), dtype=tf.int32), 0)
+    return Draws(scale, out_h, out_w, _chance(seeds[1], cfg.blur_prob), sigma_x, sigma_y, theta, kernel_id,
+                 _chance(seeds[7], cfg.noise_prob), noise_sigma, _chance(seeds[9], cfg.gray_noise_prob), seeds[14],
+                 _chance(seeds[10], cfg.jpeg_prob), quality, order)
 
-    def blur(x, resized: bool):
-        div = scale if resized else 1.0
-        sx, sy = tf.maximum(sigma_x / div, 0.05), tf.maximum(sigma_y / div, 0.05)
-        return tf.cond(do_blur, lambda: _blur(x, gaussian_kernel(sx, sy, theta)), lambda: x)
 
-    def resize(x):
-        branches = [lambda m=m: tf.image.resize(x, tf.stack([out_h, out_w]), method=m, antialias=True)
-                    for m in cfg.kernels]
-        return tf.clip_by_value(tf.switch_case(kernel_id, branches), 0.0, 1.0)
+def _blur_step(x: tf.Tensor, d: Draws, resized: bool) -> tf.Tensor:
+    """The blur, when drawn; its sigma is in HR pixels, divided by the scale after the resize (the same
+    physical blur)."""
+    div = d.scale if resized else 1.0
+    sx, sy = tf.maximum(d.sigma_x / div, 0.05), tf.maximum(d.sigma_y / div, 0.05)
+    return tf.cond(d.do_blur, lambda: _blur(x, gaussian_kernel(sx, sy, d.theta)), lambda: x)
 
-    def noise(x):
-        shape = tf.shape(x)
-        colour = tf.random.stateless_normal(shape, seeds[14])
-        mono = tf.tile(tf.random.stateless_normal(tf.concat([shape[:2], [1]], 0), seeds[14]), [1, 1, 3])
-        n = tf.where(gray, mono, colour) * noise_sigma
-        return tf.cond(do_noise, lambda: tf.clip_by_value(x + n, 0.0, 1.0), lambda: x)
 
-    def run(order_ids):
-        def fn():
-            x, resized = hr, False
-            for i in order_ids:
-                op = _OPS[i]
-                if op == "blur":
-                    x = blur(x, resized)
-                elif op == "resize":
-                    x, resized = resize(x), True
-                else:
-                    x = noise(x)
-            return tf.reshape(x, tf.stack([out_h, out_w, 3]))
-        return fn
+def _resize_step(x: tf.Tensor, d: Draws, kernels: tuple) -> tf.Tensor:
+    branches = [lambda m=m: tf.image.resize(x, tf.stack([d.out_h, d.out_w]), method=m, antialias=True)
+                for m in kernels]
+    return tf.clip_by_value(tf.switch_case(d.kernel_id, branches), 0.0, 1.0)
 
-    x = tf.switch_case(order, [run(o) for o in _ORDERS])
+
+def _noise_step(x: tf.Tensor, d: Draws) -> tf.Tensor:
+    """Additive Gaussian noise, when drawn: per channel (colour) or the same on all three (gray)."""
+    shape = tf.shape(x)
+    colour = tf.random.stateless_normal(shape, d.noise_seed)
+    mono = tf.tile(tf.random.stateless_normal(tf.concat([shape[:2], [1]], 0), d.noise_seed), [1, 1, 3])
+    n = tf.where(d.gray, mono, colour) * d.noise_sigma
+    return tf.cond(d.do_noise, lambda: tf.clip_by_value(x + n, 0.0, 1.0), lambda: x)
+
+
+def _chain(hr: tf.Tensor, order_ids: tuple[int, ...], d: Draws, kernels: tuple):
+    """A branch of the order switch: blur, resize and noise applied to `hr` in the order `order_ids`."""
+    def fn():
+        x, resized = hr, False
+        for i in order_ids:
+            op = _OPS[i]
+            if op == "blur":
+                x = _blur_step(x, d, resized)
+            elif op == "resize":
+                x, resized = _resize_step(x, d, kernels), True
+            else:
+                x = _noise_step(x, d)
+        return tf.reshape(x, tf.stack([d.out_h, d.out_w, 3]))
+    return fn
+
+
+def degrade(hr: tf.Tensor, seed: tf.Tensor, cfg: Degradation) -> tf.Tensor:
+    """float HR [H, W, 3] in [0, 1] -> a random LR, float [h, w, 3] in [0, 1] quantised to 8 bits,
+    h = round(H / s) for a scale s drawn log-uniformly from [cfg.scale_min, cfg.scale_max].
+    `seed`: int32/int64 [2] (stateless); the draws depend on nothing else."""
+    hr = tf.convert_to_tensor(hr, tf.float32)
+    d = draw(seed, tf.shape(hr)[0], tf.shape(hr)[1], cfg)
+    x = tf.switch_case(d.order, [_chain(hr, o, d, cfg.kernels) for o in _ORDERS])
     x = tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0) / 255.0  # an 8-bit image, as a stored LR is
-    x = tf.cond(do_jpeg, lambda: tf.image.adjust_jpeg_quality(x, quality), lambda: x)
+    x = tf.cond(d.do_jpeg, lambda: tf.image.adjust_jpeg_quality(x, d.quality), lambda: x)
     return tf.ensure_shape(x, [None, None, 3])
 
 

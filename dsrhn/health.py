@@ -2,9 +2,8 @@
 pipeline's blessing, the benchmarks and the tests.
 
 A collapsed hashing network gives many images the same code: some bits never change over a whole gallery
-(a constant bit carries nothing), and the number of distinct codes falls far below what the data needs.
-Observed on 40 real photos: a DSRHN whose HashNet collapsed had constant bits and HR-query mAP 0.370 (a
-healthy model: 0.977), and nothing noticed. Semantic hashing is *meant* to give images of one label set one
+(a constant bit carries nothing), and the number of distinct codes falls far below what the data needs
+(collapses met in training runs: docs/results.md). Semantic hashing is *meant* to give images of one label set one
 code, so "what the data needs" is the number of distinct label sets among the images (each photo of an
 instance dataset is its own label), capped by the images and by 2^K codes. `code_health` measures both on a
 sample of codes; `problems` says in words what is wrong (naming the constant bits), empty when healthy.
@@ -41,7 +40,8 @@ class CodeHealth:
         """What is wrong, in words (empty: healthy)."""
         out = []
         if self.constant_bits:
-            shown = ", ".join(str(b) for b in self.constant_bits[:16]) + (" ..." if len(self.constant_bits) > 16 else "")
+            shown = ", ".join(str(b) for b in self.constant_bits[:16])
+            shown += " ..." if len(self.constant_bits) > 16 else ""
             out.append(f"{len(self.constant_bits)} of {self.bits} bits are constant over {self.images} images "
                        f"(bit {shown}): they carry nothing")
         n = self.needed
@@ -74,5 +74,6 @@ def code_health(codes: np.ndarray, bits: int | None = None, labels: np.ndarray |
     rare = np.minimum(ones, 1.0 - ones)
     constant = [int(i) for i in np.flatnonzero(rare <= MIN_BIT_SHARE)] if n > 1 else []
     distinct = len(np.unique(np.packbits(b, axis=1), axis=0)) if n else 0
-    groups = len(np.unique(np.asarray(labels) > 0, axis=0)) if labels is not None and n and np.asarray(labels).size else n
+    has_labels = labels is not None and n and np.asarray(labels).size
+    groups = len(np.unique(np.asarray(labels) > 0, axis=0)) if has_labels else n
     return CodeHealth(n, int(bits), int(distinct), int(groups), constant, [float(x) for x in rare])

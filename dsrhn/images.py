@@ -32,7 +32,8 @@ def decode_image(data: bytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
         raise ImageError(f"not a readable image: {e}") from None
     except Exception as e:  # a decoder's own bug on hostile bytes (e.g. IndexError in Pillow's QOI reader)
-        raise ImageError(f"not a readable image: the {_format(data)} decoder failed ({type(e).__name__}: {e})") from None
+        raise ImageError(f"not a readable image: the {_format(data)} decoder failed "
+                         f"({type(e).__name__}: {e})") from None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose an otherwise good image
@@ -138,7 +139,8 @@ def make_lr(hr: Image.Image, cfg: LRConfig, item_id: str) -> Image.Image:
     img = img.resize((w // cfg.scale, h // cfg.scale), _KERNELS[cfg.kernel])
     if cfg.noise_sigma > 0:
         rng = np.random.default_rng(item_seed(cfg.seed, item_id))
-        arr = np.asarray(img, dtype=np.float32) + rng.normal(0.0, cfg.noise_sigma, size=(h // cfg.scale, w // cfg.scale, 3))
+        noise = rng.normal(0.0, cfg.noise_sigma, size=(h // cfg.scale, w // cfg.scale, 3))
+        arr = np.asarray(img, dtype=np.float32) + noise
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
     if cfg.jpeg_quality:
         buf = io.BytesIO()

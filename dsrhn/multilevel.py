@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from dsrhn.contracts import code_bytes
+
 LOCAL_FIELDS = ("local_codes", "local_selected", "local_valid")
 
 
 def word_bytes(bits: int) -> int:
     """Stored bytes of one local code (or selection): the packed bytes padded to whole 64-bit words."""
-    return 8 * (((bits + 7) // 8 + 7) // 8)
+    return 8 * ((code_bytes(bits) + 7) // 8)
 
 
 def local_layout(grid: int, bits: int, weight: float, select_threshold: float) -> dict:
     """The `local` entry of the export metadata."""
     regions = [[i / grid, j / grid, (i + 1) / grid, (j + 1) / grid] for i in range(grid) for j in range(grid)]
-    return {"grid": grid, "count": grid * grid, "bits": bits, "code_bytes": (bits + 7) // 8,
+    return {"grid": grid, "count": grid * grid, "bits": bits, "code_bytes": code_bytes(bits),
             "regions": regions,  # [top, left, bottom, right] as fractions of the image, row-major
             "outputs": list(LOCAL_FIELDS), "rerank_weight": weight, "select_threshold": select_threshold,
             "distance": "d_global + rerank_weight * mean_r min_s K*|(q_r^g_s)&sel_r&sel_s| / |sel_r&sel_s| "
@@ -44,8 +46,8 @@ def local_layout(grid: int, bits: int, weight: float, select_threshold: float) -
 def stack_local(codes: np.ndarray, selected: np.ndarray, valid: np.ndarray, bits: int) -> np.ndarray:
     """Signature outputs -> the stored uint8 [N, R, 2, W]; an invalid region keeps no selected bit."""
     codes, selected = np.asarray(codes, np.uint8), np.asarray(selected, np.uint8)
-    if codes.ndim != 3 or codes.shape != selected.shape or codes.shape[2] != (bits + 7) // 8:
-        raise ValueError(f"local codes must be uint8 [N, R, {(bits + 7) // 8}] for {bits} bits, "
+    if codes.ndim != 3 or codes.shape != selected.shape or codes.shape[2] != code_bytes(bits):
+        raise ValueError(f"local codes must be uint8 [N, R, {code_bytes(bits)}] for {bits} bits, "
                          f"got {codes.shape} and {selected.shape}")
     n, r, b = codes.shape
     out = np.zeros((n, r, 2, word_bytes(bits)), np.uint8)

@@ -66,7 +66,8 @@ class DatasetInfo:
 
         path = os.path.join(examples_uri, DATASET_INFO)
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"{path} not found: is {examples_uri} an Examples artifact written by `dsrhn ingest`?")
+            raise FileNotFoundError(f"{path} not found: is {examples_uri} an Examples artifact written by "
+                                    "`dsrhn ingest`?")
         with tf.io.gfile.GFile(path) as f:
             return cls(**json.loads(f.read()))
 
@@ -86,8 +87,8 @@ def split_files(examples_uri: str, split: str) -> list[str]:
     return files
 
 
-def make_example(item_id: str, split: str, hr_png: bytes, lr_png: bytes, labels: list[int], mask_png: bytes | None = None,
-                 source_png: bytes | None = None):
+def make_example(item_id: str, split: str, hr_png: bytes, lr_png: bytes, labels: list[int],
+                 mask_png: bytes | None = None, source_png: bytes | None = None):
     import tensorflow as tf
 
     def _bytes(v: bytes):

@@ -1,6 +1,6 @@
-"""Where images come from: list files (NUS-WIDE style), COCO instances JSON, class
-directories and the embedded Fashion-MNIST. Each source yields SourceItems with their
-roles; split rules follow the deep-hashing papers and are documented per function.
+"""Where images come from: list files (NUS-WIDE style), COCO instances JSON, class directories, a folder
+of photos and Fashion-MNIST. Each source yields SourceItems with their roles; split rules follow the
+deep-hashing papers and are documented per function. `SOURCES` (at the end) names them for `dsrhn ingest`.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,7 +90,8 @@ def _with_roles(items: list[SourceItem], roles: list[tuple[str, ...]]) -> list[S
 
 
 def assign_roles(items: list[SourceItem], rule: str, num_labels: int, *, query_per_class: int = 100,
-                 train_per_class: int = 500, n_query: int = 5000, n_train: int = 10000, seed: int = 0) -> list[SourceItem]:
+                 train_per_class: int = 500, n_query: int = 5000, n_train: int = 10000,
+                 seed: int = 0) -> list[SourceItem]:
     """Give valid items roles by `rule` ("per-class" or "random"); rejected items keep none."""
     good = [i for i, it in enumerate(items) if not it.error]
     labels = np.array([items[i].labels for i in good], dtype=np.int64).reshape(len(good), num_labels)
@@ -147,7 +149,8 @@ def parse_list_file(list_path: str, image_root: str, num_labels: int = 0,
         trailing = _TRAILING_BITS.match(line)
         n_bits = len(trailing["labels"].split()) if trailing else 0
         if num_labels == 0 and n_bits == 0:
-            items.append(SourceItem(f"{name}:{lineno}", "", (), (), f"{where}: no label vector (0/1 columns after the path)"))
+            items.append(SourceItem(f"{name}:{lineno}", "", (), (),
+                                    f"{where}: no label vector (0/1 columns after the path)"))
             continue
         num_labels = num_labels or n_bits
         m = re.match(rf"^(?P<path>.*?\S)(?P<labels>(?:\s+\S+){{{num_labels}}})\s*$", line)
@@ -177,8 +180,8 @@ def _one_record_per_image(items: list[SourceItem], name: str, first_line: dict[s
         if it.error:
             out.append(it)
         elif len(labels[it.id]) > 1:
-            out.append(dataclasses.replace(it, error=f"{name}: {it.id!r} is listed with different labels "
-                                                     f"(first on line {first_line[it.id]}); which are right is unknown"))
+            out.append(dataclasses.replace(it, error=f"{name}: {it.id!r} is listed with different labels (first on "
+                                                     f"line {first_line[it.id]}); which are right is unknown"))
         elif it.id in seen:
             out.append(dataclasses.replace(it, error=f"{name}: {it.id!r} is listed again with the same labels "
                                                      f"(first on line {first_line[it.id]}): merged into one record"))
@@ -204,8 +207,12 @@ def list_source(image_root: str, lists: dict[str, str] | None = None, single_lis
         items, num_labels = parse_list_file(single_list, image_root, num_labels, allow_outside_root)
         rule = split_kwargs.pop("rule", "per-class")
         items = assign_roles(items, rule, num_labels, **split_kwargs)
-    names = list(label_names) if label_names else [f"label_{i:02d}" for i in range(num_labels)]
-    return Source("list", items, names)
+    return Source("list", items, list(label_names) if label_names else default_label_names(num_labels))
+
+
+def default_label_names(n: int) -> list[str]:
+    """The names of `n` labels given as 0/1 columns without names: label_00, label_01, ..."""
+    return [f"label_{i:02d}" for i in range(n)]
 
 
 def _merge_roles(items: list[SourceItem], list_names: dict[str, str]) -> list[SourceItem]:
@@ -227,7 +234,8 @@ def _merge_roles(items: list[SourceItem], list_names: dict[str, str]) -> list[So
             continue
         where = ", ".join(list_names[g.splits[0]] for g in group)
         if len({g.labels for g in group}) > 1:
-            out.append(dataclasses.replace(it, splits=(), error=f"{it.id!r} is listed with different labels in {where}"))
+            out.append(dataclasses.replace(it, splits=(),
+                                           error=f"{it.id!r} is listed with different labels in {where}"))
             continue
         roles = {g.splits[0] for g in group}
         if "query" in roles and it.splits[0] != "query":
@@ -247,82 +255,113 @@ def _merge_roles(items: list[SourceItem], list_names: dict[str, str]) -> list[So
 
 # ---------------------------------------------------------------- COCO
 
-def coco_source(pairs: list[tuple[str, str]], **split_kwargs) -> Source:
-    """MS-COCO from `instances_*.json` files (each with its image root): multi-hot over the
-    categories sorted by id. Images with no annotation are reported, as the hashing
-    protocol (DCH) leaves them out. Split by the random rule (5,000 query, 10,000 train)."""
+def coco_source(pairs: Sequence[Sequence[str]], **split_kwargs) -> Source:
+    """MS-COCO from `instances_*.json` files, each with its image root: multi-hot over the categories sorted
+    by id. Images with no annotation are reported, as the hashing protocol (DCH) leaves them out. Split by
+    the random rule (5,000 query, 10,000 train)."""
     categories: dict[int, str] = {}
-    items: list[SourceItem] = []
     loaded = []
     for json_path, root in pairs:
-        try:
-            with open(json_path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{json_path}: not valid JSON ({e}); is the file complete?") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{json_path}: expected a COCO instances object, found {type(data).__name__}")
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"{json_path}: no {key!r} field; is this a COCO instances file?")
-        for i, c in enumerate(data["categories"]):
-            try:
-                categories[int(c["id"])] = str(c["name"])
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"{json_path}: categories[{i}] needs an integer 'id' and a 'name'") from None
+        data = _read_coco(json_path)
+        categories.update(_coco_categories(json_path, data))
         loaded.append((json_path, root, data))
     cat_ids = sorted(categories)
     column = {c: i for i, c in enumerate(cat_ids)}
+    items: list[SourceItem] = []
     for json_path, root, data in loaded:
-        name = os.path.basename(json_path)
-        per_image: dict[int, set[int]] = {}
-        shapes: dict[int, list] = {}
-        broken: dict[int, str] = {}  # image id -> why its annotations cannot be used
-        image_ids = set()
-        for img in data["images"]:
-            try:
-                image_ids.add(int(img["id"]))
-            except (KeyError, TypeError, ValueError):
-                pass
-        for n, a in enumerate(data["annotations"]):
-            try:
-                image_id, category = int(a["image_id"]), int(a["category_id"])
-            except (KeyError, TypeError, ValueError):
-                items.append(SourceItem(f"{name}:annotations[{n}]", "", (), (),
-                                        f"{name}: annotations[{n}] needs integer 'image_id' and 'category_id'"))
-                continue
-            if image_id not in image_ids:
-                items.append(SourceItem(f"{name}:annotations[{n}]", "", (), (),
-                                        f"{name}: annotations[{n}] refers to image id {image_id}, which is not in 'images'"))
-                continue
-            if category not in column:
-                broken.setdefault(image_id, f"{name}: annotations[{n}] has category_id {category}, not in 'categories'")
-                continue
-            per_image.setdefault(image_id, set()).add(column[category])
-            if a.get("segmentation"):  # instance polygons or RLE, rasterised at ingestion (components.masks)
-                shapes.setdefault(image_id, []).append(
-                    (column[category], json.dumps(a["segmentation"], separators=(",", ":"))))
-        for n, img in enumerate(data["images"]):
-            if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
-                items.append(SourceItem(f"{name}:images[{n}]", "", (), (),
-                                        f"{name}: images[{n}] needs an 'id' and a 'file_name'"))
-                continue
-            item_id, path, error = resolve_image_path(img["file_name"], root)
-            image_id = int(img["id"])
-            cols = per_image.get(image_id)
-            if error or image_id in broken:
-                items.append(SourceItem(item_id, path, (), (), f"{name}: {error}" if error else broken[image_id]))
-                continue
-            if not cols:
-                items.append(SourceItem(item_id, path, (), (), f"{name}: image id {img['id']} has no category annotations"))
-                continue
-            size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else ()
-            items.append(SourceItem(item_id, path, tuple(int(i in cols) for i in range(len(cat_ids))), (),
-                                    shapes=tuple(shapes.get(image_id, ())), shape_size=size))
-    split_kwargs.setdefault("rule", "random")
-    rule = split_kwargs.pop("rule")
-    items = assign_roles(items, rule, len(cat_ids), **split_kwargs)
+        items += _coco_items(os.path.basename(json_path), root, data, column)
+    items = assign_roles(items, split_kwargs.pop("rule", "random"), len(cat_ids), **split_kwargs)
     return Source("coco", items, [categories[c] for c in cat_ids], masks=len(cat_ids) < 255)
+
+
+def _read_coco(json_path: str) -> dict:
+    """A COCO instances file, checked to hold images, annotations and categories."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{json_path}: not valid JSON ({e}); is the file complete?") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_path}: expected a COCO instances object, found {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise ValueError(f"{json_path}: no {key!r} field; is this a COCO instances file?")
+    return data
+
+
+def _coco_categories(json_path: str, data: dict) -> dict[int, str]:
+    categories = {}
+    for i, c in enumerate(data["categories"]):
+        try:
+            categories[int(c["id"])] = str(c["name"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{json_path}: categories[{i}] needs an integer 'id' and a 'name'") from None
+    return categories
+
+
+@dataclass
+class _CocoLabels:
+    """One file's annotations per image id: label columns, segmentations (label column, COCO JSON) and why
+    an image's annotations cannot be used."""
+
+    columns: dict[int, set[int]] = dataclasses.field(default_factory=dict)
+    shapes: dict[int, list] = dataclasses.field(default_factory=dict)
+    broken: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
+def _coco_items(name: str, root: str, data: dict, column: dict[int, int]) -> list[SourceItem]:
+    """One file's items: its unusable annotations (rejected), then every image."""
+    image_ids = set()
+    for img in data["images"]:
+        try:
+            image_ids.add(int(img["id"]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    rejected, labels = _coco_annotations(name, data["annotations"], image_ids, column)
+    return rejected + [_coco_image(name, n, img, root, labels, len(column)) for n, img in enumerate(data["images"])]
+
+
+def _coco_annotations(name: str, annotations: list, image_ids: set[int],
+                      column: dict[int, int]) -> tuple[list[SourceItem], _CocoLabels]:
+    """(rejected annotations, the labels of each image) of one file's annotations."""
+    rejected, labels = [], _CocoLabels()
+    for n, a in enumerate(annotations):
+        where = f"{name}:annotations[{n}]"
+        try:
+            image_id, category = int(a["image_id"]), int(a["category_id"])
+        except (KeyError, TypeError, ValueError):
+            rejected.append(SourceItem(where, "", (), (), f"{name}: annotations[{n}] needs integer 'image_id' and "
+                                                          "'category_id'"))
+            continue
+        if image_id not in image_ids:
+            rejected.append(SourceItem(where, "", (), (), f"{name}: annotations[{n}] refers to image id {image_id}, "
+                                                          "which is not in 'images'"))
+            continue
+        if category not in column:
+            labels.broken.setdefault(image_id, f"{name}: annotations[{n}] has category_id {category}, "
+                                               "not in 'categories'")
+            continue
+        labels.columns.setdefault(image_id, set()).add(column[category])
+        if a.get("segmentation"):  # instance polygons or RLE, rasterised at ingestion (components.masks)
+            labels.shapes.setdefault(image_id, []).append(
+                (column[category], json.dumps(a["segmentation"], separators=(",", ":"))))
+    return rejected, labels
+
+
+def _coco_image(name: str, n: int, img, root: str, labels: _CocoLabels, num_labels: int) -> SourceItem:
+    """The item of images[n]: multi-hot over the label columns, or rejected with its reason."""
+    if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+        return SourceItem(f"{name}:images[{n}]", "", (), (), f"{name}: images[{n}] needs an 'id' and a 'file_name'")
+    item_id, path, error = resolve_image_path(img["file_name"], root)
+    image_id = int(img["id"])
+    cols = labels.columns.get(image_id)
+    if error or image_id in labels.broken:
+        return SourceItem(item_id, path, (), (), f"{name}: {error}" if error else labels.broken[image_id])
+    if not cols:
+        return SourceItem(item_id, path, (), (), f"{name}: image id {img['id']} has no category annotations")
+    size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else ()
+    return SourceItem(item_id, path, tuple(int(i in cols) for i in range(num_labels)), (),
+                      shapes=tuple(labels.shapes.get(image_id, ())), shape_size=size)
 
 
 # ---------------------------------------------------------------- directory tree
@@ -342,8 +381,7 @@ def directory_source(root: str, **split_kwargs) -> Source:
                 path = os.path.join(dirpath, name)
                 items.append(SourceItem(os.path.relpath(path, root).replace(os.sep, "/"), path,
                                         tuple(int(i == ci) for i in range(len(classes))), ()))
-    split_kwargs.setdefault("rule", "per-class")
-    rule = split_kwargs.pop("rule")
+    rule = split_kwargs.pop("rule", "per-class")
     return Source("directory", assign_roles(items, rule, len(classes), **split_kwargs), classes)
 
 
@@ -366,15 +404,12 @@ def _photo_files(root: str) -> list[str]:
 
 def photo_source(root: str, test_root: str = "", *, query_views: int = 2, gallery_views: int = 1,
                  source_side: int = 0, views: dict | None = None, seed: int = 0) -> Source:
-    """A plain folder of photos, no labels needed: every photo is its own identity (label), and the task is
-    to find a photo from a small, damaged view of it (a thumbnail, a crop). Every file under `root` (any
-    sub-folders; a file that is not an image is reported, not skipped) is a training photo and is in the
-    gallery as a whole (its centre square); `query_views` random views of it (dsrhn/views.py: a crop of
-    30-100 % of it, flipped, colours shifted) are queries. With `test_root`, its photos are held out: never
-    trained on, each in the gallery as a whole plus `gallery_views - 1` random views, and `query_views`
-    other views of each are the queries (the training photos then give no queries). Ids are paths relative
-    to each root (the held-out root's name first); a view's id adds `#q<n>` or `#g<n>`. Training draws
-    its own views of each training photo afresh every epoch from the photo stored at `source_side`."""
+    """A plain folder of photos, no labels needed: every photo is its own identity (label), to be found from a
+    small, damaged view of it. Every file under `root` (a non-image is reported) is a training photo, in the
+    gallery whole (its centre square), with `query_views` random views (dsrhn/views.py) as queries. With
+    `test_root`, its photos are held out instead: each in the gallery whole plus `gallery_views - 1` views,
+    `query_views` other views as queries. Ids are paths relative to each root (the held-out root's name
+    first), a view's adds `#q<n>` / `#g<n>`; training draws fresh views from the photo kept at `source_side`."""
     if query_views < 0 or gallery_views < 1:
         raise ValueError(f"photos: query_views must be >= 0 and gallery_views >= 1, got {query_views}, {gallery_views}")
     groups = [(root, "", True)] + ([(test_root, os.path.basename(os.path.normpath(test_root)) + "/", False)]
@@ -384,7 +419,8 @@ def photo_source(root: str, test_root: str = "", *, query_views: int = 2, galler
     ids = [i for i, _, _ in photos]
     if len(set(ids)) != len(ids):
         raise ValueError(f"photos: {test_root} and {root} give photos the same id; rename the held-out folder")
-    if test_root and any(os.path.realpath(p).startswith(os.path.realpath(root) + os.sep) for _, p, t in photos if not t):
+    inside_root = os.path.realpath(root) + os.sep
+    if test_root and any(os.path.realpath(p).startswith(inside_root) for _, p, t in photos if not t):
         raise ValueError(f"photos: the held-out folder {test_root} lies inside {root}")
     n = len(photos)
     items = []
@@ -527,3 +563,24 @@ def fashion_mnist_mosaic_source(directory: str = FASHION_MNIST_DIR, *, n_train: 
                                     f"fmnist:{directory}:{part}:{joined}",
                                     tuple(int(c in labels) for c in range(10)), (role,)))
     return Source("fashion-mnist-mosaic", items, list(FASHION_MNIST_CLASSES), masks=True)
+
+
+# ---------------------------------------------------------------- the source kinds
+
+SOURCES: dict[str, Callable[..., Source]] = {  # a spec {"kind": name, **arguments} -> SOURCES[name](**arguments)
+    "fashion-mnist": fashion_mnist_source,
+    "fashion-mnist-mosaic": fashion_mnist_mosaic_source,
+    "list": list_source,
+    "coco": coco_source,
+    "directory": directory_source,
+    "photos": photo_source,
+}
+
+
+def build_source(spec: dict) -> Source:
+    """A source from a JSON-able spec: {"kind": one of SOURCES, **the arguments of that source}."""
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    if kind not in SOURCES:
+        raise ValueError(f"unknown source kind {kind!r}; choose one of {sorted(SOURCES)}")
+    return SOURCES[kind](**spec)

@@ -72,15 +72,15 @@ def photos_config(photos_dir: str = "") -> dict:
     (each a gallery photo with 4 random views; 10 other views of it as queries), the photo preset (96 px,
     ImageNet MobileNetV2, an MSE SR stage on views of the training photos) in two-stage mode (that SRNet frozen,
     HashNet trained on its outputs), its own pipeline name and served model name, so its history and blessings
-    never mix with the mosaics'. Two-stage rather than DSRHN: chosen after seeing the held-out photo benchmark
-    (2026-11-28, one seed: above HashNet-LR in 15/15 cells against DSRHN's 13/15; docs/results.md)."""
+    never mix with the mosaics'. Two-stage is the best SR row on held-out photos, not yet above HashNet-LR over
+    three seeds (docs/results.md, "How the presets were chosen")."""
     from dsrhn.config import data_dir
 
     root = photos_dir or os.path.join(data_dir(), "photos")
     return dict(pipeline_name="dsrhn-photos", model_name="photos",
                 source_spec={"kind": "photos", "root": os.path.join(root, "train"), "test_root": os.path.join(root, "test"),
                              "query_views": 10, "gallery_views": 5},
-                hr_size=96, preset="photo", preset_overrides={"bits": 48, "mode": "two-stage"}, topk=100, min_map=0.3)
+                hr_size=96, preset="photo", preset_overrides={"bits": 48, "method": "two-stage"}, topk=100, min_map=0.3)
 
 
 def from_env() -> PipelineConfig:

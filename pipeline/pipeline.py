@@ -6,7 +6,7 @@ import os
 
 from tfx import v1 as tfx
 
-from components.tfx_components import DsrhnIngest, GalleryIndexer, RetrievalEvaluator
+from pipeline.tfx_components import DsrhnIngest, GalleryIndexer, RetrievalEvaluator
 from dsrhn.beam_options import expand_runner
 from pipeline.configs import PipelineConfig
 

@@ -31,7 +31,7 @@ def run_beam(cfg: PipelineConfig | None = None) -> None:
 
 def compile_kubeflow_v2(cfg: PipelineConfig | None = None, output_dir: str = ".", image: str = "") -> str:
     """Write <pipeline_name>_pipeline.json, a Kubeflow Pipelines v2 / Vertex AI pipeline spec.
-    `image` is a container with this project installed (see README: Running at scale)."""
+    `image` is a container with this project installed (docs/pipeline.md, Kubeflow Pipelines v2)."""
     cfg = cfg or from_env()
     image = image or os.environ.get("DSRHN_IMAGE", "dsrhn:latest")
     filename = f"{cfg.pipeline_name}_pipeline.json"

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.limits import BATCH_TIMEOUT_MS, MAX_BATCH_SIZE, NUM_BATCH_THREADS
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
     enabled: bool = True
-    max_batch_size: int = 64  # images per SavedModel call
-    batch_timeout_ms: float = 0.0
-    num_batch_threads: int = 2  # chosen after the serve_load runs on 2 cores (README)
+    max_batch_size: int = MAX_BATCH_SIZE  # images per SavedModel call
+    batch_timeout_ms: float = BATCH_TIMEOUT_MS  # how long a batch waits to fill (0: take what is queued)
+    num_batch_threads: int = NUM_BATCH_THREADS  # batches run at once (chosen: docs/results.md, "Serving under load")
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.num_batch_threads < 1 or not 0 <= self.batch_timeout_ms <= 10_000:
@@ -145,7 +147,8 @@ class Batcher:
             outputs = self.run_model(first.servable, first.signature, images)
         except Exception as e:
             if len(batch) == 1:
-                located = locate_failure(self.run_model, self.on_error, first.servable, first.signature, first.images, e)
+                located = locate_failure(self.run_model, self.on_error, first.servable, first.signature,
+                                         first.images, e)
                 first.future.set_exception(self.on_error(located))
                 return
             self.split_batches += 1

@@ -1,6 +1,7 @@
 """Driving the search page in a real browser: Debian's chromium + chromedriver (set-up installs both from apt)
 through Selenium, headless, with nothing downloaded (no Selenium Manager, no browser download). Used by the
-browser test and by `python -m serving.browser URL OUT.png` for the README's screenshot."""
+browser test and by `python -m serving.browser URL OUT.png` for the README's screenshot (docs/serving.md,
+"The search page")."""
 from __future__ import annotations
 
 import os
@@ -67,8 +68,7 @@ class Browser:
         d.find_element(By.ID, "file").send_keys(os.path.abspath(image_path))
         wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, "#orders li.hit")) == k
                    or drv.find_element(By.ID, "error").is_displayed())
-        wait.until(lambda drv: all(img.get_attribute("complete") == "true" and int(img.get_attribute("naturalWidth") or 0) > 0
-                                   for img in drv.find_elements(By.CSS_SELECTOR, "#orders li.hit img")))
+        wait.until(lambda drv: all(_loaded(img) for img in drv.find_elements(By.CSS_SELECTOR, "#orders li.hit img")))
         return [li.get_attribute("data-id") for li in d.find_elements(By.CSS_SELECTOR, "#orders li.hit")]
 
     def error_text(self, timeout: float = 30.0) -> str:
@@ -81,6 +81,11 @@ class Browser:
     def screenshot(self, path: str) -> str:
         self.driver.save_screenshot(path)
         return path
+
+
+def _loaded(img) -> bool:
+    """An <img> element whose picture has arrived and decoded."""
+    return img.get_attribute("complete") == "true" and int(img.get_attribute("naturalWidth") or 0) > 0
 
 
 def main(argv: list[str]) -> int:

@@ -6,17 +6,17 @@ further apart than the radius: each group reports every linked pair with its dis
 (`max_distance`, at most the radius) and the largest distance between any two of its members (`diameter`).
 
 The pairs come from faiss's binary range search over the exact index's codes, a block of queries at a time
-against the codes from the block on (each pair is computed once; memory is one block's hits): 100,000 48-bit
-codes take 1.6 s on 2 cores. Only an exact faiss index (BFlat) holds every code to read; an approximate
-(BIVF, BHNSW) or Milvus index is refused with a one-line error.
+against the codes from the block on (each pair is computed once; memory is one block's hits; timings:
+docs/cli.md). Only an exact faiss index (BFlat) holds every code to read; an approximate (BIVF, BHNSW) or
+Milvus index is refused with a one-line error.
 
 A short code conflates photos that only look alike (two menu screenshots of one game, two misty landscapes), and
 a 90 % crop can lie 10 of 48 bits from its original: no radius gets every copy without wrong pairs. `verify`
 (the CLI's default when the index keeps previews) makes the codes a candidate stage and checks each candidate
-geometrically, as near-duplicate search systems do: candidates are each photo's nearest `VERIFY_NEIGHBOURS` codes
-within half the code length (where unrelated photos lie), and a pair is kept when ORB keypoints of the two previews match
-under one similarity transform (scale, rotation, shift: crops and resizes) with at least `MIN_INLIERS` RANSAC
-inliers (OpenCV: 1 ms per preview, 1 ms per pair).
+geometrically, as near-duplicate search systems do: candidates are each photo's nearest `VERIFY_NEIGHBOURS`
+codes within half the code length (where unrelated photos lie), and a pair is kept when ORB keypoints of the two
+previews match under one similarity transform (scale, rotation, shift: crops and resizes) with at least
+`MIN_INLIERS` RANSAC inliers (OpenCV).
 """
 from __future__ import annotations
 
@@ -33,21 +33,17 @@ from dsrhn import atomic
 from dsrhn.contracts import INDEX_DIR, METADATA, IndexMismatch
 from serving.index import load_index, read_manifest, search_threads
 
-# The codes-only radius (--no-verify): 1/16 of the code length, rounded down (3 of 48 bits). Chosen on planted copies
-# of held-out photos (benchmarks/duplicates.py, docs/results.md "Near-duplicates on held-out photos"): resized and
-# recompressed copies lay within 4 bits of their originals, 90 % crops up to 10, and past 5 bits wrong pairs grew
-# faster than found copies; some distinct photos share a code, so codes alone never reach precision 1.
+# the codes-only radius (--no-verify), rounded down: 3 of 48 bits, chosen on planted copies of held-out photos
+# (docs/results.md, "Near-duplicates on held-out photos")
 DEFAULT_RADIUS_FRACTION = 1 / 16
 QUERY_BLOCK = 4096  # queries per range search: bounds the memory of one block's hits
 MAX_PAIRS = 5_000_000  # more linked pairs than this: the radius links unrelated images, refused
 DIAMETER_BLOCK = 1 << 22  # distances computed at once for a group's diameter (16 MiB of int32)
 SHEET_GROUPS = 200  # groups drawn on the HTML sheet; the rest are counted in one line
 SHEET_PAIRS = 50  # pairs listed under a group on the sheet (all of them are in the JSON)
-# Verification (benchmarks/duplicates.py, docs/results.md): on 16 held-out photos with 5 planted copies each among
-# 264 other photos, 6 inliers let 2 pairs of distinct photos through and 8 none, with every copy kept; chosen on it.
 VERIFY_RADIUS_FRACTION = 1 / 2  # candidate radius: half the code length, where unrelated photos' codes lie
 VERIFY_NEIGHBOURS = 16  # candidates per photo (its nearest codes): bounds the pairs to check at 16 per photo
-MIN_INLIERS = 8  # RANSAC inliers of one similarity transform between two previews' ORB keypoints
+MIN_INLIERS = 8  # RANSAC inliers of one similarity between two previews' ORB keypoints (chosen: docs/results.md)
 ORB_KEYPOINTS = 300  # per preview
 MATCH_RATIO = 0.8  # Lowe's ratio test: the best match clearly better than the second
 JSON_FILE = "duplicates.json"
@@ -217,7 +213,8 @@ def mutual_matches(da: np.ndarray, db: np.ndarray, ratio: float = MATCH_RATIO) -
     for m in matcher.match(db, da):
         back[m.queryIdx] = m.trainIdx
     pairs = [(best.queryIdx, best.trainIdx) for found in matcher.knnMatch(da, db, k=2) if len(found) == 2
-             for best, second in [found] if best.distance < ratio * second.distance and back[best.trainIdx] == best.queryIdx]
+             for best, second in [found]
+             if best.distance < ratio * second.distance and back[best.trainIdx] == best.queryIdx]
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
@@ -327,7 +324,8 @@ def find_duplicates(gallery, radius: int | None = None, index_dir: str = "", ver
                              "pairs cannot be verified; use --no-verify, or re-index with previews")
         min_inliers = MIN_INLIERS if min_inliers is None else min_inliers
         if isinstance(min_inliers, bool) or not isinstance(min_inliers, int) or min_inliers < 3:
-            raise ValueError(f"--min-inliers must be an integer >= 3 (a similarity needs 3 points), got {min_inliers!r}")
+            raise ValueError(f"--min-inliers must be an integer >= 3 (a similarity needs 3 points), "
+                             f"got {min_inliers!r}")
         a, b, d = nearest_pairs(codes, radius)
         keep = verified(gallery.previews, a, b, min_inliers)
         check = {"min_inliers": min_inliers, "neighbours": VERIFY_NEIGHBOURS, "candidates": int(len(a)),
@@ -369,8 +367,8 @@ def contact_sheet(report: DuplicateReport, previews=None, limit: int = SHEET_GRO
     captions only without previews), largest group first, at most `limit` groups."""
     esc = html.escape
     parts = [f"<!doctype html><meta charset=utf-8><title>dsrhn duplicates</title><style>{SHEET_CSS}</style>",
-             f"<h1>dsrhn duplicates: {_count(len(report.groups), 'group')}, {report.photos} of {report.count} photos, radius "
-             f"{report.radius} of {report.bits} bits (model version {esc(report.model_version)})</h1>"]
+             f"<h1>dsrhn duplicates: {_count(len(report.groups), 'group')}, {report.photos} of {report.count} photos, "
+             f"radius {report.radius} of {report.bits} bits (model version {esc(report.model_version)})</h1>"]
     if previews is None:
         parts.append("<p>This index was built without previews (--no-previews): photos are shown by id.</p>")
     for n, g in enumerate(report.groups[:limit], 1):

@@ -8,18 +8,18 @@ Layout inside a model version directory (TF Serving layout `<base>/<name>/<versi
     index/labels.npy           uint8 [count, ceil(L / 8)] label bits over manifest.label_names
     index/local.npy            multi-level models: uint8 [count, R, 2, W] local codes + bit selection,
                                memory-mapped; read for a re-ranked shortlist only (dsrhn/multilevel.py)
+    index/previews.bin         each row's preview JPEG, packed (+ previews.offsets.npy), memory-mapped
     index/manifest.json        model fingerprint, widths, factory, count, checksums
 
 Thread policy: faiss's OpenMP thread count is per calling thread. A search of few queries (a served
 request) runs on one thread: requests are concurrent already, and OpenMP threads spinning against each
-other on a busy machine cost 10x (72 ms instead of 5 ms measured for one 48-bit query on 2 cores). A
-search of many queries (batch evaluation, recall, a batch of requests) uses every core.
+other cost 10x on a busy machine (docs/serving.md). A search of many queries (batch evaluation, recall,
+a batch of requests) uses every core.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -29,11 +29,12 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from dsrhn.atomic import remove_stale, swap_into_place, temp_path
+from dsrhn.atomic import atomic_dir
 from dsrhn.config import IndexConfig
 from dsrhn.contracts import (ID_BYTES_FILE, ID_OFFSETS_FILE, INDEX_DIR, INDEX_FILE, INDEX_FORMAT, LABELS_FILE,
-                             LOCAL_FILE, MANIFEST_FILE, PREVIEW_OFFSETS_FILE, PREVIEW_SIDE, PREVIEWS_FILE, IndexMismatch,
-                             check_manifest, code_dim, model_fingerprint, sha256_file, stored_bytes)
+                             LOCAL_FILE, MANIFEST_FILE, PREVIEW_OFFSETS_FILE, PREVIEW_SIDE, PREVIEWS_FILE,
+                             IndexMismatch, check_manifest, code_bytes, code_dim, model_fingerprint, sha256_file,
+                             stored_bytes)
 from dsrhn.multilevel import rerank as rerank_rows
 from dsrhn.multilevel import stored_local, word_bytes
 from serving.filters import Where, allowed_rows
@@ -64,7 +65,8 @@ def on_device(index: faiss.IndexBinary, device: str, log=None) -> tuple[faiss.In
         return index, False
     if type(index) is not faiss.IndexBinaryFlat:
         if log:
-            log(f"faiss has a GPU binary index for exact search only; this index ({type(index).__name__}) stays on the CPU")
+            log(f"faiss has a GPU binary index for exact search only; this index ({type(index).__name__}) "
+                "stays on the CPU")
         return index, False
     res = faiss.StandardGpuResources()
     gpu = faiss.GpuIndexBinaryFlat(res, index)
@@ -78,8 +80,8 @@ DEEP_K = 256  # from this k (a re-ranking's shortlist), exact search counts dist
 
 def exact_counting_search(index: faiss.IndexBinaryFlat, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """IndexBinaryFlat's search by counting sort (faiss hammings_knn_mc, what `use_heap = False` selects) on the
-    index's own codes, without changing the shared index: for a 1,000-deep search of 1M 48-bit codes 1.09 ms
-    instead of the heap's 1.32, the same distances and rows (tested)."""
+    index's own codes, without changing the shared index: faster than the heap for deep searches (docs/results.md,
+    "Multi-level codes"), the same distances and rows (tested)."""
     dist = np.empty((len(codes), k), np.int32)
     rows = np.empty((len(codes), k), np.int64)
     faiss.hammings_knn_mc(faiss.swig_ptr(codes), index.xb.data(), len(codes), index.ntotal, k, index.code_size,
@@ -105,8 +107,8 @@ def pad_codes(codes: np.ndarray, width: int) -> np.ndarray:
 
 def check_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if codes.ndim != 2 or codes.shape[1] != code_dim(bits) // 8:
-        raise ValueError(f"codes must be uint8 [N, {code_dim(bits) // 8}] for {bits} bits, got {codes.shape}")
+    if codes.ndim != 2 or codes.shape[1] != code_bytes(bits):
+        raise ValueError(f"codes must be uint8 [N, {code_bytes(bits)}] for {bits} bits, got {codes.shape}")
     return codes
 
 
@@ -275,73 +277,93 @@ def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits:
                   config: IndexConfig = IndexConfig(), local: np.ndarray | None = None,
                   local_layout: dict | None = None, previews: Sequence[bytes] | None = None,
                   generation: int = 0, extra: dict[str, bytes] | None = None) -> dict:
-    """Write index, id map and manifest to `final` atomically (temp folder + rename). `binding` holds the
-    model's fingerprint, version and code layout; the Milvus backend writes the codes to its collection.
-    local: a multi-level model's stored local codes [N, R, 2, W] (dsrhn/multilevel.py), with its
-    export metadata's `local` layout; written to local.npy beside the index, whatever the backend.
-    previews: each row's preview JPEG (dsrhn.images.preview_jpeg), packed into previews.bin beside the
-    index, whatever the backend; None: no previews (`dsrhn index --no-previews`). generation: 0 for a full
-    index, one more at each update (serving/update.py); preview URLs name it, so a cached preview is never
-    another row's. extra: other files of the generation (name -> bytes: the rejection report), not checksummed."""
+    """Write index, id map and manifest to `final`, whole or not at all (dsrhn.atomic.atomic_dir); returns the
+    manifest. binding: the model's fingerprint, version and code layout (model_binding). local: a multi-level
+    model's local codes [N, R, 2, W] with their layout (export metadata `local`, dsrhn/multilevel.py).
+    previews: each row's JPEG (dsrhn.images.preview_jpeg); None: none kept. generation: 0 for a full index,
+    one more at each update (serving/update.py), named by preview URLs. extra: other files (name -> bytes),
+    not checksummed. local.npy and previews.bin are written beside the index whatever the backend."""
     codes = check_codes(codes, bits)
+    check_gallery(codes, ids, label_bits, bits, local, local_layout, previews)
+    with atomic_dir(final) as work:
+        manifest = gallery_manifest(codes, label_names, bits, binding, config, generation)
+        write_id_map(work, ids, label_bits)
+        files = [ID_BYTES_FILE, ID_OFFSETS_FILE, LABELS_FILE]
+        if local is not None:
+            files += write_local(work, local, local_layout, bits, manifest)
+        if previews is not None:
+            files += write_previews(work, previews, manifest)
+        files = write_codes(work, codes, bits, config, manifest) + files
+        manifest["files"] = {name: sha256_file(os.path.join(work, name)) for name in files}
+        for name, data in (extra or {}).items():
+            with open(os.path.join(work, name), "wb") as f:
+                f.write(data)
+        with open(os.path.join(work, MANIFEST_FILE), "w") as f:
+            json.dump(manifest, f, indent=2)
+    return manifest
+
+
+def check_gallery(codes: np.ndarray, ids: Sequence[str], label_bits: np.ndarray, bits: int,
+                  local: np.ndarray | None, local_layout: dict | None, previews: Sequence[bytes] | None) -> None:
+    """ValueError unless every column of a gallery has one row per code (and the ids are unique)."""
     if not (len(ids) == len(codes) == len(label_bits)):
         raise ValueError(f"{len(ids)} ids and {len(label_bits)} label rows for {len(codes)} codes")
     if (local is None) != (local_layout is None):
         raise ValueError("a multi-level model's index needs both its local codes and their layout")
-    if local is not None and (local.shape[0] != len(codes) or local.shape[1:] != (local_layout["count"], 2, word_bytes(bits))):
-        raise ValueError(f"local codes must be uint8 [{len(codes)}, {local_layout['count']}, 2, {word_bytes(bits)}], "
-                         f"got {local.shape}")
+    if local is not None:
+        shape = (len(codes), local_layout["count"], 2, word_bytes(bits))
+        if local.shape[0] != shape[0] or local.shape[1:] != shape[1:]:
+            raise ValueError(f"local codes must be uint8 [{', '.join(map(str, shape))}], got {local.shape}")
     if len(set(ids)) != len(ids):
         raise ValueError("gallery ids must be unique")
     if previews is not None and len(previews) != len(codes):
         raise ValueError(f"{len(previews)} previews for {len(codes)} codes")
-    remove_stale(final)
-    tmp = temp_path(final)
-    os.makedirs(tmp)
-    try:
-        manifest = {
-            "format": INDEX_FORMAT, "backend": config.backend, **binding,
-            "bits": bits, "code_bytes": code_dim(bits) // 8, "stored_bytes": stored_bytes(bits),
-            "faiss_dim": stored_bytes(bits) * 8, "factory": config.factory, "search_params": config.search_params,
-            "exact": config.exact, "count": int(len(codes)), "label_names": list(label_names),
-            "generation": int(generation),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        write_id_map(tmp, ids, label_bits)
-        files = [ID_BYTES_FILE, ID_OFFSETS_FILE, LABELS_FILE]
-        if local is not None:
-            np.save(os.path.join(tmp, LOCAL_FILE), np.ascontiguousarray(local, np.uint8))
-            files.append(LOCAL_FILE)
-            manifest["local"] = {"file": LOCAL_FILE, "count": int(local_layout["count"]), "word_bytes": word_bytes(bits),
-                                 "bits": bits, "rerank_weight": float(local_layout["rerank_weight"])}
-        if previews is not None:
-            size = write_packed(tmp, PREVIEWS_FILE, PREVIEW_OFFSETS_FILE, list(previews))
-            files += [PREVIEWS_FILE, PREVIEW_OFFSETS_FILE]
-            manifest["previews"] = {"file": PREVIEWS_FILE, "offsets": PREVIEW_OFFSETS_FILE, "format": "jpeg",
-                                    "max_side": PREVIEW_SIDE, "count": int(len(previews)), "bytes": size}
-        if config.backend == "milvus":
-            from serving.milvus import write_collection
 
-            manifest.update(factory=config.milvus_index_type, search_params={}, faiss_dim=code_dim(bits),
-                            stored_bytes=code_dim(bits) // 8)
-            manifest["milvus"] = write_collection(config, codes, bits, manifest)
-        else:
-            index = build_index(codes, bits, config)
-            if not config.exact:
-                manifest["recall"] = measure_recall(index, codes, bits, config)
-            faiss.write_index_binary(index, os.path.join(tmp, INDEX_FILE))
-            files.insert(0, INDEX_FILE)
-        manifest["files"] = {name: sha256_file(os.path.join(tmp, name)) for name in files}
-        for name, data in (extra or {}).items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-        with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
-            json.dump(manifest, f, indent=2)
-        swap_into_place(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+
+def gallery_manifest(codes: np.ndarray, label_names: Sequence[str], bits: int, binding: dict, config: IndexConfig,
+                     generation: int) -> dict:
+    """The manifest's fields known before anything is written (dsrhn/contracts.py checks them on load)."""
+    return {
+        "format": INDEX_FORMAT, "backend": config.backend, **binding,
+        "bits": bits, "code_bytes": code_bytes(bits), "stored_bytes": stored_bytes(bits),
+        "faiss_dim": stored_bytes(bits) * 8, "factory": config.factory, "search_params": config.search_params,
+        "exact": config.exact, "count": int(len(codes)), "label_names": list(label_names),
+        "generation": int(generation),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_local(work: str, local: np.ndarray, layout: dict, bits: int, manifest: dict) -> list[str]:
+    """A multi-level model's local codes -> local.npy (and the manifest's `local`); returns the file written."""
+    np.save(os.path.join(work, LOCAL_FILE), np.ascontiguousarray(local, np.uint8))
+    manifest["local"] = {"file": LOCAL_FILE, "count": int(layout["count"]), "word_bytes": word_bytes(bits),
+                         "bits": bits, "rerank_weight": float(layout["rerank_weight"])}
+    return [LOCAL_FILE]
+
+
+def write_previews(work: str, previews: Sequence[bytes], manifest: dict) -> list[str]:
+    """Each row's preview JPEG -> previews.bin + offsets (and the manifest's `previews`); returns the files."""
+    size = write_packed(work, PREVIEWS_FILE, PREVIEW_OFFSETS_FILE, list(previews))
+    manifest["previews"] = {"file": PREVIEWS_FILE, "offsets": PREVIEW_OFFSETS_FILE, "format": "jpeg",
+                            "max_side": PREVIEW_SIDE, "count": int(len(previews)), "bytes": size}
+    return [PREVIEWS_FILE, PREVIEW_OFFSETS_FILE]
+
+
+def write_codes(work: str, codes: np.ndarray, bits: int, config: IndexConfig, manifest: dict) -> list[str]:
+    """The codes into the backend: a faiss index file in `work` (returned, to be checksummed), or the Milvus
+    collection (nothing in `work`); the manifest records how they are searched."""
+    if config.backend == "milvus":
+        from serving.milvus import write_collection
+
+        manifest.update(factory=config.milvus_index_type, search_params={}, faiss_dim=code_dim(bits),
+                        stored_bytes=code_bytes(bits))
+        manifest["milvus"] = write_collection(config, codes, bits, manifest)
+        return []
+    index = build_index(codes, bits, config)
+    if not config.exact:
+        manifest["recall"] = measure_recall(index, codes, bits, config)
+    faiss.write_index_binary(index, os.path.join(work, INDEX_FILE))
+    return [INDEX_FILE]
 
 
 def model_binding(model_dir: str, model_meta: dict) -> dict:

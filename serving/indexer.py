@@ -57,13 +57,15 @@ def gallery_from_source(spec: dict) -> list[GalleryItem]:
     if spec["kind"] == "list":
         items, n = sources.parse_list_file(spec["list_file"], spec["image_root"],
                                            allow_outside_root=spec.get("allow_outside_root", False))
-        names = spec.get("label_names") or [f"label_{i:02d}" for i in range(n)]
+        names = spec.get("label_names") or sources.default_label_names(n)
     elif spec["kind"] == "directory":
         src = sources.directory_source(spec["root"], query_per_class=0, train_per_class=0)
         items, names = src.items, src.label_names
     else:
-        raise ValueError(f"gallery source kind must be 'list', 'directory' or an Examples artifact, got {spec['kind']!r}")
-    return [GalleryItem(it.id, it.ref, tuple(nm for nm, v in zip(names, it.labels) if v), error=it.error) for it in items]
+        raise ValueError(f"gallery source kind must be 'list', 'directory' or an Examples artifact, "
+                         f"got {spec['kind']!r}")
+    return [GalleryItem(it.id, it.ref, tuple(nm for nm, v in zip(names, it.labels) if v), error=it.error)
+            for it in items]
 
 
 class EncodeGallery(beam.DoFn):
@@ -172,8 +174,8 @@ class IndexSummary:
 
     def console(self) -> str:
         m = self.manifest
-        where = (f"Milvus {m['milvus']['collection']} at {m['milvus']['uri']} ({m['factory']})" if m["backend"] == "milvus"
-                 else f"faiss {m['factory']}, stored d={m['faiss_dim']}")
+        where = (f"Milvus {m['milvus']['collection']} at {m['milvus']['uri']} ({m['factory']})"
+                 if m["backend"] == "milvus" else f"faiss {m['factory']}, stored d={m['faiss_dim']}")
         lines = [f"index: {m['count']} codes ({m['bits']} bits, {where}) -> {self.index_dir}; "
                  f"{len(self.rejected)} rejected"]
         if "local" in m:
@@ -181,8 +183,9 @@ class IndexSummary:
                          '"rerank": {"shortlist": N} in :search)')
         if "previews" in m:
             p = m["previews"]
-            lines.append(f"  previews: {p['count']} JPEGs (longer side <= {p['max_side']} px), {p['bytes'] / 1024:.0f} KiB, "
-                         f"{p['bytes'] / max(1, p['count']) / 1024:.1f} KiB per image, in {p['file']}")
+            lines.append(f"  previews: {p['count']} JPEGs (longer side <= {p['max_side']} px), "
+                         f"{p['bytes'] / 1024:.0f} KiB, {p['bytes'] / max(1, p['count']) / 1024:.1f} KiB per image, "
+                         f"in {p['file']}")
         if "recall" in m:
             r = m["recall"]
             lines.append(f"  approximate index: recall@{r['k']} {r['recall']:.4f} against exact search "

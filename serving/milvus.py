@@ -46,7 +46,8 @@ def connect(uri: str):
 def collection_name(config: IndexConfig, manifest: dict) -> str:
     name = config.milvus_collection or f"dsrhn_v{manifest['model_version']}_{manifest['model_fingerprint'][:12]}"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", name) or "__" in name:
-        raise ValueError(f"Milvus collection name {name!r}: letters, digits and single underscores, not starting with a digit")
+        raise ValueError(f"Milvus collection name {name!r}: letters, digits and single underscores, "
+                         "not starting with a digit")
     return name
 
 
@@ -156,7 +157,8 @@ class MilvusGallery:
         client.load_collection(name)
         count = int(client.get_collection_stats(name).get("row_count", -1))
         if count != manifest["count"]:
-            raise IndexMismatch(f"Milvus collection {name!r} holds {count} codes; the manifest says {manifest['count']}")
+            raise IndexMismatch(f"Milvus collection {name!r} holds {count} codes; the manifest says "
+                                f"{manifest['count']}")
         return cls(client, name, ids, manifest)
 
     @property

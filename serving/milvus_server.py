@@ -7,8 +7,8 @@ http://127.0.0.1:<port>` against, and a single-box trial of a real Milvus server
 
 Started the way the package starts it (its config template, rendered with free ports), but by this module's own
 Popen: the server is killed with the process that started it (a killed test leaves no server holding ports),
-the embedded etcd moves off its fixed ports 2379/2380 (two servers at once), and the waits that make a stop take
-30 s and a restart 57 s are cut (below). Milvus 2.3's gRPC components bind every interface; etcd binds loopback.
+the embedded etcd moves off its fixed ports 2379/2380 (two servers at once), and its stop and restart waits are
+cut (SETTINGS). Milvus 2.3's gRPC components bind every interface; etcd binds loopback.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from dsrhn.sources import IMAGE_SUFFIXES
-from serving.server import MAX_K, ApiError, InputLimits, parse_filter, search
+from serving.limits import MAX_K
+from serving.server import ApiError, InputLimits, parse_filter, search
 from serving.store import Servable, load_servable
 
 
@@ -102,7 +103,8 @@ def run_search(s: Servable, paths: list[str], k: int = 10, limits: InputLimits =
     try:
         parse_filter(where, s)
     except ApiError as e:
-        raise ValueError(e.message.replace("'filter.labels'", "--label").replace("'filter.folder'", "--folder")) from None
+        message = e.message.replace("'filter.labels'", "--label").replace("'filter.folder'", "--folder")
+        raise ValueError(message) from None
     run = SearchRun(s.path, str(s.version), k, sig)
     batch = max(1, min(limits.max_instances, limits.max_results // k))
     entries: dict[int, dict] = {}

@@ -38,29 +38,22 @@ from dsrhn.atomic import die_with_parent
 from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
 from serving.filters import Where
 from serving.index import MAX_GPU_K, Rerank, answer_results, search_depth
+from serving.limits import (BODY_TIMEOUT_S, DRAIN_S, KEEP_ALIVE_S, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_INFLIGHT,
+                            MAX_INSTANCES, MAX_K, MAX_PIXELS, MAX_REMOVE, MAX_RERANKED, MAX_RESULTS, MAX_SHORTLIST,
+                            MIN_KEY_BYTES, POLL_SECONDS, PORT)
 from serving.store import ModelStore, Servable
 
-MAX_BODY_BYTES = 16 << 20
-MAX_INFLIGHT = 64  # requests being answered at once; more get 429
-MAX_RESULTS = 25_600  # k x images in one :search answer
-MAX_CONNECTIONS = 1000  # open connections + tasks; uvicorn answers 503 beyond (bounds held sockets)
-BODY_TIMEOUT_S = 30.0  # a client that has not sent its whole body by then gets 408
-MAX_K = 1000
-MAX_SHORTLIST = 20_000  # global hits one query may re-rank
-MAX_RERANKED = 100_000  # shortlist x images in one :search (bounds the re-ranking's memory)
-MAX_INSTANCES = 256  # images per request
-MAX_PIXELS = 40_000_000  # per image (width x height, read from its header before anything is decoded)
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what the SavedModel's decoder reads
 # ASCII digits only: "\d" would take "١" (Arabic-Indic one) as version 1, where TF Serving answers 404
 _ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?"
                     r"(?::(?P<verb>[a-z]+)|/(?P<sub>metadata)"
                     r"|(?:/generations/(?P<generation>[0-9]{1,18}))?/previews/(?P<row>[0-9]{1,12}))?$")
-MAX_REMOVE = 10_000  # ids in one :remove
 WRITE_VERBS = ("add", "remove")
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")  # the search page (no build step)
 WEB_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 SAMPLES = 8  # gallery rows the page offers as sample queries
-_DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64", tf.bool: "DT_BOOL"}
+_DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64",
+           tf.bool: "DT_BOOL"}
 
 
 class ApiError(Exception):
@@ -137,7 +130,20 @@ def _graph_error(e: BaseException) -> Exception:
         return ApiError(400, f"Could not decode an image: {graph_reason(e)}")
     if isinstance(e, (MemoryError, tf.errors.ResourceExhaustedError)):
         return ApiError(503, "out of memory while running the model; retry with fewer or smaller images")
-    return e if isinstance(e, ApiError) else ApiError(500, f"internal error while running the model ({type(e).__name__})")
+    if isinstance(e, ApiError):
+        return e
+    return ApiError(500, f"internal error while running the model ({type(e).__name__})")
+
+
+@dataclass(frozen=True)
+class RequestBounds:
+    """What one POST may send and ask for, and how many may be answered at once."""
+
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_k: int = MAX_K
+    limits: InputLimits = InputLimits()
+    max_inflight: int = MAX_INFLIGHT
+    body_timeout_s: float = BODY_TIMEOUT_S
 
 
 def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
@@ -146,9 +152,18 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
                write_key: bytes | None = None) -> FastAPI:
     """write_key: the key :add and :remove requests must carry (read_write_key); None: no write endpoints."""
     app = FastAPI(title="dsrhn", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None)
-    model = Model(batching)
-    app.state.model = model
-    inflight = app.state.inflight = {"n": 0}  # requests being answered now
+    app.state.model = Model(batching)
+    app.state.inflight = {"n": 0}  # requests being answered now
+    add_error_handlers(app)
+    add_page_routes(app, store)
+    add_model_routes(app, store, RequestBounds(max_body_bytes, max_k, limits, max_inflight, body_timeout_s),
+                     write_key)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error answers JSON {"error": ...}: an ApiError with its status, anything else 500 (503 when out
+    of memory)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_, exc: ApiError):
@@ -159,6 +174,10 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
         status = 503 if isinstance(exc, MemoryError) else 500
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server keeps serving"},
                             status_code=status)
+
+
+def add_page_routes(app: FastAPI, store: ModelStore) -> None:
+    """Liveness, readiness and the search page (serving/web/) with what it shows of the served model."""
 
     @app.get("/healthz")
     def healthz():
@@ -193,14 +212,20 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
             raise ApiError(503, f"no version of model {store.name} is loaded yet")
         return page_info(s, store.name)
 
+
+def add_model_routes(app: FastAPI, store: ModelStore, bounds: RequestBounds, write_key: bytes | None) -> None:
+    """TF Serving's /v1/models/... paths: GET status, metadata and previews; POST :predict, :search and (with a
+    write key) :add and :remove, at most bounds.max_inflight at once (429 beyond)."""
+    inflight, model = app.state.inflight, app.state.model
+
     @app.get("/v1/models/{rest:path}")
     def get_model(rest: str, request: Request):
         m = _route(rest, store)
         if m["verb"]:
             raise ApiError(404, f"Unknown GET path /v1/models/{rest}")
         if m["row"] is not None:
-            return preview(_servable(store, m["version"], write_key is not None), int(m["row"]), m["version"] is not None,
-                           request.headers.get("if-none-match"), m["generation"])
+            return preview(_servable(store, m["version"], write_key is not None), int(m["row"]),
+                           m["version"] is not None, request.headers.get("if-none-match"), m["generation"])
         if m["sub"] == "metadata":
             return metadata(_servable(store, m["version"]), store.name)
         return version_status(store, m["version"])
@@ -208,29 +233,38 @@ def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
     @app.post("/v1/models/{rest:path}")
     async def post_model(rest: str, request: Request):
         m = _route(rest, store)
-        if m["verb"] in WRITE_VERBS:
-            if write_key is None:
-                raise ApiError(404, f":{m['verb']} is not served: this server was started without a write key "
-                                    "(dsrhn serve --write-key-file FILE enables :add and :remove)")
-            authorize(request.headers.get("authorization"), write_key)  # before the body is read
-        elif m["verb"] not in ("predict", "search"):
-            raise ApiError(404, f"Unknown verb {m['verb']!r}: this server supports :predict and :search"
-                                + (", :add and :remove" if write_key is not None else ""))
-        if inflight["n"] >= max_inflight:
-            raise ApiError(429, f"{max_inflight} requests are in flight already; retry shortly")
+        check_verb(m["verb"], request.headers.get("authorization"), write_key)
+        if inflight["n"] >= bounds.max_inflight:
+            raise ApiError(429, f"{bounds.max_inflight} requests are in flight already; retry shortly")
         inflight["n"] += 1
         try:
-            body = await _json_body(request, max_body_bytes, body_timeout_s)
+            body = await _json_body(request, bounds.max_body_bytes, bounds.body_timeout_s)
             servable = _servable(store, m["version"], write_key is not None)
-            if m["verb"] == "predict":
-                return await _run(predict, servable, body, limits, model)
-            if m["verb"] in WRITE_VERBS:
-                return await _run(add if m["verb"] == "add" else remove, servable, store, body, limits)
-            return await _run(search, servable, body, max_k, limits, model, store.name)
+            return await answer_post(m["verb"], servable, body, store, bounds, model)
         finally:
             inflight["n"] -= 1
 
-    return app
+
+def check_verb(verb: str | None, authorization: str | None, write_key: bytes | None) -> None:
+    """404 for a verb this server does not answer; a write verb's credentials are checked before its body is
+    read (401 / 403)."""
+    if verb in WRITE_VERBS:
+        if write_key is None:
+            raise ApiError(404, f":{verb} is not served: this server was started without a write key "
+                                "(dsrhn serve --write-key-file FILE enables :add and :remove)")
+        authorize(authorization, write_key)
+    elif verb not in ("predict", "search"):
+        raise ApiError(404, f"Unknown verb {verb!r}: this server supports :predict and :search"
+                            + (", :add and :remove" if write_key is not None else ""))
+
+
+async def answer_post(verb: str, servable: Servable, body: dict, store: ModelStore, bounds: RequestBounds,
+                      model: Model) -> JSONResponse:
+    if verb == "predict":
+        return await _run(predict, servable, body, bounds.limits, model)
+    if verb in WRITE_VERBS:
+        return await _run(add if verb == "add" else remove, servable, store, body, bounds.limits)
+    return await _run(search, servable, body, bounds.max_k, bounds.limits, model, store.name)
 
 
 async def _run(fn, *args) -> JSONResponse:
@@ -321,8 +355,9 @@ def page_info(s: Servable, name: str) -> dict:
     meta, count = s.meta, int(s.index.count)
     previews = getattr(s.index, "previews", None) is not None
     return {"model": name, "version": str(s.version), "generation": int(s.index.manifest.get("generation", 0)),
-            "method": meta.get("mode"), "bits": meta.get("bits"),
-            "hr_size": meta.get("hr_size"), "query_sizes": meta.get("query_sizes"), "query_path": meta.get("query_path"),
+            "method": meta.get("method"), "bits": meta.get("bits"),
+            "hr_size": meta.get("hr_size"), "query_sizes": meta.get("query_sizes"),
+            "query_path": meta.get("query_path"),
             "query_input": meta.get("query_input", "lr"), "gallery": count, "previews": previews,
             "rerank": bool(meta.get("local")) and getattr(s.index, "local", None) is not None,
             "label_names": list(s.index.manifest.get("label_names", []))[:1000],
@@ -359,7 +394,8 @@ def metadata(s: Servable, name: str) -> dict:
     sigs = {}
     for sig_name, fn in s.model.signatures.items():
         inputs = {k: _tensor_info(f"{sig_name}_{k}:0", v) for k, v in fn.structured_input_signature[1].items()}
-        outputs = {k: _tensor_info(f"StatefulPartitionedCall:{i}", v) for i, (k, v) in enumerate(sorted(fn.structured_outputs.items()))}
+        outputs = {k: _tensor_info(f"StatefulPartitionedCall:{i}", v)
+                   for i, (k, v) in enumerate(sorted(fn.structured_outputs.items()))}
         sigs[sig_name] = {"inputs": inputs, "outputs": outputs, "method_name": "tensorflow/serving/predict"}
     return {"model_spec": {"name": name, "signature_name": "", "version": str(s.version)},
             "metadata": {"signature_def": {"signature_def": sigs,
@@ -406,7 +442,8 @@ def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLi
     if signature_name not in s.model.signatures:
         raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
     image_sizes = limits.check(images)
-    return (model or Model(BatchingConfig(enabled=False))).answer(s, signature_name, images, k, rerank, where), image_sizes
+    answer = (model or Model(BatchingConfig(enabled=False))).answer(s, signature_name, images, k, rerank, where)
+    return answer, image_sizes
 
 
 def predict(s: Servable, body: dict, limits: InputLimits = InputLimits(), model: Model | None = None) -> dict:
@@ -431,8 +468,8 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
         raise ApiError(400, f"search encodes queries with 'serving_default' (LR) or 'encode_hr' (HR), not {sig!r}")
     images, _ = parse_images(body)
     if k * len(images) > limits.max_results:
-        raise ApiError(400, f"k x images = {k} x {len(images)} = {k * len(images)} results; at most {limits.max_results} "
-                            "per request (ask for a smaller k, or split the request)")
+        raise ApiError(400, f"k x images = {k} x {len(images)} = {k * len(images)} results; at most "
+                            f"{limits.max_results} per request (ask for a smaller k, or split the request)")
     rerank = parse_rerank(body.get("rerank"), s, k)
     if rerank and rerank.shortlist * len(images) > MAX_RERANKED:
         raise ApiError(400, f"shortlist x images = {rerank.shortlist} x {len(images)} is more than {MAX_RERANKED} "
@@ -464,8 +501,6 @@ def preview_prefix(name: str, s: Servable) -> str:
 
 
 # ---------------------------------------------------------------- writes (a server started with a write key)
-
-MIN_KEY_BYTES = 16
 
 
 def read_write_key(path: str) -> bytes:
@@ -598,7 +633,8 @@ def parse_filter(spec, s: Servable) -> Where | None:
     if spec is None:
         return None
     if not isinstance(spec, dict) or not spec or set(spec) - {"labels", "folder"}:
-        raise ApiError(400, "'filter' must be an object {\"labels\": [names], \"folder\": \"sub/folder\"} (either or both)")
+        raise ApiError(400, "'filter' must be an object {\"labels\": [names], \"folder\": \"sub/folder\"} "
+                            "(either or both)")
     labels, folder = spec.get("labels", []), spec.get("folder", "")
     if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
         raise ApiError(400, "'filter.labels' must be a list of label names")
@@ -630,8 +666,8 @@ def parse_rerank(spec, s: Servable, k: int) -> Rerank | None:
                                if limit < MAX_SHORTLIST else ""))
     local = s.meta.get("local")
     if not local:
-        raise ApiError(400, f"model {s.meta.get('mode', '?')!r} (version {s.version}) has no local codes to re-rank "
-                            "with; 'rerank' needs a multi-level model (dsrhn train --mode multi-level)")
+        raise ApiError(400, f"model {s.meta.get('method', '?')!r} (version {s.version}) has no local codes to re-rank "
+                            "with; 'rerank' needs a multi-level model (dsrhn train --method multi-level)")
     if getattr(s.index, "local", None) is None:
         raise ApiError(400, f"the index of version {s.version} stores no local codes; rebuild it with `dsrhn index`")
     weight = spec.get("weight", local.get("rerank_weight", 1.0))
@@ -697,8 +733,6 @@ class BackgroundServer:
         self.thread.join(10)
 
 
-KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long
-DRAIN_S = 20  # SIGTERM: requests in flight get this long to finish, then are cancelled (under Kubernetes' 30 s grace)
 SPEC_ENV = "DSRHN_SERVE_SPEC"  # how `serve` hands its settings to worker processes (JSON)
 
 
@@ -708,7 +742,7 @@ class ServeSpec:
 
     base_dir: str
     name: str
-    poll_seconds: float = 5.0
+    poll_seconds: float = POLL_SECONDS
     limits: InputLimits = InputLimits()
     batching: BatchingConfig = BatchingConfig()
     max_inflight: int = MAX_INFLIGHT
@@ -735,9 +769,8 @@ class ServeSpec:
 
 def set_tf_threads(intra_op: int, inter_op: int) -> None:
     """TensorFlow's thread pools (TF Serving's --tensorflow_intra_op_parallelism / _inter_op_), set before the
-    first op runs; 0 keeps TensorFlow's default (ServeSpec validates the counts). With many concurrent requests
-    of one small image each, one thread per op may save handing each op's few microseconds of work to other
-    threads; measured on 2 cores it did not pay beyond noise (docs/serving.md, "Processes and threads")."""
+    first op runs; 0 keeps TensorFlow's default (ServeSpec validates the counts). Which settings pay:
+    docs/serving.md, "Processes and threads"."""
     if intra_op:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     if inter_op:
@@ -758,14 +791,15 @@ def app_from_spec(spec: ServeSpec) -> FastAPI:
 
 
 def worker_app() -> FastAPI:
-    """The app of one of `serve(..., workers=N)`'s processes (uvicorn's factory), from the spec in $DSRHN_SERVE_SPEC."""
+    """The app of one of `serve(..., workers=N)`'s processes (uvicorn's factory), from the spec in
+    $DSRHN_SERVE_SPEC."""
     die_with_parent(signal.SIGTERM)  # the supervisor killed with SIGKILL: drain and exit, not keep its port
     if os.getppid() == 1:  # it died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
     return app_from_spec(ServeSpec.from_json(os.environ[SPEC_ENV]))
 
 
-def serve(spec: ServeSpec, host: str = "127.0.0.1", port: int = 8501, max_connections: int = MAX_CONNECTIONS,
+def serve(spec: ServeSpec, host: str = "127.0.0.1", port: int = PORT, max_connections: int = MAX_CONNECTIONS,
           keep_alive_s: float = KEEP_ALIVE_S, workers: int = 1, http: str = "auto", loop: str = "auto",
           drain_s: int = DRAIN_S) -> None:
     """Serve until stopped. workers > 1: that many processes share the listening socket (uvicorn's supervisor
@@ -795,8 +829,8 @@ def serve(spec: ServeSpec, host: str = "127.0.0.1", port: int = 8501, max_connec
 def tcp_listener(sock: socket.socket) -> socket.socket:
     """The shared listening socket, marked IPPROTO_TCP. uvicorn binds it with proto 0, accepted connections
     inherit that, and asyncio enables TCP_NODELAY only on IPPROTO_TCP sockets: without this every keep-alive
-    answer of a worker waited ~40 ms for the client's delayed ACK (uvicorn issue #3149; measured here: /healthz
-    44 ms instead of 1.2 ms with 2 workers; tests/test_claims.py checks it)."""
+    answer of a worker waits for the client's delayed ACK (uvicorn issue #3149; docs/results.md, "Serving under
+    load"; tests/test_claims.py checks it)."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return sock
     fixed = socket.socket(sock.family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=sock.detach())

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
+from dsrhn.contracts import INDEX_DIR, MANIFEST_FILE, METADATA, read_metadata
 from serving.index import GalleryIndex, IndexMismatch, load_index
-from dsrhn.contracts import read_metadata
+from serving.limits import POLL_SECONDS
 
 log = logging.getLogger("dsrhn.serving")
 
@@ -54,7 +55,7 @@ class VersionStatus:
 class ModelStore:
     base_dir: str
     name: str
-    poll_seconds: float = 5.0
+    poll_seconds: float = POLL_SECONDS
     faiss_device: str = "cpu"  # where the gallery index searches: cpu, gpu or auto (serving/index.py: on_device)
     mmap_index: bool = False  # faiss codes read in place from the file, shared by processes (serving/index.py)
     current: Servable | None = None
@@ -123,8 +124,8 @@ class ModelStore:
                 kind = "index" if isinstance(e, IndexMismatch) else "model"
                 message = self._public(f"{kind}: {e}")
                 if cur is None or v != cur.version:
-                    self.status[v] = VersionStatus("UNAVAILABLE", "FAILED_PRECONDITION" if kind == "index" else "UNKNOWN",
-                                                   message)
+                    code = "FAILED_PRECONDITION" if kind == "index" else "UNKNOWN"
+                    self.status[v] = VersionStatus("UNAVAILABLE", code, message)
                 self._failed[v] = signature
                 log.warning("version %s not loaded: %s", v, e)
                 continue
@@ -135,7 +136,8 @@ class ModelStore:
                 self._loaded_signature[v] = signature
                 if old and old.version != v:
                     self.status[old.version] = VersionStatus("END")
-            log.info("serving %s version %s%s", self.name, v, " (reloaded: changed on disk)" if old and old.version == v else "")
+            log.info("serving %s version %s%s", self.name, v,
+                     " (reloaded: changed on disk)" if old and old.version == v else "")
             return True
         return False
 
@@ -195,8 +197,8 @@ class ModelStore:
                 log.exception("version poll failed")
 
 
-SIGNATURE_FILES = ("saved_model.pb", os.path.join("variables", "variables.index"), os.path.join("assets.extra", "dsrhn.json"),
-                   os.path.join("index", "manifest.json"))
+SIGNATURE_FILES = ("saved_model.pb", os.path.join("variables", "variables.index"), METADATA,
+                   os.path.join(INDEX_DIR, MANIFEST_FILE))
 
 
 GRAPH_FILES = 3  # SIGNATURE_FILES before the index manifest: the model itself

@@ -71,9 +71,9 @@ class UpdateReport:
                 "removed": self.removed, "rejected": self.rejected}
 
     def console(self) -> str:
-        lines = [f"index: generation {self.generation}, {self.count} photos -> {self.index_dir}: {len(self.added)} added, "
-                 f"{len(self.replaced)} replaced, {len(self.removed)} removed, {len(self.rejected)} rejected "
-                 f"({self.seconds:.2f} s)"]
+        lines = [f"index: generation {self.generation}, {self.count} photos -> {self.index_dir}: "
+                 f"{len(self.added)} added, {len(self.replaced)} replaced, {len(self.removed)} removed, "
+                 f"{len(self.rejected)} rejected ({self.seconds:.2f} s)"]
         lines += [f"  {r['id']}: {r['error']}" for r in self.rejected[:10]]
         if len(self.rejected) > 10:
             lines.append(f"  ... and {len(self.rejected) - 10} more ({REJECTED_FILE} in the index folder)")
@@ -135,7 +135,8 @@ def read_columns(index_dir: str, manifest: dict) -> Columns:
     ids = [b.decode("utf-8") for b in _unpack(*open_packed(index_dir, ID_BYTES_FILE, ID_OFFSETS_FILE))]
     names = list(manifest.get("label_names", []))
     bits = np.load(os.path.join(index_dir, LABELS_FILE))
-    labels = (np.unpackbits(bits, axis=1)[:, :len(names)] if len(names) else np.zeros((len(ids), 0), np.uint8)).astype(bool)
+    labels = np.unpackbits(bits, axis=1)[:, :len(names)] if len(names) else np.zeros((len(ids), 0), np.uint8)
+    labels = labels.astype(bool)
     if manifest.get("backend", "faiss") == "milvus":
         codes = milvus_codes(manifest)
     else:
@@ -199,7 +200,8 @@ def apply_changes(cur: Columns, adds: Sequence[GalleryRow], removes: Sequence[st
     codes = np.concatenate([cur.codes[keep], np.array([r.code for r in rows], np.uint8).reshape(-1, width)])[order]
     local = None
     if cur.local is not None:
-        local = np.concatenate([cur.local[keep], np.array([r.local for r in rows], np.uint8).reshape(-1, *cur.local.shape[1:])])[order]
+        new_local = np.array([r.local for r in rows], np.uint8).reshape(-1, *cur.local.shape[1:])
+        local = np.concatenate([cur.local[keep], new_local])[order]
     previews = None
     if cur.previews is not None:
         both = [cur.previews[r] for r in keep] + [r.preview for r in rows]

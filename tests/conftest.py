@@ -48,7 +48,7 @@ def tiny_preset():
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, mosaic_examples, tiny_preset) -> str:
-    """A SavedModel from a couple of real training steps (dsrhn mode, 12 bits)."""
+    """A SavedModel from a couple of real training steps (dsrhn method, 12 bits)."""
     from trainer.task import train_and_export
 
     root = tmp_path_factory.mktemp("model")

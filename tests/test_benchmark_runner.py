@@ -1,4 +1,6 @@
-"""The Table 1 benchmark's task runner: priorities, dependencies, and worker processes."""
+"""The benchmarks' library (benchmarks/benchlib: the task runner's priorities, dependencies and worker processes, the
+row cache, the paired bootstrap) and the benchmark scripts' rows and tables."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +10,13 @@ import sys
 
 import pytest
 
-_BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+_BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+if _BENCHMARKS not in sys.path:
+    sys.path.insert(0, _BENCHMARKS)  # where a script run as `python benchmarks/<name>.py` finds benchlib
+
+from benchlib import cache  # noqa: E402
+from benchlib.runner import Runner, Task  # noqa: E402
+from benchlib.stats import diff_interval  # noqa: E402
 
 
 def _benchmark(name: str):
@@ -26,15 +34,18 @@ def bench():
 
 
 def _tasks():
-    # (priority, name, fn, args, unlocks): "dsrhn" and "two-stage" wait for "stage1", as in the benchmark
-    after = [(1, "dsrhn", operator.mul, (3, 4), []), (2, "two-stage", operator.add, (3, 4), [])]
-    return [(4, "hr", operator.sub, (9, 2), []), (0, "stage1", operator.pow, (2, 5), after),
-            (3, "lr", operator.floordiv, (9, 2), [])]
+    # "dsrhn" and "two-stage" wait for "stage1", as in the benchmark
+    after = [Task(1, "dsrhn", operator.mul, (3, 4)), Task(2, "two-stage", operator.add, (3, 4))]
+    return [
+        Task(4, "hr", operator.sub, (9, 2)),
+        Task(0, "stage1", operator.pow, (2, 5), after),
+        Task(3, "lr", operator.floordiv, (9, 2)),
+    ]
 
 
-def test_one_worker_honours_priority_and_dependencies(bench):
+def test_one_worker_honours_priority_and_dependencies():
     done = []
-    runner = bench.Runner(jobs=1)
+    runner = Runner(jobs=1)
     try:
         runner.run(_tasks(), lambda name, result: done.append((name, result)))
     finally:
@@ -43,9 +54,9 @@ def test_one_worker_honours_priority_and_dependencies(bench):
     assert done == [("stage1", 32), ("dsrhn", 12), ("two-stage", 7), ("lr", 4), ("hr", 7)]
 
 
-def test_two_workers_run_every_task_once_after_its_dependency(bench):
+def test_two_workers_run_every_task_once_after_its_dependency():
     done = []
-    runner = bench.Runner(jobs=2)
+    runner = Runner(jobs=2)
     try:
         runner.run(_tasks(), lambda name, result: done.append((name, result)))
     finally:
@@ -55,11 +66,11 @@ def test_two_workers_run_every_task_once_after_its_dependency(bench):
     assert names.index("stage1") < names.index("dsrhn") and names.index("stage1") < names.index("two-stage")
 
 
-def test_every_task_runs_in_a_fresh_process(bench):
+def test_every_task_runs_in_a_fresh_process():
     pids = []
-    runner = bench.Runner(jobs=1)
+    runner = Runner(jobs=1)
     try:
-        runner.run([(i, f"t{i}", os.getpid, (), []) for i in range(3)], lambda name, pid: pids.append(pid))
+        runner.run([Task(i, f"t{i}", os.getpid) for i in range(3)], lambda name, pid: pids.append(pid))
     finally:
         runner.close()
     assert len(set(pids)) == 3 and os.getpid() not in pids
@@ -71,10 +82,10 @@ def test_cells_average_seeds_and_gap_closure_uses_per_query_means(bench, tmp_pat
     results = {"_settings": {}}
     # per-query APs of 4 queries: seed means LR 0.71, DSRHN 0.78, HR 0.81 at every query
     for seed, (lr, ds, hr) in enumerate([(0.70, 0.76, 0.80), (0.72, 0.80, 0.82)]):
-        for mode, value in (("hashnet-lr", lr), ("dsrhn", ds), ("hashnet-hr", hr)):
-            path = str(tmp_path / f"{mode}-{seed}.npz")
+        for method, value in (("hashnet-lr", lr), ("dsrhn", ds), ("hashnet-hr", hr)):
+            path = str(tmp_path / f"{method}-{seed}.npz")
             np.savez(path, lr_query=np.full(4, value), hr_query=np.full(4, value + 0.01))
-            results[f"{mode}/dpsh/12/seed{seed}"] = {"map": value, "map_hr_query": value + 0.01, "ap_file": path}
+            results[f"{method}/dpsh/12/seed{seed}"] = {"map": value, "map_hr_query": value + 0.01, "ap_file": path}
     assert bench.cell(results, "dsrhn", "dpsh", 12) == [0.76, 0.80]
     assert bench.cell(results, "dsrhn", "dpsh", 24) == []
     assert bench.fmt([0.76, 0.80]) == "0.7800 ±0.0200"
@@ -94,12 +105,14 @@ def test_photo_rows_run_per_seed_and_the_tables_average_the_seeds(tmp_path, caps
     import numpy as np
 
     photos = _benchmark("real_photos")
-    asked = {k: (*photos.ROWS[k], {}) for k in ("hashnet-lr", "two-stage", "student", "hashnet-hr")}
+    asked = {k: photos.ROWS[k] for k in ("hashnet-lr", "two-stage", "student", "hashnet-hr")}
     rows, runs = photos.seeded(asked, 2)
     assert runs["two-stage"] == ["two-stage@s0", "two-stage@s1"] and len(rows) == 8
-    assert rows["two-stage@s1"][2:] == ({"seed": 1}, {"seed": 1})  # HashNet's seed and its SR stage's
-    assert rows["hashnet-lr@s1"][3] == {}  # no SR stage
-    assert rows["student@s1"][2]["options.teacher_weights"] == "@two-stage@s1"  # the teacher of its own seed
+    two = rows["two-stage@s1"]
+    assert (two.overrides, two.sr_overrides) == ({"seed": 1}, {"seed": 1})  # HashNet's seed and its SR stage's
+    assert two.key == "two-stage@s1" and two.method == "two-stage"
+    assert rows["hashnet-lr@s1"].sr_overrides == {}  # no SR stage
+    assert rows["student@s1"].overrides["options.teacher_weights"] == "@two-stage@s1"  # the teacher of its own seed
     assert photos.seeded(asked, 1) == (asked, {k: [k] for k in asked})
 
     # 4 queries, one cell: LR 0.50 / 0.60 by seed, two-stage 0.60 / 0.62, HR 0.90 / 0.80
@@ -122,8 +135,22 @@ def test_photo_rows_run_per_seed_and_the_tables_average_the_seeds(tmp_path, caps
     assert summary["seeds"] == 2 and summary["above_all"] == "1/1"
 
 
+def test_the_paired_bootstrap_is_the_mean_difference_with_an_interval_over_the_queries():
+    import numpy as np
+
+    a = np.linspace(0.2, 0.6, 50)
+    assert diff_interval(a, a + 0.1) == pytest.approx((0.1, 0.1, 0.1))  # every query agrees: no spread
+    b = a + np.random.default_rng(3).normal(0.05, 0.1, a.size)
+    d, lo, hi = diff_interval(a, b)
+    assert d == pytest.approx(float((b - a).mean())) and lo < d < hi
+    assert diff_interval(a, b) == (d, lo, hi)  # seeded: the same interval every time
+    lo99, hi99 = diff_interval(a, b, level=0.99)[1:]
+    assert lo99 < lo and hi < hi99  # a wider level, a wider interval
+    # paired: a shift common to both rows' queries moves neither the difference nor its interval
+    assert diff_interval(a + 0.3, b + 0.3) == pytest.approx((d, lo, hi))
+
+
 def test_benchmark_rows_are_reused_only_with_the_same_settings_and_code(tmp_path):
-    cache = _benchmark("cache")
     src = tmp_path / "code"
     src.mkdir()
     (src / "a.py").write_text("x = 1\n")
@@ -138,8 +165,10 @@ def test_benchmark_rows_are_reused_only_with_the_same_settings_and_code(tmp_path
     assert reopened.get("dsrhn", cache.row_key({"steps": 360}, code), log=said.append) is None  # other settings
     (src / "a.py").write_text("x = 2\n")  # other code
     assert cache.code_digest((), dirs=(str(src),)) != code
-    assert reopened.get("dsrhn", cache.row_key({"steps": 720}, cache.code_digest((), dirs=(str(src),))),
-                        log=said.append) is None
+    assert (
+        reopened.get("dsrhn", cache.row_key({"steps": 720}, cache.code_digest((), dirs=(str(src),))), log=said.append)
+        is None
+    )
     assert len(said) == 2 and all("recomputing" in s for s in said)
 
 
@@ -157,7 +186,9 @@ def test_the_load_generators_socket_clients_count_answers_and_errors(tmp_path):
         assert ok["n"] > 10 and ok["errors"] == 0 and ok["client_cores"] >= 0
         not_ready = serve_load.run_clients(f"{server.url}/readyz", "GET", None, 2, 0.3)  # 503: no version yet
         assert not_ready["n"] > 0 and not_ready["errors"] == not_ready["n"]
-        search = serve_load.run_clients(f"{server.url}/v1/models/other:search", "POST", {"instances": [], "k": 1}, 1, 0.3)
+        search = serve_load.run_clients(
+            f"{server.url}/v1/models/other:search", "POST", {"instances": [], "k": 1}, 1, 0.3
+        )
         assert search["n"] > 0 and search["errors"] == search["n"]  # 404 answers, each read whole
         for kind in ("sockets", "httpx"):  # both generators agree on what they see
             r = serve_load.run_clients(f"{server.url}/healthz", "GET", None, 1, 0.2, kind)
@@ -189,8 +220,9 @@ def test_encode_costs_bfloat16_export_keeps_the_codes(tmp_path, tiny_preset, mos
     assert (np.asarray(x) != np.asarray(y)).mean() < 0.05
 
 
-def test_query_views_rescore_trained_rows_under_each_query_setting(tmp_path, mosaic_examples, tiny_preset, monkeypatch,
-                                                                   capsys):
+def test_query_views_rescore_trained_rows_under_each_query_setting(
+    tmp_path, mosaic_examples, tiny_preset, monkeypatch, capsys
+):
     """benchmarks/query_views.py on two really trained rows laid out as benchmarks/real_photos.py writes them: each
     applicable query setting re-encodes the queries with the trained networks; "as trained" is the SavedModel's own
     query path, the baseline against itself differs by 0, and the table and JSON come out."""
@@ -210,10 +242,11 @@ def test_query_views_rescore_trained_rows_under_each_query_setting(tmp_path, mos
     root = out / "instance"
     shutil.copytree(mosaic_examples, root / "examples")
     shutil.copytree(mosaic_examples, root / "grid" / "x4-bicubic")
-    for mode in ("hashnet-lr", "two-stage"):
-        run = root / f"{mode}@s0"
-        train_and_export(str(root / "examples"), tiny_preset.replace(mode=mode), str(run / "work"), str(run / "model"),
-                         verbose=0)
+    for method in ("hashnet-lr", "two-stage"):
+        run = root / f"{method}@s0"
+        train_and_export(
+            str(root / "examples"), tiny_preset.replace(method=method), str(run / "work"), str(run / "model"), verbose=0
+        )
     monkeypatch.setattr(sys, "argv", ["query_views.py", "--out", str(out), "--topk", "20"])
     views.main()
     printed = capsys.readouterr().out
@@ -221,16 +254,19 @@ def test_query_views_rescore_trained_rows_under_each_query_setting(tmp_path, mos
     table = result["table"]
     assert sorted(result["runs"]) == ["hashnet-lr@s0", "two-stage@s0"]
     assert set(table) == {"hashnet-lr / as trained", "hashnet-lr / mirror"} | {
-        f"two-stage / {s}" for s in ("as trained", "mirror", "sr", "sr + mirror", "fused", "fused + mirror", "bicubic")}
+        f"two-stage / {s}" for s in ("as trained", "mirror", "sr", "sr + mirror", "fused", "fused + mirror", "bicubic")
+    }
     assert table["hashnet-lr / as trained"]["cells"]["x4-bicubic"]["diff"] == 0.0
     assert "| two-stage / fused + mirror |" in printed
-    for mode in ("hashnet-lr", "two-stage"):  # "as trained" is what the exported SavedModel retrieves
-        enc = SavedModelEncoders(str(root / f"{mode}@s0" / "model"))
+    for method in ("hashnet-lr", "two-stage"):  # "as trained" is what the exported SavedModel retrieves
+        enc = SavedModelEncoders(str(root / f"{method}@s0" / "model"))
         g = encode_split(str(root / "examples"), "gallery", "hr", enc.gallery)
         q = encode_split(str(root / "grid" / "x4-bicubic"), "query", "lr", enc.query)
         ap, _ = average_precisions(q.codes, g.codes, q.labels, g.labels, 20)
-        assert table[f"{mode} / as trained"]["cells"]["x4-bicubic"]["map"] == pytest.approx(float(ap.mean()), abs=1e-9)
-        stored = np.load(out / "query-views" / f"{mode}@s0--as-trained--x4-bicubic.npy")
+        assert table[f"{method} / as trained"]["cells"]["x4-bicubic"]["map"] == pytest.approx(
+            float(ap.mean()), abs=1e-9
+        )
+        stored = np.load(out / "query-views" / f"{method}@s0--as-trained--x4-bicubic.npy")
         assert np.array_equal(stored, ap)
     # two-stage trained without query_fuse: its "sr" setting is its own, reused rather than encoded again
     assert table["two-stage / sr"]["cells"] == table["two-stage / as trained"]["cells"]
@@ -242,29 +278,29 @@ def test_an_sr_stage_alone_is_scored_through_the_exported_query_path(tmp_path, m
     that is exactly its input (a zero tail) must score as the single resize the exported query path makes, and an
     SRNet without batch norm (sr_batchnorm=False, as EDSR) has none and is scored the same way."""
     import numpy as np
+    from benchlib.tasks import score_sr_stage
 
     from components.evaluate import sr_quality
     from dsrhn.records import DatasetInfo
     from trainer.models import SRNet
 
-    photo_tasks = _benchmark("photo_tasks")
     for batchnorm in (True, False):
         preset = tiny_preset.replace(sr_zero_tail=True, sr_batchnorm=batchnorm)
         net = SRNet(preset)
         assert any("_bn" in layer.name for layer in net.layers) == batchnorm
         weights = str(tmp_path / f"stage-{batchnorm}.srnet.weights.h5")
         net.save_weights(weights)
-        out = photo_tasks.score_sr_stage(preset.to_dict(), weights, {"x4": mosaic_examples}, n=8)
+        out = score_sr_stage(preset.to_dict(), weights, {"x4": mosaic_examples}, n=8)
         q = out["cells"]["x4"]["psnr"]
         assert q["images"] == 8 and np.isfinite(q["psnr_y"])
 
         class Resize:  # the exported query path with no SRNet: decode, one resize to HR, round
             @staticmethod
-            def super_resolve(images):
+            def super_resolve(images, hr_size=preset.hr_size):
                 import tensorflow as tf
 
                 from trainer.export import decode_hr_space, to_uint8
 
-                return to_uint8(decode_hr_space(tf.constant(images), preset.hr_size)).numpy()
+                return to_uint8(decode_hr_space(tf.constant(images), hr_size)).numpy()
 
         assert q == sr_quality(mosaic_examples, Resize, DatasetInfo.read(mosaic_examples), 8)

@@ -86,7 +86,7 @@ def _read_one_response(c: socket.socket) -> bytes:
 def test_dsrhn_serve_closes_idle_connections_and_caps_them(tmp_path, version):
     shutil.copytree(version, tmp_path / "m" / "1")
     port = free_loopback_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", str(tmp_path), "--model-name", "m",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--base-dir", str(tmp_path), "--model-name", "m",
                              "--port", str(port), "--keep-alive-seconds", "1", "--max-connections", "3",
                              "--http", "h11", "--loop", "asyncio"],  # the pure-Python stack (the workers' test: the default)
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -146,7 +146,7 @@ def test_dsrhn_serve_with_two_worker_processes_answers_as_one_process_does(tmp_p
     port = free_loopback_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dsrhn.cli", "serve", "--base-dir", str(tmp_path), "--model-name",
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--base-dir", str(tmp_path), "--model-name",
                                  "m", "--port", str(port), "--workers", "2", "--intra-op-threads", "1", "--no-batching"],
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -24,10 +24,10 @@ def test_ingest_train_evaluate_index(tmp_path):
     assert "104 in = 104 written + 0 rejected" in out
     assert json.load(open(os.path.join(ex, "dsrhn_dataset.json")))["lr"]["jpeg_quality"] == 60
     dsrhn("train", "--examples", ex, "-o", model, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "16",
-          "--bits", "16", "--mode", "hashnet-lr", "--verbose", "0", "--set", "lr_decay=cosine", "--set", "dropout=0.25",
+          "--bits", "16", "--method", "hashnet-lr", "--verbose", "0", "--set", "lr_decay=cosine", "--set", "dropout=0.25",
           "--degradation", "fixed")
     meta = json.load(open(os.path.join(model, "assets.extra", "dsrhn.json")))
-    assert meta["mode"] == "hashnet-lr"
+    assert meta["method"] == "hashnet-lr"
     assert meta["degradation"] == "fixed" and meta["query_sizes"] == [14, 14]  # the stored x4 partners
     assert (meta["preset"]["lr_decay"], meta["preset"]["dropout"]) == ("cosine", 0.25)
     out = dsrhn("evaluate", "--model", model, "--examples", ex, "-o", ev, "--topk", "10", "--no-plots")
@@ -62,3 +62,14 @@ def test_bad_preset_override_is_one_clear_error(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "--set 'sr_steps=two': sr_steps must be int" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_every_source_kind_and_command_is_on_the_front_door():
+    """The CLI's ingest flags cover every source kind dsrhn/sources.py has, and `dsrhn --help` lists every command."""
+    from cli import ingest
+    from cli.main import COMMANDS, build_parser
+    from dsrhn.sources import SOURCES
+
+    assert set(ingest.SPEC_OF) == set(SOURCES)
+    text = build_parser().format_help()
+    assert all(f"dsrhn {c.NAME} " in text for c in COMMANDS) and len(COMMANDS) == 13

@@ -16,7 +16,8 @@ from dsrhn.config import Degradation, get_preset, parse_overrides, preset_from_d
 from dsrhn.degrade import degrade, example_seed, to_hr_space
 from tests.conftest import BEAM, LiveServer
 
-OFF = dict(blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, shuffle_prob=0.0, kernels=("area",), scale_min=4.0, scale_max=4.0)
+OFF = dict(blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, shuffle_prob=0.0, kernels=("area",), scale_min=4.0,
+           scale_max=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -139,15 +140,17 @@ def test_fixed_degradation_trains_on_the_stored_partners(mosaic_examples):
 
 
 def test_degradation_config_is_validated_and_overridable():
-    overrides = parse_overrides(["degradation.scale_max=4", "degradation.kernels=area,bicubic", "degradation.kind=fixed"])
+    overrides = parse_overrides(["degradation.scale_max=4", "degradation.kernels=area,bicubic",
+                                 "degradation.kind=fixed"])
     p = get_preset("cpu", **overrides)
     assert p.degradation.scale_max == 4.0 and p.degradation.kernels == ("area", "bicubic") and not p.blind
     assert get_preset("cpu").blind and get_preset("paper").blind
     assert preset_from_dict(json.loads(json.dumps(p.to_dict()))) == p
     old = {k: v for k, v in get_preset("cpu").to_dict().items() if k != "degradation"}
     assert preset_from_dict(old).degradation.kind == "fixed"  # written before blind training existed
-    for bad in (dict(scale_min=0.5), dict(scale_min=4.0, scale_max=2.0), dict(blur_prob=1.5), dict(kernels=("nearest",)),
-                dict(jpeg_quality_min=0), dict(kind="random"), dict(noise_sigma_max=float("nan"))):
+    for bad in (dict(scale_min=0.5), dict(scale_min=4.0, scale_max=2.0), dict(blur_prob=1.5),
+                dict(kernels=("nearest",)), dict(jpeg_quality_min=0), dict(kind="random"),
+                dict(noise_sigma_max=float("nan"))):
         with pytest.raises(ValueError, match="degradation"):
             Degradation(**bad)
     with pytest.raises(ValueError, match="unknown preset fields"):
@@ -228,7 +231,8 @@ def test_server_answers_queries_of_different_sizes_in_one_batch(trained_model, m
     srv = LiveServer(store)
     try:
         sizes = [(14, 14), (28, 28), (7, 7), (31, 20), (4, 4), (56, 56), (120, 90)]
-        body = {"instances": [{"b64": base64.b64encode(_png(w, h, i)).decode()} for i, (w, h) in enumerate(sizes)], "k": 3}
+        body = {"instances": [{"b64": base64.b64encode(_png(w, h, i)).decode()} for i, (w, h) in enumerate(sizes)],
+                "k": 3}
         r = httpx.post(f"{srv.url}/v1/models/dsrhn:search", json=body, timeout=60)
         assert r.status_code == 200, r.text
         results = r.json()["results"]

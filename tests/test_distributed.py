@@ -19,7 +19,7 @@ import numpy as np
 from dsrhn.config import get_preset
 from trainer.task import train_and_export
 examples, work, export, out = sys.argv[1:5]
-preset = get_preset("cpu", mode=os.environ.get("MODE", "hashnet-lr"), bits=12, epochs=2, steps_per_epoch=3,
+preset = get_preset("cpu", method=os.environ.get("METHOD", "hashnet-lr"), bits=12, epochs=2, steps_per_epoch=3,
                     batch_size=16, sr_blocks=1, sr_filters=8, hash_lr=1e-3)
 summary = train_and_export(examples, preset, work, export, verbose=0, with_trainer=True)
 nets = summary.pop("trainer").nets
@@ -88,7 +88,7 @@ def test_two_workers_train_in_lock_step_and_match_one_worker(mosaic_examples, tm
 
 
 def test_a_method_that_cannot_train_data_parallel_says_so(mosaic_examples, tmp_path):
-    procs = _run_workers(mosaic_examples, tmp_path, 2, "ml", {"MODE": "multi-level"})
+    procs = _run_workers(mosaic_examples, tmp_path, 2, "ml", {"METHOD": "multi-level"})
     for p in procs:
         _, stderr = p.communicate(timeout=600)
         assert p.returncode != 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsrhn.cli import main
+from cli.main import main
 from dsrhn.config import IndexConfig, data_dir
 from serving.duplicates import (MIN_INLIERS, contact_sheet, default_radius, find_duplicates, nearest_pairs, open_exact,
                                 pairs_within, read_model_meta, stored_codes)

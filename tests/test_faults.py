@@ -23,7 +23,7 @@ from serving.server import free_loopback_port
 from tests.conftest import indexed_copy, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DSRHN = [sys.executable, "-m", "dsrhn.cli"]
+DSRHN = [sys.executable, "-m", "cli"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -34,7 +34,8 @@ def served(tmp_path_factory, trained_model, mosaic_examples):
 
 def stderr_lines(text: str) -> list[str]:
     """What a user reads on stderr, without TensorFlow's and absl's start-up log."""
-    return [line for line in text.splitlines() if line.strip() and not line.startswith(("I0", "W0", "E0", "WARNING: All log"))]
+    return [line for line in text.splitlines()
+            if line.strip() and not line.startswith(("I0", "W0", "E0", "WARNING: All log"))]
 
 
 def size_limited(cmd: list[str], limit_bytes: int) -> subprocess.CompletedProcess:
@@ -54,7 +55,8 @@ def read_response(c: socket.socket) -> bytes:
             break
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next((line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0))
+    length = int(next((line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0))
     while len(body) < length:
         chunk = c.recv(65536)
         if not chunk:
@@ -107,18 +109,21 @@ def test_sigterm_lets_a_request_in_flight_finish_then_refuses_new_ones(served, m
             proc.wait()
 
 
-def test_ingest_and_index_onto_a_full_disk_say_so_in_one_line_and_keep_what_was_there(served, mosaic_examples, tmp_path):
+def test_ingest_and_index_onto_a_full_disk_say_so_in_one_line_and_keep_what_was_there(served, mosaic_examples,
+                                                                                       tmp_path):
     out = tmp_path / "examples"
-    r = size_limited(DSRHN + ["ingest", "fashion-mnist-mosaic", "--n-train", "96", "--n-query", "16", "--n-gallery", "48",
-                              "--output", str(out)], 64 << 10)
-    assert r.returncode == 1 and stderr_lines(r.stderr) == [f"dsrhn ingest: error: File too large (writing {out})"], r.stderr[-3000:]
+    r = size_limited(DSRHN + ["ingest", "fashion-mnist-mosaic", "--n-train", "96", "--n-query", "16",
+                              "--n-gallery", "48", "--output", str(out)], 64 << 10)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert stderr_lines(r.stderr) == [f"dsrhn ingest: error: File too large (writing {out})"], r.stderr[-3000:]
     assert not os.path.exists(out) and os.listdir(tmp_path) == []  # nothing half-written left beside it
 
     model = served / "dsrhn" / "1"
     before, listing = json.loads((model / "index" / "manifest.json").read_text()), sorted(os.listdir(model / "index"))
     r = size_limited(DSRHN + ["index", "--model", str(model), "--examples", mosaic_examples], 4 << 10)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert stderr_lines(r.stderr) == [f"dsrhn index: error: File too large (writing {model / 'index'})"], r.stderr[-3000:]
+    expected = f"dsrhn index: error: File too large (writing {model / 'index'})"
+    assert stderr_lines(r.stderr) == [expected], r.stderr[-3000:]
     assert json.loads((model / "index" / "manifest.json").read_text()) == before  # the old index, whole
     assert sorted(os.listdir(model / "index")) == listing
 
@@ -141,7 +146,8 @@ def test_a_damaged_tfrecord_is_named_in_one_line(trained_model, mosaic_examples,
     data[len(data) // 2: len(data) // 2 + 32] = os.urandom(32)
     shard.write_bytes(bytes(data))
     r = subprocess.run(DSRHN + ["index", "--model", trained_model, "--examples", str(damaged), "--output",
-                                str(tmp_path / "index")], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
+                                str(tmp_path / "index")],
+                       capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
     lines = stderr_lines(r.stderr)
     assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
     assert lines[0].startswith(f"dsrhn index: error: damaged record in {shard} (") and "dsrhn ingest" in lines[0]

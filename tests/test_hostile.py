@@ -92,7 +92,8 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def _served(trained_model, tmp_path, n_codes: int = 3):
@@ -139,7 +140,8 @@ def test_image_bombs_and_batch_bombs_get_a_json_400_and_the_server_keeps_serving
             # re-ranking asked of the wrong thing, or in the wrong shape
             ({"instances": [good_b64], "k": 2, "rerank": 500}, "'rerank' must be an object"),
             ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 500, "depth": 3}}, "'rerank' must be an object"),
-            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": "500"}}, "'rerank.shortlist' must be an integer"),
+            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": "500"}},
+             "'rerank.shortlist' must be an integer"),
             ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 1}}, "in [k=2, 20000]"),
             ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 10 ** 9}}, "in [k=2, 20000]"),
             ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 500}}, "has no local codes to re-rank with"),
@@ -404,6 +406,7 @@ def test_a_decoder_failure_names_the_instance_and_the_reason(trained_model, tmp_
             r = httpx.post(f"{server.url}/v1/models/m:search", json=body, timeout=60)
             error = r.json()["error"]
             assert r.status_code == 400 and error.startswith("instances[2]: Could not decode an image: "), error
-            assert "Graph execution error" not in error and len(error) > len("instances[2]: Could not decode an image: ")
+            assert "Graph execution error" not in error
+            assert len(error) > len("instances[2]: Could not decode an image: ")
         finally:
             server.stop()

@@ -3,6 +3,7 @@ optimizers own, and a killed run resumes exactly (trained, exported and served: 
 Plus the new methods' pieces: pixel masks at ingestion, the PSP branch, the point-wise and center losses."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dsrhn.config import MODES, get_preset, parse_overrides
+from dsrhn.config import METHODS as PRESET_METHODS, get_preset, parse_overrides
 from dsrhn.records import DatasetInfo, read_split
-from dsrhn.registry import METHODS, get_method
+from dsrhn.registry import METHODS, SPECS, get_method, method_help
 from trainer.train import build_trainer, training_dataset, train
 
 ALL = list(METHODS)
@@ -22,7 +23,7 @@ ALL = list(METHODS)
 def _tiny(mode: str, teacher: str = "", **kw):
     options = {"pointwise-seg": {"options.seg_epochs": 1}, "fsr-gan": {"options.hash_epochs": 1},
                "student": {"options.teacher_weights": teacher}}.get(mode, {})
-    return get_preset("cpu", mode=mode, bits=12, batch_size=8, sr_blocks=1, sr_filters=8, **{**options, **kw})
+    return get_preset("cpu", method=mode, bits=12, batch_size=8, sr_blocks=1, sr_filters=8, **{**options, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +37,44 @@ def teacher(tmp_path_factory) -> str:
 
 
 def test_the_registry_is_the_only_list_of_methods():
-    from dsrhn import cli
-
-    assert MODES == tuple(METHODS)
-    ap_help = subprocess.run([sys.executable, "-m", "dsrhn.cli", "train", "--help"], capture_output=True, text=True)
+    assert PRESET_METHODS == tuple(METHODS)
+    ap_help = subprocess.run([sys.executable, "-m", "cli", "train", "--help"], capture_output=True, text=True)
     for name in METHODS:
         assert get_method(name).name == name
-        assert name in cli.METHOD_HELP and name in ap_help.stdout
+        assert name in method_help() and name in ap_help.stdout
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         get_method("nope")
-    with pytest.raises(ValueError, match="mode must be one of"):
-        get_preset("cpu", mode="nope")
+    with pytest.raises(ValueError, match="method must be one of"):
+        get_preset("cpu", method="nope")
+    assert get_preset("cpu", mode="center").method == "center"  # the field's old name still reads
+    from cli.main import build_parser
+
+    assert build_parser().parse_args(["train", "--examples", "e", "-o", "o", "--mode", "center"]).method == "center"
+
+
+def test_every_method_class_matches_its_registry_record(mosaic_examples, teacher):
+    """Each class's facts are its record's, and what the record promises the class does: an SR stage (srnet_weights)
+    is taken only by sr_stage methods, options.query_fuse only by sr_views methods, query_flip only where it applies."""
+    info = DatasetInfo.read(mosaic_examples)
+    for s in SPECS:
+        cls = get_method(s.name)
+        assert cls.spec is s and (cls.query_path, cls.query_input) == (s.query_path, s.query_input)
+        srnet = "/nowhere/srnet.weights.h5"
+        if s.sr_stage:
+            assert _tiny(s.name, teacher, srnet_weights=srnet).srnet_weights == srnet
+        else:
+            with pytest.raises(ValueError, match="srnet_weights"):
+                _tiny(s.name, teacher, srnet_weights=srnet)
+        if s.query_flip:
+            assert _tiny(s.name, teacher, query_flip=True).query_flip
+        else:
+            with pytest.raises(ValueError, match="query_flip does not apply"):
+                _tiny(s.name, teacher, query_flip=True)
+        if s.sr_views:
+            assert cls(_tiny(s.name, teacher, **{"options.query_fuse": "true"}), info).options.query_fuse
+        elif "query_fuse" in {f.name for f in dataclasses.fields(cls.Options)}:
+            with pytest.raises(ValueError, match="options.query_fuse applies to the methods"):
+                cls(_tiny(s.name, teacher, **{"options.query_fuse": "true"}), info)
 
 
 def test_a_segmentation_method_on_data_without_masks_is_refused_with_the_fix():
@@ -59,7 +87,7 @@ def test_a_segmentation_method_on_data_without_masks_is_refused_with_the_fix():
 
 
 def test_method_options_are_typed_and_checked():
-    preset = get_preset("cpu", mode="center", **parse_overrides(["options.center_weight=0.5"]))
+    preset = get_preset("cpu", method="center", **parse_overrides(["options.center_weight=0.5"]))
     assert get_method("center").parse_options(preset.options).center_weight == 0.5
     with pytest.raises(ValueError, match="has no options \\['center_weight'\\]"):
         get_method("pointwise").parse_options({"center_weight": "1"})
@@ -147,7 +175,7 @@ def test_hashnet_can_train_on_sr_and_bicubic_and_the_query_paths_vote(mosaic_exa
     for mode, key, value in (("hashnet-lr", "options.query_fuse", "true"), ("dsrhn", "options.hash_views", "all")):
         with pytest.raises(ValueError, match=f"{key}"):
             build_trainer(_tiny(mode, **{key: value}), info)
-    with pytest.raises(ValueError, match="query_flip does not apply to mode multi-level"):
+    with pytest.raises(ValueError, match="query_flip does not apply to method multi-level"):
         _tiny("multi-level", query_flip=True)
 
 

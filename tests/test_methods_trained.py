@@ -38,7 +38,7 @@ def exported(single_examples, tmp_path_factory) -> dict:
     def cli_train(mode: str, extra: list | None = None) -> str:
         model = str(root / mode / "1")
         epochs, steps = QUALITY_STEPS
-        args = [sys.executable, "-m", "dsrhn.cli", "train", "--examples", single_examples, "-o", model, "--mode", mode,
+        args = [sys.executable, "-m", "cli", "train", "--examples", single_examples, "-o", model, "--method", mode,
                 "--bits", "12", "--epochs", str(epochs), "--steps-per-epoch", str(steps), "--batch-size", "32",
                 "--verbose", "0", "--set", "sr_blocks=1", "--set", "sr_filters=8",
                 "--work-dir", str(root / mode / "work")]
@@ -121,7 +121,7 @@ def test_every_method_exports_the_same_signatures_and_reloads_in_a_fresh_process
     for mode, path in exported.items():
         meta = read_metadata(path)
         method = get_method(mode)
-        assert meta["mode"] == mode and meta["query_path"] == method.query_path
+        assert meta["method"] == mode and meta["query_path"] == method.query_path
         assert meta["query_input"] == method.query_input and meta["code_bytes"] == 2
         m = tf.saved_model.load(path)
         mem_q = m.signatures["serving_default"](images=tf.constant(batch["lr"]))["codes"].numpy().tolist()
@@ -143,7 +143,7 @@ def test_every_method_evaluates_indexes_and_serves(exported, mosaic_examples, tm
     query = next(read_split_raw(mosaic_examples, "query").take(1).as_numpy_iterator())
     for mode, model in exported.items():
         report = evaluate_model(model, mosaic_examples, str(tmp_path / mode / "eval"), topk=20, plots=False, curves=False)
-        assert 0.0 < report["map"] <= 1.0 and report["mode"] == mode
+        assert 0.0 < report["map"] <= 1.0 and report["method"] == mode
         assert ("sr_quality" in report) == (get_method(mode).query_input == "lr")
         base = tmp_path / "serving" / mode
         shutil.copytree(model, base / mode / "1")

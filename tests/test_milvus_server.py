@@ -10,7 +10,7 @@ import shutil
 import httpx
 import pytest
 
-from dsrhn.cli import main
+from cli.main import main
 from serving import index as gindex
 from serving.filters import Where
 from serving.indexer import gallery_from_examples, run_update
@@ -78,7 +78,8 @@ def test_a_server_index_answers_as_faiss_through_the_cli_the_service_an_update_a
     assert m["model_fingerprint"] in client.describe_collection(m["milvus"]["collection"])["description"]
     client.close()
     same_answers(answers(mv, queries), answers(fa, queries))
-    same_answers(served(str(tmp_path / "m"), "dsrhn", queries[:8], 10), served(str(tmp_path / "f"), "dsrhn", queries[:8], 10))
+    same_answers(served(str(tmp_path / "m"), "dsrhn", queries[:8], 10),
+                 served(str(tmp_path / "f"), "dsrhn", queries[:8], 10))
 
     changes = (gallery[:6], [gallery[40].id, gallery[41].id])  # 6 replaced (same ids, the same images), 2 removed
     for model in (mv, fa):

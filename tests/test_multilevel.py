@@ -109,9 +109,11 @@ def test_rerank_map_with_weight_zero_is_the_global_map_and_a_perfect_local_signa
 
     q_local, g_local = local_of(q_labels), local_of(g_labels)
     base, _ = metrics.average_precisions(q_codes, g_codes, q_labels, g_labels, 100)
-    zero, _ = metrics.rerank_average_precisions(q_codes, g_codes, q_labels, g_labels, q_local, g_local, BITS, 200, 0.0, 100)
+    zero, _ = metrics.rerank_average_precisions(q_codes, g_codes, q_labels, g_labels, q_local, g_local, BITS, 200,
+                                                0.0, 100)
     np.testing.assert_allclose(zero, base)
-    lifted, _ = metrics.rerank_average_precisions(q_codes, g_codes, q_labels, g_labels, q_local, g_local, BITS, 300, 1.0, 100)
+    lifted, _ = metrics.rerank_average_precisions(q_codes, g_codes, q_labels, g_labels, q_local, g_local, BITS, 300,
+                                                  1.0, 100)
     assert lifted.mean() > base.mean() + 0.3
 
 
@@ -165,8 +167,9 @@ def test_two_stage_search_on_either_backend_reads_the_memory_mapped_local_codes(
     local = _random_local(rng, n)
     config = IndexConfig(backend=backend, milvus_uri=str(tmp_path / "m.db")) if backend == "milvus" else IndexConfig()
     layout = {"count": R, "rerank_weight": 1.0}
-    manifest = gindex.write_gallery(str(tmp_path / "index"), codes, [f"g{i}" for i in range(n)], np.zeros((n, 0), np.uint8),
-                                    [], BITS, {"model_fingerprint": "synthetic", "model_version": "1"}, config, local, layout)
+    manifest = gindex.write_gallery(str(tmp_path / "index"), codes, [f"g{i}" for i in range(n)],
+                                    np.zeros((n, 0), np.uint8), [], BITS,
+                                    {"model_fingerprint": "synthetic", "model_version": "1"}, config, local, layout)
     assert manifest["local"] == {"file": "local.npy", "count": R, "word_bytes": 8, "bits": BITS, "rerank_weight": 1.0}
     assert "local.npy" in manifest["files"]
     gallery = gindex.open_gallery(str(tmp_path / "index"), manifest)

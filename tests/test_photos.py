@@ -52,7 +52,8 @@ def test_selection_takes_the_largest_jpeg_of_an_eet_and_the_classes_of_a_bundle(
     found = photo_corpus.select(photo_corpus.Selection("p", ("bg/*.edj",), "edj"), str(tree), "1.0")
     assert len(found) == 1 and Image.open(io.BytesIO(found[0].data)).size == (160, 120)
     assert photo_corpus.file_name(found[0]) == "p--Tree.jpg"
-    found = photo_corpus.select(photo_corpus.Selection("p", ("r.rcc",), "rcc", ("set/*/*",), labelled="s"), str(tree), "1")
+    selection = photo_corpus.Selection("p", ("r.rcc",), "rcc", ("set/*/*",), labelled="s")
+    found = photo_corpus.select(selection, str(tree), "1")
     assert sorted(c.label for c in found) == ["fishes", "tools"]  # the .txt is not an image
 
 
@@ -166,7 +167,8 @@ def photo_examples(tmp_path_factory):
     from dsrhn.config import LRConfig
 
     root = tmp_path_factory.mktemp("photos")
-    _photo_folder(str(root / "mine"), ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry"])
+    _photo_folder(str(root / "mine"),
+                  ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry"])
     _photo_folder(str(root / "held"), ["retina", "horse"])
     (root / "mine" / "notes.txt").write_text("not a photo")
     out = str(root / "ex")

@@ -16,7 +16,7 @@ def test_another_registered_method_runs_through_the_same_pipeline(mode, option, 
     """`dsrhn pipeline --config` with another method (point-wise + segmentation: ingest writes masks;
     FSR-GAN: three networks, a feature-space query path): the Trainer's run_fn builds the method from
     the registry; evaluation, push and index are unchanged."""
-    config = {"preset_overrides": {"mode": mode, "bits": 12, "epochs": 1, "batch_size": 32,
+    config = {"preset_overrides": {"method": mode, "bits": 12, "epochs": 1, "batch_size": 32,
                                    "steps_per_epoch": 20, f"options.{option}": value}, "train_steps": 20, "min_map": 0.0}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("DSRHN_PIPELINE_CONFIG", None)
@@ -29,6 +29,6 @@ def test_another_registered_method_runs_through_the_same_pipeline(mode, option, 
     from dsrhn.contracts import read_metadata
 
     meta = read_metadata(pushed[0])
-    assert meta["mode"] == mode and meta["query_path"] == {"pointwise-seg": "bicubic", "fsr-gan": "fsr"}[mode]
+    assert meta["method"] == mode and meta["query_path"] == {"pointwise-seg": "bicubic", "fsr-gan": "fsr"}[mode]
     assert meta["bits"] == 12
     assert load_index(pushed[0], meta).count == 120

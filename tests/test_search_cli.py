@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from dsrhn.cli import main
+from cli.main import main
 from dsrhn.records import read_split_raw
 from serving.server import search
 from serving.store import ModelStore
@@ -77,7 +77,8 @@ def test_a_downscaled_gallery_image_finds_itself_as_the_server_does(base, store,
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(queries[gid])
     rank1 = out[2].split()
-    assert rank1[0] == "1" and rank1[1] == str(server_answer(store, queries[gid], 3)["distances"][0]) and rank1[2] == gid
+    assert rank1[0] == "1" and rank1[2] == gid
+    assert rank1[1] == str(server_answer(store, queries[gid], 3)["distances"][0])
 
 
 def test_a_folder_is_searched_in_order_and_in_one_batch_as_alone(base, store, queries, tmp_path, capsys):
@@ -111,7 +112,8 @@ def test_bad_files_get_one_line_each_and_the_good_one_is_answered(base, queries,
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("dsrhn search: error:")]
     assert len(errors) == 3, r.stderr
-    assert str(bad) in errors[0] and "decode" in errors[0] and missing in errors[1] and "no such file" in errors[1].lower()
+    assert str(bad) in errors[0] and "decode" in errors[0]
+    assert missing in errors[1] and "no such file" in errors[1].lower()
     assert str(truncated) in errors[2] and "truncated" in errors[2]
     assert r.stdout.splitlines()[0].startswith(good) and len(r.stdout.splitlines()) == 2 + 3
 

@@ -80,7 +80,8 @@ def test_approximate_factories_report_recall_against_exact_search(tmp_path, trai
     model = tmp_path / "m"
     shutil.copytree(trained_model, model)
     rng = np.random.default_rng(0)
-    centers = rng.integers(0, 256, (50, 2), dtype=np.uint8)  # clustered codes, like a trained model's: 5% of bits flipped
+    # clustered codes, like a trained model's: 5% of bits flipped
+    centers = rng.integers(0, 256, (50, 2), dtype=np.uint8)
     codes = centers[rng.integers(0, 50, 2000)] ^ np.packbits(rng.random((2000, 16)) < 0.05, axis=1)
     rows = [{"id": f"g{i:05d}", "labels": []} for i in range(2000)]
     config = IndexConfig(factory=factory, recall_queries=200, recall_k=20, **params)
@@ -110,7 +111,8 @@ def _mapped_files() -> set[str]:
 
 
 @pytest.mark.parametrize("factory,params", [("BFlat", {}), ("BIVF16", {"nprobe": 4}), ("BHNSW16", {"ef_search": 32})])
-def test_a_memory_mapped_index_answers_as_the_loaded_one_and_is_shared_not_copied(tmp_path, trained_model, factory, params):
+def test_a_memory_mapped_index_answers_as_the_loaded_one_and_is_shared_not_copied(tmp_path, trained_model, factory,
+                                                                                   params):
     """Several server processes share one copy of the codes (`dsrhn serve --workers N`): faiss reads them in place
     from the file (which the page cache holds once for all processes) instead of copying them into each process."""
     from dsrhn.contracts import INDEX_DIR, INDEX_FILE
@@ -162,8 +164,8 @@ def test_milvus_backend_serves_the_same_top_k_as_faiss_and_is_bound_to_its_model
         store.refresh()
         srv = BackgroundServer(store)
         try:
-            r = httpx.post(f"{srv.url}/v1/models/{name}:search", json={"instances": [_b64(q) for q in queries], "k": 10},
-                           timeout=60)
+            r = httpx.post(f"{srv.url}/v1/models/{name}:search",
+                           json={"instances": [_b64(q) for q in queries], "k": 10}, timeout=60)
             assert r.status_code == 200, r.text
             answers[name] = r.json()["results"]
         finally:
@@ -230,7 +232,8 @@ def test_batched_serving_matches_unbatched_and_isolates_a_bad_request(tmp_path, 
     Image.new("RGB", (14, 14), (1, 2, 3)).save(truncated, format="PNG")
     bad = truncated.getvalue()[:-20]  # the header reads; the graph's decoder refuses the data
     try:
-        expected = [httpx.post(f"{plain.url}/v1/models/dsrhn:search", json={"instances": [_b64(q)], "k": 5 + i % 3}).json()
+        expected = [httpx.post(f"{plain.url}/v1/models/dsrhn:search",
+                               json={"instances": [_b64(q)], "k": 5 + i % 3}).json()
                     for i, q in enumerate(queries)]
         batcher = batched.app.state.model.batcher
         for with_bad in (False, True):  # concurrent clients; then again with a bad request among them

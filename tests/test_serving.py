@@ -140,12 +140,14 @@ def test_predict_and_search_match_the_model_and_index(live, base_dir, queries):
     cols = httpx.post(f"{srv.url}/v1/models/dsrhn/versions/1:predict",
                       json={"inputs": {"images": [b64(x) for x in queries["lr"]]}}).json()
     assert cols["outputs"]["codes"] == direct.tolist() and len(cols["outputs"]["bits"][0]) == 12
-    hr = httpx.post(f"{srv.url}/v1/models/dsrhn:predict", json={"signature_name": "encode_hr",
-                                                                 "instances": [{"images": b64(queries["hr"][0])}]}).json()
-    assert hr["predictions"][0]["codes"] == model.signatures["encode_hr"](images=tf.constant(queries["hr"][:1]))["codes"].numpy()[0].tolist()
+    hr = httpx.post(f"{srv.url}/v1/models/dsrhn:predict",
+                    json={"signature_name": "encode_hr", "instances": [{"images": b64(queries["hr"][0])}]}).json()
+    hr_codes = model.signatures["encode_hr"](images=tf.constant(queries["hr"][:1]))["codes"].numpy()
+    assert hr["predictions"][0]["codes"] == hr_codes[0].tolist()
     g = gindex.load_index(v1, read_metadata(v1))
     dist, idx = g.search(direct, 5)
-    res = httpx.post(f"{srv.url}/v1/models/dsrhn:search", json={"instances": [b64(x) for x in queries["lr"]], "k": 5}).json()
+    res = httpx.post(f"{srv.url}/v1/models/dsrhn:search",
+                     json={"instances": [b64(x) for x in queries["lr"]], "k": 5}).json()
     assert res["model_version"] == "1"
     for i, r in enumerate(res["results"]):
         assert r["distances"] == dist[i].tolist()
@@ -259,7 +261,7 @@ def test_export_query_flip_turns_on_test_time_mirroring_of_a_trained_run(trained
     """`dsrhn export --query-flip` re-exports a trained run with mirrored queries voting (trainer/methods/base.py):
     a query and its mirror image get the same code, the gallery signature keeps the plain export's codes (so the
     gallery needs no new codes), and the metadata says so; `--no-query-flip` gives the plain export back."""
-    from dsrhn.cli import main
+    from cli.main import main
 
     work = os.path.join(os.path.dirname(trained_model), "work")  # conftest: the fixture's --work-dir
     flip, plain = str(tmp_path / "flip"), str(tmp_path / "plain")

@@ -95,15 +95,15 @@ def test_a_pretrained_generator_is_srnet_in_the_sr_methods():
     from dsrhn.registry import get_method
 
     with pytest.raises(ValueError, match="sr_weights .* needs sr_arch=rrdb"):
-        get_preset("photo", mode="two-stage", sr_weights="realsr-df2k")
-    with pytest.raises(ValueError, match="sr_weights .* mode two-stage, dsrhn or multi-level"):
-        get_preset("photo", mode="hashnet-lr", sr_arch="rrdb", sr_weights="realsr-df2k")
+        get_preset("photo", method="two-stage", sr_weights="realsr-df2k")
+    with pytest.raises(ValueError, match="sr_weights .* a method of dsrhn, two-stage, multi-level"):
+        get_preset("photo", method="hashnet-lr", sr_arch="rrdb", sr_weights="realsr-df2k")
     with pytest.raises(ValueError, match="sr_arch must be one of"):
         get_preset("photo", sr_arch="edsr")
-    preset = get_preset("cpu", mode="two-stage", sr_arch="rrdb", sr_weights="realsr-df2k-jpeg", bits=12)
+    preset = get_preset("cpu", method="two-stage", sr_arch="rrdb", sr_weights="realsr-df2k-jpeg", bits=12)
     two_stage = get_method("two-stage")(preset)
     assert [ph.name for ph in two_stage.phases()] == ["hash-sr"]  # pretrained: no MSE stage first
-    assert [ph.name for ph in get_method("dsrhn")(preset.replace(mode="dsrhn", sr_warmup_epochs=3)).phases()] == ["alternate"]
+    assert [ph.name for ph in get_method("dsrhn")(preset.replace(method="dsrhn", sr_warmup_epochs=3)).phases()] == ["alternate"]
     srnet = two_stage.networks()["srnet"]
     with np.load(sr_weights.weights_path("realsr-df2k-jpeg")) as f:
         np.testing.assert_array_equal(srnet.get_layer("RRDBNet").get_layer("conv_last").kernel.numpy(),

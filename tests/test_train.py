@@ -10,11 +10,11 @@ import tensorflow as tf
 from components import metrics
 from components.evaluate import SavedModelEncoders, encode_split
 from dsrhn.config import get_preset
+from dsrhn.degrade import to_hr_space
 from dsrhn.records import read_split
 from trainer import losses
-from dsrhn.degrade import to_hr_space
-from trainer.models import PReLU
 from trainer.export import export_saved_model
+from trainer.models import PReLU
 from trainer.train import build_method, build_trainer, codes_untrained, train
 
 
@@ -46,11 +46,9 @@ def test_alternating_steps_update_only_their_side(tiny_preset):
 
 
 def test_short_training_lowers_losses_and_beats_random_codes(single_examples, tmp_path):
-    # the stored x4 partners (degradation kind fixed): 48 steps are enough to learn one degradation,
-    # and the SR-vs-bicubic check below is on that degradation (blind training: test_degradation.py)
-    # SRNet starts as the bicubic input (sr_zero_tail): from a random residual tail, 48 steps do not always
-    # undo it (seed 0: SR 0.065 vs bicubic 0.055 in HashNet's feature space; zero tail, seeds 0-2: SR/bicubic 0.51-0.64)
-    preset = get_preset("cpu", mode="dsrhn", bits=16, epochs=4, steps_per_epoch=12, batch_size=32,
+    # the stored x4 partners (degradation kind fixed): 48 steps learn one degradation, the one checked below
+    # (blind training: test_degradation.py); SRNet starts as the bicubic input (sr_zero_tail) to beat it in 48 steps
+    preset = get_preset("cpu", method="dsrhn", bits=16, epochs=4, steps_per_epoch=12, batch_size=32,
                         sr_blocks=2, sr_filters=16, sr_zero_tail=True, **{"degradation.kind": "fixed"})
     result = train(single_examples, preset, str(tmp_path / "work"), verbose=0, tensorboard=False)
     h = result.history["alternate"]
@@ -79,11 +77,11 @@ def test_short_training_lowers_losses_and_beats_random_codes(single_examples, tm
 def test_stage1_srnet_is_reused_by_two_stage_and_starts_dsrhn(mosaic_examples, tiny_preset, tmp_path):
     """Stage 1 does not depend on the bit length: a second two-stage run skips it and keeps its
     SRNet frozen, and a DSRHN run starts its SRNet from it."""
-    first = train(mosaic_examples, tiny_preset.replace(mode="two-stage"), str(tmp_path / "a"), verbose=0,
+    first = train(mosaic_examples, tiny_preset.replace(method="two-stage"), str(tmp_path / "a"), verbose=0,
                   tensorboard=False).trainer
     weights = str(tmp_path / "stage1.srnet.weights.h5")
     first.srnet.save_weights(weights)
-    second = train(mosaic_examples, tiny_preset.replace(mode="two-stage", bits=24, srnet_weights=weights),
+    second = train(mosaic_examples, tiny_preset.replace(method="two-stage", bits=24, srnet_weights=weights),
                    str(tmp_path / "b"), verbose=0, tensorboard=False)
     assert list(second.history) == ["hash-sr"]  # no second MSE stage
     for x, y in zip(first.srnet.variables, second.trainer.srnet.variables):
@@ -91,11 +89,11 @@ def test_stage1_srnet_is_reused_by_two_stage_and_starts_dsrhn(mosaic_examples, t
     dsrhn = build_trainer(tiny_preset.replace(srnet_weights=weights))
     for x, y in zip(first.srnet.variables, dsrhn.srnet.variables):
         np.testing.assert_array_equal(np.array(x), np.array(y))
-    with pytest.raises(ValueError, match="two-stage, dsrhn and multi-level only"):
-        tiny_preset.replace(mode="hashnet-hr", srnet_weights=weights)
+    with pytest.raises(ValueError, match="applies to methods dsrhn, two-stage, multi-level only"):
+        tiny_preset.replace(method="hashnet-hr", srnet_weights=weights)
 
 
-def mode_phases(preset):
+def method_phases(preset):
     return [(phase.name, phase.epochs) for phase in build_method(preset).phases()]
 
 
@@ -103,27 +101,28 @@ def sr_learning_rate(preset, steps):
     return build_method(preset).sr_learning_rate(steps)
 
 
-def test_phase_schedules_of_the_modes():
+def test_phase_schedules_of_the_methods():
     cpu = get_preset("cpu", epochs=3)
-    assert mode_phases(cpu) == [("alternate", 3)]
-    assert mode_phases(cpu.replace(sr_warmup_epochs=2)) == [("sr-mse", 2), ("alternate", 3)]
-    assert mode_phases(cpu.replace(sr_warmup_epochs=2, srnet_weights="stage1.weights.h5")) == [("alternate", 3)]
-    assert mode_phases(cpu.replace(mode="two-stage")) == [("sr-mse", 3), ("hash-sr", 3)]
-    assert mode_phases(cpu.replace(mode="two-stage", srnet_weights="stage1.weights.h5")) == [("hash-sr", 3)]
-    assert mode_phases(cpu.replace(mode="hashnet-lr")) == [("hash-bicubic", 3)]
+    assert method_phases(cpu) == [("alternate", 3)]
+    assert method_phases(cpu.replace(sr_warmup_epochs=2)) == [("sr-mse", 2), ("alternate", 3)]
+    assert method_phases(cpu.replace(sr_warmup_epochs=2, srnet_weights="stage1.weights.h5")) == [("alternate", 3)]
+    assert method_phases(cpu.replace(method="two-stage")) == [("sr-mse", 3), ("hash-sr", 3)]
+    assert method_phases(cpu.replace(method="two-stage", srnet_weights="stage1.weights.h5")) == [("hash-sr", 3)]
+    assert method_phases(cpu.replace(method="hashnet-lr")) == [("hash-bicubic", 3)]
     # SRNet: 2 warm-up epochs + 3 alternating epochs x 2 updates; HashNet: 3 epochs
-    assert build_method(cpu.replace(sr_warmup_epochs=2, sr_steps=2)).optimizer_updates(10) == {"sr": 20 + 60, "hash": 30}
+    updates = build_method(cpu.replace(sr_warmup_epochs=2, sr_steps=2)).optimizer_updates(10)
+    assert updates == {"sr": 20 + 60, "hash": 30}
     # the collapse check after training runs once the code layer has trained: not after an SR stage alone
     warm = build_method(cpu.replace(sr_warmup_epochs=2))
     assert [codes_untrained(warm, n) for n in (0, 2, 3)] == [True, True, False]
-    assert codes_untrained(build_method(cpu.replace(mode="hashnet-lr")), 1) is False
+    assert codes_untrained(build_method(cpu.replace(method="hashnet-lr")), 1) is False
 
 
 def test_srnet_fine_tunes_at_its_own_rate_after_an_mse_start():
     cpu = get_preset("cpu", epochs=3, sr_lr=2e-3, sr_finetune_lr=5e-4)
     rate = lambda preset, step: float(sr_learning_rate(preset, 10)(step))  # noqa: E731
     assert sr_learning_rate(cpu, 10) == 2e-3  # dsrhn from a random SRNet: one rate
-    assert sr_learning_rate(cpu.replace(mode="two-stage"), 10) == 2e-3  # stage 1 is MSE training
+    assert sr_learning_rate(cpu.replace(method="two-stage"), 10) == 2e-3  # stage 1 is MSE training
     assert sr_learning_rate(cpu.replace(sr_finetune_lr=0.0, srnet_weights="s.h5"), 10) == 2e-3  # 0: sr_lr
     loaded = cpu.replace(srnet_weights="stage1.weights.h5")
     assert [rate(loaded, s) for s in (0, 29)] == pytest.approx([5e-4, 5e-4])
@@ -240,7 +239,7 @@ def test_nonsense_settings_are_refused_with_the_field_named():
 def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing(mosaic_examples, tiny_preset, tmp_path):
     from trainer.train import completed_checkpoints
 
-    preset = tiny_preset.replace(mode="hashnet-hr", hash_lr=1e30, momentum=0.0, weight_decay=0.0)
+    preset = tiny_preset.replace(method="hashnet-hr", hash_lr=1e30, momentum=0.0, weight_decay=0.0)
     with pytest.raises(FloatingPointError, match="phase hash-hr, epoch 1: non-finite loss"):
         train(mosaic_examples, preset, str(tmp_path / "w"), verbose=0, tensorboard=False)
     assert completed_checkpoints(str(tmp_path / "w" / "checkpoints")) == []

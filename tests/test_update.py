@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from dsrhn import atomic
-from dsrhn.cli import main
+from cli.main import main
 from dsrhn.contracts import read_metadata
 from dsrhn.records import read_split_raw
 from serving import index as gindex
@@ -58,7 +58,8 @@ def answers(model_dir: str, lr_queries: list[bytes], k: int = 48, where=None) ->
 
     meta = read_metadata(model_dir)
     g = gindex.load_index(model_dir, meta)
-    codes = tf.saved_model.load(model_dir).signatures["serving_default"](images=tf.constant(lr_queries))["codes"].numpy()
+    encode = tf.saved_model.load(model_dir).signatures["serving_default"]
+    codes = encode(images=tf.constant(lr_queries))["codes"].numpy()
     return [(tuple(r["ids"]), tuple(r["distances"])) for r in query_results(g, *g.search(codes, k, where=where))]
 
 
@@ -78,7 +79,8 @@ def test_updates_equal_a_full_reindex_of_the_final_gallery(tmp_path, trained_mod
     swaps = [replaced(gallery[0], gallery[47]), replaced(gallery[5], gallery[46])]
     update_report = run_update(model, swaps, gone + ["no-such-id"], beam_args=BEAM, batch_size=16)
     assert update_report.generation == 2 and update_report.count == 44
-    assert sorted(update_report.replaced) == sorted(s.id for s in swaps) and sorted(update_report.removed) == sorted(gone)
+    assert sorted(update_report.replaced) == sorted(s.id for s in swaps)
+    assert sorted(update_report.removed) == sorted(gone)
     assert update_report.rejected == [{"id": "no-such-id", "error": "not in the gallery (nothing removed)"}]
 
     final = [swaps[0], swaps[1]] + [g for i, g in enumerate(gallery) if i not in (0, 5, 3, 17, 29, 44)]
@@ -146,7 +148,7 @@ from serving import update
 def stalled(work, final):  # this test's stand-in for a slow disk: the new generation is complete, not yet swapped in
     print("ready", flush=True)
     time.sleep(600)
-update.write_gallery.__globals__["swap_into_place"] = stalled
+atomic.swap_into_place = stalled  # what atomic_dir calls once the generation is written
 update.update_index({index!r}, (), {ids!r})
 """
 

@@ -27,6 +27,7 @@ from dsrhn.config import Preset
 from dsrhn.contracts import CODE_LAYOUT, METADATA, write_metadata
 from dsrhn.degrade import to_hr_space
 from trainer.models import variables_bytes
+
 IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
 
 
@@ -156,7 +157,7 @@ def export_saved_model(method, nets: dict, export_dir: str, label_names: list[st
     archive.write_out(export_dir, verbose=False)
     write_metadata(export_dir, {
         "bits": preset.bits, "code_bytes": preset.code_bytes, "code_layout": CODE_LAYOUT,
-        "mode": preset.mode, "preset": preset.to_dict(), "scale": preset.scale,
+        "method": preset.method, "preset": preset.to_dict(), "scale": preset.scale,
         "hr_size": preset.hr_size, "lr_size": preset.lr_size, "label_names": list(label_names),
         "query_input": method.query_input, "query_path": method.query_path, "networks": sorted(nets),
         "query_sizes": list(trained_query_sizes(preset, train_lr_size or preset.lr_size, method.query_input)),

@@ -26,7 +26,7 @@ def similarity(labels_a, labels_b):  # s_ij (Eq. 6, corrected): 1 if the images 
     return ops.cast(shared > 0, "float32")
 
 
-def pairwise_likelihood_loss(v, s, balanced: bool = False):  # Eq. 11, first term: -sum(s_ij*theta_ij - log(1 + e^theta_ij))
+def pairwise_likelihood_loss(v, s, balanced: bool = False):  # Eq. 11, 1st term: -sum(s_ij theta_ij - log(1+e^theta_ij))
     """DPSH negative log-likelihood with theta_ij = 1/2 v_i^T v_j, via softplus (stable). balanced: similar and
     dissimilar pairs weigh half each, as HashNet's weighted likelihood (Cao et al. 2017) does for imbalanced data
     (instances: each photo is similar to its few views only, and the plain mean is then minimised by v ~ 0)."""
@@ -41,7 +41,8 @@ def pairwise_likelihood_loss(v, s, balanced: bool = False):  # Eq. 11, first ter
 def pair_balanced_mean(values, s):
     """Half the mean over similar pairs plus half the mean over dissimilar pairs (a side with no pair: 0)."""
     n_sim, n_dis = ops.sum(s), ops.sum(1.0 - s)
-    return 0.5 * ops.sum(values * s) / ops.maximum(n_sim, 1.0) + 0.5 * ops.sum(values * (1.0 - s)) / ops.maximum(n_dis, 1.0)
+    similar = 0.5 * ops.sum(values * s) / ops.maximum(n_sim, 1.0)
+    return similar + 0.5 * ops.sum(values * (1.0 - s)) / ops.maximum(n_dis, 1.0)
 
 
 def quantization_loss(v):  # Eq. 11, second term: ||b - v||^2 with b = sign(v)

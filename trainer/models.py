@@ -124,10 +124,8 @@ def SRResNet(preset: Preset) -> keras.Model:
     costs what an LR-input SRResNet costs: conv (9x9 in the paper)+PReLU, residual blocks
     (conv-BN-PReLU-conv-BN + skip; no BN without preset.sr_batchnorm, as EDSR), long skip, log2(scale)
     sub-pixel x2 upsamplers, output conv (9x9 in the paper), added to the input (global residual), so SR
-    starts at bicubic quality. With
-    preset.sr_zero_tail the output conv starts at zero, so SR starts as exactly its input: on real photos a
-    random tail's first output (mean |residual| 0.27) was driven to zero with the body, and the net stayed the
-    identity (MSE equal to bicubic's after 250 steps); from a zero tail the same 250 steps cut the MSE by 18%."""
+    starts at bicubic quality. preset.sr_zero_tail: the output conv starts at zero, so SR starts as exactly its
+    input (on real photos a random tail left SRNet stuck at the identity)."""
     f, s = preset.sr_filters, preset.hr_size
     norm = (lambda name, t: BatchNorm(name=name)(t)) if preset.sr_batchnorm else (lambda name, t: t)  # EDSR: none
     up = keras.Input((s, s, 3), name="lr_up")
@@ -412,7 +410,7 @@ def FeatureGenerator(feature_shape: tuple, dropout: float = 0.7, seed: int = 0, 
     then 5x5 alternating strides 2 and 1), channels C/4 .. 8C (at most 512) doubling every other layer as
     4 -> 128 does on the paper's 1-channel input, dropout (70%), one fully connected layer to the map's size.
     residual: the output is added to the input map and the linear layer starts at zero, so G starts as
-    the identity (not in the paper; see README)."""
+    the identity (not in the paper; docs/methods.md, FSR-GAN)."""
     h, w, c = feature_shape
     f_in = keras.Input(feature_shape, name="features_lr")
     x = _leaky_conv(f_in, max(4, c // 4), min(8, h, w), 1, "g_conv1")

@@ -193,7 +193,8 @@ def load_weights_strict(model, path: str, skip: tuple[str, ...] = ()) -> int:
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path} does not exist (weights are never downloaded)")
     if not path.endswith(".npz"):
-        raise ValueError(f"{path}: backbone weights are a .npz of `<layer>/<variable>` arrays (see trainer/pretrained.py)")
+        raise ValueError(f"{path}: backbone weights are a .npz of `<layer>/<variable>` arrays "
+                         "(see trainer/pretrained.py)")
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     problems, plan = [], []

@@ -18,7 +18,7 @@ def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_di
 
     info = DatasetInfo.read(examples_uri)
     result = train(examples_uri, preset, work_dir, verbose=verbose, restart=restart)
-    if not getattr(result.trainer, "chief", True):  # another worker of a multi-worker run: the chief exports
+    if not result.chief:  # another worker of a multi-worker run: the chief exports
         summary = {"export_dir": None, "seconds": result.seconds, "history": result.history, "chief": False,
                    "resumed_from_epoch": result.resumed_from, "code_health": result.health}
         return {**summary, "trainer": result.trainer} if with_trainer else summary
@@ -38,7 +38,7 @@ def export_checkpoint(work_dir: str, examples_uri: str, export_dir: str, xla: bo
     """Re-export a trained run from its latest checkpoint (the preset and data it was trained with), e.g. with other
     serving options: xla, query_flip (test-time mirroring of queries; None keeps the run's). Nothing is trained."""
     from trainer.export import export_saved_model
-    from trainer.train import build_trainer, latest_checkpoint, restore_checkpoint
+    from trainer.train import RunContext, build_trainer, latest_checkpoint, restore_checkpoint
 
     ckpt = latest_checkpoint(os.path.join(work_dir, "checkpoints"))
     if ckpt is None:
@@ -49,8 +49,7 @@ def export_checkpoint(work_dir: str, examples_uri: str, export_dir: str, xla: bo
     preset = preset_from_dict(state["preset"])
     if query_flip is not None:
         preset = preset.replace(query_flip=query_flip)  # a query-side option: the gallery's codes do not change
-    trainer = build_trainer(preset, info)
-    trainer.identity_json = json.dumps(state.get("identity"))
+    trainer = build_trainer(preset, info, context=RunContext(identity=state.get("identity")))
     restore_checkpoint(trainer, ckpt)
     return export_saved_model(trainer.method, trainer.nets, export_dir, info.label_names,
                               extra={"dataset": info.source, "from_checkpoint": os.path.basename(ckpt)},

@@ -32,25 +32,36 @@ from trainer.models import variables_bytes
 
 
 def build_method(preset: Preset, info: DatasetInfo | None = None):
-    """The registered method `preset.mode`, built for this dataset."""
-    return get_method(preset.mode)(preset, info)
+    """The registered method `preset.method`, built for this dataset."""
+    return get_method(preset.method)(preset, info)
 
 
-def build_trainer(preset: Preset, info: DatasetInfo | None = None, steps_per_epoch: int = 0) -> "Trainer":
-    """A Trainer for `preset.mode` (info: the dataset's, needed by methods whose networks depend on the
+@dataclass(frozen=True)
+class RunContext:
+    """The run a Trainer trains in, fixed when it is built."""
+
+    identity: dict | None = None  # run_identity: saved with each checkpoint; another one is refused (None: unchecked)
+    chief: bool = True  # is_chief: this worker writes the checkpoints, logs and export
+
+
+def build_trainer(preset: Preset, info: DatasetInfo | None = None, steps_per_epoch: int = 0,
+                  context: RunContext | None = None) -> Trainer:
+    """A Trainer for `preset.method` (info: the dataset's, needed by methods whose networks depend on the
     number of labels)."""
-    return Trainer(build_method(preset, info), steps_per_epoch)
+    return Trainer(build_method(preset, info), steps_per_epoch, context)
 
 
 class Trainer(keras.Model):
-    """Holds a method's networks and optimizers (named dicts); `train_step` runs one step of the current
-    phase by calling the method's step function."""
+    """Holds a method's networks and optimizers (named dicts) and its RunContext; `train_step` runs one step of
+    the current phase by calling the method's step function."""
 
-    def __init__(self, method, steps_per_epoch: int = 0, **kwargs):
+    def __init__(self, method, steps_per_epoch: int = 0, context: RunContext | None = None, **kwargs):
         super().__init__(**kwargs)
         self.method, self.preset = method, method.preset
+        self.context = context or RunContext()
         self.nets = method.networks()
-        self.opts = {name: _maybe_loss_scale(opt, self.preset) for name, opt in method.optimizers(steps_per_epoch).items()}
+        self.opts = {name: _maybe_loss_scale(opt, self.preset)
+                     for name, opt in method.optimizers(steps_per_epoch).items()}
         self.phase = method.phases()[0].name if method.phases() else ""
         self.replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.multi_worker = isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
@@ -251,7 +262,7 @@ def save_checkpoint(trainer: Trainer, directory: str, epoch: int) -> str:
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump({"epoch": epoch, "method": trainer.method.name, "networks": sorted(trainer.nets),
                    "optimizers": sorted(trainer.opts), "preset": trainer.preset.to_dict(),
-                   "identity": json.loads(getattr(trainer, "identity_json", "null"))}, f, allow_nan=False)
+                   "identity": trainer.context.identity}, f, allow_nan=False)
     with tf.io.gfile.GFile(os.path.join(tmp, CHECKSUMS), "w") as f:  # h5 and npz carry none: a flipped byte would load
         json.dump({name: _sha256(os.path.join(tmp, name)) for name in sorted(tf.io.gfile.listdir(tmp))}, f, indent=1)
     if tf.io.gfile.exists(final):
@@ -326,12 +337,12 @@ def restore_checkpoint(trainer: Trainer, path: str) -> int:
     if saved != set(trainer.nets) or state_json.get("method", trainer.method.name) != trainer.method.name:
         raise ValueError(f"checkpoint {path} holds method {state_json.get('method')!r} with networks {sorted(saved)}, "
                          f"not {trainer.method.name!r} with {sorted(trainer.nets)}: use another --work-dir")
-    differences = identity_differences(state_json.get("identity"), json.loads(getattr(trainer, "identity_json", "null")))
+    differences = identity_differences(state_json.get("identity"), trainer.context.identity)
     if differences:
         raise ValueError(f"{os.path.dirname(os.path.dirname(path))} holds checkpoints of a different run "
-                         f"({'; '.join(differences[:8])}{'; ...' if len(differences) > 8 else ''}): resuming would train "
-                         "something you did not ask for. Pass --restart (train(..., restart=True)) to discard them, "
-                         "or use another --work-dir")
+                         f"({'; '.join(differences[:8])}{'; ...' if len(differences) > 8 else ''}): resuming would "
+                         "train something you did not ask for. Pass --restart (train(..., restart=True)) to discard "
+                         "them, or use another --work-dir")
     for name, net in trainer.nets.items():
         net.load_weights(os.path.join(path, f"{name}.weights.h5"))
     trainer.build_optimizers()
@@ -398,9 +409,9 @@ class StopOnNonFinite(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         bad = {k: float(v) for k, v in (logs or {}).items() if not np.isfinite(float(v))}
         if bad:
-            raise FloatingPointError(f"phase {self.phase}, epoch {epoch + 1}: non-finite loss {bad}; training stopped "
-                                     "and nothing was saved for this epoch. Lower the learning rates (--set hash_lr=..., "
-                                     "sr_lr=...) or check the data")
+            raise FloatingPointError(f"phase {self.phase}, epoch {epoch + 1}: non-finite loss {bad}; training "
+                                     "stopped and nothing was saved for this epoch. Lower the learning rates "
+                                     "(--set hash_lr=..., sr_lr=...) or check the data")
 
 
 def _seed_states(trainer: Trainer) -> list:
@@ -415,12 +426,15 @@ def _seed_states(trainer: Trainer) -> list:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    def __init__(self, trainer: Trainer, directory: str, offset: int, keep: int = 2, chief: bool = True):
+    """Saves a checkpoint after each epoch (numbered over all phases: `offset` epochs came before this phase)
+    and keeps the last `keep`."""
+
+    def __init__(self, trainer: Trainer, directory: str, offset: int, keep: int = 2):
         super().__init__()
-        self.trainer, self.directory, self.offset, self.keep, self.chief = trainer, directory, offset, keep, chief
+        self.trainer, self.directory, self.offset, self.keep = trainer, directory, offset, keep
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.chief:  # the chief alone writes (every worker holds the same mirrored values)
+        if not self.trainer.context.chief:  # the chief alone writes (every worker holds the same mirrored values)
             return
         save_checkpoint(self.trainer, self.directory, self.offset + epoch + 1)
         for old in completed_checkpoints(self.directory)[: -self.keep]:
@@ -437,6 +451,31 @@ class TrainResult:
     resumed_from: int
     health: dict | None = None  # dsrhn.health of the trained codes of training images (collapse check)
 
+    @property
+    def chief(self) -> bool:
+        """Whether this worker wrote the checkpoints (and exports): RunContext.chief."""
+        return self.trainer.context.chief
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What train() fits each phase with besides the trainer: the data, the epoch length, the strategy, where
+    checkpoints and logs go, and the caller's options."""
+
+    examples_uri: str
+    info: DatasetInfo
+    steps: int  # per epoch
+    strategy: tf.distribute.Strategy
+    work_dir: str
+    verbose: int = 1
+    tensorboard: bool = True
+    stop_after_epochs: int | None = None  # over all phases, as a kill would
+    restart: bool = False
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.work_dir, "checkpoints")
+
 
 def trained_code_health(trainer: Trainer, examples_uri: str, info: DatasetInfo, limit: int = 512) -> dict:
     """The collapse check (dsrhn/health.py) on the codes of up to `limit` training images' HR (the gallery
@@ -452,84 +491,139 @@ def trained_code_health(trainer: Trainer, examples_uri: str, info: DatasetInfo, 
 
 
 def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1, tensorboard: bool = True,
-          steps_per_epoch: int | None = None, stop_after_epochs: int | None = None, restart: bool = False) -> TrainResult:
-    """Train the method `preset.mode` on the Examples at `examples_uri`, checkpointing each epoch to
+          steps_per_epoch: int | None = None, stop_after_epochs: int | None = None,
+          restart: bool = False) -> TrainResult:
+    """Train the method `preset.method` on the Examples at `examples_uri`, checkpointing each epoch to
     work_dir/checkpoints and resuming from the latest one there when it is the same run (preset, data,
     epoch length; another run's checkpoints are refused, `restart` discards them). `stop_after_epochs`
     ends the run after that many epochs over all phases, as a kill would (tests; the Table 1 benchmark
     uses it to train only two-stage's stage 1)."""
     keras.utils.set_random_seed(preset.seed)
+    info = checked_dataset_info(examples_uri, preset)
+    strategy = configure_devices(preset)
+    steps = epoch_steps(info, preset, steps_per_epoch)
+    method = build_method(preset, info)
+    check_replicas(method, strategy)
+    context = RunContext(identity=run_identity(preset, info, steps, examples_uri), chief=is_chief(strategy))
+    trainer = distributed_trainer(method, steps, context, strategy)
+    plan = FitPlan(examples_uri, info, steps, strategy, work_dir, verbose, tensorboard, stop_after_epochs, restart)
+    done = resume(trainer, plan)
+    t0 = time.time()
+    history, reached = run_phases(trainer, plan, done)
+    seconds = time.time() - t0
+    return TrainResult(trainer, history, seconds, done, health_after_training(trainer, plan, reached))
+
+
+def checked_dataset_info(examples_uri: str, preset: Preset) -> DatasetInfo:
+    """The dataset's DatasetInfo, refused when its HR size is not the preset's."""
     info = DatasetInfo.read(examples_uri)
     if info.hr_size != preset.hr_size:
         raise ValueError(f"dataset is {info.hr_size} px HR but preset {preset.name!r} expects {preset.hr_size} px: "
                          f"re-ingest with --hr-size {preset.hr_size} or pick another preset")
-    strategy = configure_devices(preset)
+    return info
+
+
+def epoch_steps(info: DatasetInfo, preset: Preset, steps_per_epoch: int | None) -> int:
+    """Steps per epoch: the caller's, the preset's, else one pass over the training records (an instance dataset:
+    views.per_photo views of each photo); refused when the records do not fill one batch."""
     n_train = int(info.counts.get("train", 0))  # written by ingestion
-    per_record = preset.views.per_photo if info.source_side else 1  # an instance dataset: views per photo
+    per_record = preset.views.per_photo if info.source_side else 1
     steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train * per_record // preset.batch_size)
     if n_train * per_record < preset.batch_size:
         raise ValueError(f"{n_train} training records is fewer than one batch of {preset.batch_size}"
                          + (f" ({per_record} views each)" if per_record > 1 else ""))
-    method = build_method(preset, info)
-    chief = is_chief(strategy)
-    if strategy.num_replicas_in_sync > 1:
-        if method.data_parallel:
-            raise ValueError(f"method {method.name!r} cannot train on several replicas yet: {method.data_parallel}")
-        if preset.batch_size % strategy.num_replicas_in_sync:
-            raise ValueError(f"batch_size {preset.batch_size} is the global batch: it must be a multiple of the "
-                             f"{strategy.num_replicas_in_sync} replicas")
+    return steps
+
+
+def check_replicas(method, strategy: tf.distribute.Strategy) -> None:
+    """On several replicas: the method must train data-parallel, and the global batch split evenly."""
+    replicas, batch = strategy.num_replicas_in_sync, method.preset.batch_size
+    if replicas <= 1:
+        return
+    if method.data_parallel:
+        raise ValueError(f"method {method.name!r} cannot train on several replicas yet: {method.data_parallel}")
+    if batch % replicas:
+        raise ValueError(f"batch_size {batch} is the global batch: it must be a multiple of the "
+                         f"{replicas} replicas")
+
+
+def distributed_trainer(method, steps: int, context: RunContext, strategy: tf.distribute.Strategy) -> Trainer:
+    """The method's Trainer with its optimizers built, its variables created under the strategy."""
     with strategy.scope():
-        trainer = Trainer(method, steps)
+        trainer = Trainer(method, steps, context)
         trainer.build_optimizers()
-    trainer.identity_json = json.dumps(run_identity(preset, info, steps, examples_uri))
-    ckpt_dir = os.path.join(work_dir, "checkpoints")
-    if restart and chief and tf.io.gfile.exists(ckpt_dir):
-        tf.io.gfile.rmtree(ckpt_dir)
-    tf.io.gfile.makedirs(ckpt_dir)
-    latest = latest_checkpoint(ckpt_dir)
+    return trainer
+
+
+def resume(trainer: Trainer, plan: FitPlan) -> int:
+    """Restore the latest intact checkpoint of plan's work_dir (after the chief discards them all on `restart`);
+    returns the epochs it had completed (0: none)."""
+    directory = plan.checkpoints
+    if plan.restart and trainer.context.chief and tf.io.gfile.exists(directory):
+        tf.io.gfile.rmtree(directory)
+    tf.io.gfile.makedirs(directory)
+    latest = latest_checkpoint(directory)
     done = restore_checkpoint(trainer, latest) if latest else 0
-    if latest and verbose:
+    if latest and plan.verbose:
         print(f"resuming from {latest} ({done} epochs done)")
-    t0 = time.time()
+    return done
+
+
+def run_phases(trainer: Trainer, plan: FitPlan, done: int) -> tuple[dict, int]:
+    """Fit the epochs of each phase after the `done` ones (up to plan.stop_after_epochs over all phases); returns
+    the history (phase -> {metric: per-epoch values}) and the epochs completed over all phases."""
     history: dict = {}
     offset, reached = 0, done
-    for phase in method.phases():
-        phase, epochs = phase.name, phase.epochs
-        start, end = max(0, done - offset), epochs
-        if stop_after_epochs is not None:
-            end = min(end, max(start, stop_after_epochs - offset))
+    for phase in trainer.method.phases():
+        start, end = max(0, done - offset), phase.epochs
+        if plan.stop_after_epochs is not None:
+            end = min(end, max(start, plan.stop_after_epochs - offset))
         if start < end:
-            trainer.phase = phase
-            with strategy.scope():  # the method's own optimizers step inside train_step; Keras's is one of them, built
-                trainer.compile(optimizer=next(iter(trainer.opts.values())),
-                                jit_compile=bool(preset.xla and tf.config.list_physical_devices("GPU")))
-            ds = training_dataset(examples_uri, preset, offset + start, offset + end, steps, info, method.needs_masks)
-            callbacks = [StopOnNonFinite(phase), EpochCheckpoint(trainer, ckpt_dir, offset, chief=chief)]
-            if tensorboard and chief:
-                callbacks.append(keras.callbacks.TensorBoard(os.path.join(work_dir, "logs", phase), update_freq="epoch"))
-            if verbose:
-                print(f"phase {phase}: epochs {start + 1}..{end} of {epochs}, {steps} steps of {preset.batch_size}")
-            fit = trainer.fit(ds, epochs=end, initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
-                              verbose=verbose if chief else 0)
-            history[phase] = {k: [float(x) for x in v] for k, v in fit.history.items()}
+            history[phase.name] = fit_phase(trainer, plan, phase, offset, start, end)
             reached = offset + end
-        offset += epochs
-    seconds = time.time() - t0
-    trainer.chief = chief
-    health = None  # an SR stage alone (SRNet by MSE) leaves the code layer at its initial weights: nothing to check
-    if not codes_untrained(method, reached):
-        health = trained_code_health(trainer, examples_uri, info)
-        for problem in health["problems"]:
-            print(f"warning: collapsed codes after training: {problem}", file=sys.stderr, flush=True)
-        if health["problems"]:
-            print(collapse_hint(preset), file=sys.stderr, flush=True)
-    return TrainResult(trainer, history, seconds, done, health)
+        offset += phase.epochs
+    return history, reached
+
+
+def fit_phase(trainer: Trainer, plan: FitPlan, phase, offset: int, start: int, end: int) -> dict:
+    """Epochs [start, end) of `phase` (the phases before it hold `offset` epochs); returns their history."""
+    preset, chief = trainer.preset, trainer.context.chief
+    trainer.phase = phase.name
+    with plan.strategy.scope():  # the method's own optimizers step inside train_step; Keras's is one of them, built
+        trainer.compile(optimizer=next(iter(trainer.opts.values())),
+                        jit_compile=bool(preset.xla and tf.config.list_physical_devices("GPU")))
+    ds = training_dataset(plan.examples_uri, preset, offset + start, offset + end, plan.steps, plan.info,
+                          trainer.method.needs_masks)
+    callbacks = [StopOnNonFinite(phase.name), EpochCheckpoint(trainer, plan.checkpoints, offset)]
+    if plan.tensorboard and chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(plan.work_dir, "logs", phase.name),
+                                                     update_freq="epoch"))
+    if plan.verbose:
+        print(f"phase {phase.name}: epochs {start + 1}..{end} of {phase.epochs}, {plan.steps} steps of "
+              f"{preset.batch_size}")
+    fit = trainer.fit(ds, epochs=end, initial_epoch=start, steps_per_epoch=plan.steps, callbacks=callbacks,
+                      shuffle=False, verbose=plan.verbose if chief else 0)
+    return {k: [float(x) for x in v] for k, v in fit.history.items()}
+
+
+def health_after_training(trainer: Trainer, plan: FitPlan, reached: int) -> dict | None:
+    """The collapse check of the trained codes, its problems printed with a hint; None after an SR stage alone
+    (SRNet by MSE leaves the code layer at its initial weights: nothing to check)."""
+    if codes_untrained(trainer.method, reached):
+        return None
+    health = trained_code_health(trainer, plan.examples_uri, plan.info)
+    for problem in health["problems"]:
+        print(f"warning: collapsed codes after training: {problem}", file=sys.stderr, flush=True)
+    if health["problems"]:
+        print(collapse_hint(trainer.preset), file=sys.stderr, flush=True)
+    return health
 
 
 def collapse_hint(preset: Preset) -> str:
     """What to try after a collapse: HashNet's steps were too large for its batches (l_hs back near log 2)."""
-    return (f"hint: retrain with smaller HashNet steps, --set hash_lr={preset.hash_lr / 3:g} or --set hash_clipnorm=1: "
-            "on photos with views.per_photo=4 either kept every bit where hash_lr=0.01 collapsed (docs/results.md)")
+    return (f"hint: retrain with smaller HashNet steps, --set hash_lr={preset.hash_lr / 3:g} or "
+            "--set hash_clipnorm=1: on photos with views.per_photo=4 either kept every bit where hash_lr=0.01 "
+            "collapsed (docs/results.md)")
 
 
 def codes_untrained(method, epochs_done: int) -> bool:

@@ -14,7 +14,7 @@ declares:
                               the query's code is Eq. 1 on the sum of its and its mirror image's v
   code_outputs / query_code_outputs / local_layout   what export encodes: {"code": v}, plus local codes for
                               a multi-level method (trainer/methods/multilevel.py)
-and class attributes: query_input ("lr" | "hr"), query_path ("sr" | "bicubic" | "hr" | "fsr"), needs_masks,
+and class attributes: name (its record in dsrhn/registry.py gives spec, query_path, query_input), needs_masks,
 Options (a dataclass of the method's own settings, from `--set options.NAME=VALUE`).
 The generic trainer (trainer/train.py) runs the phases, checkpoints every network and optimizer and
 resumes exactly; export, evaluation and serving read only what the method declares.
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
-from dsrhn.config import Preset
+from dsrhn.config import Preset, coerce, field_kind
 from dsrhn.records import DatasetInfo
+from dsrhn.registry import MethodSpec, spec
 from trainer import losses
 
 
@@ -64,7 +65,8 @@ def hash_optimizer(preset: Preset, updates: int = 0) -> keras.optimizers.Optimiz
 
 
 class Method:
-    name = ""
+    name = ""  # its record in dsrhn/registry.py, which gives spec, query_path and query_input
+    spec: MethodSpec | None = None
     query_input = "lr"
     query_path = "bicubic"
     needs_masks = False
@@ -72,6 +74,12 @@ class Method:
     Options = NoOptions
     # optimizer name -> names of the networks (or "net/sub-model") whose trainable variables it updates
     updates: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a registered method: its facts come from its record
+            cls.spec = spec(cls.name)
+            cls.query_path, cls.query_input = cls.spec.query_path, cls.spec.query_input
 
     def __init__(self, preset: Preset, info: DatasetInfo | None = None):
         self.preset, self.info = preset, info
@@ -89,9 +97,9 @@ class Method:
             raise ValueError(f"method {cls.name!r} has no options {unknown}; its options: {sorted(fields) or 'none'}")
         values = {}
         for k, v in raw.items():
-            kind = fields[k].type if isinstance(fields[k].type, str) else fields[k].type.__name__
+            kind = field_kind(fields[k])
             try:
-                values[k] = {"int": int, "float": float, "bool": _bool, "str": str}.get(kind, lambda x: x)(v)
+                values[k] = coerce(kind, v)
             except (TypeError, ValueError):
                 raise ValueError(f"options.{k} of method {cls.name!r} must be {kind}, got {v!r}") from None
         return cls.Options(**values)
@@ -155,14 +163,6 @@ class Method:
         return names
 
 
-def _bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    if str(v).lower() in ("true", "1"):
-        return True
-    if str(v).lower() in ("false", "0"):
-        return False
-    raise ValueError(v)
 
 
 def joint_batch(hr, *queries):

@@ -25,8 +25,7 @@ from trainer.models import HashCenters, HashNet
 
 @dataclass(frozen=True)
 class CenterOptions:
-    # beta, beta_s = 1: chosen after seeing Table 3 (0.1 left intra-class distances as they were, 1 lowered them
-    # at 48 bits; see README)
+    # beta, beta_s = 1: chosen after seeing Table 3 (docs/methods.md, the center method)
     center_weight: float = 1.0  # beta, the weight of L_c
     separation_weight: float = 1.0  # beta_s, the weight of L_sep
     separation_margin: float = 2.0  # m
@@ -39,7 +38,7 @@ class CenterOptions:
 
 
 class CenterHash(Method):
-    name, query_path = "center", "bicubic"
+    name = "center"
     Options = CenterOptions
     updates = {"hash": ("hashnet", "centers")}
 

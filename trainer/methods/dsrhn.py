@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from dsrhn.registry import sr_view_methods
 from trainer import losses
 from trainer.methods.base import (Method, Phase, hash_optimizer, joint_batch, joint_hash_terms, learning_rate,
                                   load_trained_weights, pairwise_hash_loss, summed_logits)
@@ -77,11 +78,11 @@ class SRHashing(Method):
 
     def __init__(self, preset, info=None):
         super().__init__(preset, info)
-        o, sr_rows = self.options, (DSRHN, TwoStage)
+        o = self.options
         for name, used in (("hash_views", o.hash_views != "query"), ("query_fuse", o.query_fuse)):
-            if used and type(self) not in sr_rows:
-                raise ValueError(f"options.{name} applies to the SR rows {[c.name for c in sr_rows]} (HashNet on "
-                                 f"SRNet's output), not to mode {self.name!r}")
+            if used and not self.spec.sr_views:
+                raise ValueError(f"options.{name} applies to the methods {list(sr_view_methods())} (HashNet on "
+                                 f"SRNet's output), not to method {self.name!r}")
 
     def networks(self) -> dict:
         p = self.preset
@@ -216,7 +217,7 @@ class SRHashing(Method):
 
 
 class DSRHN(SRHashing):
-    name, query_path = "dsrhn", "sr"
+    name = "dsrhn"
 
     def phases(self) -> list[Phase]:
         """Optionally from an SRNet first trained by MSE alone (sr_warmup_epochs), as SRGAN does;
@@ -227,21 +228,21 @@ class DSRHN(SRHashing):
 
 
 class HashNetHR(SRHashing):
-    name, query_input, query_path = "hashnet-hr", "hr", "hr"
+    name = "hashnet-hr"
 
     def phases(self) -> list[Phase]:
         return [self.phase("hash-hr", self.preset.epochs)]
 
 
 class HashNetLR(SRHashing):
-    name, query_path = "hashnet-lr", "bicubic"
+    name = "hashnet-lr"
 
     def phases(self) -> list[Phase]:
         return [self.phase("hash-bicubic", self.preset.epochs)]
 
 
 class TwoStage(SRHashing):
-    name, query_path = "two-stage", "sr"
+    name = "two-stage"
 
     def phases(self) -> list[Phase]:
         p = self.preset

@@ -52,7 +52,7 @@ class FSROptions:
 
 
 class FSRGAN(Method):
-    name, query_path = "fsr-gan", "fsr"
+    name = "fsr-gan"
     Options = FSROptions
     updates = {"hash": ("hashnet",), "g": ("generator",), "d": ("critic",)}
 

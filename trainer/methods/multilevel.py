@@ -13,7 +13,7 @@ is available, so this is our reading of it, on top of DSRHN so that LR queries g
                a region with none is left out). On the mosaics each 2 x 2 cell is one tile, one object.
   bit selection  for region r of an image, keep bit k when its activation map concentrates there:
                mean_r |u_k| >= select_threshold * mean |u_k| over the whole map (default 0: every bit; 1 is the
-               abstract's idea, measured worse on the mosaics, see README). A region is valid when
+               abstract's idea, measured worse on the mosaics, docs/methods.md). A region is valid when
                its feature energy (mean activation of the last conv map) is >= valid_fraction x the
                image's, and it keeps at least one bit.
   search       the global codes shortlist, the local codes re-rank (dsrhn/multilevel.py).
@@ -40,9 +40,8 @@ class MultiLevelOptions(SRHashingOptions):  # DSRHN's options (hashnet_weights, 
     grid: int = 2  # regions per side of the conv map: grid x grid local codes per image
     local_weight: float = 1.0  # mu, the weight of the local terms
     label_fraction: float = 0.02  # a region's labels: the classes covering at least this share of its pixels
-    # bit selection: keep bit k for a region when mean_r |u_k| >= this x mean |u_k| (1: above its uniform share).
-    # 0 (every bit of a valid region) chosen after seeing benchmarks/multilevel.py (48 bits, one seed): re-ranking
-    # the top 5,000 gained +0.037 mAP@5000 with every bit and +0.018 with selection at 1 (README)
+    # bit selection: keep bit k for a region when mean_r |u_k| >= this x mean |u_k| (1: above its uniform share);
+    # 0 (every bit) chosen after seeing benchmarks/multilevel.py (docs/results.md, "Multi-level codes")
     select_threshold: float = 0.0
     valid_fraction: float = 0.5  # a region is valid when its feature energy >= this x the image's mean
     rerank_weight: float = 1.0  # d = d_global + this x d_local (export metadata; the server's default)
@@ -79,7 +78,7 @@ def bit_selection(local_map, features, grid: int, threshold: float, valid_fracti
 
 
 class DSCNN(DSRHN):
-    name, query_path = "multi-level", "sr"
+    name = "multi-level"
     needs_masks = True  # region labels come from the pixel masks
     Options = MultiLevelOptions
     # its local loss pairs the regions that carry a label, a different number on every replica

@@ -42,7 +42,7 @@ class PointWiseOptions:
 
 
 class PointWise(Method):
-    name, query_path = "pointwise", "bicubic"
+    name = "pointwise"
     Options = PointWiseOptions
     segmentation = False
     updates = {"hash": ("hashnet/backbone", "hashnet/pointwise_head")}

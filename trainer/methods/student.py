@@ -36,7 +36,7 @@ class StudentOptions:
 
 
 class Student(Method):
-    name, query_path = "student", "bicubic"
+    name = "student"
     Options = StudentOptions
     updates = {"hash": ("student",)}
 

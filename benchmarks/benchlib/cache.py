@@ -3,10 +3,11 @@ the same code; otherwise it is recomputed, never reused silently. Every row reco
 what it was computed, and the tables print that per row.
 
     cache = RowCache("runs/x/results.json")
-    key = row_key({"preset": ..., "data": ...}, code_digest())
+    key = row_key({"preset": ..., "data": ...}, code_digest(ROW_CODE))
     row = cache.get(name, key)          # None: missing or stale (the reason is printed)
     cache.put(name, key, {...})         # stamped with date, host, cores, key
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,10 @@ import os
 import platform
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 CODE_DIRS = ("dsrhn", "trainer", "components", "serving")  # what every trained or scored row depends on
+ROW_CODE = tuple(os.path.join(HERE, f) for f in ("grid.py", "tasks.py"))  # this library's part of a row's code
 
 
 def code_digest(extra_files: tuple[str, ...] = (), dirs: tuple[str, ...] = CODE_DIRS) -> str:
@@ -42,6 +45,19 @@ def row_key(settings: dict, code: str) -> str:
 
 def stamp() -> dict:
     return {"computed": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "cores": os.cpu_count()}
+
+
+def as_json(value):
+    """`value` as it reads back from a JSON file (tuples as lists): for comparing settings with a stored record."""
+    return json.loads(json.dumps(value))
+
+
+def holds(path: str, want) -> bool:
+    """The JSON file at `path` exists and holds `want`."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f) == as_json(want)
 
 
 class RowCache:
