@@ -5,6 +5,7 @@
 
 Configuration: pipeline/configs.py, overridable with DSRHN_PIPELINE_CONFIG / DSRHN_HOME.
 """
+
 from pipeline import runners
 
 if __name__ == "__main__":

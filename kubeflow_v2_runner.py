@@ -8,6 +8,7 @@
 With --workers > 1 (or a machine type) the Trainer runs as a Vertex AI custom job of N replicas of the
 container, which trains with MultiWorkerMirroredStrategy (Vertex sets TF_CONFIG).
 """
+
 import argparse
 import dataclasses
 
@@ -24,7 +25,13 @@ if __name__ == "__main__":
     ap.add_argument("--project", default="")
     ap.add_argument("--region", default="us-central1")
     args = ap.parse_args()
-    cfg = dataclasses.replace(from_env(), trainer_workers=args.workers, trainer_machine_type=args.machine_type,
-                              trainer_accelerator=args.accelerator, trainer_accelerator_count=args.accelerator_count,
-                              gcp_project=args.project, gcp_region=args.region)
+    cfg = dataclasses.replace(
+        from_env(),
+        trainer_workers=args.workers,
+        trainer_machine_type=args.machine_type,
+        trainer_accelerator=args.accelerator,
+        trainer_accelerator_count=args.accelerator_count,
+        gcp_project=args.project,
+        gcp_region=args.region,
+    )
     print(runners.compile_kubeflow_v2(cfg, output_dir=args.output_dir))

@@ -39,7 +39,6 @@ from benchlib.grid import STUDENT_STEPS_X, cell_dirs, ensure_grid, grid_cells, m
 from benchlib.rows import Row
 from benchlib.runner import Task, run_all
 from benchlib.tasks import first_phase, score_model, stage1_preset, train_model
-
 from dsrhn.registry import spec
 
 SPECIALIST_CELL = "x4-specialist(blur2)"

@@ -44,6 +44,7 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import httpx  # noqa: E402
+
 from benchlib.serve import DSRHN, ProcessServer, build_tiny  # noqa: E402
 
 CLIENTS = 8

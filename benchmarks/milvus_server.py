@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-from benchlib.timing import batched, single  # noqa: E402
 
+from benchlib.timing import batched, single  # noqa: E402
 from dsrhn.config import IndexConfig  # noqa: E402
 from serving.index import IdMap  # noqa: E402
 from serving.milvus import MilvusGallery, write_collection  # noqa: E402

@@ -34,9 +34,9 @@ import sys
 import time
 
 import numpy as np
+
 from benchlib.grid import grid_cells
 from benchlib.stats import diff_interval
-
 from dsrhn.registry import spec
 
 BASELINE = ("hashnet-lr", "as trained")

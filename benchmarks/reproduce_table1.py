@@ -33,7 +33,6 @@ from benchlib.grid import ensure_grid, mosaic_source
 from benchlib.rows import Row
 from benchlib.runner import Task, run_all
 from benchlib.tasks import first_phase, run_row, stage1_preset
-
 from dsrhn.registry import spec
 
 ROWS = [

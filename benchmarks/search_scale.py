@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import faiss  # noqa: E402
-from benchlib.timing import batched, percentiles, run_threads, single  # noqa: E402
 
+from benchlib.timing import batched, percentiles, run_threads, single  # noqa: E402
 from dsrhn.contracts import code_dim, stored_bytes  # noqa: E402
 from serving.index import GalleryIndex, build_index, open_gallery, read_manifest, write_gallery  # noqa: E402
 

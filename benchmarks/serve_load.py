@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+
 from benchlib.serve import ProcessServer, build_tiny
 from benchlib.timing import run_threads
 

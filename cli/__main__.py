@@ -1,4 +1,5 @@
 """`python -m cli ...` is `dsrhn ...`."""
+
 import sys
 
 from cli.main import main

@@ -1,4 +1,5 @@
 """Flags and settings more than one command shares."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,14 @@ def add_lr_args(p: argparse.ArgumentParser) -> None:
 def lr_config(args):
     from dsrhn.config import LRConfig
 
-    return LRConfig(scale=args.scale, kernel=args.kernel, blur_sigma=args.blur, noise_sigma=args.noise,
-                    jpeg_quality=args.jpeg_quality, seed=args.seed or 0)
+    return LRConfig(
+        scale=args.scale,
+        kernel=args.kernel,
+        blur_sigma=args.blur,
+        noise_sigma=args.noise,
+        jpeg_quality=args.jpeg_quality,
+        seed=args.seed or 0,
+    )
 
 
 def add_beam_arg(p: argparse.ArgumentParser, example: str) -> None:

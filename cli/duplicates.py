@@ -1,4 +1,5 @@
 """`dsrhn duplicates`: SavedModel + its index -> groups of near-duplicate gallery photos (JSON + HTML sheet)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,18 +11,36 @@ NAME, HELP = "duplicates", "groups of near-duplicate photos in a model's gallery
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(NAME, help=HELP)
-    p.add_argument("--model", required=True,
-                   help="SavedModel export directory with its index (e.g. <base>/<name>/<version>)")
-    p.add_argument("--index", help="index directory, when not <model>/index (`dsrhn index --output`); exact (BFlat) only")
-    p.add_argument("--radius", type=int, help="Hamming radius (inclusive) that links two photos (default: 1/16 of the "
-                   "code length, 3 for 48 bits; verified: a candidate radius of 1/2, 24 for 48 bits)")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
-                   help="check each candidate pair geometrically on the index's previews (ORB + RANSAC); default: "
-                        "on when the index keeps previews")
-    p.add_argument("--min-inliers", type=int, help="RANSAC inliers that verify a pair (default: "
-                   "serving/duplicates.py MIN_INLIERS, 8)")
-    p.add_argument("--out", default=".", help="folder for duplicates.json and duplicates.html (default: the current "
-                                              "directory; files there are replaced)")
+    p.add_argument(
+        "--model", required=True, help="SavedModel export directory with its index (e.g. <base>/<name>/<version>)"
+    )
+    p.add_argument(
+        "--index", help="index directory, when not <model>/index (`dsrhn index --output`); exact (BFlat) only"
+    )
+    p.add_argument(
+        "--radius",
+        type=int,
+        help="Hamming radius (inclusive) that links two photos (default: 1/16 of the "
+        "code length, 3 for 48 bits; verified: a candidate radius of 1/2, 24 for 48 bits)",
+    )
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check each candidate pair geometrically on the index's previews (ORB + RANSAC); default: "
+        "on when the index keeps previews",
+    )
+    p.add_argument(
+        "--min-inliers",
+        type=int,
+        help="RANSAC inliers that verify a pair (default: serving/duplicates.py MIN_INLIERS, 8)",
+    )
+    p.add_argument(
+        "--out",
+        default=".",
+        help="folder for duplicates.json and duplicates.html (default: the current "
+        "directory; files there are replaced)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON document on stdout instead of the summary")
     return p
 

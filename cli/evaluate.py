@@ -1,4 +1,5 @@
 """`dsrhn evaluate`: SavedModel + Examples -> report.json / report.md / plots."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from components.evaluate import evaluate_model
 
-    report = evaluate_model(args.model, args.examples, args.output, topk=args.topk, plots=not args.no_plots,
-                            queries_uri=args.queries)
+    report = evaluate_model(
+        args.model, args.examples, args.output, topk=args.topk, plots=not args.no_plots, queries_uri=args.queries
+    )
     print(open(os.path.join(args.output, "report.md")).read())
     print(f"LR-query mAP@{args.topk}: {report['map']:.4f}   report: {os.path.abspath(args.output)}")
     return 0

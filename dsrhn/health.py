@@ -8,6 +8,7 @@ code, so "what the data needs" is the number of distinct label sets among the im
 instance dataset is its own label), capped by the images and by 2^K codes. `code_health` measures both on a
 sample of codes; `problems` says in words what is wrong (naming the constant bits), empty when healthy.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -42,13 +43,17 @@ class CodeHealth:
         if self.constant_bits:
             shown = ", ".join(str(b) for b in self.constant_bits[:16])
             shown += " ..." if len(self.constant_bits) > 16 else ""
-            out.append(f"{len(self.constant_bits)} of {self.bits} bits are constant over {self.images} images "
-                       f"(bit {shown}): they carry nothing")
+            out.append(
+                f"{len(self.constant_bits)} of {self.bits} bits are constant over {self.images} images "
+                f"(bit {shown}): they carry nothing"
+            )
         n = self.needed
         if n > 1 and self.distinct < min_distinct_fraction * n:
             what = f"{self.groups} label sets" if self.groups < self.images else f"{self.images} images"
-            out.append(f"only {self.distinct} distinct codes for {what} "
-                       f"({self.distinct / n:.0%} < {min_distinct_fraction:.0%}): the code layer has collapsed")
+            out.append(
+                f"only {self.distinct} distinct codes for {what} "
+                f"({self.distinct / n:.0%} < {min_distinct_fraction:.0%}): the code layer has collapsed"
+            )
         return out
 
     def to_dict(self) -> dict:

@@ -1,4 +1,5 @@
 """Image decoding, HR preparation and LR generation (Pillow + NumPy, deterministic)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,9 @@ def decode_image(data: bytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
         raise ImageError(f"not a readable image: {e}") from None
     except Exception as e:  # a decoder's own bug on hostile bytes (e.g. IndexError in Pillow's QOI reader)
-        raise ImageError(f"not a readable image: the {_format(data)} decoder failed "
-                         f"({type(e).__name__}: {e})") from None
+        raise ImageError(
+            f"not a readable image: the {_format(data)} decoder failed ({type(e).__name__}: {e})"
+        ) from None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose an otherwise good image
@@ -46,8 +48,15 @@ def decode_image(data: bytes) -> Image.Image:
 
 def _format(data: bytes) -> str:
     """The format a file claims by its first bytes (for messages)."""
-    for sig, name in ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"qoif", "QOI"),
-                      (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")):
+    for sig, name in (
+        (b"\xff\xd8", "JPEG"),
+        (b"\x89PNG", "PNG"),
+        (b"GIF8", "GIF"),
+        (b"BM", "BMP"),
+        (b"qoif", "QOI"),
+        (b"II*\x00", "TIFF"),
+        (b"MM\x00*", "TIFF"),
+    ):
         if data.startswith(sig):
             return name
     return "WebP" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else "image"
@@ -124,7 +133,7 @@ def photo_view(img: Image.Image, side: int, hr_size: int, views, item_id: str, s
 
 def item_seed(seed: int, item_id: str) -> int:
     """A per-item seed stable across processes and runs (Python's hash() is salted)."""
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 

@@ -19,6 +19,7 @@ then scored
 so a query tile finds its object in any tile of the gallery image. An item with no valid region scores
 K/2; a query with none keeps the global order. Ties keep the global order (stable sort).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,19 +37,28 @@ def word_bytes(bits: int) -> int:
 def local_layout(grid: int, bits: int, weight: float, select_threshold: float) -> dict:
     """The `local` entry of the export metadata."""
     regions = [[i / grid, j / grid, (i + 1) / grid, (j + 1) / grid] for i in range(grid) for j in range(grid)]
-    return {"grid": grid, "count": grid * grid, "bits": bits, "code_bytes": code_bytes(bits),
-            "regions": regions,  # [top, left, bottom, right] as fractions of the image, row-major
-            "outputs": list(LOCAL_FIELDS), "rerank_weight": weight, "select_threshold": select_threshold,
-            "distance": "d_global + rerank_weight * mean_r min_s K*|(q_r^g_s)&sel_r&sel_s| / |sel_r&sel_s| "
-                        "(dsrhn/multilevel.py)"}
+    return {
+        "grid": grid,
+        "count": grid * grid,
+        "bits": bits,
+        "code_bytes": code_bytes(bits),
+        "regions": regions,  # [top, left, bottom, right] as fractions of the image, row-major
+        "outputs": list(LOCAL_FIELDS),
+        "rerank_weight": weight,
+        "select_threshold": select_threshold,
+        "distance": "d_global + rerank_weight * mean_r min_s K*|(q_r^g_s)&sel_r&sel_s| / |sel_r&sel_s| "
+        "(dsrhn/multilevel.py)",
+    }
 
 
 def stack_local(codes: np.ndarray, selected: np.ndarray, valid: np.ndarray, bits: int) -> np.ndarray:
     """Signature outputs -> the stored uint8 [N, R, 2, W]; an invalid region keeps no selected bit."""
     codes, selected = np.asarray(codes, np.uint8), np.asarray(selected, np.uint8)
     if codes.ndim != 3 or codes.shape != selected.shape or codes.shape[2] != code_bytes(bits):
-        raise ValueError(f"local codes must be uint8 [N, R, {code_bytes(bits)}] for {bits} bits, "
-                         f"got {codes.shape} and {selected.shape}")
+        raise ValueError(
+            f"local codes must be uint8 [N, R, {code_bytes(bits)}] for {bits} bits, "
+            f"got {codes.shape} and {selected.shape}"
+        )
     n, r, b = codes.shape
     out = np.zeros((n, r, 2, word_bytes(bits)), np.uint8)
     out[:, :, 0, :b] = codes
@@ -80,8 +90,13 @@ def local_distances(q_local: np.ndarray, g_local: np.ndarray, bits: int) -> np.n
     qc, qs = q[None, :, 0], q[None, :, 1]  # [1, Rq, w, n, 1]
     both = gs & qs
     common = _popcount(both, 2)  # [Rg, Rq, n, S]: bits both regions selected
-    share = np.divide(_popcount((gc ^ qc) & both, 2), common, out=np.full(common.shape, np.inf, np.float32),
-                      where=common > 0, dtype=np.float32)  # the share of those bits that differ
+    share = np.divide(
+        _popcount((gc ^ qc) & both, 2),
+        common,
+        out=np.full(common.shape, np.inf, np.float32),
+        where=common > 0,
+        dtype=np.float32,
+    )  # the share of those bits that differ
     best = share.min(0)  # [Rq, n, S]: each query region's best match among the candidate's regions
     best[np.isinf(best)] = 0.5  # no bit in common with any region: chance
     q_valid = (_popcount(q[:, 1, :, :, 0], 1) > 0).astype(np.float32)  # [Rq, n]
@@ -89,8 +104,15 @@ def local_distances(q_local: np.ndarray, g_local: np.ndarray, bits: int) -> np.n
     return bits * (best * mean_over_valid[:, :, None]).sum(0)
 
 
-def rerank(d_global: np.ndarray, rows: np.ndarray, q_local: np.ndarray, local: np.ndarray, bits: int,
-           weight: float, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def rerank(
+    d_global: np.ndarray,
+    rows: np.ndarray,
+    q_local: np.ndarray,
+    local: np.ndarray,
+    bits: int,
+    weight: float,
+    k: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Re-order each query's shortlist (d_global, rows: [n, S], global order, rows -1 past the end) by
     d_global + weight * d_local. local: the gallery's stored local codes (any array indexable by rows,
     e.g. a memory map). Returns (rows, d_global, d_local, combined), each [n, k] (k None: [n, S]) in the
@@ -106,7 +128,7 @@ def rerank(d_global: np.ndarray, rows: np.ndarray, q_local: np.ndarray, local: n
 def _top_k(values: np.ndarray, k: int) -> np.ndarray:
     """The positions of each row's k smallest values, ascending, ties in position order (what a stable
     argsort's first k are), without sorting the whole row: every value up to the k-th is sorted."""
-    kth = np.partition(values, k - 1, axis=1)[:, k - 1:k]
+    kth = np.partition(values, k - 1, axis=1)[:, k - 1 : k]
     out = np.empty((len(values), k), np.int64)
     for i, row in enumerate(values):
         idx = np.flatnonzero(row <= kth[i])  # the k smallest and whatever ties the k-th

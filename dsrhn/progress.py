@@ -5,6 +5,7 @@ Inside a Beam DoFn each worker process reports its own share (`worker <pid>`), s
 in multi_processing mode (or a cluster) runs several; `share` is the fraction of the total one
 worker is expected to process.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,16 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, what: str, total: int | None = None, unit: str = "items", every_s: float | None = None,
-                 share: float = 1.0, worker: bool = False, stream=None):
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        unit: str = "items",
+        every_s: float | None = None,
+        share: float = 1.0,
+        worker: bool = False,
+        stream=None,
+    ):
         if every_s is None:
             every_s = float(os.environ.get("DSRHN_PROGRESS_SECONDS", "10"))
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s

@@ -18,6 +18,7 @@ and `dsrhn_dataset.json` at its root (label names, sizes, counts, multi_label, m
 instance dataset (`dsrhn ingest photos`) every photo is its own label (one-hot over the photos), and the
 query and gallery records are views of the photos.
 """
+
 from __future__ import annotations
 
 import glob
@@ -61,13 +62,14 @@ class DatasetInfo:
             f.write(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def read(cls, examples_uri: str) -> "DatasetInfo":
+    def read(cls, examples_uri: str) -> DatasetInfo:
         import tensorflow as tf
 
         path = os.path.join(examples_uri, DATASET_INFO)
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"{path} not found: is {examples_uri} an Examples artifact written by "
-                                    "`dsrhn ingest`?")
+            raise FileNotFoundError(
+                f"{path} not found: is {examples_uri} an Examples artifact written by `dsrhn ingest`?"
+            )
         with tf.io.gfile.GFile(path) as f:
             return cls(**json.loads(f.read()))
 
@@ -87,8 +89,15 @@ def split_files(examples_uri: str, split: str) -> list[str]:
     return files
 
 
-def make_example(item_id: str, split: str, hr_png: bytes, lr_png: bytes, labels: list[int],
-                 mask_png: bytes | None = None, source_png: bytes | None = None):
+def make_example(
+    item_id: str,
+    split: str,
+    hr_png: bytes,
+    lr_png: bytes,
+    labels: list[int],
+    mask_png: bytes | None = None,
+    source_png: bytes | None = None,
+):
     import tensorflow as tf
 
     def _bytes(v: bytes):
@@ -156,8 +165,10 @@ def read_split(examples_uri: str, split: str, info: DatasetInfo | None = None):
     info = info or DatasetInfo.read(examples_uri)
     files = split_files(examples_uri, split)
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
-    return ds.map(decode_pair(info.num_labels, info.hr_size, info.lr_size, info.masks, info.source_side > 0),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(
+        decode_pair(info.num_labels, info.hr_size, info.lr_size, info.masks, info.source_side > 0),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
 def read_split_raw(examples_uri: str, split: str, info: DatasetInfo | None = None):

@@ -6,6 +6,7 @@ the lower layers, the CLI and the benchmarks need to know without importing Tens
 becomes a code, whether SRNet can start trained, whether test-time mirroring applies. The class reads
 its facts from its spec (tests/test_methods.py checks every class against it).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,25 +36,52 @@ class MethodSpec:
 
 
 SPECS = (
-    MethodSpec("dsrhn", "trainer.methods.dsrhn:DSRHN", "SRNet + HashNet trained alternately (the paper)",
-               query_path="sr", sr_stage=True, sr_views=True),
-    MethodSpec("hashnet-hr", "trainer.methods.dsrhn:HashNetHR", "HashNet on HR images, HR queries (upper bound)",
-               query_path="hr"),
+    MethodSpec(
+        "dsrhn",
+        "trainer.methods.dsrhn:DSRHN",
+        "SRNet + HashNet trained alternately (the paper)",
+        query_path="sr",
+        sr_stage=True,
+        sr_views=True,
+    ),
+    MethodSpec(
+        "hashnet-hr",
+        "trainer.methods.dsrhn:HashNetHR",
+        "HashNet on HR images, HR queries (upper bound)",
+        query_path="hr",
+    ),
     MethodSpec("hashnet-lr", "trainer.methods.dsrhn:HashNetLR", "HashNet on HR + bicubic LR, no SR"),
-    MethodSpec("two-stage", "trainer.methods.dsrhn:TwoStage", "SRNet by MSE, frozen, then HashNet",
-               query_path="sr", sr_stage=True, sr_views=True),
+    MethodSpec(
+        "two-stage",
+        "trainer.methods.dsrhn:TwoStage",
+        "SRNet by MSE, frozen, then HashNet",
+        query_path="sr",
+        sr_stage=True,
+        sr_views=True,
+    ),
     MethodSpec("pointwise", "trainer.methods.pointwise:PointWise", "latent sigmoid layer + classifier (Eq. 2)"),
-    MethodSpec("pointwise-seg", "trainer.methods.pointwise:PointWiseSeg",
-               "the same on PSP segmentation features"),
+    MethodSpec("pointwise-seg", "trainer.methods.pointwise:PointWiseSeg", "the same on PSP segmentation features"),
     MethodSpec("center", "trainer.methods.center:CenterHash", "DPSH + center loss on hash centers (DDCH reading)"),
-    MethodSpec("fsr-gan", "trainer.methods.fsrgan:FSRGAN",
-               "HashNet on HR, then G (+ critic D) super-resolves LR features", query_path="fsr"),
-    MethodSpec("multi-level", "trainer.methods.multilevel:DSCNN",
-               "DSRHN + local codes of grid regions, re-ranked search (DSCNN reading)",
-               query_path="sr", sr_stage=True, query_flip=False),  # a mirrored query's regions are other regions
-    MethodSpec("student", "trainer.methods.student:Student",
-               "a HashNet on bicubic LR queries distilled from a DSRHN teacher, whose codes the gallery keeps "
-               "(no SRNet at query time)"),
+    MethodSpec(
+        "fsr-gan",
+        "trainer.methods.fsrgan:FSRGAN",
+        "HashNet on HR, then G (+ critic D) super-resolves LR features",
+        query_path="fsr",
+    ),
+    MethodSpec(
+        "multi-level",
+        "trainer.methods.multilevel:DSCNN",
+        "DSRHN + local codes of grid regions, re-ranked search (DSCNN reading)",
+        query_path="sr",
+        sr_stage=True,
+        query_flip=False,
+    ),  # a mirrored query's regions are other regions
+    MethodSpec(
+        "student",
+        "trainer.methods.student:Student",
+        "a HashNet on bicubic LR queries distilled from a DSRHN teacher, whose codes the gallery keeps "
+        "(no SRNet at query time)",
+    ),
 )
 METHODS = {s.name: s for s in SPECS}
 

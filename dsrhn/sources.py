@@ -2,6 +2,7 @@
 of photos and Fashion-MNIST. Each source yields SourceItems with their roles; split rules follow the
 deep-hashing papers and are documented per function. `SOURCES` (at the end) names them for `dsrhn ingest`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,10 +16,24 @@ from dataclasses import dataclass
 import numpy as np
 
 FASHION_MNIST_DIR = os.environ.get("DSRHN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,7 @@ class Source:
 
 
 # ---------------------------------------------------------------- split rules
+
 
 def roles_from_masks(query: np.ndarray, train: np.ndarray) -> list[tuple[str, ...]]:
     """Query items are never in the gallery; training items are (DPSH/DCH protocol)."""
@@ -81,7 +97,7 @@ def split_random(n: int, n_query: int, n_train: int, seed: int) -> list[tuple[st
     perm = np.random.default_rng(seed).permutation(n)
     query, train = np.zeros(n, bool), np.zeros(n, bool)
     query[perm[:n_query]] = True
-    train[perm[n_query:n_query + n_train]] = True
+    train[perm[n_query : n_query + n_train]] = True
     return roles_from_masks(query, train)
 
 
@@ -89,9 +105,17 @@ def _with_roles(items: list[SourceItem], roles: list[tuple[str, ...]]) -> list[S
     return [dataclasses.replace(it, splits=r) for it, r in zip(items, roles)]
 
 
-def assign_roles(items: list[SourceItem], rule: str, num_labels: int, *, query_per_class: int = 100,
-                 train_per_class: int = 500, n_query: int = 5000, n_train: int = 10000,
-                 seed: int = 0) -> list[SourceItem]:
+def assign_roles(
+    items: list[SourceItem],
+    rule: str,
+    num_labels: int,
+    *,
+    query_per_class: int = 100,
+    train_per_class: int = 500,
+    n_query: int = 5000,
+    n_train: int = 10000,
+    seed: int = 0,
+) -> list[SourceItem]:
     """Give valid items roles by `rule` ("per-class" or "random"); rejected items keep none."""
     good = [i for i, it in enumerate(items) if not it.error]
     labels = np.array([items[i].labels for i in good], dtype=np.int64).reshape(len(good), num_labels)
@@ -129,8 +153,9 @@ def resolve_image_path(rel: str, image_root: str, allow_outside_root: bool = Fal
     return rel, path, f"{rel!r} is outside --image-root (use --allow-outside-root to read it)"
 
 
-def parse_list_file(list_path: str, image_root: str, num_labels: int = 0,
-                    allow_outside_root: bool = False) -> tuple[list[SourceItem], int]:
+def parse_list_file(
+    list_path: str, image_root: str, num_labels: int = 0, allow_outside_root: bool = False
+) -> tuple[list[SourceItem], int]:
     """Parse `relative/path.jpg 0 1 0 ...` lines: the labels are the trailing 0/1 columns, so paths may
     contain spaces. Every line becomes an item: malformed ones are rejected naming their line, and an
     image listed twice is one record (the same labels: the repeats are rejected as merged; different
@@ -138,8 +163,9 @@ def parse_list_file(list_path: str, image_root: str, num_labels: int = 0,
     with open(list_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     name = os.path.basename(list_path)
-    entries = [(n, line.strip()) for n, line in enumerate(lines, start=1)
-               if line.strip() and not line.strip().startswith("#")]
+    entries = [
+        (n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip() and not line.strip().startswith("#")
+    ]
     if not entries:
         raise ValueError(f"list file {list_path} has no entries (expected lines `relative/path.jpg 0 1 0 ...`)")
     items: list[SourceItem] = []
@@ -149,8 +175,9 @@ def parse_list_file(list_path: str, image_root: str, num_labels: int = 0,
         trailing = _TRAILING_BITS.match(line)
         n_bits = len(trailing["labels"].split()) if trailing else 0
         if num_labels == 0 and n_bits == 0:
-            items.append(SourceItem(f"{name}:{lineno}", "", (), (),
-                                    f"{where}: no label vector (0/1 columns after the path)"))
+            items.append(
+                SourceItem(f"{name}:{lineno}", "", (), (), f"{where}: no label vector (0/1 columns after the path)")
+            )
             continue
         num_labels = num_labels or n_bits
         m = re.match(rf"^(?P<path>.*?\S)(?P<labels>(?:\s+\S+){{{num_labels}}})\s*$", line)
@@ -180,19 +207,35 @@ def _one_record_per_image(items: list[SourceItem], name: str, first_line: dict[s
         if it.error:
             out.append(it)
         elif len(labels[it.id]) > 1:
-            out.append(dataclasses.replace(it, error=f"{name}: {it.id!r} is listed with different labels (first on "
-                                                     f"line {first_line[it.id]}); which are right is unknown"))
+            out.append(
+                dataclasses.replace(
+                    it,
+                    error=f"{name}: {it.id!r} is listed with different labels (first on "
+                    f"line {first_line[it.id]}); which are right is unknown",
+                )
+            )
         elif it.id in seen:
-            out.append(dataclasses.replace(it, error=f"{name}: {it.id!r} is listed again with the same labels "
-                                                     f"(first on line {first_line[it.id]}): merged into one record"))
+            out.append(
+                dataclasses.replace(
+                    it,
+                    error=f"{name}: {it.id!r} is listed again with the same labels "
+                    f"(first on line {first_line[it.id]}): merged into one record",
+                )
+            )
         else:
             seen.add(it.id)
             out.append(it)
     return out
 
 
-def list_source(image_root: str, lists: dict[str, str] | None = None, single_list: str = "",
-                label_names: list[str] | None = None, allow_outside_root: bool = False, **split_kwargs) -> Source:
+def list_source(
+    image_root: str,
+    lists: dict[str, str] | None = None,
+    single_list: str = "",
+    label_names: list[str] | None = None,
+    allow_outside_root: bool = False,
+    **split_kwargs,
+) -> Source:
     """NUS-WIDE / COCO as list files. Either `lists` maps role -> list file
     (train/query/gallery: e.g. train.txt, test.txt, database.txt used as given), or one
     `single_list` is split by the per-class rule (NUS-WIDE) or `rule="random"` (COCO)."""
@@ -234,18 +277,31 @@ def _merge_roles(items: list[SourceItem], list_names: dict[str, str]) -> list[So
             continue
         where = ", ".join(list_names[g.splits[0]] for g in group)
         if len({g.labels for g in group}) > 1:
-            out.append(dataclasses.replace(it, splits=(),
-                                           error=f"{it.id!r} is listed with different labels in {where}"))
+            out.append(
+                dataclasses.replace(it, splits=(), error=f"{it.id!r} is listed with different labels in {where}")
+            )
             continue
         roles = {g.splits[0] for g in group}
         if "query" in roles and it.splits[0] != "query":
-            out.append(dataclasses.replace(it, splits=(), error=(
-                f"{list_names[it.splits[0]]}: {it.id!r} is also a query ({list_names['query']}); a query is never "
-                "in the gallery or the training set")))
+            out.append(
+                dataclasses.replace(
+                    it,
+                    splits=(),
+                    error=(
+                        f"{list_names[it.splits[0]]}: {it.id!r} is also a query ({list_names['query']}); "
+                        "a query is never in the gallery or the training set"
+                    ),
+                )
+            )
             continue
         if it.id in done:
-            out.append(dataclasses.replace(it, splits=(), error=(
-                f"{list_names[it.splits[0]]}: {it.id!r} is listed in {where}: merged into one record")))
+            out.append(
+                dataclasses.replace(
+                    it,
+                    splits=(),
+                    error=(f"{list_names[it.splits[0]]}: {it.id!r} is listed in {where}: merged into one record"),
+                )
+            )
             continue
         done.add(it.id)
         merged = ("query",) if "query" in roles else tuple(r for r in ("train", "gallery") if r in roles)
@@ -254,6 +310,7 @@ def _merge_roles(items: list[SourceItem], list_names: dict[str, str]) -> list[So
 
 
 # ---------------------------------------------------------------- COCO
+
 
 def coco_source(pairs: Sequence[Sequence[str]], **split_kwargs) -> Source:
     """MS-COCO from `instances_*.json` files, each with its image root: multi-hot over the categories sorted
@@ -321,8 +378,9 @@ def _coco_items(name: str, root: str, data: dict, column: dict[int, int]) -> lis
     return rejected + [_coco_image(name, n, img, root, labels, len(column)) for n, img in enumerate(data["images"])]
 
 
-def _coco_annotations(name: str, annotations: list, image_ids: set[int],
-                      column: dict[int, int]) -> tuple[list[SourceItem], _CocoLabels]:
+def _coco_annotations(
+    name: str, annotations: list, image_ids: set[int], column: dict[int, int]
+) -> tuple[list[SourceItem], _CocoLabels]:
     """(rejected annotations, the labels of each image) of one file's annotations."""
     rejected, labels = [], _CocoLabels()
     for n, a in enumerate(annotations):
@@ -330,21 +388,31 @@ def _coco_annotations(name: str, annotations: list, image_ids: set[int],
         try:
             image_id, category = int(a["image_id"]), int(a["category_id"])
         except (KeyError, TypeError, ValueError):
-            rejected.append(SourceItem(where, "", (), (), f"{name}: annotations[{n}] needs integer 'image_id' and "
-                                                          "'category_id'"))
+            rejected.append(
+                SourceItem(where, "", (), (), f"{name}: annotations[{n}] needs integer 'image_id' and 'category_id'")
+            )
             continue
         if image_id not in image_ids:
-            rejected.append(SourceItem(where, "", (), (), f"{name}: annotations[{n}] refers to image id {image_id}, "
-                                                          "which is not in 'images'"))
+            rejected.append(
+                SourceItem(
+                    where,
+                    "",
+                    (),
+                    (),
+                    f"{name}: annotations[{n}] refers to image id {image_id}, which is not in 'images'",
+                )
+            )
             continue
         if category not in column:
-            labels.broken.setdefault(image_id, f"{name}: annotations[{n}] has category_id {category}, "
-                                               "not in 'categories'")
+            labels.broken.setdefault(
+                image_id, f"{name}: annotations[{n}] has category_id {category}, not in 'categories'"
+            )
             continue
         labels.columns.setdefault(image_id, set()).add(column[category])
         if a.get("segmentation"):  # instance polygons or RLE, rasterised at ingestion (components.masks)
             labels.shapes.setdefault(image_id, []).append(
-                (column[category], json.dumps(a["segmentation"], separators=(",", ":"))))
+                (column[category], json.dumps(a["segmentation"], separators=(",", ":")))
+            )
     return rejected, labels
 
 
@@ -360,11 +428,18 @@ def _coco_image(name: str, n: int, img, root: str, labels: _CocoLabels, num_labe
     if not cols:
         return SourceItem(item_id, path, (), (), f"{name}: image id {img['id']} has no category annotations")
     size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else ()
-    return SourceItem(item_id, path, tuple(int(i in cols) for i in range(num_labels)), (),
-                      shapes=tuple(labels.shapes.get(image_id, ())), shape_size=size)
+    return SourceItem(
+        item_id,
+        path,
+        tuple(int(i in cols) for i in range(num_labels)),
+        (),
+        shapes=tuple(labels.shapes.get(image_id, ())),
+        shape_size=size,
+    )
 
 
 # ---------------------------------------------------------------- directory tree
+
 
 def directory_source(root: str, **split_kwargs) -> Source:
     """`root/<class>/<image>`: every regular file in a class folder is an item (a file
@@ -379,8 +454,14 @@ def directory_source(root: str, **split_kwargs) -> Source:
         for dirpath, _, files in sorted(os.walk(os.path.join(root, c))):
             for name in sorted(files):
                 path = os.path.join(dirpath, name)
-                items.append(SourceItem(os.path.relpath(path, root).replace(os.sep, "/"), path,
-                                        tuple(int(i == ci) for i in range(len(classes))), ()))
+                items.append(
+                    SourceItem(
+                        os.path.relpath(path, root).replace(os.sep, "/"),
+                        path,
+                        tuple(int(i == ci) for i in range(len(classes))),
+                        (),
+                    )
+                )
     rule = split_kwargs.pop("rule", "per-class")
     return Source("directory", assign_roles(items, rule, len(classes), **split_kwargs), classes)
 
@@ -402,8 +483,16 @@ def _photo_files(root: str) -> list[str]:
     return sorted(out)
 
 
-def photo_source(root: str, test_root: str = "", *, query_views: int = 2, gallery_views: int = 1,
-                 source_side: int = 0, views: dict | None = None, seed: int = 0) -> Source:
+def photo_source(
+    root: str,
+    test_root: str = "",
+    *,
+    query_views: int = 2,
+    gallery_views: int = 1,
+    source_side: int = 0,
+    views: dict | None = None,
+    seed: int = 0,
+) -> Source:
     """A plain folder of photos, no labels needed: every photo is its own identity (label), to be found from a
     small, damaged view of it. Every file under `root` (a non-image is reported) is a training photo, in the
     gallery whole (its centre square), with `query_views` random views (dsrhn/views.py) as queries. With
@@ -412,10 +501,14 @@ def photo_source(root: str, test_root: str = "", *, query_views: int = 2, galler
     first), a view's adds `#q<n>` / `#g<n>`; training draws fresh views from the photo kept at `source_side`."""
     if query_views < 0 or gallery_views < 1:
         raise ValueError(f"photos: query_views must be >= 0 and gallery_views >= 1, got {query_views}, {gallery_views}")
-    groups = [(root, "", True)] + ([(test_root, os.path.basename(os.path.normpath(test_root)) + "/", False)]
-                                   if test_root else [])
-    photos = [(prefix + os.path.relpath(p, r).replace(os.sep, "/"), p, train)
-              for r, prefix, train in groups for p in _photo_files(r)]
+    groups = [(root, "", True)] + (
+        [(test_root, os.path.basename(os.path.normpath(test_root)) + "/", False)] if test_root else []
+    )
+    photos = [
+        (prefix + os.path.relpath(p, r).replace(os.sep, "/"), p, train)
+        for r, prefix, train in groups
+        for p in _photo_files(r)
+    ]
     ids = [i for i, _, _ in photos]
     if len(set(ids)) != len(ids):
         raise ValueError(f"photos: {test_root} and {root} give photos the same id; rename the held-out folder")
@@ -441,16 +534,18 @@ _FMNIST_CACHE: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
 
 def fashion_mnist_missing_message(directory: str) -> str:
-    return (f"Fashion-MNIST not found in {directory}. On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`; "
-            f"elsewhere put the four files {', '.join(FASHION_MNIST_FILES)} (from the Fashion-MNIST project, MIT) "
-            f"in a folder and set DSRHN_FASHION_MNIST or --fashion-mnist-dir to it.")
+    return (
+        f"Fashion-MNIST not found in {directory}. On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`; "
+        f"elsewhere put the four files {', '.join(FASHION_MNIST_FILES)} (from the Fashion-MNIST project, MIT) "
+        f"in a folder and set DSRHN_FASHION_MNIST or --fashion-mnist-dir to it."
+    )
 
 
 def _read_idx(path: str) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -486,8 +581,10 @@ def fashion_mnist_segmentation(ref: str) -> np.ndarray:
     class where the item is drawn, 0 (background) elsewhere; a mosaic's tiles each carry their own class."""
     _, directory, part, idx = ref.split(":")
     images, labels = load_fashion_mnist(directory)[part]
-    tiles = [np.where(images[i] > FASHION_MNIST_DRAWN, int(labels[i]) + 1, 0).astype(np.uint8)
-             for i in (int(j) for j in idx.split(","))]
+    tiles = [
+        np.where(images[i] > FASHION_MNIST_DRAWN, int(labels[i]) + 1, 0).astype(np.uint8)
+        for i in (int(j) for j in idx.split(","))
+    ]
     if len(tiles) == 1:
         return tiles[0]
     a, b, c, d = tiles
@@ -504,8 +601,14 @@ def fashion_mnist_query_mask(test_labels: np.ndarray, per_class: int, seed: int)
     return mask
 
 
-def fashion_mnist_source(directory: str = FASHION_MNIST_DIR, *, n_train: int = 10000,
-                         query_per_class: int = 100, n_gallery: int = 0, seed: int = 0) -> Source:
+def fashion_mnist_source(
+    directory: str = FASHION_MNIST_DIR,
+    *,
+    n_train: int = 10000,
+    query_per_class: int = 100,
+    n_gallery: int = 0,
+    seed: int = 0,
+) -> Source:
     """Single-label 28x28 form: train = `n_train` of the 60k train images (seeded),
     query = 100 per class of the test set, gallery = the other test images (n_gallery>0 caps it)."""
     data = load_fashion_mnist(directory)
@@ -518,8 +621,12 @@ def fashion_mnist_source(directory: str = FASHION_MNIST_DIR, *, n_train: int = 1
         gal_idx = np.sort(rng.permutation(gal_idx)[:n_gallery])
 
     def item(part: str, i: int, role: str, lab: int) -> SourceItem:
-        return SourceItem(f"fashion-mnist/{part}/{i:05d}", f"fmnist:{directory}:{part}:{i}",
-                          tuple(int(c == lab) for c in range(10)), (role,))
+        return SourceItem(
+            f"fashion-mnist/{part}/{i:05d}",
+            f"fmnist:{directory}:{part}:{i}",
+            tuple(int(c == lab) for c in range(10)),
+            (role,),
+        )
 
     items = [item("train", i, "train", tr_lab[i]) for i in train_idx]
     items += [item("test", i, "query", te_lab[i]) for i in np.flatnonzero(qmask)]
@@ -537,9 +644,15 @@ def mosaic_cells(rng: np.random.Generator, pools: list[np.ndarray]) -> tuple[lis
     return [int(rng.choice(pools[c])) for c in cells], set(classes)
 
 
-def fashion_mnist_mosaic_source(directory: str = FASHION_MNIST_DIR, *, n_train: int = 10000,
-                                n_query: int = 1000, n_gallery: int = 5000, query_per_class: int = 100,
-                                seed: int = 0) -> Source:
+def fashion_mnist_mosaic_source(
+    directory: str = FASHION_MNIST_DIR,
+    *,
+    n_train: int = 10000,
+    n_query: int = 1000,
+    n_gallery: int = 5000,
+    query_per_class: int = 100,
+    seed: int = 0,
+) -> Source:
     """Multi-label 56x56 form: a 2x2 grid of four Fashion-MNIST items from 1-2 classes,
     labels = union. Train mosaics use train images; query mosaics the query test images
     (100 per class); gallery mosaics the other test images, so no image is shared
@@ -559,9 +672,14 @@ def fashion_mnist_mosaic_source(directory: str = FASHION_MNIST_DIR, *, n_train: 
         for n in range(counts[role]):
             idx, labels = mosaic_cells(rng, pool)
             joined = ",".join(str(i) for i in idx)
-            items.append(SourceItem(f"fashion-mnist-mosaic/{role}/{n:06d}/{joined.replace(',', '+')}",
-                                    f"fmnist:{directory}:{part}:{joined}",
-                                    tuple(int(c in labels) for c in range(10)), (role,)))
+            items.append(
+                SourceItem(
+                    f"fashion-mnist-mosaic/{role}/{n:06d}/{joined.replace(',', '+')}",
+                    f"fmnist:{directory}:{part}:{joined}",
+                    tuple(int(c in labels) for c in range(10)),
+                    (role,),
+                )
+            )
     return Source("fashion-mnist-mosaic", items, list(FASHION_MNIST_CLASSES), masks=True)
 
 

@@ -7,6 +7,7 @@ dsrhn.config.Views), resizes that to the HR size (antialiased bicubic), flips it
 Every draw comes from a stateless seed, so the same (seed, photo, view) gives the same view in any
 process, on resume, at ingestion and in training.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,11 +43,13 @@ def random_view(source: tf.Tensor, seed: tf.Tensor, hr_size: int, cfg: Views) ->
     top, left, ch, cw = view_box(tf.shape(img)[0], tf.shape(img)[1], seeds[0], cfg)
     crop = tf.image.crop_to_bounding_box(img, top, left, ch, cw)
     out = tf.clip_by_value(tf.image.resize(crop, (hr_size, hr_size), method="bicubic", antialias=True), 0.0, 1.0)
-    out = tf.cond(tf.random.stateless_uniform([], seeds[1]) < cfg.flip_prob,
-                  lambda: tf.image.flip_left_right(out), lambda: out)
+    out = tf.cond(
+        tf.random.stateless_uniform([], seeds[1]) < cfg.flip_prob, lambda: tf.image.flip_left_right(out), lambda: out
+    )
     out = out * _uniform(seeds[2], 1.0 - cfg.brightness, 1.0 + cfg.brightness)
-    out = tf.image.adjust_saturation(tf.clip_by_value(out, 0.0, 1.0),
-                                     _uniform(seeds[3], 1.0 - cfg.saturation, 1.0 + cfg.saturation))
+    out = tf.image.adjust_saturation(
+        tf.clip_by_value(out, 0.0, 1.0), _uniform(seeds[3], 1.0 - cfg.saturation, 1.0 + cfg.saturation)
+    )
     out = out * tf.random.stateless_uniform([3], seeds[4], 1.0 - cfg.gain, 1.0 + cfg.gain)
     out = tf.round(tf.clip_by_value(out, 0.0, 1.0) * 255.0) / 255.0
     return tf.ensure_shape(out, [hr_size, hr_size, 3])
@@ -54,5 +57,9 @@ def random_view(source: tf.Tensor, seed: tf.Tensor, hr_size: int, cfg: Views) ->
 
 def view_seed(seed: int, epoch, index, view) -> tf.Tensor:
     """The stateless seed of view `view` of the photo at `index` of epoch `epoch` (training)."""
-    return tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64) * 16 + tf.cast(view, tf.int64),
-                     tf.cast(index, tf.int64) + (1 << 40)])
+    return tf.stack(
+        [
+            tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64) * 16 + tf.cast(view, tf.int64),
+            tf.cast(index, tf.int64) + (1 << 40),
+        ]
+    )

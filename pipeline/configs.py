@@ -1,4 +1,5 @@
 """Names, paths and presets of the pipeline, in one place (overridable by environment)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ class PipelineConfig:
     pipeline_name: str = "dsrhn"
     model_name: str = "dsrhn"  # served as /v1/models/<model_name>
     home: str = os.path.join(REPO_ROOT, "runs", "tfx")  # pipeline root, metadata and serving live here
-    source_spec: dict = field(default_factory=lambda: {
-        "kind": "fashion-mnist-mosaic", "n_train": 10000, "n_query": 1000, "n_gallery": 10000})
+    source_spec: dict = field(
+        default_factory=lambda: {"kind": "fashion-mnist-mosaic", "n_train": 10000, "n_query": 1000, "n_gallery": 10000}
+    )
     hr_size: int = 56
     lr_config: dict = field(default_factory=lambda: {"scale": 4, "kernel": "bicubic"})
     preset: str = "cpu"
@@ -62,9 +64,13 @@ class PipelineConfig:
 # The smoke run: small, but long enough to learn. 40 steps give LR-query mAP@100 0.43 with healthy codes; 3 steps
 # gave 0.27 with 5 of 12 bits constant and an untrained model 0.26 (measured 2026-11-28), so the floor (0.35) and
 # the collapse check bless only a model that learned something
-TINY = dict(source_spec={"kind": "fashion-mnist-mosaic", "n_train": 256, "n_query": 40, "n_gallery": 120},
-            preset_overrides={"bits": 12, "epochs": 1, "batch_size": 32, "steps_per_epoch": 40},
-            train_steps=40, topk=100, min_map=0.35)
+TINY = dict(
+    source_spec={"kind": "fashion-mnist-mosaic", "n_train": 256, "n_query": 40, "n_gallery": 120},
+    preset_overrides={"bits": 12, "epochs": 1, "batch_size": 32, "steps_per_epoch": 40},
+    train_steps=40,
+    topk=100,
+    min_map=0.35,
+)
 
 
 def photos_config(photos_dir: str = "") -> dict:
@@ -77,10 +83,22 @@ def photos_config(photos_dir: str = "") -> dict:
     from dsrhn.config import data_dir
 
     root = photos_dir or os.path.join(data_dir(), "photos")
-    return dict(pipeline_name="dsrhn-photos", model_name="photos",
-                source_spec={"kind": "photos", "root": os.path.join(root, "train"), "test_root": os.path.join(root, "test"),
-                             "query_views": 10, "gallery_views": 5},
-                hr_size=96, preset="photo", preset_overrides={"bits": 48, "method": "two-stage"}, topk=100, min_map=0.3)
+    return dict(
+        pipeline_name="dsrhn-photos",
+        model_name="photos",
+        source_spec={
+            "kind": "photos",
+            "root": os.path.join(root, "train"),
+            "test_root": os.path.join(root, "test"),
+            "query_views": 10,
+            "gallery_views": 5,
+        },
+        hr_size=96,
+        preset="photo",
+        preset_overrides={"bits": 48, "method": "two-stage"},
+        topk=100,
+        min_map=0.3,
+    )
 
 
 def from_env() -> PipelineConfig:

@@ -1,6 +1,7 @@
 """Runners for the pipeline: local (LocalDagRunner + MLMD sqlite), Beam-orchestrated, and a
 Kubeflow V2 / Vertex AI Pipelines compiler. The root scripts local_runner.py,
 beam_runner.py and kubeflow_v2_runner.py call these (as in the TFX templates)."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def compile_kubeflow_v2(cfg: PipelineConfig | None = None, output_dir: str = "."
     filename = f"{cfg.pipeline_name}_pipeline.json"
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
-        output_dir=output_dir, output_filename=filename)
+        output_dir=output_dir,
+        output_filename=filename,
+    )
     runner.run(create_pipeline(cfg, image=image), write_out=True)
     return os.path.join(output_dir, filename)
 

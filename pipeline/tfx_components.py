@@ -25,16 +25,19 @@ standard = tfx.types.standard_artifacts
 
 class IngestReport(Artifact):
     """ingest_report.json: counts (in = written + rejected) and every rejection with its reason."""
+
     TYPE_NAME = "dsrhn.IngestReport"
 
 
 class RetrievalReport(Artifact):
     """report.json / report.md / PNG plots of a retrieval evaluation."""
+
     TYPE_NAME = "dsrhn.RetrievalReport"
 
 
 class GalleryIndexArtifact(Artifact):
     """Where a gallery index was written (property index_dir) and its manifest."""
+
     TYPE_NAME = "dsrhn.GalleryIndex"
 
 
@@ -51,8 +54,14 @@ def DsrhnIngest(
     from components.ingest import run_ingest
     from dsrhn.config import LRConfig
 
-    summary = run_ingest(json.loads(source_spec), examples.uri, hr_size, LRConfig(**json.loads(lr_config)),
-                         report_uri=report.uri, beam_pipeline=beam_pipeline)
+    summary = run_ingest(
+        json.loads(source_spec),
+        examples.uri,
+        hr_size,
+        LRConfig(**json.loads(lr_config)),
+        report_uri=report.uri,
+        beam_pipeline=beam_pipeline,
+    )
     examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
     for key in ("in", "written", "rejected"):
         report.set_int_custom_property(key, int(summary.report[key]))
@@ -79,8 +88,9 @@ def RetrievalEvaluator(
     same = baseline_model is not None and baseline_model.id == model.id
     if baseline_model is not None and not same:
         base_dir = os.path.join(baseline_model.uri, "Format-Serving")
-        baseline_map = evaluate_model(base_dir, examples.uri, os.path.join(evaluation.uri, "baseline"), topk=topk,
-                                      plots=False)["map"]
+        baseline_map = evaluate_model(
+            base_dir, examples.uri, os.path.join(evaluation.uri, "baseline"), topk=topk, plots=False
+        )["map"]
     reasons = blessing_decision(report, min_map, baseline_map, already_blessed=same)
     blessed = not reasons
     with open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
@@ -93,11 +103,13 @@ def RetrievalEvaluator(
     evaluation.set_float_custom_property("map", float(new_map))
     hr_map = report["hr_query"][f"map@{topk}"]
     bicubic = report.get("bicubic_query", {}).get(f"map@{topk}")
-    print(f"evaluation: LR-query mAP@{topk} = {new_map:.4f}"
-          + (f", bicubic through the same HashNet {bicubic:.4f}" if bicubic is not None else "")
-          + f", HR-query {hr_map:.4f}"
-          + (f" (baseline {baseline_map:.4f})" if baseline_map is not None else "")
-          + (" -> BLESSED" if blessed else f" -> NOT BLESSED: {'; '.join(reasons)}"))
+    print(
+        f"evaluation: LR-query mAP@{topk} = {new_map:.4f}"
+        + (f", bicubic through the same HashNet {bicubic:.4f}" if bicubic is not None else "")
+        + f", HR-query {hr_map:.4f}"
+        + (f" (baseline {baseline_map:.4f})" if baseline_map is not None else "")
+        + (" -> BLESSED" if blessed else f" -> NOT BLESSED: {'; '.join(reasons)}")
+    )
 
 
 @tfx.dsl.components.component(use_beam=True)

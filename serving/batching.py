@@ -7,6 +7,7 @@ with `batch_timeout_ms` > 0 it also waits up to that long for a batch to fill, t
 throughput as TF Serving's `batch_timeout_micros` does. A batch whose graph call fails (one image the
 decoder refuses) is re-run request by request, so only the bad request fails.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ class BatchingConfig:
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.num_batch_threads < 1 or not 0 <= self.batch_timeout_ms <= 10_000:
-            raise ValueError("batching needs max_batch_size >= 1, num_batch_threads >= 1 and "
-                             f"0 <= batch_timeout_ms <= 10000, got {self}")
+            raise ValueError(
+                "batching needs max_batch_size >= 1, num_batch_threads >= 1 and "
+                f"0 <= batch_timeout_ms <= 10000, got {self}"
+            )
 
 
 @dataclass
@@ -87,8 +90,10 @@ class Batcher:
         self.config, self.run_model, self.on_error = config, run_model, on_error
         self._queue: deque[Task] = deque()
         self._cond = threading.Condition()
-        self._threads = [threading.Thread(target=self._loop, name=f"dsrhn-batch-{i}", daemon=True)
-                         for i in range(config.num_batch_threads)]
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"dsrhn-batch-{i}", daemon=True)
+            for i in range(config.num_batch_threads)
+        ]
         for t in self._threads:
             t.start()
         self.batches = self.batched_images = 0  # counters (benchmarks)
@@ -123,8 +128,12 @@ class Batcher:
     def _pick(self, first: Task, size: int) -> Task | None:
         """The next queued task that fits the batch and shares its model version, signature and filter."""
         for i, t in enumerate(self._queue):
-            if (t.servable is first.servable and t.signature == first.signature and t.where == first.where
-                    and size + len(t.images) <= self.config.max_batch_size):
+            if (
+                t.servable is first.servable
+                and t.signature == first.signature
+                and t.where == first.where
+                and size + len(t.images) <= self.config.max_batch_size
+            ):
                 del self._queue[i]
                 return t
         return None
@@ -147,8 +156,9 @@ class Batcher:
             outputs = self.run_model(first.servable, first.signature, images)
         except Exception as e:
             if len(batch) == 1:
-                located = locate_failure(self.run_model, self.on_error, first.servable, first.signature,
-                                         first.images, e)
+                located = locate_failure(
+                    self.run_model, self.on_error, first.servable, first.signature, first.images, e
+                )
                 first.future.set_exception(self.on_error(located))
                 return
             self.split_batches += 1
@@ -167,13 +177,19 @@ class Batcher:
             # the batch threads are the only searchers: a batch may use every core (one per query at most)
             threads = max(1, min(len(codes), (os.cpu_count() or 1) // self.config.num_batch_threads))
             dist, rows = first.servable.index.search(codes, depth, threads=threads, where=first.where)
-        timing = {"encode_ms": round((t1 - t0) * 1000, 2), "search_ms": round((time.perf_counter() - t1) * 1000, 2),
-                  "batch_images": len(images)}
+        timing = {
+            "encode_ms": round((t1 - t0) * 1000, 2),
+            "search_ms": round((time.perf_counter() - t1) * 1000, 2),
+            "batch_images": len(images),
+        }
         start = 0
         for t in batch:
             end = start + len(t.images)
             mine = {name: v[start:end] for name, v in outputs.items()}
-            results = (answer_results(first.servable.index, mine, dist[start:end], rows[start:end], t.k, t.rerank)
-                       if t.k else None)
+            results = (
+                answer_results(first.servable.index, mine, dist[start:end], rows[start:end], t.k, t.rerank)
+                if t.k
+                else None
+            )
             t.future.set_result(Answer(mine, results, timing))
             start = end

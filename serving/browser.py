@@ -2,6 +2,7 @@
 through Selenium, headless, with nothing downloaded (no Selenium Manager, no browser download). Used by the
 browser test and by `python -m serving.browser URL OUT.png` for the README's screenshot (docs/serving.md,
 "The search page")."""
+
 from __future__ import annotations
 
 import os
@@ -35,9 +36,19 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="dsrhn-chromium-")
         opts = webdriver.ChromeOptions()
         opts.binary_location = CHROMIUM
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", f"--user-data-dir={self.profile}", f"--window-size={width},{height}"):
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={self.profile}",
+            f"--window-size={width},{height}",
+        ):
             opts.add_argument(flag)
         self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
 
@@ -47,7 +58,7 @@ class Browser:
         finally:
             shutil.rmtree(self.profile, ignore_errors=True)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -66,8 +77,12 @@ class Browser:
         box.clear()
         box.send_keys(str(k))
         d.find_element(By.ID, "file").send_keys(os.path.abspath(image_path))
-        wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, "#orders li.hit")) == k
-                   or drv.find_element(By.ID, "error").is_displayed())
+        wait.until(
+            lambda drv: (
+                len(drv.find_elements(By.CSS_SELECTOR, "#orders li.hit")) == k
+                or drv.find_element(By.ID, "error").is_displayed()
+            )
+        )
         wait.until(lambda drv: all(_loaded(img) for img in drv.find_elements(By.CSS_SELECTOR, "#orders li.hit img")))
         return [li.get_attribute("data-id") for li in d.find_elements(By.CSS_SELECTOR, "#orders li.hit")]
 

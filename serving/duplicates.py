@@ -18,6 +18,7 @@ codes within half the code length (where unrelated photos lie), and a pair is ke
 previews match under one similarity transform (scale, rotation, shift: crops and resizes) with at least
 `MIN_INLIERS` RANSAC inliers (OpenCV).
 """
+
 from __future__ import annotations
 
 import base64
@@ -91,20 +92,34 @@ class DuplicateReport:
         out = {"ids": [self.ids[r] for r in g.rows]}
         if self.labels is not None:
             out["labels"] = [self.labels[r] for r in g.rows]
-        out.update(size=len(g.rows), max_distance=g.max_distance, diameter=g.diameter,
-                   pairs=[[self.ids[a], self.ids[b], d] for a, b, d in g.pairs])
+        out.update(
+            size=len(g.rows),
+            max_distance=g.max_distance,
+            diameter=g.diameter,
+            pairs=[[self.ids[a], self.ids[b], d] for a, b, d in g.pairs],
+        )
         return out
 
     def to_json(self) -> dict:
-        return {"index": self.index_dir, "model_version": self.model_version, "bits": self.bits,
-                "radius": self.radius, "verify": self.verify, "count": self.count, "groups_found": len(self.groups),
-                "photos_in_groups": self.photos, "groups": [self.group_json(g) for g in self.groups]}
+        return {
+            "index": self.index_dir,
+            "model_version": self.model_version,
+            "bits": self.bits,
+            "radius": self.radius,
+            "verify": self.verify,
+            "count": self.count,
+            "groups_found": len(self.groups),
+            "photos_in_groups": self.photos,
+            "groups": [self.group_json(g) for g in self.groups],
+        }
 
 
 # ---------------------------------------------------------------- finding
 
-def pairs_within(codes: np.ndarray, radius: int, block: int = QUERY_BLOCK,
-                 max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def pairs_within(
+    codes: np.ndarray, radius: int, block: int = QUERY_BLOCK, max_pairs: int = MAX_PAIRS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of rows a < b whose codes (uint8 [N, W]) are within `radius` bits, as (a, b, distance) arrays
     ordered by a then b; each block of queries is searched against the codes from the block on only."""
     codes = np.ascontiguousarray(codes, np.uint8)
@@ -114,7 +129,7 @@ def pairs_within(codes: np.ndarray, radius: int, block: int = QUERY_BLOCK,
         rest = faiss.IndexBinaryFlat(width * 8)
         rest.add(codes[start:])
         faiss.omp_set_num_threads(search_threads(min(block, n - start)))
-        lims, dist, cols = rest.range_search(codes[start:start + block], radius + 1)  # faiss: distance < radius
+        lims, dist, cols = rest.range_search(codes[start : start + block], radius + 1)  # faiss: distance < radius
         q = np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
         later = cols > q  # the pair once, not the code with itself
         found_a.append(q[later] + start)
@@ -122,10 +137,14 @@ def pairs_within(codes: np.ndarray, radius: int, block: int = QUERY_BLOCK,
         found_d.append(dist[later].astype(np.int32))
         total += int(later.sum())
         if total > max_pairs:
-            raise ValueError(f"radius {radius} links more than {max_pairs:,} pairs of the {n:,} codes: it joins "
-                             "unrelated images; use a smaller --radius")
-    a, b, d = (np.concatenate(x) if x else np.zeros(0, t) for x, t in
-               ((found_a, np.int64), (found_b, np.int64), (found_d, np.int32)))
+            raise ValueError(
+                f"radius {radius} links more than {max_pairs:,} pairs of the {n:,} codes: it joins "
+                "unrelated images; use a smaller --radius"
+            )
+    a, b, d = (
+        np.concatenate(x) if x else np.zeros(0, t)
+        for x, t in ((found_a, np.int64), (found_b, np.int64), (found_d, np.int32))
+    )
     order = np.lexsort((b, a))
     return a[order], b[order], d[order]
 
@@ -158,15 +177,16 @@ def diameter(codes: np.ndarray) -> int:
     rows = max(1, DIAMETER_BLOCK // max(1, n))
     best = 0
     for start in range(0, n, rows):
-        part = codes[start:start + rows]
+        part = codes[start : start + rows]
         dist = np.empty((len(part), n), np.int32)
         faiss.hammings(faiss.swig_ptr(part), faiss.swig_ptr(codes), len(part), n, width, faiss.swig_ptr(dist))
         best = max(best, int(dist.max()))
     return best
 
 
-def nearest_pairs(codes: np.ndarray, radius: int, neighbours: int = VERIFY_NEIGHBOURS,
-                  block: int = QUERY_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nearest_pairs(
+    codes: np.ndarray, radius: int, neighbours: int = VERIFY_NEIGHBOURS, block: int = QUERY_BLOCK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs a < b where b is among a's `neighbours` nearest codes within `radius` or a among b's, as
     pairs_within returns them: at most neighbours * N pairs, whatever the radius."""
     codes = np.ascontiguousarray(codes, np.uint8)
@@ -177,7 +197,7 @@ def nearest_pairs(codes: np.ndarray, radius: int, neighbours: int = VERIFY_NEIGH
     found = []
     for start in range(0, n, block):
         faiss.omp_set_num_threads(search_threads(min(block, n - start)))
-        dist, cols = index.search(codes[start:start + block], k)
+        dist, cols = index.search(codes[start : start + block], k)
         q = np.repeat(np.arange(start, start + len(dist)), k)
         dist, cols = dist.ravel(), cols.ravel()
         ok = (cols >= 0) & (cols != q) & (dist <= radius)
@@ -196,8 +216,9 @@ def orb_features(jpeg: bytes | None) -> tuple[np.ndarray, np.ndarray]:
     if grey is None:
         return empty
     # previews are small (PREVIEW_SIDE): a 15 px patch and border keep keypoints near the edges
-    orb = cv2.ORB_create(nfeatures=ORB_KEYPOINTS, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=15,
-                         fastThreshold=10)
+    orb = cv2.ORB_create(
+        nfeatures=ORB_KEYPOINTS, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=10
+    )
     keypoints, descriptors = orb.detectAndCompute(grey, None)
     if descriptors is None:
         return empty
@@ -212,9 +233,13 @@ def mutual_matches(da: np.ndarray, db: np.ndarray, ratio: float = MATCH_RATIO) -
     back = np.full(len(db), -1)
     for m in matcher.match(db, da):
         back[m.queryIdx] = m.trainIdx
-    pairs = [(best.queryIdx, best.trainIdx) for found in matcher.knnMatch(da, db, k=2) if len(found) == 2
-             for best, second in [found]
-             if best.distance < ratio * second.distance and back[best.trainIdx] == best.queryIdx]
+    pairs = [
+        (best.queryIdx, best.trainIdx)
+        for found in matcher.knnMatch(da, db, k=2)
+        if len(found) == 2
+        for best, second in [found]
+        if best.distance < ratio * second.distance and back[best.trainIdx] == best.queryIdx
+    ]
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
@@ -230,8 +255,9 @@ def inliers(fa: tuple[np.ndarray, np.ndarray], fb: tuple[np.ndarray, np.ndarray]
     if len(m) < max(3, at_least):
         return 0
     # a similarity (4 degrees of freedom: scale, rotation, shift); OpenCV's RANSAC is seeded: the same answer each run
-    _, keep = cv2.estimateAffinePartial2D(ka[m[:, 0]], kb[m[:, 1]], method=cv2.RANSAC, ransacReprojThreshold=2.0,
-                                          maxIters=500)
+    _, keep = cv2.estimateAffinePartial2D(
+        ka[m[:, 0]], kb[m[:, 1]], method=cv2.RANSAC, ransacReprojThreshold=2.0, maxIters=500
+    )
     return int(keep.sum()) if keep is not None else 0
 
 
@@ -259,12 +285,14 @@ def group_pairs(codes: np.ndarray, radius: int, pairs=None) -> list[Group]:
     pairs: list[list[tuple[int, int, int]]] = [[] for _ in comps]
     for x, y, dist in zip(a.tolist(), b.tolist(), d.tolist()):
         pairs[where[x]].append((x, y, dist))
-    groups = [Group(rows, sorted(p, key=lambda t: (t[2], t[0], t[1])), diameter(codes[rows]))
-              for rows, p in zip(comps, pairs)]
+    groups = [
+        Group(rows, sorted(p, key=lambda t: (t[2], t[0], t[1])), diameter(codes[rows])) for rows, p in zip(comps, pairs)
+    ]
     return sorted(groups, key=lambda g: (-len(g.rows), g.max_distance, g.diameter, g.rows[0]))
 
 
 # ---------------------------------------------------------------- the index
+
 
 def read_model_meta(model_dir: str) -> dict:
     """The export metadata, read as plain JSON (no TensorFlow: this command touches only the index)."""
@@ -290,12 +318,16 @@ def open_exact(model_dir: str, index_dir: str | None = None):
     except IndexMismatch as e:
         raise IndexMismatch(f"{e} (build it with `dsrhn index --model {model_dir} ...`)") from None
     if manifest.get("backend", "faiss") != "faiss":
-        raise ValueError(f"index at {d} is a {manifest['backend']} collection: `dsrhn duplicates` reads the codes of a "
-                         "faiss index; build one with `dsrhn index --backend faiss`")
+        raise ValueError(
+            f"index at {d} is a {manifest['backend']} collection: `dsrhn duplicates` reads the codes of a "
+            "faiss index; build one with `dsrhn index --backend faiss`"
+        )
     gallery = load_index(model_dir, meta, d)
     if type(gallery.index) is not faiss.IndexBinaryFlat:
-        raise ValueError(f"index at {d} is approximate ({manifest.get('factory')}): `dsrhn duplicates` needs an exact "
-                         "index's codes; build one with `dsrhn index --factory BFlat`")
+        raise ValueError(
+            f"index at {d} is approximate ({manifest.get('factory')}): `dsrhn duplicates` needs an exact "
+            "index's codes; build one with `dsrhn index --factory BFlat`"
+        )
     return gallery
 
 
@@ -306,13 +338,15 @@ def stored_codes(index: faiss.IndexBinaryFlat) -> np.ndarray:
 
 def check_radius(radius: int, bits: int) -> int:
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or not 0 <= radius <= bits:
-        raise ValueError(f"--radius must be an integer in [0, {bits}] (the index's codes have {bits} bits), "
-                         f"got {radius!r}")
+        raise ValueError(
+            f"--radius must be an integer in [0, {bits}] (the index's codes have {bits} bits), got {radius!r}"
+        )
     return int(radius)
 
 
-def find_duplicates(gallery, radius: int | None = None, index_dir: str = "", verify: bool = False,
-                    min_inliers: int | None = None) -> DuplicateReport:
+def find_duplicates(
+    gallery, radius: int | None = None, index_dir: str = "", verify: bool = False, min_inliers: int | None = None
+) -> DuplicateReport:
     """The near-duplicate groups of an opened exact gallery (open_exact) at `radius` (None: default_radius);
     verify: the codes give candidates, the previews decide (see the module's docstring)."""
     bits = int(gallery.manifest["bits"])
@@ -320,27 +354,44 @@ def find_duplicates(gallery, radius: int | None = None, index_dir: str = "", ver
     codes, check = stored_codes(gallery.index), None
     if verify:
         if gallery.previews is None:
-            raise ValueError(f"index at {index_dir or 'the model'} keeps no previews (built with --no-previews): "
-                             "pairs cannot be verified; use --no-verify, or re-index with previews")
+            raise ValueError(
+                f"index at {index_dir or 'the model'} keeps no previews (built with --no-previews): "
+                "pairs cannot be verified; use --no-verify, or re-index with previews"
+            )
         min_inliers = MIN_INLIERS if min_inliers is None else min_inliers
         if isinstance(min_inliers, bool) or not isinstance(min_inliers, int) or min_inliers < 3:
-            raise ValueError(f"--min-inliers must be an integer >= 3 (a similarity needs 3 points), "
-                             f"got {min_inliers!r}")
+            raise ValueError(
+                f"--min-inliers must be an integer >= 3 (a similarity needs 3 points), got {min_inliers!r}"
+            )
         a, b, d = nearest_pairs(codes, radius)
         keep = verified(gallery.previews, a, b, min_inliers)
-        check = {"min_inliers": min_inliers, "neighbours": VERIFY_NEIGHBOURS, "candidates": int(len(a)),
-                 "kept": int(keep.sum())}
+        check = {
+            "min_inliers": min_inliers,
+            "neighbours": VERIFY_NEIGHBOURS,
+            "candidates": int(len(a)),
+            "kept": int(keep.sum()),
+        }
         groups = group_pairs(codes, radius, (a[keep], b[keep], d[keep]))
     else:
         groups = group_pairs(codes, radius)
     rows = sorted(r for g in groups for r in g.rows)
     ids = {r: gallery.ids.id(r) for r in rows}
     labels = {r: gallery.ids.row_labels(r) for r in rows} if gallery.ids.label_names else None
-    return DuplicateReport(index_dir, str(gallery.manifest.get("model_version", "")), bits, radius, gallery.count,
-                           groups, ids, labels, check)
+    return DuplicateReport(
+        index_dir,
+        str(gallery.manifest.get("model_version", "")),
+        bits,
+        radius,
+        gallery.count,
+        groups,
+        ids,
+        labels,
+        check,
+    )
 
 
 # ---------------------------------------------------------------- output
+
 
 def write_report(report: DuplicateReport, out_dir: str, previews=None) -> tuple[str, str]:
     """duplicates.json and duplicates.html into out_dir (made if missing); returns their paths."""
@@ -366,29 +417,38 @@ def contact_sheet(report: DuplicateReport, previews=None, limit: int = SHEET_GRO
     """A self-contained HTML page: each group's previews side by side (data: URIs from the index's previews.bin;
     captions only without previews), largest group first, at most `limit` groups."""
     esc = html.escape
-    parts = [f"<!doctype html><meta charset=utf-8><title>dsrhn duplicates</title><style>{SHEET_CSS}</style>",
-             f"<h1>dsrhn duplicates: {_count(len(report.groups), 'group')}, {report.photos} of {report.count} photos, "
-             f"radius {report.radius} of {report.bits} bits (model version {esc(report.model_version)})</h1>"]
+    parts = [
+        f"<!doctype html><meta charset=utf-8><title>dsrhn duplicates</title><style>{SHEET_CSS}</style>",
+        f"<h1>dsrhn duplicates: {_count(len(report.groups), 'group')}, {report.photos} of {report.count} photos, "
+        f"radius {report.radius} of {report.bits} bits (model version {esc(report.model_version)})</h1>",
+    ]
     if previews is None:
         parts.append("<p>This index was built without previews (--no-previews): photos are shown by id.</p>")
     for n, g in enumerate(report.groups[:limit], 1):
         figures = []
         for r in g.rows:
             data = previews.get(r) if previews is not None else None
-            img = f"<img src=\"{_jpeg_uri(data)}\" alt=\"{esc(report.ids[r])}\">" if data else \
-                "<div class=none>no preview</div>"
+            img = (
+                f'<img src="{_jpeg_uri(data)}" alt="{esc(report.ids[r])}">'
+                if data
+                else "<div class=none>no preview</div>"
+            )
             labels = f"<br>{esc(', '.join(report.labels[r]))}" if report.labels and report.labels[r] else ""
             figures.append(f"<figure>{img}<figcaption>{esc(report.ids[r])}{labels}</figcaption></figure>")
         counts = np.unique([d for _, _, d in g.pairs], return_counts=True)
         spread = ", ".join(f"{n_d} at {d}" for d, n_d in zip(*counts))
         pairs = "<br>".join(f"{d}: {esc(report.ids[a])} - {esc(report.ids[b])}" for a, b, d in g.pairs[:SHEET_PAIRS])
         more = f"<br>and {len(g.pairs) - SHEET_PAIRS} more (in {JSON_FILE})" if len(g.pairs) > SHEET_PAIRS else ""
-        parts.append(f"<div class=g><h2>group {n}: {len(g.rows)} photos, pairs within {g.max_distance} bits, "
-                     f"diameter {g.diameter}</h2><div class=m>{''.join(figures)}</div><details class=pairs><summary>"
-                     f"{_count(len(g.pairs), 'linked pair')}: {spread} bits</summary>{pairs}{more}</details></div>")
+        parts.append(
+            f"<div class=g><h2>group {n}: {len(g.rows)} photos, pairs within {g.max_distance} bits, "
+            f"diameter {g.diameter}</h2><div class=m>{''.join(figures)}</div><details class=pairs><summary>"
+            f"{_count(len(g.pairs), 'linked pair')}: {spread} bits</summary>{pairs}{more}</details></div>"
+        )
     if len(report.groups) > limit:
-        parts.append(f"<p>{len(report.groups) - limit} more groups left out (the first {limit} are shown); all are in "
-                     f"{JSON_FILE}.</p>")
+        parts.append(
+            f"<p>{len(report.groups) - limit} more groups left out (the first {limit} are shown); all are in "
+            f"{JSON_FILE}.</p>"
+        )
     return "\n".join(parts) + "\n"
 
 
@@ -398,10 +458,16 @@ def _count(n: int, noun: str) -> str:
 
 def summary_text(report: DuplicateReport, top: int = 5) -> str:
     """A few lines: how many groups and photos, the radius, and the largest groups."""
-    lines = [f"duplicates: {_count(len(report.groups), 'group')}, {_count(report.photos, 'photo')} in them (of "
-             f"{report.count} indexed), radius {report.radius} of {report.bits} bits" + (
-                 f"; {report.verify['kept']} of {report.verify['candidates']} candidate pairs verified on the previews "
-                 f"(>= {report.verify['min_inliers']} inliers)" if report.verify else "")]
+    lines = [
+        f"duplicates: {_count(len(report.groups), 'group')}, {_count(report.photos, 'photo')} in them (of "
+        f"{report.count} indexed), radius {report.radius} of {report.bits} bits"
+        + (
+            f"; {report.verify['kept']} of {report.verify['candidates']} candidate pairs verified on the previews "
+            f"(>= {report.verify['min_inliers']} inliers)"
+            if report.verify
+            else ""
+        )
+    ]
     for n, g in enumerate(report.groups[:top], 1):
         ids = ", ".join(report.ids[r] for r in g.rows[:6]) + (", ..." if len(g.rows) > 6 else "")
         lines.append(f"  group {n}: {len(g.rows)} photos, pairs within {g.max_distance}, diameter {g.diameter}: {ids}")

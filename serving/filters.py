@@ -1,5 +1,6 @@
 """Search filters: which gallery rows a label or source-folder filter lets through, the one rule that the faiss
 and the Milvus backends both apply inside their search."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -16,6 +16,7 @@ request) runs on one thread: requests are concurrent already, and OpenMP threads
 other cost 10x on a busy machine (docs/serving.md). A search of many queries (batch evaluation, recall,
 a batch of requests) uses every core.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,18 +24,34 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import faiss
 import numpy as np
 
 from dsrhn.atomic import atomic_dir
 from dsrhn.config import IndexConfig
-from dsrhn.contracts import (ID_BYTES_FILE, ID_OFFSETS_FILE, INDEX_DIR, INDEX_FILE, INDEX_FORMAT, LABELS_FILE,
-                             LOCAL_FILE, MANIFEST_FILE, PREVIEW_OFFSETS_FILE, PREVIEW_SIDE, PREVIEWS_FILE,
-                             IndexMismatch, check_manifest, code_bytes, code_dim, model_fingerprint, sha256_file,
-                             stored_bytes)
+from dsrhn.contracts import (
+    ID_BYTES_FILE,
+    ID_OFFSETS_FILE,
+    INDEX_DIR,
+    INDEX_FILE,
+    INDEX_FORMAT,
+    LABELS_FILE,
+    LOCAL_FILE,
+    MANIFEST_FILE,
+    PREVIEW_OFFSETS_FILE,
+    PREVIEW_SIDE,
+    PREVIEWS_FILE,
+    IndexMismatch,
+    check_manifest,
+    code_bytes,
+    code_dim,
+    model_fingerprint,
+    sha256_file,
+    stored_bytes,
+)
 from dsrhn.multilevel import rerank as rerank_rows
 from dsrhn.multilevel import stored_local, word_bytes
 from serving.filters import Where, allowed_rows
@@ -59,19 +76,29 @@ def on_device(index: faiss.IndexBinary, device: str, log=None) -> tuple[faiss.In
         return index, False
     if not gpu_available():
         if device == "gpu" and log:
-            log("faiss GPU index asked for, but " + ("this faiss has no GPU support (install it with "
-                "`bash scripts/setup.sh --gpu`)" if not hasattr(faiss, "GpuIndexBinaryFlat") else "no GPU is visible")
-                + ": searching on the CPU")
+            log(
+                "faiss GPU index asked for, but "
+                + (
+                    "this faiss has no GPU support (install it with `bash scripts/setup.sh --gpu`)"
+                    if not hasattr(faiss, "GpuIndexBinaryFlat")
+                    else "no GPU is visible"
+                )
+                + ": searching on the CPU"
+            )
         return index, False
     if type(index) is not faiss.IndexBinaryFlat:
         if log:
-            log(f"faiss has a GPU binary index for exact search only; this index ({type(index).__name__}) "
-                "stays on the CPU")
+            log(
+                f"faiss has a GPU binary index for exact search only; this index ({type(index).__name__}) "
+                "stays on the CPU"
+            )
         return index, False
     res = faiss.StandardGpuResources()
     gpu = faiss.GpuIndexBinaryFlat(res, index)
     gpu.referenced_resources = res  # keep the resources alive as long as the index
     return gpu, True
+
+
 BATCH_QUERIES = 64  # from this many queries in one search call, faiss uses every core
 
 
@@ -84,8 +111,16 @@ def exact_counting_search(index: faiss.IndexBinaryFlat, codes: np.ndarray, k: in
     "Multi-level codes"), the same distances and rows (tested)."""
     dist = np.empty((len(codes), k), np.int32)
     rows = np.empty((len(codes), k), np.int64)
-    faiss.hammings_knn_mc(faiss.swig_ptr(codes), index.xb.data(), len(codes), index.ntotal, k, index.code_size,
-                          faiss.swig_ptr(dist), faiss.swig_ptr(rows))
+    faiss.hammings_knn_mc(
+        faiss.swig_ptr(codes),
+        index.xb.data(),
+        len(codes),
+        index.ntotal,
+        k,
+        index.code_size,
+        faiss.swig_ptr(dist),
+        faiss.swig_ptr(rows),
+    )
     return dist, rows
 
 
@@ -101,7 +136,7 @@ def pad_codes(codes: np.ndarray, width: int) -> np.ndarray:
     if codes.shape[1] > width:
         raise ValueError(f"codes are {codes.shape[1]} bytes wide, wider than the index's {width}")
     out = np.zeros((codes.shape[0], width), np.uint8)
-    out[:, :codes.shape[1]] = codes
+    out[:, : codes.shape[1]] = codes
     return out
 
 
@@ -119,8 +154,10 @@ def build_index(codes: np.ndarray, bits: int, config: IndexConfig = IndexConfig(
     if not index.is_trained:
         nlist = getattr(index, "nlist", 1)  # the factory returns the concrete type (IndexBinaryIVF, ...)
         if len(stored) < nlist:
-            raise ValueError(f"index factory {config.factory!r} needs at least {nlist} gallery codes to train, got "
-                             f"{len(stored)}; use fewer lists or BFlat")
+            raise ValueError(
+                f"index factory {config.factory!r} needs at least {nlist} gallery codes to train, got "
+                f"{len(stored)}; use fewer lists or BFlat"
+            )
         faiss.omp_set_num_threads(search_threads(len(stored)))
         index.train(stored)
     index.add(stored)
@@ -149,8 +186,7 @@ def recall_at_k(exact_d: np.ndarray, approx_d: np.ndarray, approx_rows: np.ndarr
     return hits / max(1, exact_d.size)
 
 
-def measure_recall(index: faiss.IndexBinary, codes: np.ndarray, bits: int, config: IndexConfig,
-                   seed: int = 0) -> dict:
+def measure_recall(index: faiss.IndexBinary, codes: np.ndarray, bits: int, config: IndexConfig, seed: int = 0) -> dict:
     """recall@k of `index` against exact search, on a sample of gallery codes used as queries."""
     stored = pad_codes(codes, stored_bytes(bits))
     rng = np.random.default_rng(seed)
@@ -164,11 +200,16 @@ def measure_recall(index: faiss.IndexBinary, codes: np.ndarray, bits: int, confi
     t0 = time.perf_counter()
     d_approx, r_approx = index.search(sample, k)
     ms = (time.perf_counter() - t0) * 1000 / len(sample)
-    return {"k": k, "queries": len(sample), "recall": round(recall_at_k(d_exact, d_approx, r_approx), 4),
-            "ms_per_query_batched": round(ms, 4)}
+    return {
+        "k": k,
+        "queries": len(sample),
+        "recall": round(recall_at_k(d_exact, d_approx, r_approx), 4),
+        "ms_per_query_batched": round(ms, 4),
+    }
 
 
 # ---------------------------------------------------------------- columnar id map
+
 
 def pack_labels(rows_labels: Sequence[Sequence[str]], label_names: Sequence[str]) -> np.ndarray:
     pos = {n: i for i, n in enumerate(label_names)}
@@ -200,7 +241,7 @@ class IdMap:
     label_names: list[str]
 
     @classmethod
-    def open(cls, index_dir: str, label_names: list[str]) -> "IdMap":
+    def open(cls, index_dir: str, label_names: list[str]) -> IdMap:
         blob, offsets = open_packed(index_dir, ID_BYTES_FILE, ID_OFFSETS_FILE)
         return cls(blob, offsets, np.load(os.path.join(index_dir, LABELS_FILE), mmap_mode="r"), list(label_names))
 
@@ -208,12 +249,12 @@ class IdMap:
         return len(self.offsets) - 1
 
     def id(self, row: int) -> str:
-        return self.blob[int(self.offsets[row]):int(self.offsets[row + 1])].tobytes().decode("utf-8")
+        return self.blob[int(self.offsets[row]) : int(self.offsets[row + 1])].tobytes().decode("utf-8")
 
     def row_labels(self, row: int) -> list[str]:
         if not self.label_names:
             return []
-        bits = np.unpackbits(np.asarray(self.labels[row]))[:len(self.label_names)]
+        bits = np.unpackbits(np.asarray(self.labels[row]))[: len(self.label_names)]
         return [self.label_names[i] for i in np.flatnonzero(bits)]
 
     def row(self, row: int) -> dict:
@@ -251,14 +292,16 @@ class Previews:
     offsets: np.ndarray
 
     @classmethod
-    def open(cls, index_dir: str, manifest: dict) -> "Previews | None":
+    def open(cls, index_dir: str, manifest: dict) -> Previews | None:
         spec = manifest.get("previews")
         if not spec:
             return None
         blob, offsets = open_packed(index_dir, spec["file"], spec["offsets"])
         if len(offsets) != manifest["count"] + 1 or int(offsets[-1]) != len(blob):
-            raise IndexMismatch(f"{spec['file']} does not hold {manifest['count']} previews as its offsets say; "
-                                "rebuild the index with `dsrhn index`")
+            raise IndexMismatch(
+                f"{spec['file']} does not hold {manifest['count']} previews as its offsets say; "
+                "rebuild the index with `dsrhn index`"
+            )
         return cls(blob, offsets)
 
     def __len__(self) -> int:
@@ -267,16 +310,27 @@ class Previews:
     def get(self, row: int) -> bytes | None:
         if not 0 <= row < len(self):
             return None
-        return self.blob[int(self.offsets[row]):int(self.offsets[row + 1])].tobytes()
+        return self.blob[int(self.offsets[row]) : int(self.offsets[row + 1])].tobytes()
 
 
 # ---------------------------------------------------------------- writing
 
-def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits: np.ndarray,
-                  label_names: Sequence[str], bits: int, binding: dict,
-                  config: IndexConfig = IndexConfig(), local: np.ndarray | None = None,
-                  local_layout: dict | None = None, previews: Sequence[bytes] | None = None,
-                  generation: int = 0, extra: dict[str, bytes] | None = None) -> dict:
+
+def write_gallery(
+    final: str,
+    codes: np.ndarray,
+    ids: Sequence[str],
+    label_bits: np.ndarray,
+    label_names: Sequence[str],
+    bits: int,
+    binding: dict,
+    config: IndexConfig = IndexConfig(),
+    local: np.ndarray | None = None,
+    local_layout: dict | None = None,
+    previews: Sequence[bytes] | None = None,
+    generation: int = 0,
+    extra: dict[str, bytes] | None = None,
+) -> dict:
     """Write index, id map and manifest to `final`, whole or not at all (dsrhn.atomic.atomic_dir); returns the
     manifest. binding: the model's fingerprint, version and code layout (model_binding). local: a multi-level
     model's local codes [N, R, 2, W] with their layout (export metadata `local`, dsrhn/multilevel.py).
@@ -303,8 +357,15 @@ def write_gallery(final: str, codes: np.ndarray, ids: Sequence[str], label_bits:
     return manifest
 
 
-def check_gallery(codes: np.ndarray, ids: Sequence[str], label_bits: np.ndarray, bits: int,
-                  local: np.ndarray | None, local_layout: dict | None, previews: Sequence[bytes] | None) -> None:
+def check_gallery(
+    codes: np.ndarray,
+    ids: Sequence[str],
+    label_bits: np.ndarray,
+    bits: int,
+    local: np.ndarray | None,
+    local_layout: dict | None,
+    previews: Sequence[bytes] | None,
+) -> None:
     """ValueError unless every column of a gallery has one row per code (and the ids are unique)."""
     if not (len(ids) == len(codes) == len(label_bits)):
         raise ValueError(f"{len(ids)} ids and {len(label_bits)} label rows for {len(codes)} codes")
@@ -320,14 +381,23 @@ def check_gallery(codes: np.ndarray, ids: Sequence[str], label_bits: np.ndarray,
         raise ValueError(f"{len(previews)} previews for {len(codes)} codes")
 
 
-def gallery_manifest(codes: np.ndarray, label_names: Sequence[str], bits: int, binding: dict, config: IndexConfig,
-                     generation: int) -> dict:
+def gallery_manifest(
+    codes: np.ndarray, label_names: Sequence[str], bits: int, binding: dict, config: IndexConfig, generation: int
+) -> dict:
     """The manifest's fields known before anything is written (dsrhn/contracts.py checks them on load)."""
     return {
-        "format": INDEX_FORMAT, "backend": config.backend, **binding,
-        "bits": bits, "code_bytes": code_bytes(bits), "stored_bytes": stored_bytes(bits),
-        "faiss_dim": stored_bytes(bits) * 8, "factory": config.factory, "search_params": config.search_params,
-        "exact": config.exact, "count": int(len(codes)), "label_names": list(label_names),
+        "format": INDEX_FORMAT,
+        "backend": config.backend,
+        **binding,
+        "bits": bits,
+        "code_bytes": code_bytes(bits),
+        "stored_bytes": stored_bytes(bits),
+        "faiss_dim": stored_bytes(bits) * 8,
+        "factory": config.factory,
+        "search_params": config.search_params,
+        "exact": config.exact,
+        "count": int(len(codes)),
+        "label_names": list(label_names),
         "generation": int(generation),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -336,16 +406,27 @@ def gallery_manifest(codes: np.ndarray, label_names: Sequence[str], bits: int, b
 def write_local(work: str, local: np.ndarray, layout: dict, bits: int, manifest: dict) -> list[str]:
     """A multi-level model's local codes -> local.npy (and the manifest's `local`); returns the file written."""
     np.save(os.path.join(work, LOCAL_FILE), np.ascontiguousarray(local, np.uint8))
-    manifest["local"] = {"file": LOCAL_FILE, "count": int(layout["count"]), "word_bytes": word_bytes(bits),
-                         "bits": bits, "rerank_weight": float(layout["rerank_weight"])}
+    manifest["local"] = {
+        "file": LOCAL_FILE,
+        "count": int(layout["count"]),
+        "word_bytes": word_bytes(bits),
+        "bits": bits,
+        "rerank_weight": float(layout["rerank_weight"]),
+    }
     return [LOCAL_FILE]
 
 
 def write_previews(work: str, previews: Sequence[bytes], manifest: dict) -> list[str]:
     """Each row's preview JPEG -> previews.bin + offsets (and the manifest's `previews`); returns the files."""
     size = write_packed(work, PREVIEWS_FILE, PREVIEW_OFFSETS_FILE, list(previews))
-    manifest["previews"] = {"file": PREVIEWS_FILE, "offsets": PREVIEW_OFFSETS_FILE, "format": "jpeg",
-                            "max_side": PREVIEW_SIDE, "count": int(len(previews)), "bytes": size}
+    manifest["previews"] = {
+        "file": PREVIEWS_FILE,
+        "offsets": PREVIEW_OFFSETS_FILE,
+        "format": "jpeg",
+        "max_side": PREVIEW_SIDE,
+        "count": int(len(previews)),
+        "bytes": size,
+    }
     return [PREVIEWS_FILE, PREVIEW_OFFSETS_FILE]
 
 
@@ -355,8 +436,9 @@ def write_codes(work: str, codes: np.ndarray, bits: int, config: IndexConfig, ma
     if config.backend == "milvus":
         from serving.milvus import write_collection
 
-        manifest.update(factory=config.milvus_index_type, search_params={}, faiss_dim=code_dim(bits),
-                        stored_bytes=code_bytes(bits))
+        manifest.update(
+            factory=config.milvus_index_type, search_params={}, faiss_dim=code_dim(bits), stored_bytes=code_bytes(bits)
+        )
         manifest["milvus"] = write_collection(config, codes, bits, manifest)
         return []
     index = build_index(codes, bits, config)
@@ -367,14 +449,24 @@ def write_codes(work: str, codes: np.ndarray, bits: int, config: IndexConfig, ma
 
 
 def model_binding(model_dir: str, model_meta: dict) -> dict:
-    return {"model_fingerprint": model_fingerprint(model_dir),
-            "model_version": os.path.basename(os.path.normpath(model_dir)),
-            "code_layout": model_meta.get("code_layout", "")}
+    return {
+        "model_fingerprint": model_fingerprint(model_dir),
+        "model_version": os.path.basename(os.path.normpath(model_dir)),
+        "code_layout": model_meta.get("code_layout", ""),
+    }
 
 
-def write_index(model_dir: str, codes: np.ndarray, rows: list[dict], model_meta: dict,
-                out_dir: str | None = None, config: IndexConfig = IndexConfig(), local: np.ndarray | None = None,
-                previews: Sequence[bytes] | None = None, extra: dict[str, bytes] | None = None) -> dict:
+def write_index(
+    model_dir: str,
+    codes: np.ndarray,
+    rows: list[dict],
+    model_meta: dict,
+    out_dir: str | None = None,
+    config: IndexConfig = IndexConfig(),
+    local: np.ndarray | None = None,
+    previews: Sequence[bytes] | None = None,
+    extra: dict[str, bytes] | None = None,
+) -> dict:
     """Rows {"id", "labels"} and their codes (and a multi-level model's local codes, dsrhn/multilevel.py)
     -> model_dir/index (or out_dir), bound to the model."""
     if len(rows) != len(codes):
@@ -383,13 +475,24 @@ def write_index(model_dir: str, codes: np.ndarray, rows: list[dict], model_meta:
         raise ValueError("this model has local codes (export metadata `local`); index them too")
     rows_labels = [r.get("labels", []) for r in rows]
     names = label_names_for(rows_labels, model_meta.get("label_names", []))
-    return write_gallery(out_dir or os.path.join(model_dir, INDEX_DIR), codes, [r["id"] for r in rows],
-                         pack_labels(rows_labels, names), names, int(model_meta["bits"]),
-                         model_binding(model_dir, model_meta), config, local, model_meta.get("local"), previews,
-                         extra=extra)
+    return write_gallery(
+        out_dir or os.path.join(model_dir, INDEX_DIR),
+        codes,
+        [r["id"] for r in rows],
+        pack_labels(rows_labels, names),
+        names,
+        int(model_meta["bits"]),
+        model_binding(model_dir, model_meta),
+        config,
+        local,
+        model_meta.get("local"),
+        previews,
+        extra=extra,
+    )
 
 
 # ---------------------------------------------------------------- reading
+
 
 @dataclass(frozen=True)
 class Rerank:
@@ -409,7 +512,7 @@ def stored_codes(index: faiss.IndexBinary, code_bytes: int | None = None) -> np.
         if isinstance(index, faiss.IndexBinaryIVF):
             index.make_direct_map()
         codes = index.reconstruct_n(0, n) if n else np.zeros((0, index.code_size), np.uint8)
-    return np.ascontiguousarray(codes[:, :code_bytes or index.code_size], np.uint8)
+    return np.ascontiguousarray(codes[:, : code_bytes or index.code_size], np.uint8)
 
 
 FILTER_CACHE = 16  # filters whose rows and exact sub-index a gallery keeps
@@ -448,8 +551,9 @@ class GalleryIndex:
                 self._subsets.popitem(last=False)
         return rows, sub
 
-    def search(self, codes: np.ndarray, k: int, threads: int | None = None,
-               where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, codes: np.ndarray, k: int, threads: int | None = None, where: Where | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(distances int32 [n, k], rows int64 [n, k]; -1 where fewer hits) for packed query codes;
         k is capped at count. where: only rows the filter allows, searched exactly."""
         codes = pad_codes(codes, int(self.manifest["stored_bytes"]))
@@ -463,8 +567,10 @@ class GalleryIndex:
         k = min(k, self.count)
         if self.on_gpu:
             if k > MAX_GPU_K:
-                raise ValueError(f"a search of depth {k} on the GPU index: faiss's GPU binary search allows k <= "
-                                 f"{MAX_GPU_K} (serve with --faiss-device cpu for deeper searches)")
+                raise ValueError(
+                    f"a search of depth {k} on the GPU index: faiss's GPU binary search allows k <= "
+                    f"{MAX_GPU_K} (serve with --faiss-device cpu for deeper searches)"
+                )
             return self.index.search(codes, k)
         if k >= DEEP_K and type(self.index) is faiss.IndexBinaryFlat:
             return exact_counting_search(self.index, codes, k)
@@ -482,8 +588,9 @@ def search_depth(k: int, rerank: Rerank | None) -> int:
     return max(k, rerank.shortlist) if rerank else k
 
 
-def answer_results(gallery, outputs: dict, dist: np.ndarray, rows: np.ndarray, k: int,
-                   rerank: Rerank | None) -> list[dict]:
+def answer_results(
+    gallery, outputs: dict, dist: np.ndarray, rows: np.ndarray, k: int, rerank: Rerank | None
+) -> list[dict]:
     """The top-k of a search that went search_depth(k, rerank) deep: the global order, or the shortlist
     re-ranked with the queries' local codes (`outputs`: the signature's local_* outputs) against the
     gallery's, each hit with its global "distances", "local_distances" and "rerank_distances"."""
@@ -491,8 +598,9 @@ def answer_results(gallery, outputs: dict, dist: np.ndarray, rows: np.ndarray, k
         return query_results(gallery, dist[:, :k], rows[:, :k])
     bits = int(gallery.manifest["bits"])
     q_local = stored_local(outputs, bits)
-    r, d_global, d_local, combined = rerank_rows(dist[:, :rerank.shortlist], rows[:, :rerank.shortlist], q_local,
-                                                 gallery.local, bits, rerank.weight, k)
+    r, d_global, d_local, combined = rerank_rows(
+        dist[:, : rerank.shortlist], rows[:, : rerank.shortlist], q_local, gallery.local, bits, rerank.weight, k
+    )
     return query_results(gallery, d_global, r, {"local_distances": d_local, "rerank_distances": combined})
 
 
@@ -524,11 +632,14 @@ def open_gallery(index_dir: str, manifest: dict, device: str = "cpu", log=None, 
         gallery.local, gallery.previews = local, previews
         return gallery
     flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
-    index = apply_search_params(faiss.read_index_binary(os.path.join(index_dir, INDEX_FILE), flags),
-                                manifest.get("search_params", {}))
+    index = apply_search_params(
+        faiss.read_index_binary(os.path.join(index_dir, INDEX_FILE), flags), manifest.get("search_params", {})
+    )
     if index.ntotal != manifest["count"] or index.d != manifest["faiss_dim"]:
-        raise IndexMismatch(f"index holds {index.ntotal} codes of d={index.d}; manifest says "
-                            f"{manifest['count']} of d={manifest['faiss_dim']}")
+        raise IndexMismatch(
+            f"index holds {index.ntotal} codes of d={index.d}; manifest says "
+            f"{manifest['count']} of d={manifest['faiss_dim']}"
+        )
     served, gpu = on_device(index, device, log)
     return GalleryIndex(served, ids, manifest, local, previews, gpu, index if gpu else None)
 
@@ -548,8 +659,9 @@ def open_local(index_dir: str, manifest: dict) -> np.ndarray | None:
 LOAD_TRIES = 3  # an index swapped while it is read is read again
 
 
-def load_index(model_dir: str, model_meta: dict, index_dir: str | None = None, device: str = "cpu", log=None,
-               mmap: bool = False):
+def load_index(
+    model_dir: str, model_meta: dict, index_dir: str | None = None, device: str = "cpu", log=None, mmap: bool = False
+):
     """Load and verify: refuses an index whose manifest does not match the model beside it. device: where faiss
     searches ("cpu", "gpu" or "auto": the GPU when there is one); mmap: see open_gallery. Files are opened by
     path, so the folder must be the same one (inode) before and after: an update swapped in meanwhile

@@ -6,6 +6,7 @@ their stored layout (dsrhn/multilevel.py). Assembling the index is a single-mach
 reads the shards, orders rows by id and writes the index atomically beside the model (faiss files,
 or a Milvus collection plus the id map). Every item is indexed or rejected with its reason.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,7 +21,8 @@ import apache_beam as beam
 import numpy as np
 
 from dsrhn.atomic import remove_stale, temp_path
-from dsrhn.beam_options import pipeline_options, run as run_pipeline
+from dsrhn.beam_options import pipeline_options
+from dsrhn.beam_options import run as run_pipeline
 from dsrhn.config import IndexConfig
 from dsrhn.progress import Progress
 from serving.index import write_index
@@ -55,17 +57,20 @@ def gallery_from_source(spec: dict) -> list[GalleryItem]:
     from dsrhn import sources
 
     if spec["kind"] == "list":
-        items, n = sources.parse_list_file(spec["list_file"], spec["image_root"],
-                                           allow_outside_root=spec.get("allow_outside_root", False))
+        items, n = sources.parse_list_file(
+            spec["list_file"], spec["image_root"], allow_outside_root=spec.get("allow_outside_root", False)
+        )
         names = spec.get("label_names") or sources.default_label_names(n)
     elif spec["kind"] == "directory":
         src = sources.directory_source(spec["root"], query_per_class=0, train_per_class=0)
         items, names = src.items, src.label_names
     else:
-        raise ValueError(f"gallery source kind must be 'list', 'directory' or an Examples artifact, "
-                         f"got {spec['kind']!r}")
-    return [GalleryItem(it.id, it.ref, tuple(nm for nm, v in zip(names, it.labels) if v), error=it.error)
-            for it in items]
+        raise ValueError(
+            f"gallery source kind must be 'list', 'directory' or an Examples artifact, got {spec['kind']!r}"
+        )
+    return [
+        GalleryItem(it.id, it.ref, tuple(nm for nm, v in zip(names, it.labels) if v), error=it.error) for it in items
+    ]
 
 
 class EncodeGallery(beam.DoFn):
@@ -73,8 +78,17 @@ class EncodeGallery(beam.DoFn):
     in <shards>/codes-<index>.jsonl, written by the DoFn itself (Beam's file sinks write nothing on the Dask
     runner); yields the number of rows written."""
 
-    def __init__(self, model_dir: str, hr_size: int, total: int = 0, share: float = 1.0, bits: int = 0,
-                 local: bool = False, previews: bool = True, shards: str = ""):
+    def __init__(
+        self,
+        model_dir: str,
+        hr_size: int,
+        total: int = 0,
+        share: float = 1.0,
+        bits: int = 0,
+        local: bool = False,
+        previews: bool = True,
+        shards: str = "",
+    ):
         self.shards = shards
         self.model_dir, self.hr_size, self.total, self.share = model_dir, hr_size, total, share
         self.bits, self.local = bits, local  # local: the model returns local codes (export metadata `local`)
@@ -174,22 +188,32 @@ class IndexSummary:
 
     def console(self) -> str:
         m = self.manifest
-        where = (f"Milvus {m['milvus']['collection']} at {m['milvus']['uri']} ({m['factory']})"
-                 if m["backend"] == "milvus" else f"faiss {m['factory']}, stored d={m['faiss_dim']}")
-        lines = [f"index: {m['count']} codes ({m['bits']} bits, {where}) -> {self.index_dir}; "
-                 f"{len(self.rejected)} rejected"]
+        where = (
+            f"Milvus {m['milvus']['collection']} at {m['milvus']['uri']} ({m['factory']})"
+            if m["backend"] == "milvus"
+            else f"faiss {m['factory']}, stored d={m['faiss_dim']}"
+        )
+        lines = [
+            f"index: {m['count']} codes ({m['bits']} bits, {where}) -> {self.index_dir}; {len(self.rejected)} rejected"
+        ]
         if "local" in m:
-            lines.append(f"  local codes: {m['local']['count']} regions per image in {m['local']['file']} (re-ranking: "
-                         '"rerank": {"shortlist": N} in :search)')
+            lines.append(
+                f"  local codes: {m['local']['count']} regions per image in {m['local']['file']} (re-ranking: "
+                '"rerank": {"shortlist": N} in :search)'
+            )
         if "previews" in m:
             p = m["previews"]
-            lines.append(f"  previews: {p['count']} JPEGs (longer side <= {p['max_side']} px), "
-                         f"{p['bytes'] / 1024:.0f} KiB, {p['bytes'] / max(1, p['count']) / 1024:.1f} KiB per image, "
-                         f"in {p['file']}")
+            lines.append(
+                f"  previews: {p['count']} JPEGs (longer side <= {p['max_side']} px), "
+                f"{p['bytes'] / 1024:.0f} KiB, {p['bytes'] / max(1, p['count']) / 1024:.1f} KiB per image, "
+                f"in {p['file']}"
+            )
         if "recall" in m:
             r = m["recall"]
-            lines.append(f"  approximate index: recall@{r['k']} {r['recall']:.4f} against exact search "
-                         f"({r['queries']} gallery codes as queries)")
+            lines.append(
+                f"  approximate index: recall@{r['k']} {r['recall']:.4f} against exact search "
+                f"({r['queries']} gallery codes as queries)"
+            )
         lines += [f"  {r.get('path') or r['id']}: {r['error']}" for r in self.rejected[:10]]
         return "\n".join(lines)
 
@@ -206,13 +230,26 @@ class Encoded:
         from serving.update import GalleryRow
 
         shape = (int(meta["local"]["count"]), 2, -1) if "local" in meta else None
-        return [GalleryRow(r["id"], np.frombuffer(bytes.fromhex(r["code"]), np.uint8), tuple(r["labels"]),
-                           np.frombuffer(bytes.fromhex(r["local"]), np.uint8).reshape(shape) if shape else None,
-                           base64.b64decode(r["preview"]) if "preview" in r else None) for r in self.rows]
+        return [
+            GalleryRow(
+                r["id"],
+                np.frombuffer(bytes.fromhex(r["code"]), np.uint8),
+                tuple(r["labels"]),
+                np.frombuffer(bytes.fromhex(r["local"]), np.uint8).reshape(shape) if shape else None,
+                base64.b64decode(r["preview"]) if "preview" in r else None,
+            )
+            for r in self.rows
+        ]
 
 
-def encode_items(model_dir: str, items: list[GalleryItem], beam_args: list[str] | None = None, batch_size: int = 128,
-                 beam_pipeline: beam.Pipeline | None = None, previews: bool = True) -> Encoded:
+def encode_items(
+    model_dir: str,
+    items: list[GalleryItem],
+    beam_args: list[str] | None = None,
+    batch_size: int = 128,
+    beam_pipeline: beam.Pipeline | None = None,
+    previews: bool = True,
+) -> Encoded:
     """Encode `items` with the model at model_dir on a Beam runner; every item comes back encoded or rejected."""
     from dsrhn.contracts import read_metadata
     from dsrhn.progress import beam_workers
@@ -225,11 +262,25 @@ def encode_items(model_dir: str, items: list[GalleryItem], beam_args: list[str] 
     os.makedirs(shards)
     try:
         pipeline = beam_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
-        batches = [(i // batch_size, items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+        batches = [(i // batch_size, items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
         # one chain, batched here: runner-portable (no BatchElements, no file sink)
-        (pipeline | "Batches" >> beam.Create(batches, reshuffle=False)
-         | "Encode" >> beam.ParDo(EncodeGallery(model_dir, int(meta["hr_size"]), len(items), share,
-                                               int(meta["bits"]), "local" in meta, previews, shards)))
+        (
+            pipeline
+            | "Batches" >> beam.Create(batches, reshuffle=False)
+            | "Encode"
+            >> beam.ParDo(
+                EncodeGallery(
+                    model_dir,
+                    int(meta["hr_size"]),
+                    len(items),
+                    share,
+                    int(meta["bits"]),
+                    "local" in meta,
+                    previews,
+                    shards,
+                )
+            )
+        )
         run_pipeline(pipeline)
         rows, rejected = [], []
         for path in sorted(glob.glob(os.path.join(shards, "codes-*.jsonl"))):
@@ -251,10 +302,16 @@ def encode_items(model_dir: str, items: list[GalleryItem], beam_args: list[str] 
     return Encoded(unique, sorted(rejected, key=lambda r: r["id"]))
 
 
-def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None = None,
-                 beam_args: list[str] | None = None, batch_size: int = 128,
-                 beam_pipeline: beam.Pipeline | None = None, config: IndexConfig = IndexConfig(),
-                 previews: bool = True) -> IndexSummary:
+def run_indexing(
+    model_dir: str,
+    items: list[GalleryItem],
+    out_dir: str | None = None,
+    beam_args: list[str] | None = None,
+    batch_size: int = 128,
+    beam_pipeline: beam.Pipeline | None = None,
+    config: IndexConfig = IndexConfig(),
+    previews: bool = True,
+) -> IndexSummary:
     """Encode `items` with the model at model_dir and write model_dir/index (or out_dir); previews: store a
     small JPEG of every indexed image beside the index (served for people to see the hits). Another writer of
     the same index is refused (serving/update.py: index_lock)."""
@@ -270,14 +327,28 @@ def run_indexing(model_dir: str, items: list[GalleryItem], out_dir: str | None =
         rows = enc.gallery_rows(meta)
         codes = np.array([r.code for r in rows], dtype=np.uint8)
         local = np.stack([r.local for r in rows]) if "local" in meta else None  # [N, R, 2, W] (dsrhn/multilevel.py)
-        manifest = write_index(model_dir, codes, [{"id": r.id, "labels": list(r.labels)} for r in rows], meta, out_dir,
-                               config, local, [r.preview for r in rows] if previews else None,
-                               extra={REJECTED_FILE: json.dumps(enc.rejected, indent=2).encode()})
+        manifest = write_index(
+            model_dir,
+            codes,
+            [{"id": r.id, "labels": list(r.labels)} for r in rows],
+            meta,
+            out_dir,
+            config,
+            local,
+            [r.preview for r in rows] if previews else None,
+            extra={REJECTED_FILE: json.dumps(enc.rejected, indent=2).encode()},
+        )
     return IndexSummary(index_dir, manifest, enc.rejected)
 
 
-def run_update(model_dir: str, adds: list[GalleryItem] = (), removes: list[str] = (), index_dir: str | None = None,
-               beam_args: list[str] | None = None, batch_size: int = 128):
+def run_update(
+    model_dir: str,
+    adds: list[GalleryItem] = (),
+    removes: list[str] = (),
+    index_dir: str | None = None,
+    beam_args: list[str] | None = None,
+    batch_size: int = 128,
+):
     """Add (or replace) `adds` and remove `removes` in the index of the model at model_dir: only the added photos
     are encoded (serving/update.py). Returns its UpdateReport."""
     from dsrhn.contracts import INDEX_DIR, MANIFEST_FILE, IndexMismatch, check_manifest, read_metadata
@@ -290,8 +361,12 @@ def run_update(model_dir: str, adds: list[GalleryItem] = (), removes: list[str] 
         raise IndexMismatch(f"no index at {index_dir} to update; build it first with `dsrhn index`")
     manifest = read_manifest(index_dir)
     check_manifest(manifest, model_dir, meta, index_dir)  # codes of this model only
-    enc = encode_items(model_dir, list(adds), beam_args, batch_size, previews=bool(manifest.get("previews"))) \
-        if adds else Encoded([], [])
-    refused = [{"id": r["id"], "error": f"{r['path']}: {r['error']}" if r.get("path") else r["error"]}
-               for r in enc.rejected]
+    enc = (
+        encode_items(model_dir, list(adds), beam_args, batch_size, previews=bool(manifest.get("previews")))
+        if adds
+        else Encoded([], [])
+    )
+    refused = [
+        {"id": r["id"], "error": f"{r['path']}: {r['error']}" if r.get("path") else r["error"]} for r in enc.rejected
+    ]
     return update_index(index_dir, enc.gallery_rows(meta), list(removes), extra_rejected=refused)

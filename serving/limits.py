@@ -1,5 +1,6 @@
 """The serving limits and defaults, in one place that imports no TensorFlow: the server, its batcher, the
 model store and the CLI's `serve` flags all read them from here."""
+
 from __future__ import annotations
 
 PORT = 8501  # TF Serving's REST port

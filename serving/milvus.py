@@ -7,6 +7,7 @@ URIs: a local `*.db` path runs Milvus Lite in-process (milvus-lite 2.5.1: BIN_FL
 `http://host:19530` (with MILVUS_TOKEN in the environment where the server needs one) is a
 standalone or cluster server, where BIN_IVF_FLAT is available as well.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import numpy as np
 
 from dsrhn.config import IndexConfig
 from dsrhn.contracts import IndexMismatch, code_dim
-from serving.hits import query_results
 from serving.filters import allowed_rows
+from serving.hits import query_results
 
 INSERT_BATCH = 10_000
 MAX_LIMIT = 16_384  # Milvus's top-k limit
@@ -46,8 +47,9 @@ def connect(uri: str):
 def collection_name(config: IndexConfig, manifest: dict) -> str:
     name = config.milvus_collection or f"dsrhn_v{manifest['model_version']}_{manifest['model_fingerprint'][:12]}"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", name) or "__" in name:
-        raise ValueError(f"Milvus collection name {name!r}: letters, digits and single underscores, "
-                         "not starting with a digit")
+        raise ValueError(
+            f"Milvus collection name {name!r}: letters, digits and single underscores, not starting with a digit"
+        )
     return name
 
 
@@ -65,8 +67,12 @@ def write_collection(config: IndexConfig, codes: np.ndarray, bits: int, manifest
     client = connect(config.milvus_uri)
     tmp = f"{name}__{time.time_ns()}"
     try:
-        schema = client.create_schema(auto_id=False, description=json.dumps(
-            {"model_fingerprint": manifest["model_fingerprint"], "bits": bits, "count": manifest["count"]}))
+        schema = client.create_schema(
+            auto_id=False,
+            description=json.dumps(
+                {"model_fingerprint": manifest["model_fingerprint"], "bits": bits, "count": manifest["count"]}
+            ),
+        )
         schema.add_field("row", DataType.INT64, is_primary=True)
         schema.add_field("code", DataType.BINARY_VECTOR, dim=code_dim(bits))
         client.create_collection(tmp, schema=schema)  # Bounded consistency: a Strong search waits ~400 ms on a server
@@ -75,14 +81,16 @@ def write_collection(config: IndexConfig, codes: np.ndarray, bits: int, manifest
         params.add_index(field_name="code", index_type=config.milvus_index_type, metric_type="HAMMING", params=extra)
         client.create_index(tmp, params)
         for start in range(0, len(codes), INSERT_BATCH):
-            chunk = codes[start:start + INSERT_BATCH]
+            chunk = codes[start : start + INSERT_BATCH]
             client.insert(tmp, [{"row": start + i, "code": c.tobytes()} for i, c in enumerate(chunk)])
         client.flush(tmp)
         if config.milvus_index_type != "BIN_FLAT":  # a flat index is brute force, built or not
             wait_for_index(client, tmp, len(codes))
         wait_until_visible(client, tmp, len(codes))
-        generations = sorted((c for c in client.list_collections() if c.rpartition("__")[0] == name),
-                             key=lambda c: int(c.rpartition("__")[2]) if c.rpartition("__")[2].isdigit() else -1)
+        generations = sorted(
+            (c for c in client.list_collections() if c.rpartition("__")[0] == name),
+            key=lambda c: int(c.rpartition("__")[2]) if c.rpartition("__")[2].isdigit() else -1,
+        )
         for old in generations[:-KEEP]:
             client.drop_collection(old)
     except BaseException:
@@ -91,8 +99,12 @@ def write_collection(config: IndexConfig, codes: np.ndarray, bits: int, manifest
         raise
     finally:
         client.close()
-    return {"uri": resolve_uri(config.milvus_uri), "collection": tmp, "index_type": config.milvus_index_type,
-            "nprobe": (config.nprobe or DEFAULT_NPROBE) if config.milvus_index_type == "BIN_IVF_FLAT" else None}
+    return {
+        "uri": resolve_uri(config.milvus_uri),
+        "collection": tmp,
+        "index_type": config.milvus_index_type,
+        "nprobe": (config.nprobe or DEFAULT_NPROBE) if config.milvus_index_type == "BIN_IVF_FLAT" else None,
+    }
 
 
 def nlist(count: int) -> int:
@@ -123,8 +135,10 @@ def wait_for_index(client, collection: str, count: int, wait_s: float = INDEX_WA
         if int(info.get("indexed_rows", count)) >= count:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Milvus collection {collection!r}: its index covers {info['indexed_rows']} of "
-                               f"{count} rows after {wait_s:.0f} s")
+            raise TimeoutError(
+                f"Milvus collection {collection!r}: its index covers {info['indexed_rows']} of "
+                f"{count} rows after {wait_s:.0f} s"
+            )
         time.sleep(0.2)
 
 
@@ -140,33 +154,38 @@ class MilvusGallery:
     previews: object = None  # serving.index.Previews: each row's preview JPEG
 
     @classmethod
-    def open(cls, manifest: dict, ids) -> "MilvusGallery":
+    def open(cls, manifest: dict, ids) -> MilvusGallery:
         spec = manifest["milvus"]
         client = connect(spec["uri"])
         name = spec["collection"]
         if not client.has_collection(name):
-            raise IndexMismatch(f"Milvus collection {name!r} not found at {spec['uri']}; rebuild with "
-                                "`dsrhn index --backend milvus`")
+            raise IndexMismatch(
+                f"Milvus collection {name!r} not found at {spec['uri']}; rebuild with `dsrhn index --backend milvus`"
+            )
         try:
             bound = json.loads(client.describe_collection(name).get("description") or "{}")
         except ValueError:
             bound = {}
         if bound.get("model_fingerprint") != manifest["model_fingerprint"]:
-            raise IndexMismatch(f"Milvus collection {name!r} holds codes of another model (fingerprint mismatch); "
-                                "rebuild it with `dsrhn index --backend milvus`")
+            raise IndexMismatch(
+                f"Milvus collection {name!r} holds codes of another model (fingerprint mismatch); "
+                "rebuild it with `dsrhn index --backend milvus`"
+            )
         client.load_collection(name)
         count = int(client.get_collection_stats(name).get("row_count", -1))
         if count != manifest["count"]:
-            raise IndexMismatch(f"Milvus collection {name!r} holds {count} codes; the manifest says "
-                                f"{manifest['count']}")
+            raise IndexMismatch(
+                f"Milvus collection {name!r} holds {count} codes; the manifest says {manifest['count']}"
+            )
         return cls(client, name, ids, manifest)
 
     @property
     def count(self) -> int:
         return int(self.manifest["count"])
 
-    def search(self, codes: np.ndarray, k: int, threads: int | None = None,
-               where=None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, codes: np.ndarray, k: int, threads: int | None = None, where=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """As GalleryIndex.search; where (serving.filters.Where): only the rows it allows, as a Milvus filter."""
         k = min(k, self.count, MAX_LIMIT)
         codes = np.ascontiguousarray(codes, np.uint8)
@@ -180,8 +199,14 @@ class MilvusGallery:
         params = {"metric_type": "HAMMING"}
         if self.manifest["milvus"].get("nprobe"):
             params["params"] = {"nprobe": int(self.manifest["milvus"]["nprobe"])}
-        hits = self.client.search(self.collection, data=[c.tobytes() for c in codes], limit=k, anns_field="code",
-                                  search_params=params, **extra)
+        hits = self.client.search(
+            self.collection,
+            data=[c.tobytes() for c in codes],
+            limit=k,
+            anns_field="code",
+            search_params=params,
+            **extra,
+        )
         dist = np.full((len(codes), k), -1, np.int32)
         rows = np.full((len(codes), k), -1, np.int64)
         for q, found in enumerate(hits):

@@ -10,6 +10,7 @@ Popen: the server is killed with the process that started it (a killed test leav
 the embedded etcd moves off its fixed ports 2379/2380 (two servers at once), and its stop and restart waits are
 cut (SETTINGS). Milvus 2.3's gRPC components bind every interface; etcd binds loopback.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -27,8 +28,18 @@ from dsrhn import atomic
 from dsrhn.config import data_dir
 
 # every *_port of the package's config template: each given a free port, so two servers never race for one
-PORT_KEYS = ("proxy_port", "proxy_internal_port", "root_coord_port", "query_coord_port", "query_node_port",
-             "index_coord_port", "index_node_port", "data_coord_port", "data_node_port", "etcd_port")
+PORT_KEYS = (
+    "proxy_port",
+    "proxy_internal_port",
+    "root_coord_port",
+    "query_coord_port",
+    "query_node_port",
+    "index_coord_port",
+    "index_node_port",
+    "data_coord_port",
+    "data_node_port",
+    "etcd_port",
+)
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 SETTINGS = {
     "common.gracefulStopTimeout": 3,  # a SIGTERM's wait (default 1,800 s)
@@ -69,11 +80,13 @@ def etcd_config(folder: str, client_port: int, peer_port: int) -> str:
     """An embedded-etcd config on loopback ports (the template's etcd port moves only the clients' endpoint)."""
     path = os.path.join(folder, ETCD_FILE)
     with open(path, "w") as f:
-        f.write(f"name: default\nlisten-client-urls: http://127.0.0.1:{client_port}\n"
-                f"advertise-client-urls: http://127.0.0.1:{client_port}\n"
-                f"listen-peer-urls: http://127.0.0.1:{peer_port}\n"
-                f"initial-advertise-peer-urls: http://127.0.0.1:{peer_port}\n"
-                f"initial-cluster: default=http://127.0.0.1:{peer_port}\n")
+        f.write(
+            f"name: default\nlisten-client-urls: http://127.0.0.1:{client_port}\n"
+            f"advertise-client-urls: http://127.0.0.1:{client_port}\n"
+            f"listen-peer-urls: http://127.0.0.1:{peer_port}\n"
+            f"initial-advertise-peer-urls: http://127.0.0.1:{peer_port}\n"
+            f"initial-cluster: default=http://127.0.0.1:{peer_port}\n"
+        )
     return path
 
 
@@ -124,16 +137,29 @@ def start(folder: str, ready_s: float = READY_S) -> Standalone:
         os.symlink(binaries(), link)
     ports = configure(folder)
     metrics = ports["metrics"]
-    env = {**os.environ, **ENV, "DEPLOY_MODE": "STANDALONE", "METRICS_PORT": str(metrics),
-           "MILVUS_RUN_DIR": os.path.join(folder, "run"),
-           "ETCD_CONFIG_PATH": os.path.join(folder, ETCD_FILE),
-           "LD_LIBRARY_PATH": os.pathsep.join([link, os.environ.get("LD_LIBRARY_PATH", "")])}
+    env = {
+        **os.environ,
+        **ENV,
+        "DEPLOY_MODE": "STANDALONE",
+        "METRICS_PORT": str(metrics),
+        "MILVUS_RUN_DIR": os.path.join(folder, "run"),
+        "ETCD_CONFIG_PATH": os.path.join(folder, ETCD_FILE),
+        "LD_LIBRARY_PATH": os.pathsep.join([link, os.environ.get("LD_LIBRARY_PATH", "")]),
+    }
     logs = os.path.join(folder, "logs")
     os.makedirs(logs, exist_ok=True)
-    with open(os.path.join(logs, "milvus-stdout.log"), "ab") as out, \
-            open(os.path.join(logs, "milvus-stderr.log"), "ab") as err:
-        proc = subprocess.Popen([os.path.join(link, "milvus"), "run", "standalone"], cwd=folder, env=env,
-                                stdout=out, stderr=err, preexec_fn=_die_with_parent)
+    with (
+        open(os.path.join(logs, "milvus-stdout.log"), "ab") as out,
+        open(os.path.join(logs, "milvus-stderr.log"), "ab") as err,
+    ):
+        proc = subprocess.Popen(
+            [os.path.join(link, "milvus"), "run", "standalone"],
+            cwd=folder,
+            env=env,
+            stdout=out,
+            stderr=err,
+            preexec_fn=_die_with_parent,
+        )
     server = Standalone(folder, f"http://127.0.0.1:{ports['proxy_port']}", proc, ports)
     deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline and server.running:
@@ -146,8 +172,9 @@ def start(folder: str, ready_s: float = READY_S) -> Standalone:
         time.sleep(0.2)
     exited = not server.running
     stop(server)
-    raise RuntimeError(f"Milvus server in {folder} {'exited' if exited else f'not ready in {ready_s:.0f} s'}: "
-                       f"{_log_tail(logs)}")
+    raise RuntimeError(
+        f"Milvus server in {folder} {'exited' if exited else f'not ready in {ready_s:.0f} s'}: {_log_tail(logs)}"
+    )
 
 
 def _log_tail(logs: str, chars: int = 300) -> str:

@@ -5,6 +5,7 @@ goes through the server's own :search (serving/server.py: search), so the ids, d
 `POST /v1/models/<name>:search` answers for the same image. Files are searched in batches; a file that is missing
 or not an image is reported by name and the others are still searched.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,8 +43,14 @@ class SearchRun:
         return [e for e in self.entries if "error" in e]
 
     def to_json(self) -> dict:
-        return {"model": self.model, "model_version": self.model_version, "k": self.k,
-                "signature_name": self.signature_name, "results": self.results, "errors": self.errors}
+        return {
+            "model": self.model,
+            "model_version": self.model_version,
+            "k": self.k,
+            "signature_name": self.signature_name,
+            "results": self.results,
+            "errors": self.errors,
+        }
 
 
 def load_model(model_dir: str, index_dir: str | None = None, faiss_device: str = "cpu") -> Servable:
@@ -65,9 +72,11 @@ def expand_queries(args: list[str]) -> tuple[list[str], list[dict]]:
     paths, errors = [], []
     for a in args:
         if os.path.isdir(a):
-            found = sorted(os.path.join(a, f) for f in os.listdir(a)
-                           if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
-                           and os.path.isfile(os.path.join(a, f)))
+            found = sorted(
+                os.path.join(a, f)
+                for f in os.listdir(a)
+                if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(a, f))
+            )
             if not found:
                 errors.append({"query": a, "error": f"folder holds no image files ({', '.join(IMAGE_SUFFIXES)})"})
             paths += found
@@ -92,8 +101,14 @@ def _decodes(data: bytes) -> None:
         raise ApiError(400, f"could not decode the image ({type(e).__name__}: {e})") from None
 
 
-def run_search(s: Servable, paths: list[str], k: int = 10, limits: InputLimits = InputLimits(),
-               max_k: int = MAX_K, where: dict | None = None) -> SearchRun:
+def run_search(
+    s: Servable,
+    paths: list[str],
+    k: int = 10,
+    limits: InputLimits = InputLimits(),
+    max_k: int = MAX_K,
+    where: dict | None = None,
+) -> SearchRun:
     """Search every file: batches of at most the server's images-per-request and k x images limits, each one
     :search; a batch the model cannot decode is retried image by image so only the bad file fails.
     where: the :search "filter" ({"labels": [...], "folder": "..."}), checked once before any search."""
@@ -126,8 +141,12 @@ def run_search(s: Servable, paths: list[str], k: int = 10, limits: InputLimits =
         for group in ([good] if len(good) > 1 else []) + [[g] for g in good]:
             if all(i in entries for i, _ in group):
                 continue
-            body = {"instances": [{"b64": base64.b64encode(d).decode("ascii")} for _, d in group], "k": k,
-                    "signature_name": sig, **({"filter": where} if where else {})}
+            body = {
+                "instances": [{"b64": base64.b64encode(d).decode("ascii")} for _, d in group],
+                "k": k,
+                "signature_name": sig,
+                **({"filter": where} if where else {}),
+            }
             try:
                 answer = search(s, body, max_k, limits)
             except ApiError as e:
@@ -175,8 +194,10 @@ def contact_sheet(run: SearchRun, s: Servable) -> str:
     hits' from the index's previews, as the server's previews/<row> serves them; without previews, text only)."""
     previews = getattr(s.index, "previews", None)
     esc = html.escape
-    parts = [f"<!doctype html><meta charset=utf-8><title>dsrhn search</title><style>{SHEET_CSS}</style>",
-             f"<h1>dsrhn search: {esc(run.model)} (version {esc(run.model_version)}, k={run.k})</h1>"]
+    parts = [
+        f"<!doctype html><meta charset=utf-8><title>dsrhn search</title><style>{SHEET_CSS}</style>",
+        f"<h1>dsrhn search: {esc(run.model)} (version {esc(run.model_version)}, k={run.k})</h1>",
+    ]
     if previews is None:
         parts.append("<p>This index has no previews (built with --no-previews): hits are shown by id.</p>")
     for e in run.entries:
@@ -184,14 +205,18 @@ def contact_sheet(run: SearchRun, s: Servable) -> str:
             parts.append(f"<div class=q><p class=err>{esc(e['query'])}: {esc(e['error'])}</p></div>")
             continue
         with open(e["query"], "rb") as f:
-            query_img = f"<img src=\"{_data_uri(f.read())}\" alt=\"query\">"
+            query_img = f'<img src="{_data_uri(f.read())}" alt="query">'
         warn = f"<br><span class=warn>{esc(e['warning'])}</span>" if e.get("warning") else ""
         hits = []
         for rank, (d, i, labels, row) in enumerate(zip(e["distances"], e["ids"], e["labels"], e["rows"]), 1):
             data = previews.get(row) if previews is not None else None
-            img = f"<img src=\"{_data_uri(data)}\" alt=\"{esc(i)}\">" if data else "<div class=none>no preview</div>"
-            hits.append(f"<figure class=hit>{img}<figcaption>#{rank} d={d}<br>{esc(i)}<br>"
-                        f"{esc(', '.join(labels))}</figcaption></figure>")
-        parts.append(f"<div class=q><figure class=query>{query_img}<figcaption>{esc(e['query'])}{warn}</figcaption>"
-                     f"</figure><div class=hits>{''.join(hits)}</div></div>")
+            img = f'<img src="{_data_uri(data)}" alt="{esc(i)}">' if data else "<div class=none>no preview</div>"
+            hits.append(
+                f"<figure class=hit>{img}<figcaption>#{rank} d={d}<br>{esc(i)}<br>"
+                f"{esc(', '.join(labels))}</figcaption></figure>"
+            )
+        parts.append(
+            f"<div class=q><figure class=query>{query_img}<figcaption>{esc(e['query'])}{warn}</figcaption>"
+            f"</figure><div class=hits>{''.join(hits)}</div></div>"
+        )
     return "\n".join(parts) + "\n"

@@ -14,6 +14,7 @@
 Errors are {"error": "..."} with 400/404/413, as TF Serving answers; also 408 (body too slow), 429 (too
 many requests in flight), 503 (out of memory) and 500 (unexpected), always JSON; the server keeps serving.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,22 +39,44 @@ from dsrhn.atomic import die_with_parent
 from serving.batching import Answer, Batcher, BatchingConfig, graph_reason, locate_failure
 from serving.filters import Where
 from serving.index import MAX_GPU_K, Rerank, answer_results, search_depth
-from serving.limits import (BODY_TIMEOUT_S, DRAIN_S, KEEP_ALIVE_S, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_INFLIGHT,
-                            MAX_INSTANCES, MAX_K, MAX_PIXELS, MAX_REMOVE, MAX_RERANKED, MAX_RESULTS, MAX_SHORTLIST,
-                            MIN_KEY_BYTES, POLL_SECONDS, PORT)
+from serving.limits import (
+    BODY_TIMEOUT_S,
+    DRAIN_S,
+    KEEP_ALIVE_S,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
+    MAX_INFLIGHT,
+    MAX_INSTANCES,
+    MAX_K,
+    MAX_PIXELS,
+    MAX_REMOVE,
+    MAX_RERANKED,
+    MAX_RESULTS,
+    MAX_SHORTLIST,
+    MIN_KEY_BYTES,
+    POLL_SECONDS,
+    PORT,
+)
 from serving.store import ModelStore, Servable
 
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what the SavedModel's decoder reads
 # ASCII digits only: "\d" would take "١" (Arabic-Indic one) as version 1, where TF Serving answers 404
-_ROUTE = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?"
-                    r"(?::(?P<verb>[a-z]+)|/(?P<sub>metadata)"
-                    r"|(?:/generations/(?P<generation>[0-9]{1,18}))?/previews/(?P<row>[0-9]{1,12}))?$")
+_ROUTE = re.compile(
+    r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?"
+    r"(?::(?P<verb>[a-z]+)|/(?P<sub>metadata)"
+    r"|(?:/generations/(?P<generation>[0-9]{1,18}))?/previews/(?P<row>[0-9]{1,12}))?$"
+)
 WRITE_VERBS = ("add", "remove")
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")  # the search page (no build step)
 WEB_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 SAMPLES = 8  # gallery rows the page offers as sample queries
-_DTYPES = {tf.string: "DT_STRING", tf.uint8: "DT_UINT8", tf.float32: "DT_FLOAT", tf.int64: "DT_INT64",
-           tf.bool: "DT_BOOL"}
+_DTYPES = {
+    tf.string: "DT_STRING",
+    tf.uint8: "DT_UINT8",
+    tf.float32: "DT_FLOAT",
+    tf.int64: "DT_INT64",
+    tf.bool: "DT_BOOL",
+}
 
 
 class ApiError(Exception):
@@ -74,23 +97,31 @@ class InputLimits:
     def check(self, images: list[bytes]) -> list[tuple[int, int]]:
         """Each image's (width, height), read from its header; ApiError(400) past a limit."""
         if len(images) > self.max_instances:
-            raise ApiError(400, f"{len(images)} images in one request; at most {self.max_instances} "
-                                "(split the request, or start the server with a larger --max-instances)")
+            raise ApiError(
+                400,
+                f"{len(images)} images in one request; at most {self.max_instances} "
+                "(split the request, or start the server with a larger --max-instances)",
+            )
         sizes = []
         for i, data in enumerate(images):
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     (w, h), fmt = img.size, img.format
             except Image.DecompressionBombError as e:  # beyond Pillow's own limit, from the header alone
-                raise ApiError(400, f"instances[{i}]: image is too large ({e}); the limit is "
-                                    f"{self.max_pixels / 1e6:.0f} megapixels") from None
+                raise ApiError(
+                    400,
+                    f"instances[{i}]: image is too large ({e}); the limit is {self.max_pixels / 1e6:.0f} megapixels",
+                ) from None
             except Exception as e:  # not an image
                 raise ApiError(400, f"instances[{i}]: could not decode the image ({type(e).__name__}: {e})") from None
             if fmt not in FORMATS:
                 raise ApiError(400, f"instances[{i}]: {fmt} images are not accepted; send {', '.join(FORMATS)}")
             if w * h > self.max_pixels:
-                raise ApiError(400, f"instances[{i}]: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); the limit is "
-                                    f"{self.max_pixels / 1e6:.0f} megapixels")
+                raise ApiError(
+                    400,
+                    f"instances[{i}]: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); the limit is "
+                    f"{self.max_pixels / 1e6:.0f} megapixels",
+                )
             sizes.append((w, h))
         return sizes
 
@@ -101,8 +132,15 @@ class Model:
     def __init__(self, batching: BatchingConfig):
         self.batcher = Batcher(batching, _run_signature, _graph_error) if batching.enabled else None
 
-    def answer(self, s: Servable, signature_name: str, images: list[bytes], k: int, rerank: Rerank | None = None,
-               where: Where | None = None) -> Answer:
+    def answer(
+        self,
+        s: Servable,
+        signature_name: str,
+        images: list[bytes],
+        k: int,
+        rerank: Rerank | None = None,
+        where: Where | None = None,
+    ) -> Answer:
         if self.batcher:
             return self.batcher.submit(s, signature_name, images, k, rerank, where)
         t0 = time.perf_counter()
@@ -115,9 +153,15 @@ class Model:
             return Answer(outputs, None, {"encode_ms": round((t1 - t0) * 1000, 2), "batch_images": len(images)})
         dist, rows = s.index.search(np.asarray(outputs["codes"], np.uint8), search_depth(k, rerank), where=where)
         results = answer_results(s.index, outputs, dist, rows, k, rerank)
-        return Answer(outputs, results, {"encode_ms": round((t1 - t0) * 1000, 2),
-                                         "search_ms": round((time.perf_counter() - t1) * 1000, 2),
-                                         "batch_images": len(images)})
+        return Answer(
+            outputs,
+            results,
+            {
+                "encode_ms": round((t1 - t0) * 1000, 2),
+                "search_ms": round((time.perf_counter() - t1) * 1000, 2),
+                "batch_images": len(images),
+            },
+        )
 
 
 def _run_signature(s: Servable, signature_name: str, images: list[bytes]) -> dict:
@@ -146,18 +190,23 @@ class RequestBounds:
     body_timeout_s: float = BODY_TIMEOUT_S
 
 
-def create_app(store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
-               limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
-               max_inflight: int = MAX_INFLIGHT, body_timeout_s: float = BODY_TIMEOUT_S,
-               write_key: bytes | None = None) -> FastAPI:
+def create_app(
+    store: ModelStore,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_k: int = MAX_K,
+    limits: InputLimits = InputLimits(),
+    batching: BatchingConfig = BatchingConfig(),
+    max_inflight: int = MAX_INFLIGHT,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    write_key: bytes | None = None,
+) -> FastAPI:
     """write_key: the key :add and :remove requests must carry (read_write_key); None: no write endpoints."""
     app = FastAPI(title="dsrhn", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model = Model(batching)
     app.state.inflight = {"n": 0}  # requests being answered now
     add_error_handlers(app)
     add_page_routes(app, store)
-    add_model_routes(app, store, RequestBounds(max_body_bytes, max_k, limits, max_inflight, body_timeout_s),
-                     write_key)
+    add_model_routes(app, store, RequestBounds(max_body_bytes, max_k, limits, max_inflight, body_timeout_s), write_key)
     return app
 
 
@@ -172,8 +221,9 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_, exc: Exception):  # never a plain-text 500
         status = 503 if isinstance(exc, MemoryError) else 500
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server keeps serving"},
-                            status_code=status)
+        return JSONResponse(
+            {"error": f"internal error ({type(exc).__name__}); the server keeps serving"}, status_code=status
+        )
 
 
 def add_page_routes(app: FastAPI, store: ModelStore) -> None:
@@ -188,8 +238,7 @@ def add_page_routes(app: FastAPI, store: ModelStore) -> None:
         cur = store.current
         if cur is None:
             return JSONResponse({"status": "no model version loaded"}, status_code=503)
-        return {"status": "ready", "model": store.name, "version": cur.version,
-                "index_size": cur.index.count}
+        return {"status": "ready", "model": store.name, "version": cur.version, "index_size": cur.index.count}
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -224,8 +273,13 @@ def add_model_routes(app: FastAPI, store: ModelStore, bounds: RequestBounds, wri
         if m["verb"]:
             raise ApiError(404, f"Unknown GET path /v1/models/{rest}")
         if m["row"] is not None:
-            return preview(_servable(store, m["version"], write_key is not None), int(m["row"]),
-                           m["version"] is not None, request.headers.get("if-none-match"), m["generation"])
+            return preview(
+                _servable(store, m["version"], write_key is not None),
+                int(m["row"]),
+                m["version"] is not None,
+                request.headers.get("if-none-match"),
+                m["generation"],
+            )
         if m["sub"] == "metadata":
             return metadata(_servable(store, m["version"]), store.name)
         return version_status(store, m["version"])
@@ -250,16 +304,23 @@ def check_verb(verb: str | None, authorization: str | None, write_key: bytes | N
     read (401 / 403)."""
     if verb in WRITE_VERBS:
         if write_key is None:
-            raise ApiError(404, f":{verb} is not served: this server was started without a write key "
-                                "(dsrhn serve --write-key-file FILE enables :add and :remove)")
+            raise ApiError(
+                404,
+                f":{verb} is not served: this server was started without a write key "
+                "(dsrhn serve --write-key-file FILE enables :add and :remove)",
+            )
         authorize(authorization, write_key)
     elif verb not in ("predict", "search"):
-        raise ApiError(404, f"Unknown verb {verb!r}: this server supports :predict and :search"
-                            + (", :add and :remove" if write_key is not None else ""))
+        raise ApiError(
+            404,
+            f"Unknown verb {verb!r}: this server supports :predict and :search"
+            + (", :add and :remove" if write_key is not None else ""),
+        )
 
 
-async def answer_post(verb: str, servable: Servable, body: dict, store: ModelStore, bounds: RequestBounds,
-                      model: Model) -> JSONResponse:
+async def answer_post(
+    verb: str, servable: Servable, body: dict, store: ModelStore, bounds: RequestBounds, model: Model
+) -> JSONResponse:
     if verb == "predict":
         return await _run(predict, servable, body, bounds.limits, model)
     if verb in WRITE_VERBS:
@@ -327,19 +388,25 @@ async def _json_body(request: Request, limit: int, timeout_s: float = BODY_TIMEO
     return body
 
 
-def preview(s: Servable, row: int, versioned: bool, if_none_match: str | None = None,
-            generation: str | None = None) -> Response:
+def preview(
+    s: Servable, row: int, versioned: bool, if_none_match: str | None = None, generation: str | None = None
+) -> Response:
     """A gallery row's preview JPEG. Under a version and index generation (what :search answers name) the bytes
     never change, so they are cached for a year; otherwise (rows move when photos are added or removed) they
     are revalidated by ETag (the previews' checksum and the row)."""
     current = int(s.index.manifest.get("generation", 0))
     if generation is not None and int(generation) != current:
-        raise ApiError(404, f"generation {int(generation)} of version {s.version}'s gallery is gone (photos were added "
-                            f"or removed; now generation {current}): search again")
+        raise ApiError(
+            404,
+            f"generation {int(generation)} of version {s.version}'s gallery is gone (photos were added "
+            f"or removed; now generation {current}): search again",
+        )
     previews = getattr(s.index, "previews", None)
     if previews is None:
-        raise ApiError(404, f"the index of version {s.version} has no previews; rebuild it with `dsrhn index` "
-                            "(without --no-previews)")
+        raise ApiError(
+            404,
+            f"the index of version {s.version} has no previews; rebuild it with `dsrhn index` (without --no-previews)",
+        )
     data = previews.get(row)
     if data is None:
         raise ApiError(404, f"gallery row {row} does not exist (version {s.version} has {len(previews)} rows)")
@@ -354,14 +421,23 @@ def page_info(s: Servable, name: str) -> dict:
     """The served model as the search page shows it, and a few gallery rows to try as queries."""
     meta, count = s.meta, int(s.index.count)
     previews = getattr(s.index, "previews", None) is not None
-    return {"model": name, "version": str(s.version), "generation": int(s.index.manifest.get("generation", 0)),
-            "method": meta.get("method"), "bits": meta.get("bits"),
-            "hr_size": meta.get("hr_size"), "query_sizes": meta.get("query_sizes"),
-            "query_path": meta.get("query_path"),
-            "query_input": meta.get("query_input", "lr"), "gallery": count, "previews": previews,
-            "rerank": bool(meta.get("local")) and getattr(s.index, "local", None) is not None,
-            "label_names": list(s.index.manifest.get("label_names", []))[:1000],
-            "max_k": MAX_K, "samples": [{"row": r, **s.index.row(r)} for r in sample_rows(count)] if previews else []}
+    return {
+        "model": name,
+        "version": str(s.version),
+        "generation": int(s.index.manifest.get("generation", 0)),
+        "method": meta.get("method"),
+        "bits": meta.get("bits"),
+        "hr_size": meta.get("hr_size"),
+        "query_sizes": meta.get("query_sizes"),
+        "query_path": meta.get("query_path"),
+        "query_input": meta.get("query_input", "lr"),
+        "gallery": count,
+        "previews": previews,
+        "rerank": bool(meta.get("local")) and getattr(s.index, "local", None) is not None,
+        "label_names": list(s.index.manifest.get("label_names", []))[:1000],
+        "max_k": MAX_K,
+        "samples": [{"row": r, **s.index.row(r)} for r in sample_rows(count)] if previews else [],
+    }
 
 
 def sample_rows(count: int, n: int = SAMPLES) -> list[int]:
@@ -379,32 +455,47 @@ def version_status(store: ModelStore, version: int | None) -> dict:
         items = sorted(statuses.items(), reverse=True)
         if not items:
             raise ApiError(404, f"Could not find any versions of model {store.name}")
-    return {"model_version_status": [
-        {"version": str(v), "state": s.state, "status": {"error_code": s.error_code, "error_message": s.error_message}}
-        for v, s in items]}
+    return {
+        "model_version_status": [
+            {
+                "version": str(v),
+                "state": s.state,
+                "status": {"error_code": s.error_code, "error_message": s.error_message},
+            }
+            for v, s in items
+        ]
+    }
 
 
 def _tensor_info(name: str, spec) -> dict:
     dims = [{"size": str(d if d is not None else -1), "name": ""} for d in spec.shape]
-    return {"dtype": _DTYPES.get(spec.dtype, spec.dtype.name), "tensor_shape": {"dim": dims, "unknown_rank": False},
-            "name": name}
+    return {
+        "dtype": _DTYPES.get(spec.dtype, spec.dtype.name),
+        "tensor_shape": {"dim": dims, "unknown_rank": False},
+        "name": name,
+    }
 
 
 def metadata(s: Servable, name: str) -> dict:
     sigs = {}
     for sig_name, fn in s.model.signatures.items():
         inputs = {k: _tensor_info(f"{sig_name}_{k}:0", v) for k, v in fn.structured_input_signature[1].items()}
-        outputs = {k: _tensor_info(f"StatefulPartitionedCall:{i}", v)
-                   for i, (k, v) in enumerate(sorted(fn.structured_outputs.items()))}
+        outputs = {
+            k: _tensor_info(f"StatefulPartitionedCall:{i}", v)
+            for i, (k, v) in enumerate(sorted(fn.structured_outputs.items()))
+        }
         sigs[sig_name] = {"inputs": inputs, "outputs": outputs, "method_name": "tensorflow/serving/predict"}
-    return {"model_spec": {"name": name, "signature_name": "", "version": str(s.version)},
-            "metadata": {"signature_def": {"signature_def": sigs,
-                                           "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap"}}}
+    return {
+        "model_spec": {"name": name, "signature_name": "", "version": str(s.version)},
+        "metadata": {
+            "signature_def": {"signature_def": sigs, "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap"}
+        },
+    }
 
 
 def _decode_b64(value, where: str) -> bytes:
     if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
-        raise ApiError(400, f"{where}: binary inputs must be given as {{\"b64\": \"<base64>\"}}")
+        raise ApiError(400, f'{where}: binary inputs must be given as {{"b64": "<base64>"}}')
     try:
         return base64.b64decode(value["b64"], validate=True)
     except (binascii.Error, ValueError):
@@ -435,12 +526,20 @@ def parse_images(body: dict, input_name: str = "images") -> tuple[list[bytes], b
     return [_decode_b64(x, f"inputs[{i}]") for i, x in enumerate(inputs)], False
 
 
-def _call(s: Servable, signature_name: str, images: list[bytes], limits: InputLimits, model: Model | None,
-          k: int = 0, rerank: Rerank | None = None, where: Where | None = None) -> tuple[Answer, list]:
+def _call(
+    s: Servable,
+    signature_name: str,
+    images: list[bytes],
+    limits: InputLimits,
+    model: Model | None,
+    k: int = 0,
+    rerank: Rerank | None = None,
+    where: Where | None = None,
+) -> tuple[Answer, list]:
     """The signature's outputs for these images (and their top-k when k > 0, re-ranked with `rerank`), and
     each image's (width, height) from its header; without a `model`, one unbatched call."""
     if signature_name not in s.model.signatures:
-        raise ApiError(400, f"Serving signature name: \"{signature_name}\" not found in signature def")
+        raise ApiError(400, f'Serving signature name: "{signature_name}" not found in signature def')
     image_sizes = limits.check(images)
     answer = (model or Model(BatchingConfig(enabled=False))).answer(s, signature_name, images, k, rerank, where)
     return answer, image_sizes
@@ -458,8 +557,9 @@ def predict(s: Servable, body: dict, limits: InputLimits = InputLimits(), model:
     return {"outputs": {k: v.tolist() for k, v in out.items()}}
 
 
-def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimits(), model: Model | None = None,
-           name: str = "") -> dict:
+def search(
+    s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimits(), model: Model | None = None, name: str = ""
+) -> dict:
     k = body.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise ApiError(400, f"'k' must be an integer in [1, {max_k}], got {k!r}")
@@ -468,12 +568,18 @@ def search(s: Servable, body: dict, max_k: int, limits: InputLimits = InputLimit
         raise ApiError(400, f"search encodes queries with 'serving_default' (LR) or 'encode_hr' (HR), not {sig!r}")
     images, _ = parse_images(body)
     if k * len(images) > limits.max_results:
-        raise ApiError(400, f"k x images = {k} x {len(images)} = {k * len(images)} results; at most "
-                            f"{limits.max_results} per request (ask for a smaller k, or split the request)")
+        raise ApiError(
+            400,
+            f"k x images = {k} x {len(images)} = {k * len(images)} results; at most "
+            f"{limits.max_results} per request (ask for a smaller k, or split the request)",
+        )
     rerank = parse_rerank(body.get("rerank"), s, k)
     if rerank and rerank.shortlist * len(images) > MAX_RERANKED:
-        raise ApiError(400, f"shortlist x images = {rerank.shortlist} x {len(images)} is more than {MAX_RERANKED} "
-                            "re-ranked hits per request (shorten the shortlist, or split the request)")
+        raise ApiError(
+            400,
+            f"shortlist x images = {rerank.shortlist} x {len(images)} is more than {MAX_RERANKED} "
+            "re-ranked hits per request (shorten the shortlist, or split the request)",
+        )
     where = parse_filter(body.get("filter"), s)
     answer, image_sizes = _call(s, sig, images, limits, model, k, rerank, where)
     trained_sizes = s.meta.get("query_sizes") if sig == "serving_default" else None
@@ -513,11 +619,14 @@ def read_write_key(path: str) -> bytes:
     except OSError as e:
         raise ValueError(f"write key file {path}: {e.strerror}") from None
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"write key file {path}: the key must be at least {MIN_KEY_BYTES} bytes "
-                         "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE`)")
+        raise ValueError(
+            f"write key file {path}: the key must be at least {MIN_KEY_BYTES} bytes "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE`)"
+        )
     if st.st_mode & 0o077:
-        raise ValueError(f"write key file {path}: readable by other users (mode {st.st_mode & 0o777:o}); "
-                         f"`chmod 600 {path}`")
+        raise ValueError(
+            f"write key file {path}: readable by other users (mode {st.st_mode & 0o777:o}); `chmod 600 {path}`"
+        )
     return key
 
 
@@ -543,13 +652,13 @@ def parse_add(body: dict, s: Servable, limits: InputLimits) -> tuple[list[tuple[
     cannot be read is that item's rejection."""
     inst = body.get("instances")
     if not isinstance(inst, list) or not inst:
-        raise ApiError(400, "'instances' must be a non-empty list of {\"id\": ..., \"b64\": ..., \"labels\": [...]}")
+        raise ApiError(400, '\'instances\' must be a non-empty list of {"id": ..., "b64": ..., "labels": [...]}')
     if len(inst) > limits.max_instances:
         raise ApiError(400, f"{len(inst)} images in one request; at most {limits.max_instances} (split the request)")
     items, rejected = [], []
     for i, x in enumerate(inst):
         if not isinstance(x, dict) or not isinstance(x.get("id"), str) or not x["id"]:
-            raise ApiError(400, f"instances[{i}]: each instance needs an \"id\" (a non-empty string)")
+            raise ApiError(400, f'instances[{i}]: each instance needs an "id" (a non-empty string)')
         labels = x.get("labels", [])
         if not isinstance(labels, list) or not all(isinstance(n, str) and n for n in labels):
             raise ApiError(400, f"instances[{i}] ({x['id']}): 'labels' must be a list of non-empty strings")
@@ -578,8 +687,14 @@ def gallery_rows(s: Servable, items: list[tuple[str, bytes, tuple]]) -> tuple[li
             png, pic = gallery_png(img, hr), (preview_jpeg(img) if keep_previews else None)
             out = _run_signature(s, "encode_hr", [png])
         except Exception as e:  # this image only
-            rejected.append({"id": id_, "error": f"could not encode the image ({_graph_error(e).message})"
-                             if not isinstance(e, ValueError) else str(e)})
+            rejected.append(
+                {
+                    "id": id_,
+                    "error": f"could not encode the image ({_graph_error(e).message})"
+                    if not isinstance(e, ValueError)
+                    else str(e),
+                }
+            )
             continue
         local = stored_local(out, bits)[0] if "local" in s.meta else None
         rows.append(GalleryRow(id_, np.asarray(out["codes"][0], np.uint8), labels, local, pic))
@@ -621,8 +736,10 @@ def _write(update, s: Servable, store: ModelStore):
     except ValueError as e:
         raise ApiError(400, str(e).replace(s.path, f"version {s.version}")) from None
     except OSError as e:
-        raise ApiError(507 if e.errno == 28 else 500, f"could not write the index of version {s.version}: "
-                                                      f"{e.strerror}; nothing was changed") from None
+        raise ApiError(
+            507 if e.errno == 28 else 500,
+            f"could not write the index of version {s.version}: {e.strerror}; nothing was changed",
+        ) from None
     store.sync_index()
     return report
 
@@ -633,8 +750,7 @@ def parse_filter(spec, s: Servable) -> Where | None:
     if spec is None:
         return None
     if not isinstance(spec, dict) or not spec or set(spec) - {"labels", "folder"}:
-        raise ApiError(400, "'filter' must be an object {\"labels\": [names], \"folder\": \"sub/folder\"} "
-                            "(either or both)")
+        raise ApiError(400, '\'filter\' must be an object {"labels": [names], "folder": "sub/folder"} (either or both)')
     labels, folder = spec.get("labels", []), spec.get("folder", "")
     if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
         raise ApiError(400, "'filter.labels' must be a list of label names")
@@ -643,8 +759,11 @@ def parse_filter(spec, s: Servable) -> Where | None:
     known = s.index.manifest.get("label_names", [])
     unknown = [n for n in labels if n not in known]
     if unknown:
-        raise ApiError(400, f"'filter.labels': {unknown[:5]} not among the gallery's labels "
-                            f"({', '.join(known[:20])}{', ...' if len(known) > 20 else ''})")
+        raise ApiError(
+            400,
+            f"'filter.labels': {unknown[:5]} not among the gallery's labels "
+            f"({', '.join(known[:20])}{', ...' if len(known) > 20 else ''})",
+        )
     if s.index.manifest.get("backend", "faiss") != "faiss":
         raise ApiError(400, "filters are searched on the faiss backend only; this index is in Milvus")
     where = Where(tuple(dict.fromkeys(labels)), folder.strip("/"))
@@ -657,17 +776,26 @@ def parse_rerank(spec, s: Servable, k: int) -> Rerank | None:
     if spec is None:
         return None
     if not isinstance(spec, dict) or "shortlist" not in spec or set(spec) - {"shortlist", "weight"}:
-        raise ApiError(400, "'rerank' must be an object {\"shortlist\": N} (optionally with \"weight\")")
+        raise ApiError(400, '\'rerank\' must be an object {"shortlist": N} (optionally with "weight")')
     n = spec["shortlist"]
     limit = min(MAX_SHORTLIST, MAX_GPU_K) if getattr(s.index, "on_gpu", False) else MAX_SHORTLIST
     if isinstance(n, bool) or not isinstance(n, int) or not k <= n <= limit:
-        raise ApiError(400, f"'rerank.shortlist' must be an integer in [k={k}, {limit}], got {n!r}"
-                            + (" (the index searches on the GPU, whose binary search allows k <= 2048)"
-                               if limit < MAX_SHORTLIST else ""))
+        raise ApiError(
+            400,
+            f"'rerank.shortlist' must be an integer in [k={k}, {limit}], got {n!r}"
+            + (
+                " (the index searches on the GPU, whose binary search allows k <= 2048)"
+                if limit < MAX_SHORTLIST
+                else ""
+            ),
+        )
     local = s.meta.get("local")
     if not local:
-        raise ApiError(400, f"model {s.meta.get('method', '?')!r} (version {s.version}) has no local codes to re-rank "
-                            "with; 'rerank' needs a multi-level model (dsrhn train --method multi-level)")
+        raise ApiError(
+            400,
+            f"model {s.meta.get('method', '?')!r} (version {s.version}) has no local codes to re-rank "
+            "with; 'rerank' needs a multi-level model (dsrhn train --method multi-level)",
+        )
     if getattr(s.index, "local", None) is None:
         raise ApiError(400, f"the index of version {s.version} stores no local codes; rebuild it with `dsrhn index`")
     weight = spec.get("weight", local.get("rerank_weight", 1.0))
@@ -684,8 +812,10 @@ def query_size_warning(side: int, sizes: list[int] | None) -> str | None:
     lo, hi = sizes
     if lo <= side <= hi:
         return None
-    return (f"query is {side} px (shorter side); this model was trained for {lo}..{hi} px queries, "
-            f"so its codes may be less accurate")
+    return (
+        f"query is {side} px (shorter side); this model was trained for {lo}..{hi} px queries, "
+        f"so its codes may be less accurate"
+    )
 
 
 STARTED_LINE = "Application startup complete"  # what uvicorn logs once per server process that is ready
@@ -706,17 +836,31 @@ def started_processes(log_text: str) -> int:
 class BackgroundServer:
     """The REST app on a free loopback port, in a daemon thread (tests, load benchmarks)."""
 
-    def __init__(self, store: ModelStore, max_body_bytes: int = MAX_BODY_BYTES, start_timeout: float = 30.0,
-                 limits: InputLimits = InputLimits(), batching: BatchingConfig = BatchingConfig(),
-                 max_inflight: int = MAX_INFLIGHT, body_timeout_s: float = BODY_TIMEOUT_S,
-                 write_key: bytes | None = None):
+    def __init__(
+        self,
+        store: ModelStore,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        start_timeout: float = 30.0,
+        limits: InputLimits = InputLimits(),
+        batching: BatchingConfig = BatchingConfig(),
+        max_inflight: int = MAX_INFLIGHT,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        write_key: bytes | None = None,
+    ):
         import threading
 
         import uvicorn
 
         self.port = free_loopback_port()
-        app = create_app(store, max_body_bytes=max_body_bytes, limits=limits, batching=batching,
-                         max_inflight=max_inflight, body_timeout_s=body_timeout_s, write_key=write_key)
+        app = create_app(
+            store,
+            max_body_bytes=max_body_bytes,
+            limits=limits,
+            batching=batching,
+            max_inflight=max_inflight,
+            body_timeout_s=body_timeout_s,
+            write_key=write_key,
+        )
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -762,7 +906,7 @@ class ServeSpec:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "ServeSpec":
+    def from_json(cls, text: str) -> ServeSpec:
         d = json.loads(text)
         return cls(**{**d, "limits": InputLimits(**d["limits"]), "batching": BatchingConfig(**d["batching"])})
 
@@ -780,14 +924,18 @@ def set_tf_threads(intra_op: int, inter_op: int) -> None:
 def app_from_spec(spec: ServeSpec) -> FastAPI:
     """A started store and its app: what one server process runs."""
     set_tf_threads(spec.intra_op_threads, spec.inter_op_threads)
-    store = ModelStore(spec.base_dir, spec.name, poll_seconds=spec.poll_seconds, faiss_device=spec.faiss_device,
-                       mmap_index=spec.mmap_index)
+    store = ModelStore(
+        spec.base_dir,
+        spec.name,
+        poll_seconds=spec.poll_seconds,
+        faiss_device=spec.faiss_device,
+        mmap_index=spec.mmap_index,
+    )
     key = read_write_key(spec.write_key_file) if spec.write_key_file else None
     store.start()
     if store.current is None:
         print(f"warning: no loadable version under {store.model_dir} yet; polling every {spec.poll_seconds}s")
-    return create_app(store, limits=spec.limits, batching=spec.batching, max_inflight=spec.max_inflight,
-                      write_key=key)
+    return create_app(store, limits=spec.limits, batching=spec.batching, max_inflight=spec.max_inflight, write_key=key)
 
 
 def worker_app() -> FastAPI:
@@ -799,9 +947,17 @@ def worker_app() -> FastAPI:
     return app_from_spec(ServeSpec.from_json(os.environ[SPEC_ENV]))
 
 
-def serve(spec: ServeSpec, host: str = "127.0.0.1", port: int = PORT, max_connections: int = MAX_CONNECTIONS,
-          keep_alive_s: float = KEEP_ALIVE_S, workers: int = 1, http: str = "auto", loop: str = "auto",
-          drain_s: int = DRAIN_S) -> None:
+def serve(
+    spec: ServeSpec,
+    host: str = "127.0.0.1",
+    port: int = PORT,
+    max_connections: int = MAX_CONNECTIONS,
+    keep_alive_s: float = KEEP_ALIVE_S,
+    workers: int = 1,
+    http: str = "auto",
+    loop: str = "auto",
+    drain_s: int = DRAIN_S,
+) -> None:
     """Serve until stopped. workers > 1: that many processes share the listening socket (uvicorn's supervisor
     restarts one that dies), each with its own model and version poller; their faiss indexes read one copy of the
     codes through the page cache (mmap_index). http / loop: uvicorn's HTTP parser and event loop ("auto":
@@ -811,8 +967,16 @@ def serve(spec: ServeSpec, host: str = "127.0.0.1", port: int = PORT, max_connec
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    common = dict(host=host, port=port, log_level="info", timeout_keep_alive=keep_alive_s,
-                  limit_concurrency=max_connections, http=http, loop=loop, timeout_graceful_shutdown=drain_s)
+    common = dict(
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_keep_alive=keep_alive_s,
+        limit_concurrency=max_connections,
+        http=http,
+        loop=loop,
+        timeout_graceful_shutdown=drain_s,
+    )
     if workers == 1:
         uvicorn.run(app_from_spec(spec), **common)
         return

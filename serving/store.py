@@ -5,6 +5,7 @@ The store serves the highest version that loads and whose index matches it and f
 version is unloaded (the highest remaining one serves), folders that are not version numbers are
 ignored with a log line. Swaps are atomic: a request holds the `Servable` it started with.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,9 @@ class Servable:
         return self.model.signatures[name]
 
 
-def load_servable(path: str, version: int, faiss_device: str = "cpu", mmap: bool = False,
-                  index_dir: str | None = None) -> Servable:
+def load_servable(
+    path: str, version: int, faiss_device: str = "cpu", mmap: bool = False, index_dir: str | None = None
+) -> Servable:
     """One SavedModel export directory and the index `dsrhn index` wrote beside it (or at index_dir), verified
     against it: what the store serves as a version, and what `dsrhn search` loads from --model."""
     meta = read_metadata(path)
@@ -82,8 +84,9 @@ class ModelStore:
             if not (d.isascii() and d.isdigit() and len(d) <= 18):  # "²" passes str.isdigit() but not int()
                 if d not in self._ignored:
                     self._ignored.add(d)
-                    log.info("ignoring %s/%s: not a version folder (a version is a number of up to 18 digits)",
-                             self.name, d)
+                    log.info(
+                        "ignoring %s/%s: not a version folder (a version is a number of up to 18 digits)", self.name, d
+                    )
                 continue
             if os.path.exists(os.path.join(self.model_dir, d, "saved_model.pb")):
                 out.append(int(d))
@@ -136,8 +139,12 @@ class ModelStore:
                 self._loaded_signature[v] = signature
                 if old and old.version != v:
                     self.status[old.version] = VersionStatus("END")
-            log.info("serving %s version %s%s", self.name, v,
-                     " (reloaded: changed on disk)" if old and old.version == v else "")
+            log.info(
+                "serving %s version %s%s",
+                self.name,
+                v,
+                " (reloaded: changed on disk)" if old and old.version == v else "",
+            )
             return True
         return False
 
@@ -167,8 +174,13 @@ class ModelStore:
             with self._lock:
                 self.current = dataclasses.replace(cur, index=index)
                 self._loaded_signature[cur.version] = signature
-            log.info("serving %s version %s, index generation %s (%s photos)", self.name, cur.version,
-                     index.manifest.get("generation", 0), index.count)
+            log.info(
+                "serving %s version %s, index generation %s (%s photos)",
+                self.name,
+                cur.version,
+                index.manifest.get("generation", 0),
+                index.count,
+            )
             return True
 
     def _public(self, message: str) -> str:
@@ -197,8 +209,12 @@ class ModelStore:
                 log.exception("version poll failed")
 
 
-SIGNATURE_FILES = ("saved_model.pb", os.path.join("variables", "variables.index"), METADATA,
-                   os.path.join(INDEX_DIR, MANIFEST_FILE))
+SIGNATURE_FILES = (
+    "saved_model.pb",
+    os.path.join("variables", "variables.index"),
+    METADATA,
+    os.path.join(INDEX_DIR, MANIFEST_FILE),
+)
 
 
 GRAPH_FILES = 3  # SIGNATURE_FILES before the index manifest: the model itself

@@ -7,15 +7,16 @@ so every answer equals a full re-index of the same gallery; the new folder is sw
 one valid (a re-run does the update again). Writers of one index hold an exclusive lock (index_lock).
 Cost: one copy of the gallery's bytes per update and no encoding of unchanged photos (docs/serving.md).
 """
+
 from __future__ import annotations
 
 import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -67,13 +68,21 @@ class UpdateReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"generation": self.generation, "count": self.count, "added": self.added, "replaced": self.replaced,
-                "removed": self.removed, "rejected": self.rejected}
+        return {
+            "generation": self.generation,
+            "count": self.count,
+            "added": self.added,
+            "replaced": self.replaced,
+            "removed": self.removed,
+            "rejected": self.rejected,
+        }
 
     def console(self) -> str:
-        lines = [f"index: generation {self.generation}, {self.count} photos -> {self.index_dir}: "
-                 f"{len(self.added)} added, {len(self.replaced)} replaced, {len(self.removed)} removed, "
-                 f"{len(self.rejected)} rejected ({self.seconds:.2f} s)"]
+        lines = [
+            f"index: generation {self.generation}, {self.count} photos -> {self.index_dir}: "
+            f"{len(self.added)} added, {len(self.replaced)} replaced, {len(self.removed)} removed, "
+            f"{len(self.rejected)} rejected ({self.seconds:.2f} s)"
+        ]
         lines += [f"  {r['id']}: {r['error']}" for r in self.rejected[:10]]
         if len(self.rejected) > 10:
             lines.append(f"  ... and {len(self.rejected) - 10} more ({REJECTED_FILE} in the index folder)")
@@ -96,8 +105,10 @@ def index_lock(index_dir: str, wait_s: float = 0.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise IndexBusy(f"another `dsrhn index` or update is writing {index_dir}; wait for it to "
-                                    "finish, then run this again") from None
+                    raise IndexBusy(
+                        f"another `dsrhn index` or update is writing {index_dir}; wait for it to "
+                        "finish, then run this again"
+                    ) from None
                 time.sleep(0.02)
         yield
     finally:
@@ -105,6 +116,7 @@ def index_lock(index_dir: str, wait_s: float = 0.0) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- reading a generation
+
 
 def milvus_codes(manifest: dict) -> np.ndarray:
     """The codes of a Milvus collection, in row order."""
@@ -115,8 +127,11 @@ def milvus_codes(manifest: dict) -> np.ndarray:
     try:
         out = np.zeros((n, width), np.uint8)
         for start in range(0, n, INSERT_BATCH):
-            rows = client.query(spec["collection"], filter=f"row >= {start} and row < {start + INSERT_BATCH}",
-                                output_fields=["row", "code"])
+            rows = client.query(
+                spec["collection"],
+                filter=f"row >= {start} and row < {start + INSERT_BATCH}",
+                output_fields=["row", "code"],
+            )
             for r in rows:
                 code = r["code"]
                 out[int(r["row"])] = np.frombuffer(code[0] if isinstance(code, list) else code, np.uint8)[:width]
@@ -135,7 +150,7 @@ def read_columns(index_dir: str, manifest: dict) -> Columns:
     ids = [b.decode("utf-8") for b in _unpack(*open_packed(index_dir, ID_BYTES_FILE, ID_OFFSETS_FILE))]
     names = list(manifest.get("label_names", []))
     bits = np.load(os.path.join(index_dir, LABELS_FILE))
-    labels = np.unpackbits(bits, axis=1)[:, :len(names)] if len(names) else np.zeros((len(ids), 0), np.uint8)
+    labels = np.unpackbits(bits, axis=1)[:, : len(names)] if len(names) else np.zeros((len(ids), 0), np.uint8)
     labels = labels.astype(bool)
     if manifest.get("backend", "faiss") == "milvus":
         codes = milvus_codes(manifest)
@@ -147,12 +162,15 @@ def read_columns(index_dir: str, manifest: dict) -> Columns:
         p = manifest["previews"]
         previews = _unpack(*open_packed(index_dir, p["file"], p["offsets"]))
     if not (len(ids) == len(labels) == len(codes) == int(manifest["count"])):
-        raise IndexMismatch(f"index at {index_dir}: {len(ids)} ids, {len(codes)} codes, manifest count "
-                            f"{manifest['count']}; rebuild it with `dsrhn index`")
+        raise IndexMismatch(
+            f"index at {index_dir}: {len(ids)} ids, {len(codes)} codes, manifest count "
+            f"{manifest['count']}; rebuild it with `dsrhn index`"
+        )
     return Columns(ids, names, labels, codes, local, previews)
 
 
 # ---------------------------------------------------------------- applying changes
+
 
 def check_row(row: GalleryRow, manifest: dict) -> str:
     """Why `row` cannot go into this index ('' when it can)."""
@@ -167,8 +185,9 @@ def check_row(row: GalleryRow, manifest: dict) -> str:
     return ""
 
 
-def apply_changes(cur: Columns, adds: Sequence[GalleryRow], removes: Sequence[str],
-                  manifest: dict) -> tuple[Columns, UpdateReport]:
+def apply_changes(
+    cur: Columns, adds: Sequence[GalleryRow], removes: Sequence[str], manifest: dict
+) -> tuple[Columns, UpdateReport]:
     """The next generation: `removes` taken out, then `adds` put in (an id the gallery has is replaced), rows in
     id order. Every change is applied or rejected with its reason in the report."""
     report = UpdateReport("", int(manifest.get("generation", 0)) + 1, 0)
@@ -208,7 +227,7 @@ def apply_changes(cur: Columns, adds: Sequence[GalleryRow], removes: Sequence[st
         previews = [both[o] for o in order]
     names = label_names_for([r.labels for r in rows], cur.label_names)  # new names after the known ones
     dense = np.zeros((len(ids), len(names)), bool)
-    dense[:len(keep), :len(cur.label_names)] = cur.labels[keep]
+    dense[: len(keep), : len(cur.label_names)] = cur.labels[keep]
     pos = {n: j for j, n in enumerate(names)}
     for i, r in enumerate(rows, start=len(keep)):
         dense[i, [pos[n] for n in r.labels]] = True
@@ -221,8 +240,13 @@ def config_of(manifest: dict) -> IndexConfig:
     """The IndexConfig that wrote this manifest (an update writes the next generation the same way)."""
     if manifest.get("backend", "faiss") == "milvus":
         m = manifest["milvus"]
-        return IndexConfig(backend="milvus", milvus_uri=m["uri"], milvus_collection=m["collection"].rpartition("__")[0],
-                           milvus_index_type=m["index_type"], nprobe=m.get("nprobe"))
+        return IndexConfig(
+            backend="milvus",
+            milvus_uri=m["uri"],
+            milvus_collection=m["collection"].rpartition("__")[0],
+            milvus_index_type=m["index_type"],
+            nprobe=m.get("nprobe"),
+        )
     params = manifest.get("search_params", {})
     return IndexConfig(factory=manifest["factory"], nprobe=params.get("nprobe"), ef_search=params.get("ef_search"))
 
@@ -238,8 +262,13 @@ def read_rejected(index_dir: str) -> list[dict]:
         return []
 
 
-def update_index(index_dir: str, adds: Sequence[GalleryRow] = (), removes: Sequence[str] = (),
-                 wait_s: float = 0.0, extra_rejected: Sequence[dict] = ()) -> UpdateReport:
+def update_index(
+    index_dir: str,
+    adds: Sequence[GalleryRow] = (),
+    removes: Sequence[str] = (),
+    wait_s: float = 0.0,
+    extra_rejected: Sequence[dict] = (),
+) -> UpdateReport:
     """Apply adds (replacing ids the gallery has) and removes to the index at index_dir as one new generation.
     extra_rejected: items refused before this step (unreadable images), recorded with the update's own."""
     t0 = time.perf_counter()
@@ -261,8 +290,20 @@ def update_index(index_dir: str, adds: Sequence[GalleryRow] = (), removes: Seque
         kept = [r for r in read_rejected(index_dir) if r.get("id") not in present]
         rejected = kept + [r for r in report.rejected if r.get("id") not in present]
         label_bits = np.packbits(nxt.labels, axis=1) if nxt.label_names else np.zeros((len(nxt.ids), 0), np.uint8)
-        write_gallery(index_dir, nxt.codes, nxt.ids, label_bits, nxt.label_names, int(manifest["bits"]),
-                      binding, config_of(manifest), nxt.local, manifest.get("local"), nxt.previews,
-                      generation=report.generation, extra={REJECTED_FILE: json.dumps(rejected, indent=2).encode()})
+        write_gallery(
+            index_dir,
+            nxt.codes,
+            nxt.ids,
+            label_bits,
+            nxt.label_names,
+            int(manifest["bits"]),
+            binding,
+            config_of(manifest),
+            nxt.local,
+            manifest.get("local"),
+            nxt.previews,
+            generation=report.generation,
+            extra={REJECTED_FILE: json.dumps(rejected, indent=2).encode()},
+        )
     report.index_dir, report.seconds = index_dir, time.perf_counter() - t0
     return report

@@ -1,4 +1,5 @@
 """Shared fixtures: small real data sets (made at test time) and one small trained model."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,13 @@ def pytest_xdist_auto_num_workers(config) -> int:
 def mosaic_examples(tmp_path_factory) -> str:
     """A tiny multi-label Fashion-MNIST mosaic Examples directory (56 px HR, x4 LR)."""
     out = str(tmp_path_factory.mktemp("mosaic") / "examples")
-    run_ingest({"kind": "fashion-mnist-mosaic", "n_train": 96, "n_query": 16, "n_gallery": 48}, out, 56,
-               LRConfig(scale=4), beam_args=BEAM)
+    run_ingest(
+        {"kind": "fashion-mnist-mosaic", "n_train": 96, "n_query": 16, "n_gallery": 48},
+        out,
+        56,
+        LRConfig(scale=4),
+        beam_args=BEAM,
+    )
     return out
 
 
@@ -36,8 +42,13 @@ def mosaic_examples(tmp_path_factory) -> str:
 def single_examples(tmp_path_factory) -> str:
     """Single-label Fashion-MNIST at 56 px (10 classes): learnable in a few dozen steps."""
     out = str(tmp_path_factory.mktemp("single") / "examples")
-    run_ingest({"kind": "fashion-mnist", "n_train": 640, "query_per_class": 10, "n_gallery": 300}, out, 56,
-               LRConfig(scale=4), beam_args=BEAM)
+    run_ingest(
+        {"kind": "fashion-mnist", "n_train": 640, "query_per_class": 10, "n_gallery": 300},
+        out,
+        56,
+        LRConfig(scale=4),
+        beam_args=BEAM,
+    )
     return out
 
 

@@ -278,8 +278,8 @@ def test_an_sr_stage_alone_is_scored_through_the_exported_query_path(tmp_path, m
     that is exactly its input (a zero tail) must score as the single resize the exported query path makes, and an
     SRNet without batch norm (sr_batchnorm=False, as EDSR) has none and is scored the same way."""
     import numpy as np
-    from benchlib.tasks import score_sr_stage
 
+    from benchlib.tasks import score_sr_stage
     from components.evaluate import sr_quality
     from dsrhn.records import DatasetInfo
     from trainer.models import SRNet

@@ -2,6 +2,7 @@
 429 past --max-inflight, idle keep-alive connections closed and the connection cap (`dsrhn serve` itself), a version
 re-exported in place reloaded, several worker processes answering as one, and the weights reader refusing a hostile
 pickle."""
+
 from __future__ import annotations
 
 import io
@@ -55,13 +56,17 @@ def test_requests_beyond_max_inflight_get_429(tmp_path, version):
     server = BackgroundServer(store, max_inflight=1, body_timeout_s=20)
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as slow:  # holds the one slot: its body never ends
-            slow.sendall(b"POST /v1/models/m:search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 1000\r\n\r\n{\"instances\"")
+            slow.sendall(
+                b"POST /v1/models/m:search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"instances"'
+            )
             wait_for(lambda: server.app.state.inflight["n"] == 1, what="the slow request to take the slot")
             r = httpx.post(f"{server.url}/v1/models/m:search", json={"instances": [{"b64": "AAAA"}]})
             assert r.status_code == 429 and "1 requests are in flight" in r.json()["error"]
-        wait_for(lambda: httpx.post(f"{server.url}/v1/models/m:search", json={"k": 1}).status_code == 400,
-                 what="the slot to be free again")
+        wait_for(
+            lambda: httpx.post(f"{server.url}/v1/models/m:search", json={"k": 1}).status_code == 400,
+            what="the slot to be free again",
+        )
     finally:
         server.stop()
 
@@ -74,22 +79,44 @@ def _read_one_response(c: socket.socket) -> bytes:
         assert chunk, f"connection closed mid-response: {data!r}"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    length = int(
+        next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    )
     while len(body) < length:
         chunk = c.recv(4096)
         assert chunk, "connection closed mid-body"
         body += chunk
     assert len(body) == length, "more bytes than Content-Length"
-    return data[:len(head) + 4] + body
+    return data[: len(head) + 4] + body
 
 
 def test_dsrhn_serve_closes_idle_connections_and_caps_them(tmp_path, version):
     shutil.copytree(version, tmp_path / "m" / "1")
     port = free_loopback_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--base-dir", str(tmp_path), "--model-name", "m",
-                             "--port", str(port), "--keep-alive-seconds", "1", "--max-connections", "3",
-                             "--http", "h11", "--loop", "asyncio"],  # the pure-Python stack (the workers' test: the default)
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--base-dir",
+            str(tmp_path),
+            "--model-name",
+            "m",
+            "--port",
+            str(port),
+            "--keep-alive-seconds",
+            "1",
+            "--max-connections",
+            "3",
+            "--http",
+            "h11",
+            "--loop",
+            "asyncio",
+        ],  # the pure-Python stack (the workers' test: the default)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def ready():
@@ -146,13 +173,34 @@ def test_dsrhn_serve_with_two_worker_processes_answers_as_one_process_does(tmp_p
     port = free_loopback_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--base-dir", str(tmp_path), "--model-name",
-                                 "m", "--port", str(port), "--workers", "2", "--intra-op-threads", "1", "--no-batching"],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "serve",
+                "--base-dir",
+                str(tmp_path),
+                "--model-name",
+                "m",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--intra-op-threads",
+                "1",
+                "--no-batching",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: started_processes(log.read_text()) == 2 or proc.poll() is not None,
-                 timeout=180, what="both worker processes to load the model")
+        wait_for(
+            lambda: started_processes(log.read_text()) == 2 or proc.poll() is not None,
+            timeout=180,
+            what="both worker processes to load the model",
+        )
         assert proc.poll() is None, log.read_text()[-2000:]
         workers = _workers(proc.pid)
         assert len(workers) == 2
@@ -167,21 +215,27 @@ def test_dsrhn_serve_with_two_worker_processes_answers_as_one_process_does(tmp_p
         import concurrent.futures
 
         def ask(q: bytes) -> dict:
-            r = httpx.post(f"{url}/v1/models/m:search", json={"instances": [{"b64": base64.b64encode(q).decode()}], "k": 5},
-                           timeout=60)
+            r = httpx.post(
+                f"{url}/v1/models/m:search",
+                json={"instances": [{"b64": base64.b64encode(q).decode()}], "k": 5},
+                timeout=60,
+            )
             assert r.status_code == 200, r.text
             return r.json()["results"][0]
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(ask, queries * 4))  # concurrent: both processes take requests
         for q, got in zip(queries * 4, answers):
-            want = search(store.current, {"instances": [{"b64": base64.b64encode(q).decode()}], "k": 5}, 1000)["results"][0]
+            want = search(store.current, {"instances": [{"b64": base64.b64encode(q).decode()}], "k": 5}, 1000)[
+                "results"
+            ][0]
             assert got["ids"] == want["ids"] and got["distances"] == want["distances"]
         # a worker that dies is replaced by uvicorn's supervisor; the service keeps answering meanwhile
         os.kill(workers[0], 9)
         assert ask(queries[0])["ids"]
-        wait_for(lambda: started_processes(log.read_text()) == 3, timeout=180,
-                 what="a new worker in place of the killed one")
+        wait_for(
+            lambda: started_processes(log.read_text()) == 3, timeout=180, what="a new worker in place of the killed one"
+        )
         assert len(_workers(proc.pid)) == 2 and workers[0] not in _workers(proc.pid) and ask(queries[1])["ids"]
     finally:
         proc.terminate()
@@ -239,8 +293,14 @@ def test_serve_settings_travel_to_worker_processes_and_bad_ones_are_refused():
     from serving.batching import BatchingConfig
     from serving.server import InputLimits, ServeSpec, serve
 
-    spec = ServeSpec("/b", "m", limits=InputLimits(3, 100, 9), batching=BatchingConfig(False, 8, 1.5, 3),
-                     intra_op_threads=1, inter_op_threads=2)
+    spec = ServeSpec(
+        "/b",
+        "m",
+        limits=InputLimits(3, 100, 9),
+        batching=BatchingConfig(False, 8, 1.5, 3),
+        intra_op_threads=1,
+        inter_op_threads=2,
+    )
     assert ServeSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         serve(spec, workers=0)

@@ -1,4 +1,5 @@
 """The stage commands as a user runs them, each reading what the previous one wrote."""
+
 import json
 import os
 import subprocess
@@ -11,21 +12,58 @@ DSRHN = os.path.join(os.path.dirname(sys.executable), "dsrhn")
 
 
 def dsrhn(*args: str) -> str:
-    out = subprocess.run([DSRHN, *args], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    out = subprocess.run(
+        [DSRHN, *args], capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out.stdout
 
 
 def test_ingest_train_evaluate_index(tmp_path):
     ex, model, ev = str(tmp_path / "ex"), str(tmp_path / "model"), str(tmp_path / "eval")
-    out = dsrhn("ingest", "fashion-mnist-mosaic", "-o", ex, "--n-train", "64", "--n-query", "8", "--n-gallery", "32",
-                "--jpeg-quality", "60", "--seed", "1")
+    out = dsrhn(
+        "ingest",
+        "fashion-mnist-mosaic",
+        "-o",
+        ex,
+        "--n-train",
+        "64",
+        "--n-query",
+        "8",
+        "--n-gallery",
+        "32",
+        "--jpeg-quality",
+        "60",
+        "--seed",
+        "1",
+    )
     assert "104 in = 104 written + 0 rejected" in out
     assert json.load(open(os.path.join(ex, "dsrhn_dataset.json")))["lr"]["jpeg_quality"] == 60
-    dsrhn("train", "--examples", ex, "-o", model, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "16",
-          "--bits", "16", "--method", "hashnet-lr", "--verbose", "0", "--set", "lr_decay=cosine", "--set", "dropout=0.25",
-          "--degradation", "fixed")
+    dsrhn(
+        "train",
+        "--examples",
+        ex,
+        "-o",
+        model,
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--batch-size",
+        "16",
+        "--bits",
+        "16",
+        "--method",
+        "hashnet-lr",
+        "--verbose",
+        "0",
+        "--set",
+        "lr_decay=cosine",
+        "--set",
+        "dropout=0.25",
+        "--degradation",
+        "fixed",
+    )
     meta = json.load(open(os.path.join(model, "assets.extra", "dsrhn.json")))
     assert meta["method"] == "hashnet-lr"
     assert meta["degradation"] == "fixed" and meta["query_sizes"] == [14, 14]  # the stored x4 partners
@@ -58,8 +96,12 @@ def test_ingest_train_evaluate_index(tmp_path):
 
 
 def test_bad_preset_override_is_one_clear_error(tmp_path):
-    out = subprocess.run([DSRHN, "train", "--examples", str(tmp_path), "-o", str(tmp_path / "m"), "--set", "sr_steps=two"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [DSRHN, "train", "--examples", str(tmp_path), "-o", str(tmp_path / "m"), "--set", "sr_steps=two"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2
     assert "--set 'sr_steps=two': sr_steps must be int" in out.stderr and "Traceback" not in out.stderr
 

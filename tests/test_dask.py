@@ -1,6 +1,7 @@
 """Beam jobs on a distributed runner: `dsrhn ingest` and `dsrhn index` on Beam's Dask runner over a
 distributed.LocalCluster of 2 worker processes (loopback; stopped by the test) write the same TFRecords, byte
 for byte, and the same index as on the DirectRunner."""
+
 from __future__ import annotations
 
 import filecmp
@@ -57,7 +58,9 @@ def test_ingest_and_index_on_dask_write_what_the_direct_runner_writes(cluster, t
     direct, dask = str(tmp_path / "direct"), str(tmp_path / "dask")
     run_ingest(SPEC, direct, 32, LRConfig(scale=4), beam_args=BEAM)
     workers = on_workers(client, lambda: run_ingest(SPEC, dask, 32, LRConfig(scale=4), beam_args=dask_args(c)))
-    assert workers and workers <= set(c.workers_info() if hasattr(c, "workers_info") else client.scheduler_info()["workers"])
+    assert workers and workers <= set(
+        c.workers_info() if hasattr(c, "workers_info") else client.scheduler_info()["workers"]
+    )
     files = tree(direct)
     assert files == tree(dask) and sum(f.endswith(".gz") for f in files) == 3  # one shard per split
     for f in files:
@@ -65,7 +68,11 @@ def test_ingest_and_index_on_dask_write_what_the_direct_runner_writes(cluster, t
             assert filecmp.cmp(os.path.join(direct, f), os.path.join(dask, f), shallow=False), f  # byte for byte
     report = json.load(open(os.path.join(dask, "ingest_report.json")))
     assert report == json.load(open(os.path.join(direct, "ingest_report.json")))
-    assert (report["in"], report["written"], report["per_split"]) == (128, 128, {"train": 64, "query": 16, "gallery": 48})
+    assert (report["in"], report["written"], report["per_split"]) == (
+        128,
+        128,
+        {"train": 64, "query": 16, "gallery": 48},
+    )
 
     models = {}
     for name, args in (("direct", BEAM), ("dask", dask_args(c))):

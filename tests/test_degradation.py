@@ -1,4 +1,5 @@
 """The blind degradation sampler, the any-size query path and the config that drives them."""
+
 from __future__ import annotations
 
 import base64
@@ -16,8 +17,9 @@ from dsrhn.config import Degradation, get_preset, parse_overrides, preset_from_d
 from dsrhn.degrade import degrade, example_seed, to_hr_space
 from tests.conftest import BEAM, LiveServer
 
-OFF = dict(blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, shuffle_prob=0.0, kernels=("area",), scale_min=4.0,
-           scale_max=4.0)
+OFF = dict(
+    blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, shuffle_prob=0.0, kernels=("area",), scale_min=4.0, scale_max=4.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +67,21 @@ def test_each_component_switches_on_alone(hr):
     def skew(aniso_prob):
         out = []
         for i in range(12):
-            x = degrade(tex, tf.constant([3, i]), Degradation(scale_min=1.0, scale_max=1.0, blur_prob=1.0,
-                                                               blur_sigma_min=0.5, blur_sigma_max=3.0,
-                                                               aniso_prob=aniso_prob, noise_prob=0.0, jpeg_prob=0.0,
-                                                               shuffle_prob=0.0)).numpy()
+            x = degrade(
+                tex,
+                tf.constant([3, i]),
+                Degradation(
+                    scale_min=1.0,
+                    scale_max=1.0,
+                    blur_prob=1.0,
+                    blur_sigma_min=0.5,
+                    blur_sigma_max=3.0,
+                    aniso_prob=aniso_prob,
+                    noise_prob=0.0,
+                    jpeg_prob=0.0,
+                    shuffle_prob=0.0,
+                ),
+            ).numpy()
             gy, gx = np.abs(np.diff(x, axis=0)).mean(), np.abs(np.diff(x, axis=1)).mean()
             out.append(abs(np.log(gx / gy)))
         return np.mean(out)
@@ -89,8 +102,16 @@ def test_ranges_are_respected_and_scales_are_not_only_integers(hr):
     assert (lo, hi) == (7, 56) and min(sides) >= lo and max(sides) <= hi
     assert min(sides) <= 9 and max(sides) >= 40  # both ends of x1..x8 are drawn
     assert sides - {56 // s for s in (1, 2, 4, 7, 8)}  # and sides that no integer scale gives (x3.1, x5.6, ...)
-    narrow = Degradation(scale_min=2.0, scale_max=3.0, blur_prob=1.0, blur_sigma_min=0.5, blur_sigma_max=1.0,
-                         noise_prob=1.0, noise_sigma_min=2.0, noise_sigma_max=3.0)
+    narrow = Degradation(
+        scale_min=2.0,
+        scale_max=3.0,
+        blur_prob=1.0,
+        blur_sigma_min=0.5,
+        blur_sigma_max=1.0,
+        noise_prob=1.0,
+        noise_sigma_min=2.0,
+        noise_sigma_max=3.0,
+    )
     for i in range(20):
         assert 19 <= degrade(hr, tf.constant([6, i]), narrow).shape[0] <= 28
 
@@ -140,17 +161,24 @@ def test_fixed_degradation_trains_on_the_stored_partners(mosaic_examples):
 
 
 def test_degradation_config_is_validated_and_overridable():
-    overrides = parse_overrides(["degradation.scale_max=4", "degradation.kernels=area,bicubic",
-                                 "degradation.kind=fixed"])
+    overrides = parse_overrides(
+        ["degradation.scale_max=4", "degradation.kernels=area,bicubic", "degradation.kind=fixed"]
+    )
     p = get_preset("cpu", **overrides)
     assert p.degradation.scale_max == 4.0 and p.degradation.kernels == ("area", "bicubic") and not p.blind
     assert get_preset("cpu").blind and get_preset("paper").blind
     assert preset_from_dict(json.loads(json.dumps(p.to_dict()))) == p
     old = {k: v for k, v in get_preset("cpu").to_dict().items() if k != "degradation"}
     assert preset_from_dict(old).degradation.kind == "fixed"  # written before blind training existed
-    for bad in (dict(scale_min=0.5), dict(scale_min=4.0, scale_max=2.0), dict(blur_prob=1.5),
-                dict(kernels=("nearest",)), dict(jpeg_quality_min=0), dict(kind="random"),
-                dict(noise_sigma_max=float("nan"))):
+    for bad in (
+        dict(scale_min=0.5),
+        dict(scale_min=4.0, scale_max=2.0),
+        dict(blur_prob=1.5),
+        dict(kernels=("nearest",)),
+        dict(jpeg_quality_min=0),
+        dict(kind="random"),
+        dict(noise_sigma_max=float("nan")),
+    ):
         with pytest.raises(ValueError, match="degradation"):
             Degradation(**bad)
     with pytest.raises(ValueError, match="unknown preset fields"):
@@ -231,8 +259,10 @@ def test_server_answers_queries_of_different_sizes_in_one_batch(trained_model, m
     srv = LiveServer(store)
     try:
         sizes = [(14, 14), (28, 28), (7, 7), (31, 20), (4, 4), (56, 56), (120, 90)]
-        body = {"instances": [{"b64": base64.b64encode(_png(w, h, i)).decode()} for i, (w, h) in enumerate(sizes)],
-                "k": 3}
+        body = {
+            "instances": [{"b64": base64.b64encode(_png(w, h, i)).decode()} for i, (w, h) in enumerate(sizes)],
+            "k": 3,
+        }
         r = httpx.post(f"{srv.url}/v1/models/dsrhn:search", json=body, timeout=60)
         assert r.status_code == 200, r.text
         results = r.json()["results"]
@@ -245,4 +275,3 @@ def test_server_answers_queries_of_different_sizes_in_one_batch(trained_model, m
     finally:
         srv.stop()
         store.stop()
-

@@ -2,6 +2,7 @@
 where one worker with the same global batch ends; the chief alone writes checkpoints and the export; a method that
 cannot train data-parallel yet says so; the Kubeflow V2 spec carries the worker pools; GPU-only paths say why they
 are skipped on a machine without a GPU."""
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,23 @@ def _run_workers(examples, tmp_path, n: int, tag: str, env_extra=None) -> list[s
             env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         else:
             env.pop("TF_CONFIG", None)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, examples, str(tmp_path / f"{tag}-work"), str(tmp_path / f"{tag}-export"),
-             str(tmp_path / f"{tag}-{i}.npz")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    SCRIPT,
+                    examples,
+                    str(tmp_path / f"{tag}-work"),
+                    str(tmp_path / f"{tag}-export"),
+                    str(tmp_path / f"{tag}-{i}.npz"),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -96,20 +111,49 @@ def test_a_method_that_cannot_train_data_parallel_says_so(mosaic_examples, tmp_p
 
 
 def test_the_kubeflow_spec_carries_the_worker_pools(tmp_path):
-    env = {**os.environ, "DSRHN_PIPELINE_CONFIG": json.dumps({"tiny": True}), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "DSRHN_IMAGE": "registry.example/dsrhn:1"}
+    env = {
+        **os.environ,
+        "DSRHN_PIPELINE_CONFIG": json.dumps({"tiny": True}),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "DSRHN_IMAGE": "registry.example/dsrhn:1",
+    }
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, os.path.join(root, "kubeflow_v2_runner.py"), str(tmp_path), "--workers", "3",
-                          "--machine-type", "n1-standard-16", "--accelerator", "NVIDIA_TESLA_T4", "--accelerator-count",
-                          "1", "--project", "demo"], env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "kubeflow_v2_runner.py"),
+            str(tmp_path),
+            "--workers",
+            "3",
+            "--machine-type",
+            "n1-standard-16",
+            "--accelerator",
+            "NVIDIA_TESLA_T4",
+            "--accelerator-count",
+            "1",
+            "--project",
+            "demo",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     spec = json.load(open(tmp_path / "dsrhn_pipeline.json"))
-    config = json.loads(spec["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]
-                        ["custom_config"]["runtimeValue"]["constantValue"]["stringValue"])
+    config = json.loads(
+        spec["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]["custom_config"][
+            "runtimeValue"
+        ]["constantValue"]["stringValue"]
+    )
     pools = config["ai_platform_training_args"]["worker_pool_specs"]
     assert [p["replica_count"] for p in pools] == [1, 2] and config["ai_platform_enable_vertex"] is True
-    assert all(p["machine_spec"] == {"machine_type": "n1-standard-16", "accelerator_type": "NVIDIA_TESLA_T4",
-                                     "accelerator_count": 1} for p in pools)
+    assert all(
+        p["machine_spec"]
+        == {"machine_type": "n1-standard-16", "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1}
+        for p in pools
+    )
     assert all(p["container_spec"]["image_uri"] == "registry.example/dsrhn:1" for p in pools)
 
 
@@ -133,8 +177,10 @@ def test_faiss_on_the_gpu_falls_back_to_the_cpu_with_a_reason_here():
     assert MAX_GPU_K == 2048
 
 
-@pytest.mark.skipif(not __import__("serving.index", fromlist=["x"]).gpu_available(),
-                    reason="no GPU with faiss GPU support here (scripts/gpu_check.sh runs these checks on one)")
+@pytest.mark.skipif(
+    not __import__("serving.index", fromlist=["x"]).gpu_available(),
+    reason="no GPU with faiss GPU support here (scripts/gpu_check.sh runs these checks on one)",
+)
 def test_gpu_and_cpu_binary_search_agree():
     import faiss
 
@@ -154,9 +200,14 @@ def test_the_prepared_gpu_check_runs_every_part(tmp_path):
     """benchmarks/gpu_check.py --smoke: every part (devices, training rate with its CPU baseline, faiss search, an
     export and one served search) at toy sizes, on the CPU; on a GPU machine scripts/gpu_check.sh runs it in full."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu_check.py"), "--smoke", "--out",
-                          str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    run = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "gpu_check.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     report = json.load(open(tmp_path / "gpu_check.json"))
     assert report["train_cpu_baseline"]["images_per_s"] > 0 and report["search"]["cpu_qps"] > 0

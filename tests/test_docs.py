@@ -1,4 +1,5 @@
 """The README is a front door: short, and every link in it (and in docs/) leads somewhere that exists."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ def test_readme_is_short_and_every_link_resolves():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
     assert len(readme.splitlines()) <= 250
-    docs = [os.path.join(ROOT, "README.md")] + [os.path.join(ROOT, "docs", n) for n in os.listdir(os.path.join(ROOT, "docs"))
-                                                if n.endswith(".md")]
+    docs = [os.path.join(ROOT, "README.md")] + [
+        os.path.join(ROOT, "docs", n) for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md")
+    ]
     checked = 0
     for doc in docs:
         with open(doc, encoding="utf-8") as f:

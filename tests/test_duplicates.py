@@ -1,6 +1,7 @@
 """`dsrhn duplicates`: near-duplicate groups from an index's codes, checked against brute-force Hamming distances
 over the conftest's trained model and a gallery with planted exact copies; the geometric verification on real
 photos with planted crops and recompressions among other photos."""
+
 from __future__ import annotations
 
 import io
@@ -14,8 +15,17 @@ from PIL import Image
 
 from cli.main import main
 from dsrhn.config import IndexConfig, data_dir
-from serving.duplicates import (MIN_INLIERS, contact_sheet, default_radius, find_duplicates, nearest_pairs, open_exact,
-                                pairs_within, read_model_meta, stored_codes)
+from serving.duplicates import (
+    MIN_INLIERS,
+    contact_sheet,
+    default_radius,
+    find_duplicates,
+    nearest_pairs,
+    open_exact,
+    pairs_within,
+    read_model_meta,
+    stored_codes,
+)
 from serving.index import write_index
 from serving.indexer import GalleryItem, gallery_from_examples, run_indexing
 from tests.conftest import BEAM
@@ -80,8 +90,9 @@ def test_groups_and_pair_distances_are_exact_against_brute_force(gallery):
         assert [len(g.rows) for g in report.groups] == sorted((len(g) for g in want), reverse=True)
         for g in report.groups:
             sub = dist[np.ix_(g.rows, g.rows)]
-            want_pairs = {(a, b, int(dist[a, b])) for i, a in enumerate(g.rows) for b in g.rows[i + 1:]
-                          if dist[a, b] <= radius}
+            want_pairs = {
+                (a, b, int(dist[a, b])) for i, a in enumerate(g.rows) for b in g.rows[i + 1 :] if dist[a, b] <= radius
+            }
             assert set(g.pairs) == want_pairs and len(g.pairs) == len(want_pairs)
             assert g.max_distance == max(d for _, _, d in want_pairs) <= radius
             assert g.diameter == int(sub.max())
@@ -120,11 +131,13 @@ def test_cli_writes_json_and_sheet_with_the_groups(model, gallery, tmp_path, cap
     assert doc["photos_in_groups"] == sum(len(g["ids"]) for g in doc["groups"]) >= 2 * COPIES
     assert all(len(g["labels"]) == len(g["ids"]) for g in doc["groups"])  # mosaics have labels
     assert len(doc["groups"]) > 1  # photos, not copies, collide at 12 bits: several groups (seeded model)
-    assert text.splitlines()[0] == (f"duplicates: {len(doc['groups'])} groups, {doc['photos_in_groups']} photos in "
-                                    f"them (of {gallery.count} indexed), radius 0 of 12 bits")
+    assert text.splitlines()[0] == (
+        f"duplicates: {len(doc['groups'])} groups, {doc['photos_in_groups']} photos in "
+        f"them (of {gallery.count} indexed), radius 0 of 12 bits"
+    )
     assert f"sheet: {out / 'duplicates.html'}" in text
     sheet = (out / "duplicates.html").read_text()
-    assert sheet.count("<img src=\"data:image/jpeg;base64,") == doc["photos_in_groups"]  # every member's preview
+    assert sheet.count('<img src="data:image/jpeg;base64,') == doc["photos_in_groups"]  # every member's preview
     assert sheet.count("<div class=g>") == len(doc["groups"])
     assert "~copy" in sheet and "group 1: " in sheet
     capped = contact_sheet(report, None, limit=1)  # the cap, and an index without previews: captions only
@@ -164,8 +177,9 @@ def test_bad_input_is_one_line_and_exit_2(model, tmp_path, capsys):
     gallery = open_exact(model)  # an approximate index of the same codes: refused, it may not hold every code
     approx = str(tmp_path / "hnsw")
     rows = [{"id": gallery.ids.id(r), "labels": []} for r in range(gallery.count)]
-    write_index(model, stored_codes(gallery.index)[:, :2], rows, read_model_meta(model), approx,
-                IndexConfig(factory="BHNSW8"))
+    write_index(
+        model, stored_codes(gallery.index)[:, :2], rows, read_model_meta(model), approx, IndexConfig(factory="BHNSW8")
+    )
     err = one_error_line(["duplicates", "--model", model, "--index", approx], capsys)
     assert f"index at {approx} is approximate (BHNSW8)" in err
     assert not (tmp_path / "duplicates.json").exists()  # nothing written on a refusal
@@ -184,10 +198,13 @@ def copy_of(path: str, crop: float, scale: float, quality: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(MINI, "manifest.json")),
-                    reason=f"{MINI} missing: scripts/setup.sh fetches it (dsrhn photos --mini)")
-def test_verification_keeps_the_planted_copies_of_real_photos_and_drops_every_other_pair(trained_model, tmp_path,
-                                                                                          capsys):
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(MINI, "manifest.json")),
+    reason=f"{MINI} missing: scripts/setup.sh fetches it (dsrhn photos --mini)",
+)
+def test_verification_keeps_the_planted_copies_of_real_photos_and_drops_every_other_pair(
+    trained_model, tmp_path, capsys
+):
     """Every pair of photos is a candidate (radius = the code length: the codes decide nothing); the previews
     must link each held-out photo to its two copies and nothing else among the corpus's other photos."""
     photos = json.load(open(os.path.join(MINI, "manifest.json")))["photos"]

@@ -2,6 +2,7 @@
 request in flight; a full disk or a size limit at a writer is one line naming the output, the previous state kept;
 damaged records, checkpoints and index files are named, never read as valid; a job killed with SIGKILL re-runs to
 the result of an uninterrupted run."""
+
 from __future__ import annotations
 
 import base64
@@ -34,16 +35,21 @@ def served(tmp_path_factory, trained_model, mosaic_examples):
 
 def stderr_lines(text: str) -> list[str]:
     """What a user reads on stderr, without TensorFlow's and absl's start-up log."""
-    return [line for line in text.splitlines()
-            if line.strip() and not line.startswith(("I0", "W0", "E0", "WARNING: All log"))]
+    return [
+        line
+        for line in text.splitlines()
+        if line.strip() and not line.startswith(("I0", "W0", "E0", "WARNING: All log"))
+    ]
 
 
 def size_limited(cmd: list[str], limit_bytes: int) -> subprocess.CompletedProcess:
     """cmd with every file it writes capped at limit_bytes (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC; no
     root needed)."""
+
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
     return subprocess.run(cmd, preexec_fn=limit, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
 
 
@@ -55,8 +61,9 @@ def read_response(c: socket.socket) -> bytes:
             break
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next((line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0))
+    length = int(
+        next((line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    )
     while len(body) < length:
         chunk = c.recv(65536)
         if not chunk:
@@ -70,10 +77,16 @@ def test_sigterm_lets_a_request_in_flight_finish_then_refuses_new_ones(served, m
 
     query = bytes(next(read_split_raw(mosaic_examples, "query").take(1).as_numpy_iterator())["lr"])
     port = free_loopback_port()
-    proc = subprocess.Popen(DSRHN + ["serve", "--base-dir", str(served), "--model-name", "dsrhn", "--port", str(port),
-                                     "--drain-seconds", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=REPO, env=ENV)
+    proc = subprocess.Popen(
+        DSRHN
+        + ["serve", "--base-dir", str(served), "--model-name", "dsrhn", "--port", str(port), "--drain-seconds", "30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=ENV,
+    )
     try:
+
         def ready():
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
@@ -81,11 +94,15 @@ def test_sigterm_lets_a_request_in_flight_finish_then_refuses_new_ones(served, m
                     return b" 200 " in c.recv(100)
             except OSError:
                 return False
+
         wait_for(ready, timeout=180, what="dsrhn serve to load the model")
         body = json.dumps({"instances": [{"b64": base64.b64encode(query).decode()}], "k": 5}).encode()
         c = socket.create_connection(("127.0.0.1", port), timeout=30)
-        c.sendall(f"POST /v1/models/dsrhn:search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])  # the request has begun
+        c.sendall(
+            f"POST /v1/models/dsrhn:search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )  # the request has begun
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
 
@@ -95,6 +112,7 @@ def test_sigterm_lets_a_request_in_flight_finish_then_refuses_new_ones(served, m
                 return False
             except OSError:
                 return True
+
         wait_for(refusing, timeout=30, what="the server to stop accepting connections after SIGTERM")
         assert proc.poll() is None  # still draining
         c.sendall(body[10:])
@@ -109,11 +127,26 @@ def test_sigterm_lets_a_request_in_flight_finish_then_refuses_new_ones(served, m
             proc.wait()
 
 
-def test_ingest_and_index_onto_a_full_disk_say_so_in_one_line_and_keep_what_was_there(served, mosaic_examples,
-                                                                                       tmp_path):
+def test_ingest_and_index_onto_a_full_disk_say_so_in_one_line_and_keep_what_was_there(
+    served, mosaic_examples, tmp_path
+):
     out = tmp_path / "examples"
-    r = size_limited(DSRHN + ["ingest", "fashion-mnist-mosaic", "--n-train", "96", "--n-query", "16",
-                              "--n-gallery", "48", "--output", str(out)], 64 << 10)
+    r = size_limited(
+        DSRHN
+        + [
+            "ingest",
+            "fashion-mnist-mosaic",
+            "--n-train",
+            "96",
+            "--n-query",
+            "16",
+            "--n-gallery",
+            "48",
+            "--output",
+            str(out),
+        ],
+        64 << 10,
+    )
     assert r.returncode == 1, r.stderr[-3000:]
     assert stderr_lines(r.stderr) == [f"dsrhn ingest: error: File too large (writing {out})"], r.stderr[-3000:]
     assert not os.path.exists(out) and os.listdir(tmp_path) == []  # nothing half-written left beside it
@@ -143,11 +176,16 @@ def test_a_damaged_tfrecord_is_named_in_one_line(trained_model, mosaic_examples,
     shutil.copytree(mosaic_examples, damaged)
     shard = next((damaged / "Split-gallery").iterdir())
     data = bytearray(shard.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 32] = os.urandom(32)
+    data[len(data) // 2 : len(data) // 2 + 32] = os.urandom(32)
     shard.write_bytes(bytes(data))
-    r = subprocess.run(DSRHN + ["index", "--model", trained_model, "--examples", str(damaged), "--output",
-                                str(tmp_path / "index")],
-                       capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
+    r = subprocess.run(
+        DSRHN + ["index", "--model", trained_model, "--examples", str(damaged), "--output", str(tmp_path / "index")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ENV,
+        timeout=600,
+    )
     lines = stderr_lines(r.stderr)
     assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
     assert lines[0].startswith(f"dsrhn index: error: damaged record in {shard} (") and "dsrhn ingest" in lines[0]

@@ -2,6 +2,7 @@
 ingestion and indexing (every item written or rejected with a reason, the job completes); list and COCO
 mistakes; killed and stale state; the server's view of versions; and a real server on loopback under
 bombs, oversized, deep, slow and malformed requests mixed into a good client load."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,15 @@ from PIL import Image
 from dsrhn.images import ImageError, decode_image
 from tests.conftest import wait_for
 
-SIGNATURES = {"jpeg": b"\xff\xd8\xff\xe0", "png": b"\x89PNG\r\n\x1a\n", "gif": b"GIF89a", "bmp": b"BM",
-              "webp": b"RIFF\x20\x00\x00\x00WEBPVP8 ", "tiff": b"II*\x00", "qoi": b"qoif"}
+SIGNATURES = {
+    "jpeg": b"\xff\xd8\xff\xe0",
+    "png": b"\x89PNG\r\n\x1a\n",
+    "gif": b"GIF89a",
+    "bmp": b"BM",
+    "webp": b"RIFF\x20\x00\x00\x00WEBPVP8 ",
+    "tiff": b"II*\x00",
+    "qoi": b"qoif",
+}
 
 
 def fuzz_files(root, per_signature: int = 4, seed: int = 0) -> list[str]:
@@ -62,9 +70,20 @@ def test_fuzzed_files_are_each_written_or_rejected_by_ingest_and_index(tmp_path,
     names = fuzz_files(root)
     lines = [f"{n} {i % 2} {(i + 1) % 2}" for i, n in enumerate(names)]
     (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
-    s = run_ingest({"kind": "list", "image_root": str(root), "single_list": str(tmp_path / "list.txt"),
-                    "rule": "random", "n_query": 1, "n_train": 1}, str(tmp_path / "ex"), 32, LRConfig(scale=2),
-                   beam_args=["--runner=DirectRunner"])
+    s = run_ingest(
+        {
+            "kind": "list",
+            "image_root": str(root),
+            "single_list": str(tmp_path / "list.txt"),
+            "rule": "random",
+            "n_query": 1,
+            "n_train": 1,
+        },
+        str(tmp_path / "ex"),
+        32,
+        LRConfig(scale=2),
+        beam_args=["--runner=DirectRunner"],
+    )
     assert s.report["in"] == len(names) == s.report["written"] + s.report["rejected"]
     assert s.report["written"] >= 2 and all(r["reason"] for r in s.report["rejections"])
     items = gallery_from_source({"kind": "list", "list_file": str(tmp_path / "list.txt"), "image_root": str(root)})
@@ -92,8 +111,9 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _served(trained_model, tmp_path, n_codes: int = 3):
@@ -106,8 +126,12 @@ def _served(trained_model, tmp_path, n_codes: int = 3):
 
     base = tmp_path / "serving"
     shutil.copytree(trained_model, base / "m" / "1")
-    write_index(str(base / "m" / "1"), np.zeros((n_codes, 2), np.uint8), [{"id": f"g{i}"} for i in range(n_codes)],
-                read_metadata(trained_model))
+    write_index(
+        str(base / "m" / "1"),
+        np.zeros((n_codes, 2), np.uint8),
+        [{"id": f"g{i}"} for i in range(n_codes)],
+        read_metadata(trained_model),
+    )
     store = ModelStore(str(base), "m", poll_seconds=3600)
     store.refresh()
     return store
@@ -129,28 +153,37 @@ def test_image_bombs_and_batch_bombs_get_a_json_400_and_the_server_keeps_serving
     url = f"{server.url}/v1/models/m:search"
     try:
         cases = [
-            ({"instances": [good_b64, {"b64": base64.b64encode(_png_header_only(5000, 5000)).decode()}], "k": 2},
-             "instances[1]: image is 5000x5000 (25 megapixels); the limit is 4 megapixels"),
-            ({"instances": [{"b64": base64.b64encode(_png_header_only(20000, 20000)).decode()}], "k": 2},
-             "instances[0]: image is too large"),
+            (
+                {"instances": [good_b64, {"b64": base64.b64encode(_png_header_only(5000, 5000)).decode()}], "k": 2},
+                "instances[1]: image is 5000x5000 (25 megapixels); the limit is 4 megapixels",
+            ),
+            (
+                {"instances": [{"b64": base64.b64encode(_png_header_only(20000, 20000)).decode()}], "k": 2},
+                "instances[0]: image is too large",
+            ),
             ({"instances": [good_b64] * 9, "k": 2}, "9 images in one request; at most 8"),
-            ({"instances": [{"b64": base64.b64encode(b"RIFF\x20\x00\x00\x00WEBPVP8 " + b"\x00" * 40).decode()}]},
-             "instances[0]: could not decode the image"),
+            (
+                {"instances": [{"b64": base64.b64encode(b"RIFF\x20\x00\x00\x00WEBPVP8 " + b"\x00" * 40).decode()}]},
+                "instances[0]: could not decode the image",
+            ),
             ({"instances": [good_b64], "signature_name": ["serving_default"]}, "search encodes queries"),
             # re-ranking asked of the wrong thing, or in the wrong shape
             ({"instances": [good_b64], "k": 2, "rerank": 500}, "'rerank' must be an object"),
             ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 500, "depth": 3}}, "'rerank' must be an object"),
-            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": "500"}},
-             "'rerank.shortlist' must be an integer"),
+            (
+                {"instances": [good_b64], "k": 2, "rerank": {"shortlist": "500"}},
+                "'rerank.shortlist' must be an integer",
+            ),
             ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 1}}, "in [k=2, 20000]"),
-            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 10 ** 9}}, "in [k=2, 20000]"),
+            ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 10**9}}, "in [k=2, 20000]"),
             ({"instances": [good_b64], "k": 2, "rerank": {"shortlist": 500}}, "has no local codes to re-rank with"),
         ]
         for body, message in cases:
             r = httpx.post(url, json=body, timeout=60)
             assert r.status_code == 400 and message in r.json()["error"], (r.status_code, r.text)
-        r = httpx.post(f"{server.url}/v1/models/m:predict", json={"instances": [good_b64], "signature_name": [1]},
-                       timeout=60)
+        r = httpx.post(
+            f"{server.url}/v1/models/m:predict", json={"instances": [good_b64], "signature_name": [1]}, timeout=60
+        )
         assert r.status_code == 400 and "'signature_name' must be a string" in r.json()["error"]
         r = httpx.post(url, json={"instances": [good_b64], "k": 2}, timeout=60)  # still serving
         assert r.status_code == 200 and len(r.json()["results"][0]["ids"]) == 2
@@ -172,6 +205,7 @@ def test_stray_version_folders_are_ignored(trained_model, tmp_path):
 
 # ---------------------------------------------------------------- list and COCO semantics
 
+
 def _photos(root, names):
     root.mkdir(parents=True, exist_ok=True)
     for i, n in enumerate(names):
@@ -185,10 +219,17 @@ def test_list_semantics_one_record_per_image_no_leaks_paths_inside_the_root(tmp_
     root = tmp_path / "root"
     _photos(root, ["a.png", "b.png", "my photo 1.png", "c.png"])
     _photos(tmp_path / "outside", ["x.png"])
-    lines = ["a.png 1 0", "b.png 0 1", "a.png 1 0",  # a repeat with the same labels: merged
-             "c.png 1 0", "c.png 0 1",  # different labels: both rejected
-             "my photo 1.png 1 1",  # spaces in the path; labels are the trailing columns
-             "../outside/x.png 1 0", f"{tmp_path}/outside/x.png 1 0", "b.png 0 1 1"]
+    lines = [
+        "a.png 1 0",
+        "b.png 0 1",
+        "a.png 1 0",  # a repeat with the same labels: merged
+        "c.png 1 0",
+        "c.png 0 1",  # different labels: both rejected
+        "my photo 1.png 1 1",  # spaces in the path; labels are the trailing columns
+        "../outside/x.png 1 0",
+        f"{tmp_path}/outside/x.png 1 0",
+        "b.png 0 1 1",
+    ]
     (tmp_path / "l.txt").write_text("\n".join(lines) + "\n")
     items, n = sources.parse_list_file(str(tmp_path / "l.txt"), str(root))
     assert n == 2 and len(items) == len(lines)
@@ -208,8 +249,10 @@ def test_list_semantics_one_record_per_image_no_leaks_paths_inside_the_root(tmp_
     (tmp_path / "q.txt").write_text("a.png 1 0\n")
     (tmp_path / "g.txt").write_text("a.png 1 0\nb.png 0 1\n")
     (tmp_path / "t.txt").write_text("b.png 0 1\n")
-    src = sources.list_source(str(root), lists={"query": str(tmp_path / "q.txt"), "gallery": str(tmp_path / "g.txt"),
-                                                "train": str(tmp_path / "t.txt")})
+    src = sources.list_source(
+        str(root),
+        lists={"query": str(tmp_path / "q.txt"), "gallery": str(tmp_path / "g.txt"), "train": str(tmp_path / "t.txt")},
+    )
     roles = {it.id: it.splits for it in src.items if not it.error}
     assert roles == {"a.png": ("query",), "b.png": ("train", "gallery")}
     assert any("'a.png' is also a query (q.txt)" in it.error for it in src.items)
@@ -225,12 +268,24 @@ def test_single_list_ingest_never_puts_a_query_in_the_gallery(tmp_path):
     _photos(root, names)
     lines = [f"{n} {int(n[0] == 'a')} {int(n[0] == 'b')}" for n in names]
     (tmp_path / "l.txt").write_text("\n".join(lines + lines[:4]) + "\n")  # four lines listed twice
-    s = run_ingest({"kind": "list", "image_root": str(root), "single_list": str(tmp_path / "l.txt"),
-                    "query_per_class": 2, "train_per_class": 2}, str(tmp_path / "ex"), 16, LRConfig(scale=2),
-                   beam_args=["--runner=DirectRunner"])
+    s = run_ingest(
+        {
+            "kind": "list",
+            "image_root": str(root),
+            "single_list": str(tmp_path / "l.txt"),
+            "query_per_class": 2,
+            "train_per_class": 2,
+        },
+        str(tmp_path / "ex"),
+        16,
+        LRConfig(scale=2),
+        beam_args=["--runner=DirectRunner"],
+    )
     assert (s.report["in"], s.report["written"], s.report["rejected"]) == (16, 12, 4)
-    ids = {sp: {r["id"].decode() for r in read_split_raw(str(tmp_path / "ex"), sp).as_numpy_iterator()}
-           for sp in ("train", "query", "gallery")}
+    ids = {
+        sp: {r["id"].decode() for r in read_split_raw(str(tmp_path / "ex"), sp).as_numpy_iterator()}
+        for sp in ("train", "query", "gallery")
+    }
     assert len(ids["query"]) == 4 and not ids["query"] & (ids["gallery"] | ids["train"])
     assert all(not i.startswith("/") for sp in ids.values() for i in sp)  # relative ids, no server paths
 
@@ -240,10 +295,15 @@ def test_coco_mistakes_are_named(tmp_path):
 
     root = tmp_path / "img"
     _photos(root, ["1.png", "2.png", "3.png"])
-    coco = {"images": [{"id": 1, "file_name": "1.png"}, {"id": 2, "file_name": "2.png"}, {"id": 3}],
-            "annotations": [{"image_id": 1, "category_id": 1}, {"image_id": 2, "category_id": 99},
-                            {"image_id": 7, "category_id": 1}],
-            "categories": [{"id": 1, "name": "cat"}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "1.png"}, {"id": 2, "file_name": "2.png"}, {"id": 3}],
+        "annotations": [
+            {"image_id": 1, "category_id": 1},
+            {"image_id": 2, "category_id": 99},
+            {"image_id": 7, "category_id": 1},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
     (tmp_path / "c.json").write_text(json.dumps(coco))
     src = sources.coco_source([(str(tmp_path / "c.json"), str(root))], n_query=0, n_train=0)
     errors = sorted(it.error for it in src.items if it.error)
@@ -257,6 +317,7 @@ def test_coco_mistakes_are_named(tmp_path):
 
 
 # ---------------------------------------------------------------- stale state
+
 
 def test_a_failed_reingest_leaves_the_previous_output_whole(tmp_path, monkeypatch):
     import os
@@ -292,15 +353,23 @@ def test_the_served_versions_follow_the_directory(trained_model, tmp_path):
     base = tmp_path / "serving"
     for v in (1, 2):
         shutil.copytree(trained_model, base / "m" / str(v))
-        write_index(str(base / "m" / str(v)), np.zeros((3, 2), np.uint8), [{"id": f"g{i}"} for i in range(3)],
-                    read_metadata(trained_model))
+        write_index(
+            str(base / "m" / str(v)),
+            np.zeros((3, 2), np.uint8),
+            [{"id": f"g{i}"} for i in range(3)],
+            read_metadata(trained_model),
+        )
     (base / "m" / "9").mkdir()  # a version folder without a model: not a version
     (base / "m" / ("1" * 25)).mkdir()  # too many digits for a version
     store = ModelStore(str(base), "m", poll_seconds=3600)
     assert store.refresh() and store.current.version == 2 and store.current.index.count == 3
     assert not store.refresh()  # nothing changed: nothing reloaded
-    write_index(str(base / "m" / "2"), np.zeros((5, 2), np.uint8), [{"id": f"g{i}"} for i in range(5)],
-                read_metadata(trained_model))  # re-indexed in place
+    write_index(
+        str(base / "m" / "2"),
+        np.zeros((5, 2), np.uint8),
+        [{"id": f"g{i}"} for i in range(5)],
+        read_metadata(trained_model),
+    )  # re-indexed in place
     assert store.refresh() and store.current.version == 2 and store.current.index.count == 5
     shutil.rmtree(base / "m" / "2")  # the served version removed: unloaded, version 1 serves (rollback)
     assert store.refresh() and store.current.version == 1
@@ -314,6 +383,7 @@ def test_the_served_versions_follow_the_directory(trained_model, tmp_path):
 
 
 # ---------------------------------------------------------------- the server under hostile load
+
 
 def test_good_clients_see_no_errors_while_bombs_and_malformed_requests_hit_the_server(trained_model, tmp_path):
     import base64
@@ -359,13 +429,18 @@ def test_good_clients_see_no_errors_while_bombs_and_malformed_requests_hit_the_s
         with httpx.Client(timeout=60) as c:
             for _ in range(2):
                 for target, body, status in hostile:
-                    r = (c.post(target, content=body, headers={"content-type": "application/json"})
-                         if isinstance(body, str) else c.post(target, json=body))
+                    r = (
+                        c.post(target, content=body, headers={"content-type": "application/json"})
+                        if isinstance(body, str)
+                        else c.post(target, json=body)
+                    )
                     assert r.status_code == status and "error" in r.json(), (target[-40:], r.status_code, r.text[:200])
                     peak = max(peak, psutil.Process().memory_info().rss)
         with socket.create_connection(("127.0.0.1", server.port)) as slow:  # a body that never finishes
-            slow.sendall(b"POST /v1/models/m:search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n{\"inst")
+            slow.sendall(
+                b"POST /v1/models/m:search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"inst'
+            )
             slow.settimeout(10)
             reply = b""
             while b'"error"' not in reply:  # headers and body may come in separate packets

@@ -1,4 +1,5 @@
 """Ingestion on real files of every kind users hold, through Beam's DirectRunner."""
+
 from __future__ import annotations
 
 import io
@@ -10,10 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dsrhn import sources
-from dsrhn.images import ImageError, decode_image, make_lr, prepare_hr
 from components.ingest import run_ingest
+from dsrhn import sources
 from dsrhn.config import LRConfig
+from dsrhn.images import ImageError, decode_image, make_lr, prepare_hr
 from dsrhn.records import DatasetInfo, read_split, read_split_raw
 from tests.conftest import BEAM
 
@@ -43,7 +44,7 @@ def image_tree(tmp_path_factory):
         "palette.png": lambda p: save(photo().convert("P"), p),
         "gray.png": lambda p: save(photo().convert("L"), p),
         "cmyk.jpg": lambda p: save(photo().convert("CMYK"), p),
-        "sixteen.png": lambda p: save(Image.fromarray((np.full((40, 40), 32768, np.uint16))), p),
+        "sixteen.png": lambda p: save(Image.fromarray(np.full((40, 40), 32768, np.uint16)), p),
         "tiny.png": lambda p: save(photo((5, 3)), p),
         "exif.jpg": lambda p: save(photo((60, 40)), p, exif=_orientation_exif(6)),
     }
@@ -54,8 +55,15 @@ def image_tree(tmp_path_factory):
     (root / "images" / "empty.jpg").write_bytes(b"")
     (root / "images" / "notes.jpg").write_text("this is not an image\n")
     lines = [f"images/{n} {' '.join(str(int(i % 3 == j)) for j in range(3))}" for i, n in enumerate(good)]
-    lines += ["images/truncated.jpg 1 0 0", "images/empty.jpg 0 1 0", "images/notes.jpg 0 0 1",
-              "images/missing.jpg 1 1 0", "images/rgb.jpg 1 0", "images/gray.png 1 x 0", ""]
+    lines += [
+        "images/truncated.jpg 1 0 0",
+        "images/empty.jpg 0 1 0",
+        "images/notes.jpg 0 0 1",
+        "images/missing.jpg 1 1 0",
+        "images/rgb.jpg 1 0",
+        "images/gray.png 1 x 0",
+        "",
+    ]
     (root / "list.txt").write_text("\n".join(lines))
     return root
 
@@ -92,8 +100,14 @@ def test_bad_bytes_raise_clear_errors(payload, reason):
 
 def test_list_ingestion_round_trip_and_report(image_tree, tmp_path):
     out = str(tmp_path / "ex")
-    spec = {"kind": "list", "image_root": str(image_tree), "single_list": str(image_tree / "list.txt"),
-            "rule": "random", "n_query": 2, "n_train": 3}
+    spec = {
+        "kind": "list",
+        "image_root": str(image_tree),
+        "single_list": str(image_tree / "list.txt"),
+        "rule": "random",
+        "n_query": 2,
+        "n_train": 3,
+    }
     s = run_ingest(spec, out, 32, LRConfig(scale=4), beam_args=BEAM)
     r = s.report
     assert r["in"] == 14 and r["written"] == 8 and r["rejected"] == 6
@@ -167,22 +181,40 @@ def test_split_rules():
 
 
 def test_coco_json_and_directory_sources(image_tree, tmp_path):
-    coco = {"images": [{"id": 1, "file_name": "rgb.jpg"}, {"id": 2, "file_name": "gray.png"},
-                       {"id": 3, "file_name": "rgba.png"}, {"id": 4, "file_name": "cmyk.jpg"}],
-            "annotations": [{"image_id": 1, "category_id": 18}, {"image_id": 1, "category_id": 1},
-                            {"image_id": 2, "category_id": 18}, {"image_id": 4, "category_id": 90}],
-            "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}]}
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "rgb.jpg"},
+            {"id": 2, "file_name": "gray.png"},
+            {"id": 3, "file_name": "rgba.png"},
+            {"id": 4, "file_name": "cmyk.jpg"},
+        ],
+        "annotations": [
+            {"image_id": 1, "category_id": 18},
+            {"image_id": 1, "category_id": 1},
+            {"image_id": 2, "category_id": 18},
+            {"image_id": 4, "category_id": 90},
+        ],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}],
+    }
     path = tmp_path / "instances_val2014.json"
     path.write_text(json.dumps(coco))
     out = str(tmp_path / "coco")
-    s = run_ingest({"kind": "coco", "pairs": [[str(path), str(image_tree / "images")]], "n_query": 1, "n_train": 1},
-                   out, 32, LRConfig(), beam_args=BEAM)
+    s = run_ingest(
+        {"kind": "coco", "pairs": [[str(path), str(image_tree / "images")]], "n_query": 1, "n_train": 1},
+        out,
+        32,
+        LRConfig(),
+        beam_args=BEAM,
+    )
     assert (s.report["in"], s.report["written"], s.report["rejected"]) == (4, 3, 1)
     assert "no category annotations" in s.report["rejections"][0]["reason"]
     info = DatasetInfo.read(out)
     assert info.label_names == ["person", "dog", "toothbrush"]
-    labels = {r["id"].decode().rsplit("/", 1)[-1]: r["labels"].tolist() for sp in ("query", "gallery")
-              for r in read_split_raw(out, sp).as_numpy_iterator()}
+    labels = {
+        r["id"].decode().rsplit("/", 1)[-1]: r["labels"].tolist()
+        for sp in ("query", "gallery")
+        for r in read_split_raw(out, sp).as_numpy_iterator()
+    }
     assert labels["rgb.jpg"] == [1, 1, 0] and labels["cmyk.jpg"] == [0, 0, 1]
 
     tree = tmp_path / "tree"
@@ -192,8 +224,13 @@ def test_coco_json_and_directory_sources(image_tree, tmp_path):
             save(photo((30 + i, 30)), tree / cls / f"{i}.jpg")
     (tree / "dogs" / "readme.txt").write_text("not an image")
     out = str(tmp_path / "dir")
-    s = run_ingest({"kind": "directory", "root": str(tree), "query_per_class": 1, "train_per_class": 2},
-                   out, 32, LRConfig(scale=2), beam_args=BEAM)
+    s = run_ingest(
+        {"kind": "directory", "root": str(tree), "query_per_class": 1, "train_per_class": 2},
+        out,
+        32,
+        LRConfig(scale=2),
+        beam_args=BEAM,
+    )
     assert (s.report["in"], s.report["written"], s.report["rejected"]) == (9, 8, 1)
     assert s.report["per_split"] == {"train": 4, "query": 2, "gallery": 6}
 

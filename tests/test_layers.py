@@ -2,6 +2,7 @@
 low and import nothing above them; each stage imports only the contracts and itself; the TFX pipeline (pipeline/,
 its components beside it) sits above the stages and the front door (cli/) above everything. No exemptions. Lazy
 imports inside functions count too."""
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """Each loss against a hand-computed value on tiny tensors."""
+
 import math
 
 import numpy as np
@@ -45,7 +46,8 @@ def test_quantization_uses_sign_zero_as_plus_one():
     v = np.array([[0.5, -0.2], [0.0, 2.0]], "f4")  # b = [[1, -1], [1, 1]]
     assert f(losses.quantization_loss(v)) == pytest.approx((0.25 + 0.64 + 1.0 + 1.0) / 4)
     assert f(losses.dpsh_loss(v, np.array([[1, 0], [1, 0]]), 0.5)) == pytest.approx(
-        f(losses.pairwise_likelihood_loss(v, np.ones((2, 2), "f4"))) + 0.5 * 2.89 / 4, rel=1e-5)
+        f(losses.pairwise_likelihood_loss(v, np.ones((2, 2), "f4"))) + 0.5 * 2.89 / 4, rel=1e-5
+    )
     assert np.asarray(sign_codes(np.array([0.0, -0.0, 1e-9, -1e-9, 3.0]))).tolist() == [1, 1, 1, -1, 1]
 
 
@@ -109,7 +111,7 @@ def test_fsr_gan_losses_by_hand():
     f_sr = np.array([[[[1.0, 2.0]], [[0.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 0.0]]]], np.float32)  # [2, 2, 1, 2]
     f_hr = np.zeros_like(f_sr)
     rms = np.array([math.sqrt(5 / 4), 0.0])  # per image: ||d|| / sqrt(d), d = 4
-    assert f(feature_loss(f_sr, f_hr, 2.0)) == pytest.approx(np.mean(rms ** 2), rel=1e-5)  # = the MSE
+    assert f(feature_loss(f_sr, f_hr, 2.0)) == pytest.approx(np.mean(rms**2), rel=1e-5)  # = the MSE
     assert f(feature_loss(f_sr, f_hr, 2.0)) == pytest.approx(np.mean((f_sr - f_hr) ** 2), rel=1e-5)
     assert f(feature_loss(f_sr, f_hr, 1.0)) == pytest.approx(np.mean(rms), rel=1e-4)  # Eq. 8's norm
     assert f(feature_loss(f_sr, f_hr, 0.0)) == pytest.approx(1.0)  # r = 0: a constant, the adversarial term alone

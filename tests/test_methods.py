@@ -1,6 +1,7 @@
 """The method registry's contract, for every registered method: each phase updates only what its
 optimizers own, and a killed run resumes exactly (trained, exported and served: test_methods_trained.py).
 Plus the new methods' pieces: pixel masks at ingestion, the PSP branch, the point-wise and center losses."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,17 +13,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dsrhn.config import METHODS as PRESET_METHODS, get_preset, parse_overrides
+from dsrhn.config import METHODS as PRESET_METHODS
+from dsrhn.config import get_preset, parse_overrides
 from dsrhn.records import DatasetInfo, read_split
 from dsrhn.registry import METHODS, SPECS, get_method, method_help
-from trainer.train import build_trainer, training_dataset, train
+from trainer.train import build_trainer, train, training_dataset
 
 ALL = list(METHODS)
 
 
 def _tiny(mode: str, teacher: str = "", **kw):
-    options = {"pointwise-seg": {"options.seg_epochs": 1}, "fsr-gan": {"options.hash_epochs": 1},
-               "student": {"options.teacher_weights": teacher}}.get(mode, {})
+    options = {
+        "pointwise-seg": {"options.seg_epochs": 1},
+        "fsr-gan": {"options.hash_epochs": 1},
+        "student": {"options.teacher_weights": teacher},
+    }.get(mode, {})
     return get_preset("cpu", method=mode, bits=12, batch_size=8, sr_blocks=1, sr_filters=8, **{**options, **kw})
 
 
@@ -144,8 +149,13 @@ def test_hashnet_can_train_on_sr_and_bicubic_and_the_query_paths_vote(mosaic_exa
     from trainer.methods.base import joint_hash_terms
 
     info = DatasetInfo.read(mosaic_examples)
-    preset = _tiny("two-stage", epochs=1, steps_per_epoch=1, hash_lr=0.1,
-                   **{"options.hash_views": "query+bicubic", "options.query_fuse": "true"})
+    preset = _tiny(
+        "two-stage",
+        epochs=1,
+        steps_per_epoch=1,
+        hash_lr=0.1,
+        **{"options.hash_views": "query+bicubic", "options.query_fuse": "true"},
+    )
     trainer = build_trainer(preset, info)
     trainer.build_optimizers()
     method, nets = trainer.method, trainer.nets
@@ -170,8 +180,9 @@ def test_hashnet_can_train_on_sr_and_bicubic_and_the_query_paths_vote(mosaic_exa
     flip = get_method("two-stage")(preset.replace(query_flip=True), info)
     mirrored = tf.image.flip_left_right(x)
     v_x, v_m = (flip.query_code_outputs(nets, t)["code"].numpy() for t in (x, mirrored))
-    assert np.allclose(v_x, v_m, atol=1e-4) and np.allclose(v_x, fused + method.query_code_outputs(nets, mirrored)["code"],
-                                                            atol=1e-4)
+    assert np.allclose(v_x, v_m, atol=1e-4) and np.allclose(
+        v_x, fused + method.query_code_outputs(nets, mirrored)["code"], atol=1e-4
+    )
     for mode, key, value in (("hashnet-lr", "options.query_fuse", "true"), ("dsrhn", "options.hash_views", "all")):
         with pytest.raises(ValueError, match=f"{key}"):
             build_trainer(_tiny(mode, **{key: value}), info)
@@ -182,8 +193,9 @@ def test_hashnet_can_train_on_sr_and_bicubic_and_the_query_paths_vote(mosaic_exa
 @pytest.mark.parametrize("mode", ALL)
 def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples, teacher):
     info = DatasetInfo.read(mosaic_examples)
-    preset = _tiny(mode, teacher, epochs=1, steps_per_epoch=1, hash_lr=0.1,
-                   sr_warmup_epochs=1 if mode == "dsrhn" else 0)
+    preset = _tiny(
+        mode, teacher, epochs=1, steps_per_epoch=1, hash_lr=0.1, sr_warmup_epochs=1 if mode == "dsrhn" else 0
+    )
     trainer = build_trainer(preset, info)
     trainer.build_optimizers()
     method = trainer.method
@@ -196,8 +208,9 @@ def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples, 
         trainer.train_step(batch)
         changed = {k for k, v in every.items() if not np.array_equal(before[k], np.array(v))}
         assert changed, f"{mode}/{phase.name}: nothing trained"
-        assert changed <= owned, f"{mode}/{phase.name}: updated variables its optimizers do not own: " + \
-            str([every[k].path for k in changed - owned][:5])
+        assert changed <= owned, f"{mode}/{phase.name}: updated variables its optimizers do not own: " + str(
+            [every[k].path for k in changed - owned][:5]
+        )
 
 
 @pytest.mark.parametrize("mode", ALL)
@@ -205,8 +218,15 @@ def test_every_method_resumes_exactly(mode, mosaic_examples, tmp_path, teacher):
     # two epochs (pointwise-seg: its seg phase, then its hash phase), killed after the first; fsr-gan: one
     # HashNet epoch, then two of G and D, killed between those two. Dropout draws random masks and cosine
     # decay reads the optimizers' step counters: both must resume
-    preset = _tiny(mode, teacher, epochs=1 if mode == "pointwise-seg" else 2, steps_per_epoch=2, dropout=0.5,
-                   lr_decay="cosine", sr_warmup_epochs=0)
+    preset = _tiny(
+        mode,
+        teacher,
+        epochs=1 if mode == "pointwise-seg" else 2,
+        steps_per_epoch=2,
+        dropout=0.5,
+        lr_decay="cosine",
+        sr_warmup_epochs=0,
+    )
     stop = 2 if mode == "fsr-gan" else 1
     straight = train(mosaic_examples, preset, str(tmp_path / "a"), verbose=0, tensorboard=False).trainer
     train(mosaic_examples, preset, str(tmp_path / "b"), verbose=0, tensorboard=False, stop_after_epochs=stop)
@@ -215,22 +235,31 @@ def test_every_method_resumes_exactly(mode, mosaic_examples, tmp_path, teacher):
     assert sorted(straight.nets) == sorted(resumed.trainer.nets)
     for name in straight.nets:
         for x, y in zip(straight.nets[name].variables, resumed.trainer.nets[name].variables):
-            np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6, err_msg=f"{mode} {name} {x.path}")
+            np.testing.assert_allclose(
+                np.array(x), np.array(y), rtol=1e-5, atol=1e-6, err_msg=f"{mode} {name} {x.path}"
+            )
     for name in straight.opts:
         for x, y in zip(straight.opts[name].variables, resumed.trainer.opts[name].variables):
-            np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6, err_msg=f"{mode} optimizer {name}")
+            np.testing.assert_allclose(
+                np.array(x), np.array(y), rtol=1e-5, atol=1e-6, err_msg=f"{mode} optimizer {name}"
+            )
         if straight.method.optimizer_updates(2).get(name):  # cosine decay read the restored step counters
             for opt in (straight.opts[name], resumed.trainer.opts[name]):
                 assert float(opt.learning_rate) == pytest.approx(0.0, abs=1e-9), (mode, name)
 
 
 def test_a_checkpoint_of_another_method_is_refused(mosaic_examples, tmp_path):
-    train(mosaic_examples, _tiny("hashnet-lr", epochs=1, steps_per_epoch=1), str(tmp_path), verbose=0, tensorboard=False)
+    train(
+        mosaic_examples, _tiny("hashnet-lr", epochs=1, steps_per_epoch=1), str(tmp_path), verbose=0, tensorboard=False
+    )
     with pytest.raises(ValueError, match="holds method 'hashnet-lr'"):
-        train(mosaic_examples, _tiny("center", epochs=2, steps_per_epoch=1), str(tmp_path), verbose=0, tensorboard=False)
+        train(
+            mosaic_examples, _tiny("center", epochs=2, steps_per_epoch=1), str(tmp_path), verbose=0, tensorboard=False
+        )
 
 
 # ---------------------------------------------------------------- masks and the new methods' parts
+
 
 def test_mosaic_masks_mark_each_tile_class_where_the_item_is_drawn(mosaic_examples):
     from dsrhn.sources import FASHION_MNIST_DRAWN
@@ -273,20 +302,34 @@ def test_coco_polygons_and_rle_are_rasterised_through_the_hr_geometry(tmp_path):
     runs.append(n)
     rle = {"size": [40, 80], "counts": runs}
     assert rle_counts(":5") == [10, 5]
-    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 80, "height": 40},
-                       {"id": 2, "file_name": "b.png", "width": 80, "height": 40}],
-            "annotations": [{"image_id": 1, "category_id": 7, "segmentation": [[20, 0, 39, 0, 39, 39, 20, 39]]},
-                            {"image_id": 1, "category_id": 3, "segmentation": rle, "iscrowd": 1},
-                            {"image_id": 2, "category_id": 3, "segmentation": {"size": [40, 80], "counts": ":5"}}],
-            "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}]}
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 80, "height": 40},
+            {"id": 2, "file_name": "b.png", "width": 80, "height": 40},
+        ],
+        "annotations": [
+            {"image_id": 1, "category_id": 7, "segmentation": [[20, 0, 39, 0, 39, 39, 20, 39]]},
+            {"image_id": 1, "category_id": 3, "segmentation": rle, "iscrowd": 1},
+            {"image_id": 2, "category_id": 3, "segmentation": {"size": [40, 80], "counts": ":5"}},
+        ],
+        "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}],
+    }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     out = str(tmp_path / "ex")
-    run_ingest({"kind": "coco", "pairs": [[str(tmp_path / "coco.json"), str(root)]], "n_query": 1, "n_train": 1},
-               out, 40, LRConfig(scale=2), beam_args=["--runner=DirectRunner"])
+    run_ingest(
+        {"kind": "coco", "pairs": [[str(tmp_path / "coco.json"), str(root)]], "n_query": 1, "n_train": 1},
+        out,
+        40,
+        LRConfig(scale=2),
+        beam_args=["--runner=DirectRunner"],
+    )
     info = DatasetInfo.read(out)
     assert info.masks and info.label_names == ["car", "train"]
-    masks = {r["id"].numpy().decode().rsplit("/", 1)[-1]: r["mask"].numpy() for sp in ("query", "gallery")
-             for r in read_split(out, sp, info)}
+    masks = {
+        r["id"].numpy().decode().rsplit("/", 1)[-1]: r["mask"].numpy()
+        for sp in ("query", "gallery")
+        for r in read_split(out, sp, info)
+    }
     a, b = masks["a.png"], masks["b.png"]  # the centre 40x40 square: x 20..60 of the 80-px image
     a_expected = np.zeros((40, 40), np.uint8)
     a_expected[:, :20] = 2  # the polygon (train = column 1 -> 2)

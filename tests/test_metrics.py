@@ -1,4 +1,5 @@
 """mAP@K, curves and SR metrics against hand values and a brute-force reference."""
+
 import math
 
 import numpy as np
@@ -79,7 +80,7 @@ def test_psnr_and_ssim():
     a = np.random.default_rng(0).integers(0, 200, (16, 16, 3)).astype(np.uint8)
     assert metrics.psnr_y(a, a, 4) == math.inf
     b = a.astype(np.float64) + 10.0  # Y shifts by 10 * 219/255 everywhere
-    assert metrics.psnr_y(a, b, 4) == pytest.approx(10 * math.log10(255 ** 2 / (10 * 219 / 255) ** 2))
+    assert metrics.psnr_y(a, b, 4) == pytest.approx(10 * math.log10(255**2 / (10 * 219 / 255) ** 2))
     assert metrics.ssim_y(a, a, 2) == pytest.approx(1.0)
     assert metrics.ssim_y(a, np.zeros_like(a), 2) < 0.1
 

@@ -1,6 +1,7 @@
 """A real Milvus server (the `milvus` package's standalone, started by serving/milvus_server.py on free ports)
 behind `dsrhn index --backend milvus` and the REST service: every answer equal to faiss's over the conftest's
 trained model, an update and a filter inside the server, a restart that keeps every row, the server stopped."""
+
 from __future__ import annotations
 
 import base64
@@ -58,8 +59,11 @@ def served(base: str, name: str, queries: list[bytes], k: int) -> list[tuple]:
     store.refresh()
     srv = BackgroundServer(store)
     try:
-        r = httpx.post(f"{srv.url}/v1/models/{name}:search", timeout=60,
-                       json={"instances": [{"b64": base64.b64encode(q).decode()} for q in queries], "k": k})
+        r = httpx.post(
+            f"{srv.url}/v1/models/{name}:search",
+            timeout=60,
+            json={"instances": [{"b64": base64.b64encode(q).decode()} for q in queries], "k": k},
+        )
         assert r.status_code == 200, r.text
         return [(tuple(x["ids"]), tuple(x["distances"])) for x in r.json()["results"]]
     finally:
@@ -67,10 +71,16 @@ def served(base: str, name: str, queries: list[bytes], k: int) -> list[tuple]:
 
 
 def test_a_server_index_answers_as_faiss_through_the_cli_the_service_an_update_and_a_filter(
-        server, tmp_path, trained_model, mosaic_examples, gallery, queries):
+    server, tmp_path, trained_model, mosaic_examples, gallery, queries
+):
     mv, fa = model_copy(tmp_path / "m", trained_model), model_copy(tmp_path / "f", trained_model)
-    assert main(["index", "--model", mv, "--examples", mosaic_examples, "--backend", "milvus",
-                 "--milvus-uri", server.uri] + [f"--beam-arg={a}" for a in BEAM]) == 0
+    assert (
+        main(
+            ["index", "--model", mv, "--examples", mosaic_examples, "--backend", "milvus", "--milvus-uri", server.uri]
+            + [f"--beam-arg={a}" for a in BEAM]
+        )
+        == 0
+    )
     assert main(["index", "--model", fa, "--examples", mosaic_examples] + [f"--beam-arg={a}" for a in BEAM]) == 0
     m = gindex.read_manifest(os.path.join(mv, "index"))
     assert m["backend"] == "milvus" and m["milvus"]["uri"] == server.uri and m["count"] == len(gallery) == 48
@@ -78,8 +88,9 @@ def test_a_server_index_answers_as_faiss_through_the_cli_the_service_an_update_a
     assert m["model_fingerprint"] in client.describe_collection(m["milvus"]["collection"])["description"]
     client.close()
     same_answers(answers(mv, queries), answers(fa, queries))
-    same_answers(served(str(tmp_path / "m"), "dsrhn", queries[:8], 10),
-                 served(str(tmp_path / "f"), "dsrhn", queries[:8], 10))
+    same_answers(
+        served(str(tmp_path / "m"), "dsrhn", queries[:8], 10), served(str(tmp_path / "f"), "dsrhn", queries[:8], 10)
+    )
 
     changes = (gallery[:6], [gallery[40].id, gallery[41].id])  # 6 replaced (same ids, the same images), 2 removed
     for model in (mv, fa):
@@ -98,8 +109,13 @@ def test_a_restarted_server_keeps_every_row_and_answers_the_same(tmp_path, train
     s = start(folder)
     try:
         mv = model_copy(tmp_path / "m", trained_model)
-        assert main(["index", "--model", mv, "--examples", mosaic_examples, "--backend", "milvus",
-                     "--milvus-uri", s.uri] + [f"--beam-arg={a}" for a in BEAM]) == 0
+        assert (
+            main(
+                ["index", "--model", mv, "--examples", mosaic_examples, "--backend", "milvus", "--milvus-uri", s.uri]
+                + [f"--beam-arg={a}" for a in BEAM]
+            )
+            == 0
+        )
         before = answers(mv, queries)
     finally:
         stop(s)

@@ -1,6 +1,7 @@
 """Multi-level codes: the local distance and re-ranking rule against a per-pair reference, region labels from
 the mosaic masks, bit selection, the re-ranked mAP, and the two-stage search on both index backends.
 The trained model's path (train, export, index, evaluate, :search with "rerank") is in test_methods.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,6 +28,7 @@ def _random_local(rng, n: int, valid_p: float = 0.8) -> np.ndarray:
 
 def _reference(q: np.ndarray, g: np.ndarray) -> float:
     """The docstring's rule, one pair of regions at a time."""
+
     def bits(x):
         return np.unpackbits(x)[:BITS].astype(bool)
 
@@ -89,6 +91,7 @@ def test_rerank_orders_by_the_combined_distance_and_keeps_the_global_order_on_ti
     ties = np.zeros((1, 6), np.float32)
     ties[0, [1, 4]] = -1.0
     from dsrhn.multilevel import _top_k
+
     assert _top_k(ties, 3).tolist() == [[1, 4, 0]] and _top_k(ties, 1).tolist() == [[1]]
     same, *_ = rerank(d_global, rows, q, local, BITS, 0.0)  # weight 0: the global order
     assert same[1].tolist() == rows[1].tolist()
@@ -109,11 +112,13 @@ def test_rerank_map_with_weight_zero_is_the_global_map_and_a_perfect_local_signa
 
     q_local, g_local = local_of(q_labels), local_of(g_labels)
     base, _ = metrics.average_precisions(q_codes, g_codes, q_labels, g_labels, 100)
-    zero, _ = metrics.rerank_average_precisions(q_codes, g_codes, q_labels, g_labels, q_local, g_local, BITS, 200,
-                                                0.0, 100)
+    zero, _ = metrics.rerank_average_precisions(
+        q_codes, g_codes, q_labels, g_labels, q_local, g_local, BITS, 200, 0.0, 100
+    )
     np.testing.assert_allclose(zero, base)
-    lifted, _ = metrics.rerank_average_precisions(q_codes, g_codes, q_labels, g_labels, q_local, g_local, BITS, 300,
-                                                  1.0, 100)
+    lifted, _ = metrics.rerank_average_precisions(
+        q_codes, g_codes, q_labels, g_labels, q_local, g_local, BITS, 300, 1.0, 100
+    )
     assert lifted.mean() > base.mean() + 0.3
 
 
@@ -167,17 +172,29 @@ def test_two_stage_search_on_either_backend_reads_the_memory_mapped_local_codes(
     local = _random_local(rng, n)
     config = IndexConfig(backend=backend, milvus_uri=str(tmp_path / "m.db")) if backend == "milvus" else IndexConfig()
     layout = {"count": R, "rerank_weight": 1.0}
-    manifest = gindex.write_gallery(str(tmp_path / "index"), codes, [f"g{i}" for i in range(n)],
-                                    np.zeros((n, 0), np.uint8), [], BITS,
-                                    {"model_fingerprint": "synthetic", "model_version": "1"}, config, local, layout)
+    manifest = gindex.write_gallery(
+        str(tmp_path / "index"),
+        codes,
+        [f"g{i}" for i in range(n)],
+        np.zeros((n, 0), np.uint8),
+        [],
+        BITS,
+        {"model_fingerprint": "synthetic", "model_version": "1"},
+        config,
+        local,
+        layout,
+    )
     assert manifest["local"] == {"file": "local.npy", "count": R, "word_bytes": 8, "bits": BITS, "rerank_weight": 1.0}
     assert "local.npy" in manifest["files"]
     gallery = gindex.open_gallery(str(tmp_path / "index"), manifest)
     assert gallery.local.shape == (n, R, 2, 8) and (gallery.local == local).all()
     assert isinstance(gallery.local, np.memmap) and not gallery.local.flags.writeable  # mapped, not loaded
     q_local = _random_local(rng, 2)
-    outputs = {"local_codes": q_local[:, :, 0, :2], "local_selected": q_local[:, :, 1, :2],
-               "local_valid": q_local[:, :, 1].any(-1)}
+    outputs = {
+        "local_codes": q_local[:, :, 0, :2],
+        "local_selected": q_local[:, :, 1, :2],
+        "local_valid": q_local[:, :, 1].any(-1),
+    }
     dist, rows = gallery.search(codes[:2], 50)
     res = gindex.answer_results(gallery, outputs, dist, rows, 5, gindex.Rerank(50, 1.0))
     ref_rows, ref_g, ref_l, ref_c = rerank(dist, rows, q_local, local, BITS, 1.0)
@@ -190,8 +207,28 @@ def test_two_stage_search_on_either_backend_reads_the_memory_mapped_local_codes(
     plain = gindex.answer_results(gallery, outputs, dist, rows, 5, None)
     assert set(plain[0]) == {"ids", "distances", "labels", "rows"}  # without re-ranking: the plain answer
     with pytest.raises(ValueError, match="local codes and their layout"):
-        gindex.write_gallery(str(tmp_path / "x"), codes, [f"g{i}" for i in range(n)], np.zeros((n, 0), np.uint8), [],
-                             BITS, {"model_fingerprint": "synthetic"}, IndexConfig(), local, None)
+        gindex.write_gallery(
+            str(tmp_path / "x"),
+            codes,
+            [f"g{i}" for i in range(n)],
+            np.zeros((n, 0), np.uint8),
+            [],
+            BITS,
+            {"model_fingerprint": "synthetic"},
+            IndexConfig(),
+            local,
+            None,
+        )
     with pytest.raises(ValueError, match="local codes must be uint8"):
-        gindex.write_gallery(str(tmp_path / "x"), codes, [f"g{i}" for i in range(n)], np.zeros((n, 0), np.uint8), [],
-                             BITS, {"model_fingerprint": "synthetic"}, IndexConfig(), local[:10], layout)
+        gindex.write_gallery(
+            str(tmp_path / "x"),
+            codes,
+            [f"g{i}" for i in range(n)],
+            np.zeros((n, 0), np.uint8),
+            [],
+            BITS,
+            {"model_fingerprint": "synthetic"},
+            IndexConfig(),
+            local[:10],
+            layout,
+        )

@@ -1,5 +1,6 @@
 """Seeing results: gallery previews stored by `dsrhn index` and served under the model's version, the search
 page at /, and the page driven in a real browser (Debian's chromium through Selenium)."""
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,9 @@ def served(tmp_path_factory, trained_model, mosaic_examples):
     for name, previews in (("dsrhn", True), ("plain", False)):
         v1 = base / name / "1"
         shutil.copytree(trained_model, v1)
-        summary = run_indexing(str(v1), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16,
-                               previews=previews)
+        summary = run_indexing(
+            str(v1), gallery_from_examples(mosaic_examples), beam_args=BEAM, batch_size=16, previews=previews
+        )
         store = ModelStore(str(base), name, poll_seconds=3600)
         store.start()
         out[name] = (summary, LiveServer(store))
@@ -68,15 +70,19 @@ def test_previews_are_packed_checksummed_and_bound_to_the_version(served, mosaic
             hr = np.asarray(Image.open(io.BytesIO(gallery[sorted(gallery)[row]])).convert("L"), np.float32)
             other = np.asarray(Image.open(io.BytesIO(gallery[sorted(gallery)[row - 1]])).convert("L"), np.float32)
             assert img.shape == hr.shape and np.abs(img - hr).mean() < 4.0 < np.abs(img - other).mean()
-            again = c.get(f"/v1/models/dsrhn/versions/1/generations/0/previews/{row}",
-                          headers={"If-None-Match": r.headers["etag"]})
+            again = c.get(
+                f"/v1/models/dsrhn/versions/1/generations/0/previews/{row}",
+                headers={"If-None-Match": r.headers["etag"]},
+            )
             assert again.status_code == 304
         latest = c.get("/v1/models/dsrhn/previews/0")
         assert latest.status_code == 200 and latest.headers["cache-control"] == "no-cache"
         missing = c.get("/v1/models/dsrhn/versions/1/previews/48")
         assert missing.status_code == 404 and "row 48 does not exist" in missing.json()["error"]
-        answer = c.post("/v1/models/dsrhn:search", json={
-            "instances": [{"b64": base64.b64encode(query_png(mosaic_examples)).decode()}], "k": 5}).json()
+        answer = c.post(
+            "/v1/models/dsrhn:search",
+            json={"instances": [{"b64": base64.b64encode(query_png(mosaic_examples)).decode()}], "k": 5},
+        ).json()
         assert answer["previews"] == "/v1/models/dsrhn/versions/1/generations/0/previews/"
         gone = c.get("/v1/models/dsrhn/versions/1/generations/7/previews/0")
         assert gone.status_code == 404 and "search again" in gone.json()["error"]
@@ -92,8 +98,10 @@ def test_an_index_without_previews_says_so(served, mosaic_examples):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         r = c.get("/v1/models/plain/versions/1/previews/0")
         assert r.status_code == 404 and "--no-previews" in r.json()["error"]
-        answer = c.post("/v1/models/plain:search", json={
-            "instances": [{"b64": base64.b64encode(query_png(mosaic_examples)).decode()}], "k": 3}).json()
+        answer = c.post(
+            "/v1/models/plain:search",
+            json={"instances": [{"b64": base64.b64encode(query_png(mosaic_examples)).decode()}], "k": 3},
+        ).json()
         assert "previews" not in answer and len(answer["results"][0]["ids"]) == 3
         info = c.get("/ui/info").json()
         assert info["previews"] is False and info["samples"] == []
@@ -103,8 +111,11 @@ def test_version_paths_take_ascii_digits_only(served):
     _, server = served["dsrhn"]
     with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.get("/v1/models/dsrhn/versions/1").status_code == 200
-        for path in ("/v1/models/dsrhn/versions/\u0661", "/v1/models/dsrhn/versions/\u0661/previews/0",
-                     "/v1/models/dsrhn/versions/\uff11:search"):
+        for path in (
+            "/v1/models/dsrhn/versions/\u0661",
+            "/v1/models/dsrhn/versions/\u0661/previews/0",
+            "/v1/models/dsrhn/versions/\uff11:search",
+        ):
             r = c.get(path) if "search" not in path else c.post(path, json={"instances": [], "k": 1})
             assert r.status_code == 404 and "error" in r.json(), path
 
@@ -134,8 +145,10 @@ def test_search_in_a_real_browser(served, mosaic_examples, tmp_path):
     query.write_bytes(query_png(mosaic_examples))
     k = 7
     with httpx.Client(base_url=server.url, timeout=30) as c:
-        expected = c.post("/v1/models/dsrhn:search", json={
-            "instances": [{"b64": base64.b64encode(query.read_bytes()).decode()}], "k": k}).json()["results"][0]["ids"]
+        expected = c.post(
+            "/v1/models/dsrhn:search",
+            json={"instances": [{"b64": base64.b64encode(query.read_bytes()).decode()}], "k": k},
+        ).json()["results"][0]["ids"]
     shot = os.environ.get("DSRHN_SCREENSHOT") or str(tmp_path / "page.png")
     with browser.Browser(900, 900) as b:
         shown = b.search_file(server.url + "/", str(query), k)

@@ -1,6 +1,7 @@
 """Real photos: the offline corpus (Debian packages; set-up fetches a two-package subset into data/photos-mini),
 the resource-bundle readers, a plain photo folder ingested as instances (each photo its own identity, views
 as queries), training on fresh pairs of views, and the collapse check."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,10 +46,12 @@ def test_qt_resource_and_eet_readers_round_trip_and_name_broken_files():
 def test_selection_takes_the_largest_jpeg_of_an_eet_and_the_classes_of_a_bundle(tmp_path):
     tree = tmp_path / "pkg"
     (tree / "bg").mkdir(parents=True)
-    (tree / "bg" / "Tree.edj").write_bytes(write_eet([("edje/images/0", jpeg(5, (40, 30))),
-                                                      ("edje/images/1", jpeg(6, (160, 120)))]))
-    (tree / "r.rcc").write_bytes(write_rcc([("set/fishes/f1.webp", jpeg(7)), ("set/tools/t1.webp", jpeg(8)),
-                                            ("set/other.txt", b"x")]))
+    (tree / "bg" / "Tree.edj").write_bytes(
+        write_eet([("edje/images/0", jpeg(5, (40, 30))), ("edje/images/1", jpeg(6, (160, 120)))])
+    )
+    (tree / "r.rcc").write_bytes(
+        write_rcc([("set/fishes/f1.webp", jpeg(7)), ("set/tools/t1.webp", jpeg(8)), ("set/other.txt", b"x")])
+    )
     found = photo_corpus.select(photo_corpus.Selection("p", ("bg/*.edj",), "edj"), str(tree), "1.0")
     assert len(found) == 1 and Image.open(io.BytesIO(found[0].data)).size == (160, 120)
     assert photo_corpus.file_name(found[0]) == "p--Tree.jpg"
@@ -59,19 +62,25 @@ def test_selection_takes_the_largest_jpeg_of_an_eet_and_the_classes_of_a_bundle(
 
 def test_near_duplicates_and_small_images_are_dropped_with_reasons():
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 1200, 3), dtype=np.uint8)).filter(
-        __import__("PIL.ImageFilter", fromlist=["x"]).GaussianBlur(8))
+        __import__("PIL.ImageFilter", fromlist=["x"]).GaussianBlur(8)
+    )
+
     def enc(img, q=92):
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=q)
         return buf.getvalue()
+
     other = Image.fromarray(np.random.default_rng(1).integers(0, 255, (1000, 1200, 3), dtype=np.uint8)).filter(
-        __import__("PIL.ImageFilter", fromlist=["x"]).GaussianBlur(8))
-    cands = [photo_corpus.Candidate("p", "1", "a.jpg", enc(big)),
-             photo_corpus.Candidate("p", "1", "a-smaller.jpg", enc(big.resize((1150, 960)), 70)),  # the same picture
-             photo_corpus.Candidate("p", "1", "b.jpg", enc(other)),
-             photo_corpus.Candidate("p", "1", "b-copy.jpg", enc(other)),  # the same bytes
-             photo_corpus.Candidate("p", "1", "tiny.jpg", enc(big.resize((640, 480)))),
-             photo_corpus.Candidate("p", "1", "broken.jpg", enc(big)[:300])]
+        __import__("PIL.ImageFilter", fromlist=["x"]).GaussianBlur(8)
+    )
+    cands = [
+        photo_corpus.Candidate("p", "1", "a.jpg", enc(big)),
+        photo_corpus.Candidate("p", "1", "a-smaller.jpg", enc(big.resize((1150, 960)), 70)),  # the same picture
+        photo_corpus.Candidate("p", "1", "b.jpg", enc(other)),
+        photo_corpus.Candidate("p", "1", "b-copy.jpg", enc(other)),  # the same bytes
+        photo_corpus.Candidate("p", "1", "tiny.jpg", enc(big.resize((640, 480)))),
+        photo_corpus.Candidate("p", "1", "broken.jpg", enc(big)[:300]),
+    ]
     kept, dropped = photo_corpus.choose(cands)
     assert [c.source for c in kept] == ["a.jpg", "b.jpg"]
     reasons = {d["source"]: d["reason"] for d in dropped}
@@ -81,17 +90,21 @@ def test_near_duplicates_and_small_images_are_dropped_with_reasons():
 
 
 def test_licences_follow_the_debian_copyright_file():
-    text = ("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nCopyright: x\n"
-            "License: GPL-2+\n\nFiles: 16.04/Dragonfly_by_Bolly.jpg\nCopyright: Bolly\nLicense: CC-BY-SA-4.0\n\n"
-            "Files: src/fishes/fish1.jpg\nCopyright: y\nLicense: public-domain\n")
+    text = (
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nCopyright: x\n"
+        "License: GPL-2+\n\nFiles: 16.04/Dragonfly_by_Bolly.jpg\nCopyright: Bolly\nLicense: CC-BY-SA-4.0\n\n"
+        "Files: src/fishes/fish1.jpg\nCopyright: y\nLicense: public-domain\n"
+    )
     rules = photo_corpus.parse_copyright(text)
     assert photo_corpus.licence_for("usr/share/backgrounds/Dragonfly_by_Bolly.jpg", rules) == "CC-BY-SA-4.0"
     assert photo_corpus.licence_for("r.rcc!gcompris/src/fishes/fish1.webp", rules) == "public-domain"
     assert photo_corpus.licence_for("usr/share/other.jpg", rules) == "GPL-2+"
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(MINI, "manifest.json")),
-                    reason=f"{MINI} missing: scripts/setup.sh fetches it (dsrhn photos --mini)")
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(MINI, "manifest.json")),
+    reason=f"{MINI} missing: scripts/setup.sh fetches it (dsrhn photos --mini)",
+)
 def test_the_mini_corpus_installed_by_setup(tmp_path):
     manifest = json.load(open(os.path.join(MINI, "manifest.json")))
     assert manifest["requested"] == list(photo_corpus.MINI_PACKAGES) and not manifest["failed"]
@@ -116,8 +129,9 @@ def fake_deb(tmp, package: str, files: dict) -> str:
 
     tree = tmp / f"{package}-tree"
     (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: 9.9-1\nArchitecture: all\n"
-                                             "Maintainer: t <t@example.org>\nDescription: test\n")
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: 9.9-1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n"
+    )
     doc = tree / "usr" / "share" / "doc" / package
     doc.mkdir(parents=True)
     (doc / "copyright").write_text("Files: *\nCopyright: t\nLicense: Expat\n")
@@ -132,8 +146,11 @@ def fake_deb(tmp, package: str, files: dict) -> str:
 def test_a_failed_package_is_named_and_the_rest_is_written(tmp_path, monkeypatch):
     big = io.BytesIO()
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(big, "JPEG")
-    deb = fake_deb(tmp_path, "libjs-jquery-backstretch",
-                   {"usr/share/doc/libjs-jquery-backstretch/examples/coffee.jpg": big.getvalue()})
+    deb = fake_deb(
+        tmp_path,
+        "libjs-jquery-backstretch",
+        {"usr/share/doc/libjs-jquery-backstretch/examples/coffee.jpg": big.getvalue()},
+    )
 
     def download(package, debs):
         if package == "palapeli-data":
@@ -167,13 +184,25 @@ def photo_examples(tmp_path_factory):
     from dsrhn.config import LRConfig
 
     root = tmp_path_factory.mktemp("photos")
-    _photo_folder(str(root / "mine"),
-                  ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry"])
+    _photo_folder(
+        str(root / "mine"), ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry"]
+    )
     _photo_folder(str(root / "held"), ["retina", "horse"])
     (root / "mine" / "notes.txt").write_text("not a photo")
     out = str(root / "ex")
-    summary = run_ingest({"kind": "photos", "root": str(root / "mine"), "test_root": str(root / "held"),
-                          "query_views": 3, "gallery_views": 2}, out, 64, LRConfig(scale=4), beam_args=BEAM)
+    summary = run_ingest(
+        {
+            "kind": "photos",
+            "root": str(root / "mine"),
+            "test_root": str(root / "held"),
+            "query_views": 3,
+            "gallery_views": 2,
+        },
+        out,
+        64,
+        LRConfig(scale=4),
+        beam_args=BEAM,
+    )
     return out, summary
 
 

@@ -1,4 +1,5 @@
 """The TFX pipeline end to end, run as TFX users run it: `tfx pipeline create` / `tfx run create`."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ def run(cmd: list[str], env: dict, timeout: int = 900) -> str:
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("tfx")
-    return {**os.environ, "DSRHN_HOME": str(home), "DSRHN_PIPELINE_CONFIG": json.dumps({"tiny": True}),
-            "LOCAL_HOME": str(home / "cli"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return {
+        **os.environ,
+        "DSRHN_HOME": str(home),
+        "DSRHN_PIPELINE_CONFIG": json.dumps({"tiny": True}),
+        "LOCAL_HOME": str(home / "cli"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
 
 
 def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, monkeypatch):
@@ -44,10 +50,10 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     # Examples -> TFRecords parse; SavedModel loads; index has one row per gallery image; report has mAP
     import ml_metadata as mlmd
 
+    from dsrhn.contracts import read_metadata
     from dsrhn.records import read_split
     from pipeline.runners import _metadata
     from serving.index import load_index
-    from dsrhn.contracts import read_metadata
 
     store = mlmd.MetadataStore(_metadata(cfg))
     examples = store.get_artifacts_by_type("Examples")[-1].uri
@@ -58,7 +64,11 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     g = load_index(out["pushed_model"], read_metadata(out["pushed_model"]))
     assert g.count == n_gallery
     report = json.load(open(out["evaluation_report"].replace("report.md", "report.json")))
-    assert report["map"] >= cfg.min_map == 0.35 and report["gallery"] == n_gallery and not report["code_health"]["problems"]
+    assert (
+        report["map"] >= cfg.min_map == 0.35
+        and report["gallery"] == n_gallery
+        and not report["code_health"]["problems"]
+    )
     assert os.path.exists(out["evaluation_report"].replace("report.md", "curves.png"))
     n_models = len(store.get_artifacts_by_type("Model"))
 
@@ -76,8 +86,11 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
     srv = LiveServer(serving)
     try:
         lr = next(read_split_raw(examples, "query").take(1).as_numpy_iterator())["lr"]
-        r = httpx.post(f"{srv.url}/v1/models/dsrhn:search",
-                       json={"instances": [{"b64": base64.b64encode(lr).decode()}], "k": 5}, timeout=60)
+        r = httpx.post(
+            f"{srv.url}/v1/models/dsrhn:search",
+            json={"instances": [{"b64": base64.b64encode(lr).decode()}], "k": 5},
+            timeout=60,
+        )
         assert r.status_code == 200 and len(r.json()["results"][0]["ids"]) == 5
         assert r.json()["model_version"] == os.path.basename(out["pushed_model"])
     finally:
@@ -92,9 +105,23 @@ def test_tfx_cli_runs_the_pipeline_and_every_artifact_feeds_the_next(tiny_env, m
 
     # a worse model (HashNet and SRNet barely move: the initial weights' codes) is evaluated against the blessed
     # one and NOT blessed: nothing is pushed, the served version stays
-    worse = {**tiny_env, "DSRHN_PIPELINE_CONFIG": json.dumps(
-        {"tiny": True, "train_steps": 2, "preset_overrides": {"bits": 12, "epochs": 1, "batch_size": 32,
-                                                              "steps_per_epoch": 2, "hash_lr": 1e-9, "sr_lr": 1e-9}})}
+    worse = {
+        **tiny_env,
+        "DSRHN_PIPELINE_CONFIG": json.dumps(
+            {
+                "tiny": True,
+                "train_steps": 2,
+                "preset_overrides": {
+                    "bits": 12,
+                    "epochs": 1,
+                    "batch_size": 32,
+                    "steps_per_epoch": 2,
+                    "hash_lr": 1e-9,
+                    "sr_lr": 1e-9,
+                },
+            }
+        ),
+    }
     log = run([tfx_cli, "run", "create", "--engine", "local", "--pipeline_name", "dsrhn"], worse)
     assert len(store.get_artifacts_by_type("Model")) == n_models + 1
     line = next(x for x in log.splitlines() if "evaluation: LR-query" in x)

@@ -1,6 +1,7 @@
 """Backbones for real photos: AlexNet's canonical geometry, strict weight loading, ImageNet MobileNetV2
 converted from the offline wheel without torch (checked by classifying real photos), and the paper
 preset end to end (train 2 steps at 224 px, export, index, one search over HTTP)."""
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,13 @@ def test_alexnet_has_the_canonical_geometry():
     preset = get_preset("paper")
     backbone = models.Backbone(preset)
     shapes = {name: tuple(backbone.get_layer(name).output.shape[1:]) for name in ("c1", "pool1", "c2", "pool2", "c5")}
-    assert shapes == {"c1": (55, 55, 96), "pool1": (27, 27, 96), "c2": (27, 27, 256), "pool2": (13, 13, 256),
-                      "c5": (13, 13, 256)}
+    assert shapes == {
+        "c1": (55, 55, 96),
+        "pool1": (27, 27, 96),
+        "c2": (27, 27, 256),
+        "pool2": (13, 13, 256),
+        "c5": (13, 13, 256),
+    }
     head = models.HashHead(preset, backbone.output_shape[1:])
     assert tuple(head.get_layer("pool5").output.shape[1:]) == (6, 6, 256)
     assert tuple(head.get_layer("flatten").output.shape[1:]) == (9216,)
@@ -104,8 +110,13 @@ def test_paper_preset_trains_exports_indexes_and_serves(tmp_path):
     from trainer.task import train_and_export
 
     ex = str(tmp_path / "ex")
-    run_ingest({"kind": "fashion-mnist", "n_train": 8, "query_per_class": 1, "n_gallery": 6}, ex, 224,
-               LRConfig(scale=4), beam_args=["--runner=DirectRunner"])
+    run_ingest(
+        {"kind": "fashion-mnist", "n_train": 8, "query_per_class": 1, "n_gallery": 6},
+        ex,
+        224,
+        LRConfig(scale=4),
+        beam_args=["--runner=DirectRunner"],
+    )
     preset = get_preset("paper", epochs=1, steps_per_epoch=2, batch_size=2, sr_warmup_epochs=0)
     export = str(tmp_path / "serving" / "dsrhn" / "1")
     train_and_export(ex, preset, str(tmp_path / "work"), export, verbose=0)
@@ -117,8 +128,11 @@ def test_paper_preset_trains_exports_indexes_and_serves(tmp_path):
     try:
         buf = io.BytesIO()
         Image.new("RGB", (56, 56), (120, 30, 200)).save(buf, format="PNG")
-        r = httpx.post(f"{server.url}/v1/models/dsrhn:search",
-                       json={"instances": [{"b64": base64.b64encode(buf.getvalue()).decode()}], "k": 3}, timeout=120)
+        r = httpx.post(
+            f"{server.url}/v1/models/dsrhn:search",
+            json={"instances": [{"b64": base64.b64encode(buf.getvalue()).decode()}], "k": 3},
+            timeout=120,
+        )
         assert r.status_code == 200 and len(r.json()["results"][0]["ids"]) == 3
     finally:
         server.stop()

@@ -1,4 +1,5 @@
 """`dsrhn search`: the shell's k-NN search gives what the server's :search gives, over the conftest's trained model."""
+
 from __future__ import annotations
 
 import base64
@@ -105,9 +106,24 @@ def test_bad_files_get_one_line_each_and_the_good_one_is_answered(base, queries,
     truncated = tmp_path / "truncated.png"  # its header reads; its pixels do not
     with open(good, "rb") as f:
         truncated.write_bytes(f.read()[:60])
-    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "dsrhn"), "search", "--model", model_dir(base),
-                        "-k", "3", str(bad), good, missing, str(truncated)], capture_output=True, text=True, cwd=REPO,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "dsrhn"),
+            "search",
+            "--model",
+            model_dir(base),
+            "-k",
+            "3",
+            str(bad),
+            good,
+            missing,
+            str(truncated),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("dsrhn search: error:")]

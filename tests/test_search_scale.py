@@ -1,5 +1,6 @@
 """Search at scale: padded fast-kernel widths, the columnar id map, approximate factories with measured
 recall, the Milvus backend (embedded Milvus Lite), batched serving and Beam multi_processing."""
+
 from __future__ import annotations
 
 import base64
@@ -39,7 +40,7 @@ def test_padded_index_answers_exactly_as_the_native_width_flat_index(bits):
         d_ref, r_ref = native.search(queries, k)
         for q in (queries, queries[:1]):  # a batch (every core) and a single query (one thread)
             d, r = g.search(q, k)
-            assert (d == d_ref[:len(q)]).all() and (r == r_ref[:len(q)]).all(), (bits, k)
+            assert (d == d_ref[: len(q)]).all() and (r == r_ref[: len(q)]).all(), (bits, k)
 
 
 def test_columnar_id_map_round_trips_ids_and_labels(tmp_path, trained_model):
@@ -94,10 +95,26 @@ def test_approximate_factories_report_recall_against_exact_search(tmp_path, trai
     else:
         assert g.index.hnsw.efSearch == 32
     if "nprobe" in params:  # every list probed is exact search, one list of 16 is not: the recall shows both
-        assert gindex.write_index(str(model), codes, rows, meta, config=IndexConfig(
-            factory=factory, recall_queries=200, recall_k=20, nprobe=16))["recall"]["recall"] == 1.0
-        assert gindex.write_index(str(model), codes, rows, meta, config=IndexConfig(
-            factory=factory, recall_queries=200, recall_k=20, nprobe=1))["recall"]["recall"] < 0.95  # 0.88 measured
+        assert (
+            gindex.write_index(
+                str(model),
+                codes,
+                rows,
+                meta,
+                config=IndexConfig(factory=factory, recall_queries=200, recall_k=20, nprobe=16),
+            )["recall"]["recall"]
+            == 1.0
+        )
+        assert (
+            gindex.write_index(
+                str(model),
+                codes,
+                rows,
+                meta,
+                config=IndexConfig(factory=factory, recall_queries=200, recall_k=20, nprobe=1),
+            )["recall"]["recall"]
+            < 0.95
+        )  # 0.88 measured
     exact = gindex.write_index(str(model), codes, rows, meta)
     assert exact["exact"] is True and "recall" not in exact
     with pytest.raises(ValueError, match="needs at least 16 gallery codes"):
@@ -111,8 +128,9 @@ def _mapped_files() -> set[str]:
 
 
 @pytest.mark.parametrize("factory,params", [("BFlat", {}), ("BIVF16", {"nprobe": 4}), ("BHNSW16", {"ef_search": 32})])
-def test_a_memory_mapped_index_answers_as_the_loaded_one_and_is_shared_not_copied(tmp_path, trained_model, factory,
-                                                                                   params):
+def test_a_memory_mapped_index_answers_as_the_loaded_one_and_is_shared_not_copied(
+    tmp_path, trained_model, factory, params
+):
     """Several server processes share one copy of the codes (`dsrhn serve --workers N`): faiss reads them in place
     from the file (which the page cache holds once for all processes) instead of copying them into each process."""
     from dsrhn.contracts import INDEX_DIR, INDEX_FILE
@@ -121,8 +139,13 @@ def test_a_memory_mapped_index_answers_as_the_loaded_one_and_is_shared_not_copie
     model = tmp_path / "m"
     shutil.copytree(trained_model, model)
     codes = np.random.default_rng(1).integers(0, 256, (3000, 2), dtype=np.uint8)
-    gindex.write_index(str(model), codes, [{"id": f"g{i}", "labels": []} for i in range(3000)], meta,
-                       config=IndexConfig(factory=factory, recall_queries=100, recall_k=10, **params))
+    gindex.write_index(
+        str(model),
+        codes,
+        [{"id": f"g{i}", "labels": []} for i in range(3000)],
+        meta,
+        config=IndexConfig(factory=factory, recall_queries=100, recall_k=10, **params),
+    )
     path = str(model / INDEX_DIR / INDEX_FILE)
     loaded = gindex.load_index(str(model), meta)
     assert path not in _mapped_files()  # read into the process's own memory
@@ -146,7 +169,8 @@ def _queries(examples: str, n: int) -> list[bytes]:
 
 
 def test_milvus_backend_serves_the_same_top_k_as_faiss_and_is_bound_to_its_model(
-        tmp_path, trained_model, mosaic_examples):
+    tmp_path, trained_model, mosaic_examples
+):
     base = tmp_path / "serving"
     faiss_v, milvus_v = base / "f" / "1", base / "mv" / "1"
     shutil.copytree(trained_model, faiss_v)
@@ -164,8 +188,11 @@ def test_milvus_backend_serves_the_same_top_k_as_faiss_and_is_bound_to_its_model
         store.refresh()
         srv = BackgroundServer(store)
         try:
-            r = httpx.post(f"{srv.url}/v1/models/{name}:search",
-                           json={"instances": [_b64(q) for q in queries], "k": 10}, timeout=60)
+            r = httpx.post(
+                f"{srv.url}/v1/models/{name}:search",
+                json={"instances": [_b64(q) for q in queries], "k": 10},
+                timeout=60,
+            )
             assert r.status_code == 200, r.text
             answers[name] = r.json()["results"]
         finally:
@@ -180,16 +207,21 @@ def test_milvus_backend_serves_the_same_top_k_as_faiss_and_is_bound_to_its_model
         truth = {g.row(int(r))["id"]: int(d) for d, r in zip(full_d[q], full_r[q])}
         assert all(truth[i] == d for i, d in zip(b["ids"], b["distances"]))  # each Milvus hit is that row, that id
         kth = a["distances"][-1]
-        assert {i for i, d in zip(a["ids"], a["distances"]) if d < kth} == \
-            {i for i, d in zip(b["ids"], b["distances"]) if d < kth}  # the same hits above the last distance
+        assert {i for i, d in zip(a["ids"], a["distances"]) if d < kth} == {
+            i for i, d in zip(b["ids"], b["distances"]) if d < kth
+        }  # the same hits above the last distance
         assert b["rows"] == [next(r for r in range(48) if g.row(r)["id"] == i) for i in b["ids"]]
     assert "previews" in s.manifest and s.manifest["files"]["previews.bin"]  # previews beside a Milvus index too
     # each re-index writes a new generation of the collection and keeps the newest two
     from serving.milvus import connect as _connect
 
     first = s.manifest["milvus"]["collection"]
-    later = [run_indexing(str(milvus_v), items, beam_args=BEAM, config=IndexConfig(backend="milvus", milvus_uri=uri))
-             .manifest["milvus"]["collection"] for _ in range(2)]
+    later = [
+        run_indexing(
+            str(milvus_v), items, beam_args=BEAM, config=IndexConfig(backend="milvus", milvus_uri=uri)
+        ).manifest["milvus"]["collection"]
+        for _ in range(2)
+    ]
     client = _connect(uri)
     kept = sorted(c for c in client.list_collections() if c.startswith(first.rpartition("__")[0] + "__"))
     client.close()
@@ -232,20 +264,24 @@ def test_batched_serving_matches_unbatched_and_isolates_a_bad_request(tmp_path, 
     Image.new("RGB", (14, 14), (1, 2, 3)).save(truncated, format="PNG")
     bad = truncated.getvalue()[:-20]  # the header reads; the graph's decoder refuses the data
     try:
-        expected = [httpx.post(f"{plain.url}/v1/models/dsrhn:search",
-                               json={"instances": [_b64(q)], "k": 5 + i % 3}).json()
-                    for i, q in enumerate(queries)]
+        expected = [
+            httpx.post(f"{plain.url}/v1/models/dsrhn:search", json={"instances": [_b64(q)], "k": 5 + i % 3}).json()
+            for i, q in enumerate(queries)
+        ]
         batcher = batched.app.state.model.batcher
         for with_bad in (False, True):  # concurrent clients; then again with a bad request among them
             got, statuses, calls = [None] * len(queries), {}, batcher.batches
 
             def client(i):
-                got[i] = httpx.post(f"{batched.url}/v1/models/dsrhn:search",
-                                    json={"instances": [_b64(queries[i])], "k": 5 + i % 3}, timeout=60).json()
+                got[i] = httpx.post(  # noqa: B023 (the threads are joined inside the loop)
+                    f"{batched.url}/v1/models/dsrhn:search",
+                    json={"instances": [_b64(queries[i])], "k": 5 + i % 3},
+                    timeout=60,
+                ).json()
 
             def bad_client():
                 r = httpx.post(f"{batched.url}/v1/models/dsrhn:search", json={"instances": [_b64(bad)]}, timeout=60)
-                statuses["bad"] = (r.status_code, r.json())
+                statuses["bad"] = (r.status_code, r.json())  # noqa: B023
 
             threads = [threading.Thread(target=client, args=(i,)) for i in range(len(queries))]
             if with_bad:
@@ -265,8 +301,10 @@ def test_batched_serving_matches_unbatched_and_isolates_a_bad_request(tmp_path, 
 
         from serving.batching import Task
 
-        tasks = [Task(store.current, "serving_default", [q], k, Future()) for q, k in ((queries[0], 5), (bad, 5),
-                                                                                       (queries[1], 6))]
+        tasks = [
+            Task(store.current, "serving_default", [q], k, Future())
+            for q, k in ((queries[0], 5), (bad, 5), (queries[1], 6))
+        ]
         split = batcher.split_batches
         batcher._run(tasks)
         assert batcher.split_batches == split + 1
@@ -283,8 +321,12 @@ def test_index_runs_with_beam_multi_processing_and_reports_every_item(tmp_path, 
     model = tmp_path / "m"
     shutil.copytree(trained_model, model)
     items = gallery_from_examples(mosaic_examples)
-    s = run_indexing(str(model), items, batch_size=8, beam_args=[
-        "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    s = run_indexing(
+        str(model),
+        items,
+        batch_size=8,
+        beam_args=["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    )
     ref = run_indexing(str(model), items, batch_size=8, out_dir=str(tmp_path / "ref"), beam_args=BEAM)
     assert s.manifest["count"] == ref.manifest["count"] == len(items) and not s.rejected
     assert s.manifest["files"]["gallery.faissindex"] == ref.manifest["files"]["gallery.faissindex"]
@@ -307,8 +349,13 @@ def test_ingest_runs_with_beam_multi_processing(tmp_path):
     from dsrhn.records import DatasetInfo
 
     spec = {"kind": "fashion-mnist", "n_train": 40, "query_per_class": 1, "n_gallery": 20}
-    s = run_ingest(spec, str(tmp_path / "mp"), 28, LRConfig(scale=4), beam_args=[
-        "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    s = run_ingest(
+        spec,
+        str(tmp_path / "mp"),
+        28,
+        LRConfig(scale=4),
+        beam_args=["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    )
     ref = run_ingest(spec, str(tmp_path / "ref"), 28, LRConfig(scale=4), beam_args=BEAM)
     assert s.report["written"] == ref.report["written"] == s.report["in"] and s.report["rejected"] == 0
     assert DatasetInfo.read(str(tmp_path / "mp")).counts == DatasetInfo.read(str(tmp_path / "ref")).counts

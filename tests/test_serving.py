@@ -1,4 +1,5 @@
 """Index + REST service, over a real loopback HTTP server."""
+
 from __future__ import annotations
 
 import base64
@@ -34,7 +35,7 @@ def test_12_bit_codes_pad_to_16_without_changing_distances():
     ref = metrics.hamming_distances(codes[:5], codes)
     for i in range(5):
         assert (dist[i] == ref[i][rows[i]]).all()
-        assert (dist[i] == np.sort(((bits[i] != bits).sum(1)))).all()
+        assert (dist[i] == np.sort((bits[i] != bits).sum(1))).all()
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +119,11 @@ def test_status_metadata_and_health(live):
     srv, _ = live
     r = httpx.get(f"{srv.url}/v1/models/dsrhn")
     assert r.status_code == 200
-    assert r.json()["model_version_status"][0] == {"version": "1", "state": "AVAILABLE",
-                                                   "status": {"error_code": "OK", "error_message": ""}}
+    assert r.json()["model_version_status"][0] == {
+        "version": "1",
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
     assert httpx.get(f"{srv.url}/v1/models/dsrhn/versions/1").json()["model_version_status"][0]["version"] == "1"
     meta = httpx.get(f"{srv.url}/v1/models/dsrhn/metadata").json()
     sigs = meta["metadata"]["signature_def"]["signature_def"]
@@ -137,17 +141,21 @@ def test_predict_and_search_match_the_model_and_index(live, base_dir, queries):
     direct = model.signatures["serving_default"](images=tf.constant(queries["lr"]))["codes"].numpy()
     rows = httpx.post(f"{srv.url}/v1/models/dsrhn:predict", json={"instances": [b64(x) for x in queries["lr"]]}).json()
     assert [p["codes"] for p in rows["predictions"]] == direct.tolist()
-    cols = httpx.post(f"{srv.url}/v1/models/dsrhn/versions/1:predict",
-                      json={"inputs": {"images": [b64(x) for x in queries["lr"]]}}).json()
+    cols = httpx.post(
+        f"{srv.url}/v1/models/dsrhn/versions/1:predict", json={"inputs": {"images": [b64(x) for x in queries["lr"]]}}
+    ).json()
     assert cols["outputs"]["codes"] == direct.tolist() and len(cols["outputs"]["bits"][0]) == 12
-    hr = httpx.post(f"{srv.url}/v1/models/dsrhn:predict",
-                    json={"signature_name": "encode_hr", "instances": [{"images": b64(queries["hr"][0])}]}).json()
+    hr = httpx.post(
+        f"{srv.url}/v1/models/dsrhn:predict",
+        json={"signature_name": "encode_hr", "instances": [{"images": b64(queries["hr"][0])}]},
+    ).json()
     hr_codes = model.signatures["encode_hr"](images=tf.constant(queries["hr"][:1]))["codes"].numpy()
     assert hr["predictions"][0]["codes"] == hr_codes[0].tolist()
     g = gindex.load_index(v1, read_metadata(v1))
     dist, idx = g.search(direct, 5)
-    res = httpx.post(f"{srv.url}/v1/models/dsrhn:search",
-                     json={"instances": [b64(x) for x in queries["lr"]], "k": 5}).json()
+    res = httpx.post(
+        f"{srv.url}/v1/models/dsrhn:search", json={"instances": [b64(x) for x in queries["lr"]], "k": 5}
+    ).json()
     assert res["model_version"] == "1"
     for i, r in enumerate(res["results"]):
         assert r["distances"] == dist[i].tolist()
@@ -155,22 +163,25 @@ def test_predict_and_search_match_the_model_and_index(live, base_dir, queries):
         assert all(isinstance(lab, list) for lab in r["labels"])
 
 
-@pytest.mark.parametrize("path,body,status,needle", [
-    ("dsrhn:predict", b"{not json", 400, "JSON Parse error"),
-    ("dsrhn:predict", b"[1, 2]", 400, "JSON object"),
-    ("dsrhn:predict", {"instances": [{"b64": "%%%not base64"}]}, 400, "base64"),
-    ("dsrhn:predict", {"instances": [b64(b"plain text, not an image")]}, 400, "decode"),
-    ("dsrhn:predict", {"instances": ["raw string"]}, 400, "b64"),
-    ("dsrhn:predict", {"signature_name": "nope", "instances": [b64(b"x")]}, 400, "nope"),
-    ("dsrhn:predict", {"foo": 1}, 400, "instances"),
-    ("dsrhn:predict", {"instances": []}, 400, "non-empty"),
-    ("dsrhn:search", {"instances": [b64(b"x")], "k": 0}, 400, "'k'"),
-    ("dsrhn:search", {"instances": [b64(b"x")], "k": 100000}, 400, "'k'"),
-    ("dsrhn:search", {"instances": [b64(b"x")], "k": "ten"}, 400, "'k'"),
-    ("dsrhn:classify", {"instances": []}, 404, "Unknown verb"),
-    ("other:predict", {"instances": []}, 404, "Servable not found"),
-    ("dsrhn/versions/99:predict", {"instances": []}, 404, "Specific(dsrhn, 99)"),
-])
+@pytest.mark.parametrize(
+    "path,body,status,needle",
+    [
+        ("dsrhn:predict", b"{not json", 400, "JSON Parse error"),
+        ("dsrhn:predict", b"[1, 2]", 400, "JSON object"),
+        ("dsrhn:predict", {"instances": [{"b64": "%%%not base64"}]}, 400, "base64"),
+        ("dsrhn:predict", {"instances": [b64(b"plain text, not an image")]}, 400, "decode"),
+        ("dsrhn:predict", {"instances": ["raw string"]}, 400, "b64"),
+        ("dsrhn:predict", {"signature_name": "nope", "instances": [b64(b"x")]}, 400, "nope"),
+        ("dsrhn:predict", {"foo": 1}, 400, "instances"),
+        ("dsrhn:predict", {"instances": []}, 400, "non-empty"),
+        ("dsrhn:search", {"instances": [b64(b"x")], "k": 0}, 400, "'k'"),
+        ("dsrhn:search", {"instances": [b64(b"x")], "k": 100000}, 400, "'k'"),
+        ("dsrhn:search", {"instances": [b64(b"x")], "k": "ten"}, 400, "'k'"),
+        ("dsrhn:classify", {"instances": []}, 404, "Unknown verb"),
+        ("other:predict", {"instances": []}, 404, "Servable not found"),
+        ("dsrhn/versions/99:predict", {"instances": []}, 404, "Specific(dsrhn, 99)"),
+    ],
+)
 def test_bad_requests_get_clear_errors(live, path, body, status, needle):
     srv, _ = live
     url = f"{srv.url}/v1/models/{path}"
@@ -256,8 +267,9 @@ def test_an_xla_export_gives_the_same_codes_at_every_batch_size(tmp_path, tiny_p
             assert (x != y).mean() < 0.01, (sig, n, (x != y).mean())
 
 
-def test_export_query_flip_turns_on_test_time_mirroring_of_a_trained_run(trained_model, mosaic_examples, tmp_path,
-                                                                           capsys):
+def test_export_query_flip_turns_on_test_time_mirroring_of_a_trained_run(
+    trained_model, mosaic_examples, tmp_path, capsys
+):
     """`dsrhn export --query-flip` re-exports a trained run with mirrored queries voting (trainer/methods/base.py):
     a query and its mirror image get the same code, the gallery signature keeps the plain export's codes (so the
     gallery needs no new codes), and the metadata says so; `--no-query-flip` gives the plain export back."""
@@ -272,8 +284,10 @@ def test_export_query_flip_turns_on_test_time_mirroring_of_a_trained_run(trained
     lr = [r["lr"] for r in read_split_raw(mosaic_examples, "query").take(8).as_numpy_iterator()]
     mirrored = [tf.io.encode_png(tf.image.flip_left_right(tf.io.decode_png(b, channels=3))).numpy() for b in lr]
     f, p, trained = (tf.saved_model.load(d).signatures for d in (flip, plain, trained_model))
-    code = {name: sig["serving_default"](images=tf.constant(lr))["bits"].numpy() for name, sig in
-            (("flip", f), ("plain", p), ("trained", trained))}
+    code = {
+        name: sig["serving_default"](images=tf.constant(lr))["bits"].numpy()
+        for name, sig in (("flip", f), ("plain", p), ("trained", trained))
+    }
     assert (f["serving_default"](images=tf.constant(mirrored))["bits"].numpy() == code["flip"]).all()
     assert (code["plain"] == code["trained"]).all()  # --no-query-flip: the run as trained
     assert (code["flip"] != code["plain"]).any()  # the mirror image does vote

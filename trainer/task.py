@@ -1,4 +1,5 @@
 """Entry points: `train_and_export` (used by `dsrhn train`) and TFX's `run_fn`."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,15 @@ from dsrhn.config import Preset, get_preset, preset_from_dict
 from dsrhn.records import DatasetInfo
 
 
-def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_dir: str, verbose: int = 1,
-                     restart: bool = False, with_trainer: bool = False) -> dict:
+def train_and_export(
+    examples_uri: str,
+    preset: Preset,
+    work_dir: str,
+    export_dir: str,
+    verbose: int = 1,
+    restart: bool = False,
+    with_trainer: bool = False,
+) -> dict:
     """Train, then export (the chief of a multi-worker run alone exports; the others return export_dir None).
     The summary is also written to work_dir/train_summary.json; with_trainer adds the trained Trainer under
     "trainer" (tests and benchmarks that read the weights)."""
@@ -19,22 +27,39 @@ def train_and_export(examples_uri: str, preset: Preset, work_dir: str, export_di
     info = DatasetInfo.read(examples_uri)
     result = train(examples_uri, preset, work_dir, verbose=verbose, restart=restart)
     if not result.chief:  # another worker of a multi-worker run: the chief exports
-        summary = {"export_dir": None, "seconds": result.seconds, "history": result.history, "chief": False,
-                   "resumed_from_epoch": result.resumed_from, "code_health": result.health}
+        summary = {
+            "export_dir": None,
+            "seconds": result.seconds,
+            "history": result.history,
+            "chief": False,
+            "resumed_from_epoch": result.resumed_from,
+            "code_health": result.health,
+        }
         return {**summary, "trainer": result.trainer} if with_trainer else summary
     health = {k: v for k, v in (result.health or {}).items() if k != "rare_share"}
-    export_saved_model(result.trainer.method, result.trainer.nets, export_dir, info.label_names,
-                       extra={"dataset": info.source, "train_seconds": result.seconds, "code_health": health},
-                       train_lr_size=info.lr_size)
-    summary = {"export_dir": export_dir, "seconds": result.seconds, "history": result.history,
-               "resumed_from_epoch": result.resumed_from, "code_health": result.health}
+    export_saved_model(
+        result.trainer.method,
+        result.trainer.nets,
+        export_dir,
+        info.label_names,
+        extra={"dataset": info.source, "train_seconds": result.seconds, "code_health": health},
+        train_lr_size=info.lr_size,
+    )
+    summary = {
+        "export_dir": export_dir,
+        "seconds": result.seconds,
+        "history": result.history,
+        "resumed_from_epoch": result.resumed_from,
+        "code_health": result.health,
+    }
     with open(os.path.join(work_dir, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return {**summary, "trainer": result.trainer} if with_trainer else summary
 
 
-def export_checkpoint(work_dir: str, examples_uri: str, export_dir: str, xla: bool = False,
-                      query_flip: bool | None = None) -> str:
+def export_checkpoint(
+    work_dir: str, examples_uri: str, export_dir: str, xla: bool = False, query_flip: bool | None = None
+) -> str:
     """Re-export a trained run from its latest checkpoint (the preset and data it was trained with), e.g. with other
     serving options: xla, query_flip (test-time mirroring of queries; None keeps the run's). Nothing is trained."""
     from trainer.export import export_saved_model
@@ -51,9 +76,15 @@ def export_checkpoint(work_dir: str, examples_uri: str, export_dir: str, xla: bo
         preset = preset.replace(query_flip=query_flip)  # a query-side option: the gallery's codes do not change
     trainer = build_trainer(preset, info, context=RunContext(identity=state.get("identity")))
     restore_checkpoint(trainer, ckpt)
-    return export_saved_model(trainer.method, trainer.nets, export_dir, info.label_names,
-                              extra={"dataset": info.source, "from_checkpoint": os.path.basename(ckpt)},
-                              train_lr_size=info.lr_size, xla=xla)
+    return export_saved_model(
+        trainer.method,
+        trainer.nets,
+        export_dir,
+        info.label_names,
+        extra={"dataset": info.source, "from_checkpoint": os.path.basename(ckpt)},
+        train_lr_size=info.lr_size,
+        xla=xla,
+    )
 
 
 def preset_from_custom_config(custom_config: dict | None) -> Preset:

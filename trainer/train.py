@@ -10,6 +10,7 @@ dsrhn.degrade.to_hr_space: the stored LR partners for degradation kind `fixed`, 
 example and epoch by the blind degradation model), the labels and, for methods that need them, the
 pixel masks.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ class RunContext:
     chief: bool = True  # is_chief: this worker writes the checkpoints, logs and export
 
 
-def build_trainer(preset: Preset, info: DatasetInfo | None = None, steps_per_epoch: int = 0,
-                  context: RunContext | None = None) -> Trainer:
+def build_trainer(
+    preset: Preset, info: DatasetInfo | None = None, steps_per_epoch: int = 0, context: RunContext | None = None
+) -> Trainer:
     """A Trainer for `preset.method` (info: the dataset's, needed by methods whose networks depend on the
     number of labels)."""
     return Trainer(build_method(preset, info), steps_per_epoch, context)
@@ -60,8 +62,9 @@ class Trainer(keras.Model):
         self.method, self.preset = method, method.preset
         self.context = context or RunContext()
         self.nets = method.networks()
-        self.opts = {name: _maybe_loss_scale(opt, self.preset)
-                     for name, opt in method.optimizers(steps_per_epoch).items()}
+        self.opts = {
+            name: _maybe_loss_scale(opt, self.preset) for name, opt in method.optimizers(steps_per_epoch).items()
+        }
         self.phase = method.phases()[0].name if method.phases() else ""
         self.replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.multi_worker = isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
@@ -183,8 +186,15 @@ def n_photos(info: DatasetInfo) -> int:
     return int(info.counts.get("train", 0))
 
 
-def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_epoch: int, steps: int,
-                     info: DatasetInfo | None = None, masks: bool = False) -> tf.data.Dataset:
+def training_dataset(
+    examples_uri: str,
+    preset: Preset,
+    first_epoch: int,
+    last_epoch: int,
+    steps: int,
+    info: DatasetInfo | None = None,
+    masks: bool = False,
+) -> tf.data.Dataset:
     """Batches {hr, lr_up, labels[, mask]} for epochs [first_epoch, last_epoch): epoch e is shuffled with
     seed+e, and a blind LR is drawn from a stateless seed of (seed, e, position in the epoch), so a
     resumed run sees exactly the batches an uninterrupted run would have. In an instance dataset (photos,
@@ -197,16 +207,24 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
     base = read_split(examples_uri, "train", info).map(lambda r: {k: r[k] for k in keep})
     if instances:
         if not blind:
-            raise ValueError("an instance dataset (photos) trains on views drawn afresh from each photo, so its LR "
-                             "must be drawn too: use degradation kind blind, not fixed")
+            raise ValueError(
+                "an instance dataset (photos) trains on views drawn afresh from each photo, so its LR "
+                "must be drawn too: use degradation kind blind, not fixed"
+            )
         if preset.batch_size % preset.views.per_photo:
-            raise ValueError(f"batch_size {preset.batch_size} is not a multiple of views.per_photo "
-                             f"{preset.views.per_photo}: a photo's views must share a batch")
+            raise ValueError(
+                f"batch_size {preset.batch_size} is not a multiple of views.per_photo "
+                f"{preset.views.per_photo}: a photo's views must share a batch"
+            )
         # a few thousand photos are kept decoded (decoding a PNG per view bound the SR stage's speed); a larger
         # library keeps its PNG bytes and decodes each photo when it is drawn
-        decoded = n_photos(info) * (info.source_side ** 2) * 3 * 2 <= DECODED_CACHE_BYTES
-        base = base.map(lambda r: {"labels": r["labels"],
-                                   "source": tf.io.decode_png(r["source"], channels=3) if decoded else r["source"]})
+        decoded = n_photos(info) * (info.source_side**2) * 3 * 2 <= DECODED_CACHE_BYTES
+        base = base.map(
+            lambda r: {
+                "labels": r["labels"],
+                "source": tf.io.decode_png(r["source"], channels=3) if decoded else r["source"],
+            }
+        )
     base = base.cache()
     buffer = 1024 if instances else 4096  # an instance record holds a whole photo
 
@@ -228,8 +246,9 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
         if instances:
             ds = ds.enumerate().flat_map(lambda i, r: photo_views(i, r, e))
         if blind:
-            ds = ds.enumerate().map(lambda i, r: blind_lr(i, r, e), num_parallel_calls=tf.data.AUTOTUNE,
-                                    deterministic=True)
+            ds = ds.enumerate().map(
+                lambda i, r: blind_lr(i, r, e), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
         else:
             ds = ds.map(fixed_lr, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(preset.batch_size, drop_remainder=True).take(steps)
@@ -246,6 +265,7 @@ def training_dataset(examples_uri: str, preset: Preset, first_epoch: int, last_e
 
 # ---------------------------------------------------------------- checkpoints
 
+
 def save_checkpoint(trainer: Trainer, directory: str, epoch: int) -> str:
     """Every network's weights, every optimizer's slots, the RNG states and the epoch, written atomically."""
     final = os.path.join(directory, f"epoch-{epoch:04d}")
@@ -260,9 +280,18 @@ def save_checkpoint(trainer: Trainer, directory: str, epoch: int) -> str:
     rng = {f"rng/{i:04d}": np.asarray(v) for i, v in enumerate(_seed_states(trainer))}
     np.savez(os.path.join(tmp, "state.npz"), **opt, **rng)
     with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump({"epoch": epoch, "method": trainer.method.name, "networks": sorted(trainer.nets),
-                   "optimizers": sorted(trainer.opts), "preset": trainer.preset.to_dict(),
-                   "identity": trainer.context.identity}, f, allow_nan=False)
+        json.dump(
+            {
+                "epoch": epoch,
+                "method": trainer.method.name,
+                "networks": sorted(trainer.nets),
+                "optimizers": sorted(trainer.opts),
+                "preset": trainer.preset.to_dict(),
+                "identity": trainer.context.identity,
+            },
+            f,
+            allow_nan=False,
+        )
     with tf.io.gfile.GFile(os.path.join(tmp, CHECKSUMS), "w") as f:  # h5 and npz carry none: a flipped byte would load
         json.dump({name: _sha256(os.path.join(tmp, name)) for name in sorted(tf.io.gfile.listdir(tmp))}, f, indent=1)
     if tf.io.gfile.exists(final):
@@ -273,8 +302,9 @@ def save_checkpoint(trainer: Trainer, directory: str, epoch: int) -> str:
 
 def checkpoint_bytes(trainer: Trainer) -> int:
     """What one checkpoint holds: every network's and optimizer's variables."""
-    return (variables_bytes(v for net in trainer.nets.values() for v in net.weights)
-            + variables_bytes(v for o in trainer.opts.values() for v in o.variables))
+    return variables_bytes(v for net in trainer.nets.values() for v in net.weights) + variables_bytes(
+        v for o in trainer.opts.values() for v in o.variables
+    )
 
 
 def completed_checkpoints(directory: str) -> list[str]:
@@ -331,18 +361,24 @@ def restore_checkpoint(trainer: Trainer, path: str) -> int:
     with open(os.path.join(path, "state.json")) as f:
         state_json = json.load(f)
     if "networks" not in state_json:
-        raise ValueError(f"checkpoint {path} was written before the method registry (another weight layout) and "
-                         "cannot be resumed: train again in a new --work-dir")
+        raise ValueError(
+            f"checkpoint {path} was written before the method registry (another weight layout) and "
+            "cannot be resumed: train again in a new --work-dir"
+        )
     saved = set(state_json["networks"])
     if saved != set(trainer.nets) or state_json.get("method", trainer.method.name) != trainer.method.name:
-        raise ValueError(f"checkpoint {path} holds method {state_json.get('method')!r} with networks {sorted(saved)}, "
-                         f"not {trainer.method.name!r} with {sorted(trainer.nets)}: use another --work-dir")
+        raise ValueError(
+            f"checkpoint {path} holds method {state_json.get('method')!r} with networks {sorted(saved)}, "
+            f"not {trainer.method.name!r} with {sorted(trainer.nets)}: use another --work-dir"
+        )
     differences = identity_differences(state_json.get("identity"), trainer.context.identity)
     if differences:
-        raise ValueError(f"{os.path.dirname(os.path.dirname(path))} holds checkpoints of a different run "
-                         f"({'; '.join(differences[:8])}{'; ...' if len(differences) > 8 else ''}): resuming would "
-                         "train something you did not ask for. Pass --restart (train(..., restart=True)) to discard "
-                         "them, or use another --work-dir")
+        raise ValueError(
+            f"{os.path.dirname(os.path.dirname(path))} holds checkpoints of a different run "
+            f"({'; '.join(differences[:8])}{'; ...' if len(differences) > 8 else ''}): resuming would "
+            "train something you did not ask for. Pass --restart (train(..., restart=True)) to discard "
+            "them, or use another --work-dir"
+        )
     for name, net in trainer.nets.items():
         net.load_weights(os.path.join(path, f"{name}.weights.h5"))
     trainer.build_optimizers()
@@ -359,8 +395,21 @@ def run_identity(preset: Preset, info: DatasetInfo, steps_per_epoch: int, exampl
     """What a run is: its preset (method, options, every rate and count), the data it reads (its description and
     a fingerprint of the training records' bytes, so other data of the same shape is told apart) and its epoch
     length. Stored with every checkpoint; resuming a run with another identity is refused."""
-    data = {k: getattr(info, k) for k in ("source", "label_names", "hr_size", "lr_size", "scale", "lr", "counts",
-                                          "multi_label", "masks", "source_side")}
+    data = {
+        k: getattr(info, k)
+        for k in (
+            "source",
+            "label_names",
+            "hr_size",
+            "lr_size",
+            "scale",
+            "lr",
+            "counts",
+            "multi_label",
+            "masks",
+            "source_side",
+        )
+    }
     if examples_uri:
         data["train_records_sha256"] = records_fingerprint(examples_uri, "train")
     return json.loads(json.dumps({"preset": preset.to_dict(), "data": data, "steps_per_epoch": steps_per_epoch}))
@@ -409,9 +458,11 @@ class StopOnNonFinite(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         bad = {k: float(v) for k, v in (logs or {}).items() if not np.isfinite(float(v))}
         if bad:
-            raise FloatingPointError(f"phase {self.phase}, epoch {epoch + 1}: non-finite loss {bad}; training "
-                                     "stopped and nothing was saved for this epoch. Lower the learning rates "
-                                     "(--set hash_lr=..., sr_lr=...) or check the data")
+            raise FloatingPointError(
+                f"phase {self.phase}, epoch {epoch + 1}: non-finite loss {bad}; training "
+                "stopped and nothing was saved for this epoch. Lower the learning rates "
+                "(--set hash_lr=..., sr_lr=...) or check the data"
+            )
 
 
 def _seed_states(trainer: Trainer) -> list:
@@ -442,6 +493,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 # ---------------------------------------------------------------- the loop
+
 
 @dataclass
 class TrainResult:
@@ -490,9 +542,17 @@ def trained_code_health(trainer: Trainer, examples_uri: str, info: DatasetInfo, 
     return code_health(np.concatenate(codes), labels=np.concatenate(labels)).to_dict()
 
 
-def train(examples_uri: str, preset: Preset, work_dir: str, *, verbose: int = 1, tensorboard: bool = True,
-          steps_per_epoch: int | None = None, stop_after_epochs: int | None = None,
-          restart: bool = False) -> TrainResult:
+def train(
+    examples_uri: str,
+    preset: Preset,
+    work_dir: str,
+    *,
+    verbose: int = 1,
+    tensorboard: bool = True,
+    steps_per_epoch: int | None = None,
+    stop_after_epochs: int | None = None,
+    restart: bool = False,
+) -> TrainResult:
     """Train the method `preset.method` on the Examples at `examples_uri`, checkpointing each epoch to
     work_dir/checkpoints and resuming from the latest one there when it is the same run (preset, data,
     epoch length; another run's checkpoints are refused, `restart` discards them). `stop_after_epochs`
@@ -518,8 +578,10 @@ def checked_dataset_info(examples_uri: str, preset: Preset) -> DatasetInfo:
     """The dataset's DatasetInfo, refused when its HR size is not the preset's."""
     info = DatasetInfo.read(examples_uri)
     if info.hr_size != preset.hr_size:
-        raise ValueError(f"dataset is {info.hr_size} px HR but preset {preset.name!r} expects {preset.hr_size} px: "
-                         f"re-ingest with --hr-size {preset.hr_size} or pick another preset")
+        raise ValueError(
+            f"dataset is {info.hr_size} px HR but preset {preset.name!r} expects {preset.hr_size} px: "
+            f"re-ingest with --hr-size {preset.hr_size} or pick another preset"
+        )
     return info
 
 
@@ -530,8 +592,10 @@ def epoch_steps(info: DatasetInfo, preset: Preset, steps_per_epoch: int | None) 
     per_record = preset.views.per_photo if info.source_side else 1
     steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train * per_record // preset.batch_size)
     if n_train * per_record < preset.batch_size:
-        raise ValueError(f"{n_train} training records is fewer than one batch of {preset.batch_size}"
-                         + (f" ({per_record} views each)" if per_record > 1 else ""))
+        raise ValueError(
+            f"{n_train} training records is fewer than one batch of {preset.batch_size}"
+            + (f" ({per_record} views each)" if per_record > 1 else "")
+        )
     return steps
 
 
@@ -543,8 +607,7 @@ def check_replicas(method, strategy: tf.distribute.Strategy) -> None:
     if method.data_parallel:
         raise ValueError(f"method {method.name!r} cannot train on several replicas yet: {method.data_parallel}")
     if batch % replicas:
-        raise ValueError(f"batch_size {batch} is the global batch: it must be a multiple of the "
-                         f"{replicas} replicas")
+        raise ValueError(f"batch_size {batch} is the global batch: it must be a multiple of the {replicas} replicas")
 
 
 def distributed_trainer(method, steps: int, context: RunContext, strategy: tf.distribute.Strategy) -> Trainer:
@@ -590,19 +653,32 @@ def fit_phase(trainer: Trainer, plan: FitPlan, phase, offset: int, start: int, e
     preset, chief = trainer.preset, trainer.context.chief
     trainer.phase = phase.name
     with plan.strategy.scope():  # the method's own optimizers step inside train_step; Keras's is one of them, built
-        trainer.compile(optimizer=next(iter(trainer.opts.values())),
-                        jit_compile=bool(preset.xla and tf.config.list_physical_devices("GPU")))
-    ds = training_dataset(plan.examples_uri, preset, offset + start, offset + end, plan.steps, plan.info,
-                          trainer.method.needs_masks)
+        trainer.compile(
+            optimizer=next(iter(trainer.opts.values())),
+            jit_compile=bool(preset.xla and tf.config.list_physical_devices("GPU")),
+        )
+    ds = training_dataset(
+        plan.examples_uri, preset, offset + start, offset + end, plan.steps, plan.info, trainer.method.needs_masks
+    )
     callbacks = [StopOnNonFinite(phase.name), EpochCheckpoint(trainer, plan.checkpoints, offset)]
     if plan.tensorboard and chief:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(plan.work_dir, "logs", phase.name),
-                                                     update_freq="epoch"))
+        callbacks.append(
+            keras.callbacks.TensorBoard(os.path.join(plan.work_dir, "logs", phase.name), update_freq="epoch")
+        )
     if plan.verbose:
-        print(f"phase {phase.name}: epochs {start + 1}..{end} of {phase.epochs}, {plan.steps} steps of "
-              f"{preset.batch_size}")
-    fit = trainer.fit(ds, epochs=end, initial_epoch=start, steps_per_epoch=plan.steps, callbacks=callbacks,
-                      shuffle=False, verbose=plan.verbose if chief else 0)
+        print(
+            f"phase {phase.name}: epochs {start + 1}..{end} of {phase.epochs}, {plan.steps} steps of "
+            f"{preset.batch_size}"
+        )
+    fit = trainer.fit(
+        ds,
+        epochs=end,
+        initial_epoch=start,
+        steps_per_epoch=plan.steps,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=plan.verbose if chief else 0,
+    )
     return {k: [float(x) for x in v] for k, v in fit.history.items()}
 
 
@@ -621,9 +697,11 @@ def health_after_training(trainer: Trainer, plan: FitPlan, reached: int) -> dict
 
 def collapse_hint(preset: Preset) -> str:
     """What to try after a collapse: HashNet's steps were too large for its batches (l_hs back near log 2)."""
-    return (f"hint: retrain with smaller HashNet steps, --set hash_lr={preset.hash_lr / 3:g} or "
-            "--set hash_clipnorm=1: on photos with views.per_photo=4 either kept every bit where hash_lr=0.01 "
-            "collapsed (docs/results.md)")
+    return (
+        f"hint: retrain with smaller HashNet steps, --set hash_lr={preset.hash_lr / 3:g} or "
+        "--set hash_clipnorm=1: on photos with views.per_photo=4 either kept every bit where hash_lr=0.01 "
+        "collapsed (docs/results.md)"
+    )
 
 
 def codes_untrained(method, epochs_done: int) -> bool:

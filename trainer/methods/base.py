@@ -19,6 +19,7 @@ Options (a dataclass of the method's own settings, from `--set options.NAME=VALU
 The generic trainer (trainer/train.py) runs the phases, checkpoints every network and optimizer and
 resumes exactly; export, evaluation and serving read only what the method declares.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -85,8 +86,10 @@ class Method:
         self.preset, self.info = preset, info
         self.options = self.parse_options(preset.options)
         if self.needs_masks and info is not None and not info.masks:
-            raise ValueError(f"method {self.name!r} trains a segmentation branch on pixel masks, and the dataset "
-                             f"({info.source}) has none: ingest fashion-mnist-mosaic or coco, which write masks")
+            raise ValueError(
+                f"method {self.name!r} trains a segmentation branch on pixel masks, and the dataset "
+                f"({info.source}) has none: ingest fashion-mnist-mosaic or coco, which write masks"
+            )
 
     @classmethod
     def parse_options(cls, raw: dict):
@@ -161,8 +164,6 @@ class Method:
         for phase in self.phases():
             names += [m for m in phase.metrics if m not in names]
         return names
-
-
 
 
 def joint_batch(hr, *queries):

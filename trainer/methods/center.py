@@ -12,6 +12,7 @@ available, so this is our reading of it):
 The centers are a network of their own (`centers`, one K-vector per label, initialised at random
 vertices of the hypercube) updated by the same optimizer as HashNet. Queried like hashnet-lr.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ class CenterHash(Method):
     updates = {"hash": ("hashnet", "centers")}
 
     def networks(self) -> dict:
-        return {"hashnet": HashNet(self.preset),
-                "centers": HashCenters(self.num_labels, self.preset.bits, self.preset.seed)}
+        return {
+            "hashnet": HashNet(self.preset),
+            "centers": HashCenters(self.num_labels, self.preset.bits, self.preset.seed),
+        }
 
     def optimizers(self, steps_per_epoch: int) -> dict:
         return {"hash": hash_optimizer(self.preset, self.optimizer_updates(steps_per_epoch).get("hash", 0))}

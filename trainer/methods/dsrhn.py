@@ -8,6 +8,7 @@ query_fuse sums HashNet's logits for the SR and the bicubic query before the sig
 Rows: dsrhn; hashnet-hr (HashNet on HR, HR queries); hashnet-lr (HashNet on HR + bicubic LR, no SR);
 two-stage (SRNet by MSE alone, frozen, then HashNet: the paper's HashNet-SRGAN row).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,17 @@ from keras import ops
 
 from dsrhn.registry import sr_view_methods
 from trainer import losses
-from trainer.methods.base import (Method, Phase, hash_optimizer, joint_batch, joint_hash_terms, learning_rate,
-                                  load_trained_weights, pairwise_hash_loss, summed_logits)
+from trainer.methods.base import (
+    Method,
+    Phase,
+    hash_optimizer,
+    joint_batch,
+    joint_hash_terms,
+    learning_rate,
+    load_trained_weights,
+    pairwise_hash_loss,
+    summed_logits,
+)
 from trainer.models import HashNet, SRNet
 from trainer.pretrained import load_weights_strict
 from trainer.sr_weights import weights_path
@@ -43,8 +53,9 @@ class PhaseRates(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        return ops.where(step < self.boundary, self._rate(self.first, step),
-                         self._rate(self.second, step - self.boundary))
+        return ops.where(
+            step < self.boundary, self._rate(self.first, step), self._rate(self.second, step - self.boundary)
+        )
 
     def get_config(self) -> dict:
         return {"boundary": self.boundary, "first": self.first, "second": self.second}
@@ -64,8 +75,10 @@ class SRHashingOptions:
 
     def __post_init__(self):
         if not (0 <= self.sr_stage_lam < float("inf")):
-            raise ValueError(f"options.sr_stage_lam must be a finite number >= 0 (0: the SR stage by MSE alone), "
-                             f"got {self.sr_stage_lam}")
+            raise ValueError(
+                f"options.sr_stage_lam must be a finite number >= 0 (0: the SR stage by MSE alone), "
+                f"got {self.sr_stage_lam}"
+            )
         if self.hash_views not in HASH_VIEWS:
             raise ValueError(f"options.hash_views must be one of {list(HASH_VIEWS)}, got {self.hash_views!r}")
 
@@ -81,8 +94,10 @@ class SRHashing(Method):
         o = self.options
         for name, used in (("hash_views", o.hash_views != "query"), ("query_fuse", o.query_fuse)):
             if used and not self.spec.sr_views:
-                raise ValueError(f"options.{name} applies to the methods {list(sr_view_methods())} (HashNet on "
-                                 f"SRNet's output), not to method {self.name!r}")
+                raise ValueError(
+                    f"options.{name} applies to the methods {list(sr_view_methods())} (HashNet on "
+                    f"SRNet's output), not to method {self.name!r}"
+                )
 
     def networks(self) -> dict:
         p = self.preset
@@ -101,8 +116,10 @@ class SRHashing(Method):
 
     def optimizers(self, steps_per_epoch: int) -> dict:
         hash_updates = self.optimizer_updates(steps_per_epoch).get("hash", 0)
-        return {"sr": keras.optimizers.Adam(self.sr_learning_rate(steps_per_epoch)),
-                "hash": hash_optimizer(self.preset, hash_updates)}
+        return {
+            "sr": keras.optimizers.Adam(self.sr_learning_rate(steps_per_epoch)),
+            "hash": hash_optimizer(self.preset, hash_updates),
+        }
 
     def sr_learning_rate(self, steps_per_epoch: int):
         """SRNet's Adam rate: sr_lr, except that dsrhn's alternating phase fine-tunes an SRNet that started
@@ -114,7 +131,9 @@ class SRHashing(Method):
         if not (mse_start and p.sr_finetune_lr):
             return learning_rate(p, p.sr_lr, updates)
         warmup = sum(ph.epochs for ph in self.phases() if ph.name == "sr-mse") * steps_per_epoch
-        return PhaseRates(warmup, learning_rate(p, p.sr_lr, warmup), learning_rate(p, p.sr_finetune_lr, updates - warmup))
+        return PhaseRates(
+            warmup, learning_rate(p, p.sr_lr, warmup), learning_rate(p, p.sr_finetune_lr, updates - warmup)
+        )
 
     # phases, by what their step does: (step A, step B)
     STEPS = {

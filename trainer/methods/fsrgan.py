@@ -15,6 +15,7 @@ Options: focal_r (r), critic (False: the paper's "CNN-Baseline", G alone with th
 hashnet_weights (a HashNet trained by phase `hash` already, e.g. shared by several G variants).
 The feature distance is divided by sqrt(d) (d = H*W*C) so that r = 2 is the mean squared error.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,15 @@ import tensorflow as tf
 from keras import ops
 
 from trainer import losses
-from trainer.methods.base import (Method, Phase, hash_optimizer, joint_batch, learning_rate, load_trained_weights,
-                                  pairwise_hash_loss)
+from trainer.methods.base import (
+    Method,
+    Phase,
+    hash_optimizer,
+    joint_batch,
+    learning_rate,
+    load_trained_weights,
+    pairwise_hash_loss,
+)
 from trainer.models import FeatureCritic, FeatureGenerator, HashNet
 
 
@@ -61,15 +69,19 @@ class FSRGAN(Method):
         if self.options.hashnet_weights:
             load_trained_weights(hashnet, self.options.hashnet_weights, "options.hashnet_weights")
         shape = hashnet.get_layer("backbone").output_shape[1:]
-        return {"hashnet": hashnet, "generator": FeatureGenerator(shape, self.options.dropout, self.preset.seed,
-                                                                  self.options.residual),
-                "critic": FeatureCritic(shape)}
+        return {
+            "hashnet": hashnet,
+            "generator": FeatureGenerator(shape, self.options.dropout, self.preset.seed, self.options.residual),
+            "critic": FeatureCritic(shape),
+        }
 
     def optimizers(self, steps_per_epoch: int) -> dict:
         n = self.optimizer_updates(steps_per_epoch)
-        return {"hash": hash_optimizer(self.preset, n.get("hash", 0)),
-                "g": keras.optimizers.Adam(learning_rate(self.preset, self.options.lr, n.get("g", 0))),
-                "d": keras.optimizers.Adam(learning_rate(self.preset, self.options.lr, n.get("d", 0)))}
+        return {
+            "hash": hash_optimizer(self.preset, n.get("hash", 0)),
+            "g": keras.optimizers.Adam(learning_rate(self.preset, self.options.lr, n.get("g", 0))),
+            "d": keras.optimizers.Adam(learning_rate(self.preset, self.options.lr, n.get("d", 0))),
+        }
 
     def phases(self) -> list[Phase]:
         o, p = self.options, self.preset

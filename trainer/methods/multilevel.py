@@ -19,6 +19,7 @@ is available, so this is our reading of it, on top of DSRHN so that LR queries g
   search       the global codes shortlist, the local codes re-rank (dsrhn/multilevel.py).
 SRNet's step (A) is DSRHN's; the local terms join HashNet's step (B).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,8 +73,9 @@ def bit_selection(local_map, features, grid: int, threshold: float, valid_fracti
     selected = per_region >= threshold * tf.reduce_mean(a, axis=[1, 2])[:, None, :]
     energy = tf.reduce_mean(tf.cast(features, tf.float32), axis=-1, keepdims=True)  # [N, H, W, 1]
     region_energy = tf.reshape(AdaptiveAvgPool(grid)(energy), [-1, grid * grid])
-    valid = (region_energy >= valid_fraction * tf.reduce_mean(energy, axis=[1, 2, 3])[:, None]) \
-        & tf.reduce_any(selected, axis=-1)
+    valid = (region_energy >= valid_fraction * tf.reduce_mean(energy, axis=[1, 2, 3])[:, None]) & tf.reduce_any(
+        selected, axis=-1
+    )
     return selected & valid[:, :, None], valid
 
 
@@ -101,8 +103,14 @@ class DSCNN(DSRHN):
         flat_v = tf.reshape(v, [-1, k])
         flat_y = tf.reshape(tf.concat([labels, labels], axis=0), [-1, self.num_labels])
         keep = tf.reduce_any(flat_y > 0, axis=-1)  # regions with a known label
-        l_hs = losses.semantic_hash_loss(p.hash_loss, tf.boolean_mask(flat_v, keep), tf.boolean_mask(flat_y, keep),
-                                         p.gamma, p.dch_gamma, p.pair_balance)
+        l_hs = losses.semantic_hash_loss(
+            p.hash_loss,
+            tf.boolean_mask(flat_v, keep),
+            tf.boolean_mask(flat_y, keep),
+            p.gamma,
+            p.dch_gamma,
+            p.pair_balance,
+        )
         l_hs = tf.where(tf.reduce_any(keep), l_hs, 0.0)
         v_hr, v_q = tf.split(v, 2, axis=0)
         l_dis = losses.margin_loss(tf.reshape(v_hr, [-1, k]), tf.reshape(v_q, [-1, k]), p.margin)
@@ -111,8 +119,7 @@ class DSCNN(DSRHN):
     def code_outputs(self, nets: dict, images: tf.Tensor) -> dict:
         o = self.options
         out = nets["hashnet"](images, training=False)
-        selected, valid = bit_selection(out["local_map"], out["features"], o.grid, o.select_threshold,
-                                        o.valid_fraction)
+        selected, valid = bit_selection(out["local_map"], out["features"], o.grid, o.select_threshold, o.valid_fraction)
         return {"code": out["code"], "local": out["local"], "local_selected": selected, "local_valid": valid}
 
     def query_code_outputs(self, nets: dict, x: tf.Tensor) -> dict:

@@ -11,6 +11,7 @@ pointwise-seg:  the same on the PSP module's stacked features, after a segmentat
 Both train on HR and bicubic-upsampled LR in one joint batch (as hashnet-lr does) and are queried with
 the LR query brought to HR size (no SR).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -93,8 +94,10 @@ class PointWiseSeg(PointWise):
     name = "pointwise-seg"
     needs_masks = True
     segmentation = True
-    updates = {"seg": ("hashnet/backbone", "hashnet/psp", "hashnet/seg_head"),
-               "hash": ("hashnet/backbone", "hashnet/psp", "hashnet/pointwise_head")}
+    updates = {
+        "seg": ("hashnet/backbone", "hashnet/psp", "hashnet/seg_head"),
+        "hash": ("hashnet/backbone", "hashnet/psp", "hashnet/pointwise_head"),
+    }
 
     def phases(self) -> list[Phase]:
         seg = [Phase("seg", self.options.seg_epochs, {"seg": 1}, ("l_seg",))] if self.options.seg_epochs else []

@@ -14,6 +14,7 @@ The student starts from the teacher's HashNet weights (so it starts as "bicubic 
 options.teacher_weights: the teacher HashNet's weights (.weights.h5, e.g. a DSRHN run's
 <work>/checkpoints/epoch-N/hashnet.weights.h5); the teacher's preset is this run's (same backbone and bits).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ class Student(Method):
 
     def networks(self) -> dict:
         if not self.options.teacher_weights:
-            raise ValueError("method 'student' distils a trained teacher: give its HashNet weights with "
-                             "--set options.teacher_weights=<work>/checkpoints/epoch-N/hashnet.weights.h5")
+            raise ValueError(
+                "method 'student' distils a trained teacher: give its HashNet weights with "
+                "--set options.teacher_weights=<work>/checkpoints/epoch-N/hashnet.weights.h5"
+            )
         teacher = load_trained_weights(HashNet(self.preset), self.options.teacher_weights, "options.teacher_weights")
         teacher.trainable = False
         student = HashNet(self.preset)
