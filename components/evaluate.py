@@ -171,6 +171,35 @@ def sr_quality(examples_uri: str, enc: SavedModelEncoders, info: DatasetInfo, n:
     }
 
 
+def encode_splits(enc, examples_uri: str, queries_uri: str, info: DatasetInfo, q_info: DatasetInfo, batch_size: int):
+    """The queries as the model encodes them, the gallery, the queries' HR images, and (a model that enhances
+    its queries) the LR queries brought to HR size by bicubic alone through the same HashNet: what SR adds."""
+    q = encode_split(
+        queries_uri, "query", enc.query_field, enc.query_outputs if enc.multi_level else enc.query, batch_size, q_info
+    )
+    g = encode_split(
+        examples_uri, "gallery", "hr", enc.gallery_outputs if enc.multi_level else enc.gallery, batch_size, info
+    )
+    q_hr = encode_split(queries_uri, "query", "hr", enc.gallery, batch_size, q_info)
+    q_bic = (
+        encode_split(queries_uri, "query", "lr", enc.gallery, batch_size, q_info)
+        if enc.meta.get("query_path") in ("sr", "fsr")
+        else None
+    )
+    return q, g, q_hr, q_bic
+
+
+def write_query_aps(report: dict, ids: list, out_dir: str) -> None:
+    """Each query's AP (moved out of the report) to AP_FILE, in query order, for paired comparisons."""
+    np.savez(
+        os.path.join(out_dir, AP_FILE),
+        ids=np.array(ids),
+        lr_query=report["lr_query"].pop("ap"),
+        hr_query=report["hr_query"].pop("ap"),
+        **({"bicubic_query": report["bicubic_query"].pop("ap")} if "bicubic_query" in report else {}),
+    )
+
+
 def evaluate_model(
     model_dir: str,
     examples_uri: str,
@@ -191,20 +220,7 @@ def evaluate_model(
     enc = SavedModelEncoders(model_dir)
     bits = int(enc.meta["bits"])
     t0 = time.time()
-    q = encode_split(
-        queries_uri, "query", enc.query_field, enc.query_outputs if enc.multi_level else enc.query, batch_size, q_info
-    )
-    g = encode_split(
-        examples_uri, "gallery", "hr", enc.gallery_outputs if enc.multi_level else enc.gallery, batch_size, info
-    )
-    q_hr = encode_split(queries_uri, "query", "hr", enc.gallery, batch_size, q_info)
-    # the same HashNet on the LR queries brought to HR size by bicubic alone (encode_hr resizes): what the
-    # model's super-resolution adds over no SR at all
-    q_bic = (
-        encode_split(queries_uri, "query", "lr", enc.gallery, batch_size, q_info)
-        if enc.meta.get("query_path") in ("sr", "fsr")
-        else None
-    )
+    q, g, q_hr, q_bic = encode_splits(enc, examples_uri, queries_uri, info, q_info, batch_size)
     encode_seconds = time.time() - t0
     report = {
         "model": model_dir,
@@ -228,13 +244,7 @@ def evaluate_model(
     if enc.multi_level:  # the same queries through the two-stage search
         report["lr_query"]["rerank"] = rerank_numbers(q, g, bits, topk, float(enc.meta["local"]["rerank_weight"]))
     os.makedirs(out_dir, exist_ok=True)
-    np.savez(
-        os.path.join(out_dir, AP_FILE),
-        ids=np.array(q.ids),
-        lr_query=report["lr_query"].pop("ap"),
-        hr_query=report["hr_query"].pop("ap"),
-        **({"bicubic_query": report["bicubic_query"].pop("ap")} if q_bic is not None else {}),
-    )
+    write_query_aps(report, q.ids, out_dir)
     if enc.meta["query_input"] == "lr":  # the image the code network sees of an LR query (SR or bicubic)
         report["sr_quality"] = sr_quality(queries_uri, enc, q_info)
     with open(os.path.join(out_dir, "report.json"), "w") as f:

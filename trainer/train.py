@@ -186,6 +186,29 @@ def n_photos(info: DatasetInfo) -> int:
     return int(info.counts.get("train", 0))
 
 
+def photo_records(base: tf.data.Dataset, preset: Preset, info: DatasetInfo) -> tf.data.Dataset:
+    """An instance dataset's training records: {labels, source} with the photo decoded when the library is small."""
+    if not preset.blind:
+        raise ValueError(
+            "an instance dataset (photos) trains on views drawn afresh from each photo, so its LR "
+            "must be drawn too: use degradation kind blind, not fixed"
+        )
+    if preset.batch_size % preset.views.per_photo:
+        raise ValueError(
+            f"batch_size {preset.batch_size} is not a multiple of views.per_photo "
+            f"{preset.views.per_photo}: a photo's views must share a batch"
+        )
+    # a few thousand photos are kept decoded (decoding a PNG per view bound the SR stage's speed); a larger
+    # library keeps its PNG bytes and decodes each photo when it is drawn
+    decoded = n_photos(info) * (info.source_side**2) * 3 * 2 <= DECODED_CACHE_BYTES
+    return base.map(
+        lambda r: {
+            "labels": r["labels"],
+            "source": tf.io.decode_png(r["source"], channels=3) if decoded else r["source"],
+        }
+    )
+
+
 def training_dataset(
     examples_uri: str,
     preset: Preset,
@@ -206,25 +229,7 @@ def training_dataset(
     keep = ("hr", "lr", "labels") + (("mask",) if masks else ()) + (("source",) if instances else ())
     base = read_split(examples_uri, "train", info).map(lambda r: {k: r[k] for k in keep})
     if instances:
-        if not blind:
-            raise ValueError(
-                "an instance dataset (photos) trains on views drawn afresh from each photo, so its LR "
-                "must be drawn too: use degradation kind blind, not fixed"
-            )
-        if preset.batch_size % preset.views.per_photo:
-            raise ValueError(
-                f"batch_size {preset.batch_size} is not a multiple of views.per_photo "
-                f"{preset.views.per_photo}: a photo's views must share a batch"
-            )
-        # a few thousand photos are kept decoded (decoding a PNG per view bound the SR stage's speed); a larger
-        # library keeps its PNG bytes and decodes each photo when it is drawn
-        decoded = n_photos(info) * (info.source_side**2) * 3 * 2 <= DECODED_CACHE_BYTES
-        base = base.map(
-            lambda r: {
-                "labels": r["labels"],
-                "source": tf.io.decode_png(r["source"], channels=3) if decoded else r["source"],
-            }
-        )
+        base = photo_records(base, preset, info)
     base = base.cache()
     buffer = 1024 if instances else 4096  # an instance record holds a whole photo
 
