@@ -273,7 +273,7 @@ def closure_text(c: dict | None) -> str:
 
 
 def print_side_by_side(results: dict, cell_names: list[str]) -> None:
-    """One table: every model's mAP per cell, blind DSRHN's closure and PSNR-Y (README's table)."""
+    """One table: every model's mAP per cell, blind DSRHN's closure and PSNR-Y (docs/results.md, Degradation grid)."""
     rows = [(m.key, m.name) for m in MODELS[:-1] if m.key in results]
     keys = [k for k, _ in rows]
     extra = [k for k in ("dsrhn", "fsr-gan", "fsr-gan-hrlr", "multi-level", "student") if k in results]
