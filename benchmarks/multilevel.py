@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchlib.cache import code_digest, row_key  # noqa: E402
 from benchlib.grid import ensure_grid, mosaic_source  # noqa: E402
-from benchlib.stats import diff_interval  # noqa: E402
+from components.metrics import diff_interval  # noqa: E402
 from dsrhn.contracts import code_bytes  # noqa: E402
 
 SHORTLISTS = (500, 1000, 5000)

@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from benchlib.grid import grid_cells
-from benchlib.stats import diff_interval
+from components.metrics import diff_interval
 from dsrhn.registry import spec
 
 BASELINE = ("hashnet-lr", "as trained")

@@ -53,8 +53,8 @@ from benchlib.cache import ROW_CODE, RowCache, as_json, code_digest, row_key
 from benchlib.grid import STUDENT_STEPS_X, ensure_grid, grid_cells
 from benchlib.rows import Row
 from benchlib.runner import Task, run_all
-from benchlib.stats import diff_interval
 from benchlib.tasks import first_phase, score_row, score_sr_stage, train_row
+from components.metrics import diff_interval
 from dsrhn.registry import spec, sr_stage_methods
 
 # A value "@ROW" is that row's trained HashNet (.weights.h5): a student's teacher, or a HashNet to start from

@@ -30,6 +30,15 @@ def lr_config(args):
     )
 
 
+def add_outside_root_flag(p: argparse.ArgumentParser) -> None:
+    """Listed image paths stay inside --image-root unless asked (ingest and index read list files)."""
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read listed paths that leave --image-root (../, absolute); refused by default",
+    )
+
+
 def add_beam_arg(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--beam-arg", action="append", help=f"Beam pipeline option, e.g. {example}")
 

@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from cli.common import add_beam_arg, beam_args
+from cli.common import add_beam_arg, add_outside_root_flag, beam_args
+from dsrhn.config import FAISS_DEVICES, INDEX_BACKENDS, MILVUS_INDEX_TYPES
 
 NAME, HELP = "index", "encode a gallery and write its Faiss index beside the model"
 
@@ -18,11 +19,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--list-file")
     p.add_argument("--image-root")
     p.add_argument("--image-dir", help="root/<class>/<image> tree")
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="read listed paths that leave --image-root (../, absolute); refused by default",
-    )
+    add_outside_root_flag(p)
     p.add_argument("--output", help="index directory (default: <model>/index)")
     p.add_argument(
         "--add",
@@ -56,16 +53,16 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--nprobe", type=int, help="lists searched per query (BIVF)")
     p.add_argument("--ef-search", type=int, help="HNSW search depth (BHNSW)")
-    p.add_argument("--backend", default="faiss", choices=["faiss", "milvus"])
+    p.add_argument("--backend", default="faiss", choices=list(INDEX_BACKENDS))
     p.add_argument(
         "--milvus-uri", help="Milvus Lite file (*.db) or server, e.g. http://milvus:19530 (token from MILVUS_TOKEN)"
     )
     p.add_argument("--milvus-collection", help="collection name (default: dsrhn_v<version>_<fingerprint>)")
-    p.add_argument("--milvus-index-type", default="BIN_FLAT", choices=["BIN_FLAT", "BIN_IVF_FLAT"])
+    p.add_argument("--milvus-index-type", default="BIN_FLAT", choices=list(MILVUS_INDEX_TYPES))
     p.add_argument(
         "--faiss-device",
         default="cpu",
-        choices=["cpu", "gpu", "auto"],
+        choices=list(FAISS_DEVICES),
         help="where the approximate index's recall is measured by exact search (gpu: faiss's GPU index)",
     )
 

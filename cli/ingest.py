@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from cli.common import add_beam_arg, add_lr_args, beam_args, lr_config
+from cli.common import add_beam_arg, add_lr_args, add_outside_root_flag, beam_args, lr_config
 from dsrhn.sources import FASHION_MNIST_DIR, SOURCES
 
 NAME, HELP = "ingest", "images -> HR/LR TFRecords + rejection report"
@@ -22,11 +22,7 @@ def register(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--output", "-o", required=True, help="Examples directory to write")
     p.add_argument("--image-root", help="image root (list, directory)")
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="read listed paths that leave --image-root (../, absolute); refused by default",
-    )
+    add_outside_root_flag(p)
     p.add_argument("--list-file", help="one list file `path 0 1 0 ...`, split by --split-rule")
     p.add_argument("--train-list")
     p.add_argument("--query-list", help="e.g. NUS-WIDE test.txt")

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from dsrhn.config import FAISS_DEVICES
 from serving import limits
 
 NAME, HELP = "serve", "TF-Serving-compatible REST API + search"
@@ -22,7 +23,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--faiss-device",
         default="cpu",
-        choices=["cpu", "gpu", "auto"],
+        choices=list(FAISS_DEVICES),
         help="where exact search runs: gpu (faiss's GpuIndexBinaryFlat; `scripts/setup.sh --gpu` installs "
         "it; k and re-ranking shortlists <= 2048; the CPU when no GPU is present), auto (the GPU if "
         "there is one)",

@@ -131,6 +131,25 @@ def mean_average_precision(q_codes, g_codes, q_labels, g_labels, topk: int | Non
     return map_from_aps(*average_precisions(q_codes, g_codes, q_labels, g_labels, topk), empty)
 
 
+def bootstrap_rows(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n] query indices drawn with replacement: one paired resample of the same queries per row."""
+    return np.random.default_rng(seed).integers(0, n, (n_boot, n))
+
+
+def percentile_interval(samples: np.ndarray, level: float) -> list[float]:
+    """The central `level` percentile interval of bootstrap samples."""
+    tail = (1.0 - level) / 2 * 100
+    return [float(x) for x in np.percentile(samples, [tail, 100 - tail])]
+
+
+def diff_interval(a: np.ndarray, b: np.ndarray, level: float = 0.9, n_boot: int = 2000, seed: int = 0) -> tuple:
+    """mean(b - a) of two per-query AP arrays over the same queries and its paired bootstrap interval:
+    (mean, low, high)."""
+    d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    lo, hi = percentile_interval(d[bootstrap_rows(d.size, n_boot, seed)].mean(1), level)
+    return float(d.mean()), lo, hi
+
+
 def gap_closure_interval(
     ap_lr: np.ndarray,
     ap_method: np.ndarray,
@@ -147,18 +166,17 @@ def gap_closure_interval(
     ap_lr, ap_method, ap_hr = (np.asarray(a, np.float64) for a in (ap_lr, ap_method, ap_hr))
     if not ap_lr.shape == ap_method.shape == ap_hr.shape or ap_lr.ndim != 1 or not ap_lr.size:
         raise ValueError("per-query AP arrays must be 1-D, non-empty and of one length (the same queries)")
-    idx = np.random.default_rng(seed).integers(0, ap_lr.size, (n_boot, ap_lr.size))
+    idx = bootstrap_rows(ap_lr.size, n_boot, seed)
     lr, method, hr = ap_lr[idx].mean(1), ap_method[idx].mean(1), ap_hr[idx].mean(1)
     gap = hr - lr
     closure = np.where(gap > 0, (method - lr) / np.where(gap > 0, gap, 1.0), np.nan)
-    tail = (1.0 - level) / 2 * 100
     point_gap = float(ap_hr.mean() - ap_lr.mean())
     ok = closure[~np.isnan(closure)]
     return {
         "closure": float((ap_method.mean() - ap_lr.mean()) / point_gap) if point_gap > 0 else None,
-        "closure_interval": [float(x) for x in np.percentile(ok, [tail, 100 - tail])] if ok.size else None,
+        "closure_interval": percentile_interval(ok, level) if ok.size else None,
         "gap": point_gap,
-        "gap_interval": [float(x) for x in np.percentile(gap, [tail, 100 - tail])],
+        "gap_interval": percentile_interval(gap, level),
         "p_gap_positive": float((gap > 0).mean()),
         "goal": goal,
         "p_goal": float((np.nan_to_num(closure, nan=-np.inf) >= goal).mean()),

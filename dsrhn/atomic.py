@@ -62,7 +62,7 @@ def ensure_space(folder: str, needed_bytes: int, what: str) -> None:
     """Refuse a write before it starts when the file system holding `folder` has less free space than it needs
     (some writers, h5py's among them, crash mid-write on a full disk instead of raising). Remote paths: not
     checked."""
-    if "://" in folder:
+    if is_remote(folder):
         return
     probe = os.path.abspath(folder)
     while not os.path.exists(probe):

@@ -28,6 +28,9 @@ KERNELS = ("bicubic", "area", "bilinear")
 SCALES = (2, 4, 8)
 DEGRADATION_KINDS = ("blind", "fixed")
 HASHNETS = ("alexnet", "small", "mobilenetv2")  # HashNet backbones (trainer/models.py)
+FAISS_DEVICES = ("cpu", "gpu", "auto")  # where faiss searches (serving/index.py)
+INDEX_BACKENDS = ("faiss", "milvus")
+MILVUS_INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
 SR_ARCHS = ("srresnet", "rrdb")  # SRNet: the paper's SRResNet, or ESRGAN's RRDBNet x4 (pretrained: sr_weights)
 
 
@@ -496,13 +499,13 @@ class IndexConfig:
     device: str = "cpu"  # where faiss searches while indexing (the recall's exact search): cpu, gpu or auto
 
     def __post_init__(self):
-        if self.device not in ("cpu", "gpu", "auto"):
+        if self.device not in FAISS_DEVICES:
             raise ValueError(f"faiss device must be cpu, gpu or auto, got {self.device!r}")
-        if self.backend not in ("faiss", "milvus"):
+        if self.backend not in INDEX_BACKENDS:
             raise ValueError(f"index backend must be 'faiss' or 'milvus', got {self.backend!r}")
         if self.backend == "milvus" and not self.milvus_uri:
             raise ValueError("the milvus backend needs --milvus-uri (a Milvus Lite .db file or http://host:19530)")
-        if self.milvus_index_type not in ("BIN_FLAT", "BIN_IVF_FLAT"):
+        if self.milvus_index_type not in MILVUS_INDEX_TYPES:
             raise ValueError(f"milvus index type must be BIN_FLAT or BIN_IVF_FLAT, got {self.milvus_index_type!r}")
         if not self.factory.startswith("B"):
             raise ValueError(

@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from dsrhn.atomic import atomic_dir
-from dsrhn.config import IndexConfig
+from dsrhn.config import FAISS_DEVICES, IndexConfig
 from dsrhn.contracts import (
     ID_BYTES_FILE,
     ID_OFFSETS_FILE,
@@ -58,7 +58,6 @@ from serving.filters import Where, allowed_rows
 from serving.hits import query_results
 
 MAX_GPU_K = 2048  # faiss GPU binary search limit
-FAISS_DEVICES = ("cpu", "gpu", "auto")
 
 
 def gpu_available() -> bool:

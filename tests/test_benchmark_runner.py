@@ -16,7 +16,6 @@ if _BENCHMARKS not in sys.path:
 
 from benchlib import cache  # noqa: E402
 from benchlib.runner import Runner, Task  # noqa: E402
-from benchlib.stats import diff_interval  # noqa: E402
 
 
 def _benchmark(name: str):
@@ -133,21 +132,6 @@ def test_photo_rows_run_per_seed_and_the_tables_average_the_seeds(tmp_path, caps
     # closure of the seed means: (0.61 - 0.55) / (0.85 - 0.55) = 0.2
     assert summary["x4_mean_closure"] == pytest.approx(0.2) and summary["seed_cells_above"] == "2/2"
     assert summary["seeds"] == 2 and summary["above_all"] == "1/1"
-
-
-def test_the_paired_bootstrap_is_the_mean_difference_with_an_interval_over_the_queries():
-    import numpy as np
-
-    a = np.linspace(0.2, 0.6, 50)
-    assert diff_interval(a, a + 0.1) == pytest.approx((0.1, 0.1, 0.1))  # every query agrees: no spread
-    b = a + np.random.default_rng(3).normal(0.05, 0.1, a.size)
-    d, lo, hi = diff_interval(a, b)
-    assert d == pytest.approx(float((b - a).mean())) and lo < d < hi
-    assert diff_interval(a, b) == (d, lo, hi)  # seeded: the same interval every time
-    lo99, hi99 = diff_interval(a, b, level=0.99)[1:]
-    assert lo99 < lo and hi < hi99  # a wider level, a wider interval
-    # paired: a shift common to both rows' queries moves neither the difference nor its interval
-    assert diff_interval(a + 0.3, b + 0.3) == pytest.approx((d, lo, hi))
 
 
 def test_benchmark_rows_are_reused_only_with_the_same_settings_and_code(tmp_path):

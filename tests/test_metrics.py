@@ -118,3 +118,16 @@ def test_blessing_decision_reasons():
     assert blessing_decision(good, min_map=0.5, already_blessed=True) == [ALREADY_BLESSED]
     bad = dict(good, code_health={"problems": ["bit 3 constant"]})
     assert blessing_decision(bad, min_map=0.5) == ["collapsed codes: bit 3 constant"]
+
+
+def test_the_paired_bootstrap_is_the_mean_difference_with_an_interval_over_the_queries():
+    a = np.linspace(0.2, 0.6, 50)
+    assert metrics.diff_interval(a, a + 0.1) == pytest.approx((0.1, 0.1, 0.1))  # every query agrees: no spread
+    b = a + np.random.default_rng(3).normal(0.05, 0.1, a.size)
+    d, lo, hi = metrics.diff_interval(a, b)
+    assert d == pytest.approx(float((b - a).mean())) and lo < d < hi
+    assert metrics.diff_interval(a, b) == (d, lo, hi)  # seeded: the same interval every time
+    lo99, hi99 = metrics.diff_interval(a, b, level=0.99)[1:]
+    assert lo99 < lo and hi < hi99  # a wider level, a wider interval
+    # paired: a shift common to both rows' queries moves neither the difference nor its interval
+    assert metrics.diff_interval(a + 0.3, b + 0.3) == pytest.approx((d, lo, hi))

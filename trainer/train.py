@@ -182,7 +182,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 DECODED_CACHE_BYTES = 2 << 30  # instance datasets: photos kept decoded in memory up to about this much
 
 
-def n_photos(info: DatasetInfo) -> int:
+def n_train_records(info: DatasetInfo) -> int:
+    """Training records, as ingestion counted them (an instance dataset: photos)."""
     return int(info.counts.get("train", 0))
 
 
@@ -200,7 +201,7 @@ def photo_records(base: tf.data.Dataset, preset: Preset, info: DatasetInfo) -> t
         )
     # a few thousand photos are kept decoded (decoding a PNG per view bound the SR stage's speed); a larger
     # library keeps its PNG bytes and decodes each photo when it is drawn
-    decoded = n_photos(info) * (info.source_side**2) * 3 * 2 <= DECODED_CACHE_BYTES
+    decoded = n_train_records(info) * (info.source_side**2) * 3 * 2 <= DECODED_CACHE_BYTES
     return base.map(
         lambda r: {
             "labels": r["labels"],
@@ -593,7 +594,7 @@ def checked_dataset_info(examples_uri: str, preset: Preset) -> DatasetInfo:
 def epoch_steps(info: DatasetInfo, preset: Preset, steps_per_epoch: int | None) -> int:
     """Steps per epoch: the caller's, the preset's, else one pass over the training records (an instance dataset:
     views.per_photo views of each photo); refused when the records do not fill one batch."""
-    n_train = int(info.counts.get("train", 0))  # written by ingestion
+    n_train = n_train_records(info)
     per_record = preset.views.per_photo if info.source_side else 1
     steps = steps_per_epoch or preset.steps_per_epoch or max(1, n_train * per_record // preset.batch_size)
     if n_train * per_record < preset.batch_size:

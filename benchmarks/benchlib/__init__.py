@@ -7,7 +7,6 @@ finds this package beside it (the tests put benchmarks/ on sys.path).
     rows     Row: one benchmark row (key, printed name, method, what it changes), in place of positional tuples
     grid     the degradation grid's query cells; the Examples and their query sets, remade only when changed
     tasks    the worker tasks that compute rows: first-phase training, train + export, scoring
-    stats    the one paired bootstrap over the queries (diff_interval)
     serve    `dsrhn serve` in a child process, the CLI's command line, a tiny servable model
     timing   threads started together, single-query and batched latency, percentiles
 """
