@@ -288,3 +288,66 @@ def test_an_sr_stage_alone_is_scored_through_the_exported_query_path(tmp_path, m
                 return to_uint8(decode_hr_space(tf.constant(images), hr_size)).numpy()
 
         assert q == sr_quality(mosaic_examples, Resize, DatasetInfo.read(mosaic_examples), 8)
+
+
+def test_query_sr_scores_a_pretrained_generator_in_front_of_hashnet_lr_as_the_product_serves_it(
+    tmp_path, mosaic_examples, tiny_preset, monkeypatch, capsys
+):
+    """benchmarks/query_sr.py on a really trained HashNet-LR laid out as real_photos.py writes it, with the shipped
+    RealSR DF2K generator: the table comes out, the SR'd queries are cached and reused, and its fused path (w = 1)
+    gives the codes the product serves for two-stage with options.hash_views=bicubic and options.query_fuse=true
+    from the same HashNet (up to the 8-bit rounding of the SR query)."""
+    import json
+    import shutil
+
+    import numpy as np
+    import tensorflow as tf
+
+    from dsrhn.records import DatasetInfo, read_split_raw
+    from dsrhn.registry import get_method
+    from trainer.export import CodeFunctions
+    from trainer.task import train_and_export
+    from trainer.train import latest_checkpoint
+
+    qs = _benchmark("query_sr")
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    root = run / "instance"
+    shutil.copytree(mosaic_examples, root / "examples")
+    shutil.copytree(mosaic_examples, root / "grid" / "x4-bicubic")
+    (root / "made-from.json").write_text(json.dumps({"grid": "tiny"}))
+    preset = tiny_preset.replace(method="hashnet-lr")
+    work = root / "hashnet-lr" / "work"
+    train_and_export(str(root / "examples"), preset, str(work), str(root / "hashnet-lr" / "model"), verbose=0)
+    weights = str(root / "hashnet-lr-k1.hashnet.weights.h5")
+    shutil.copyfile(os.path.join(latest_checkpoint(str(work / "checkpoints")), "hashnet.weights.h5"), weights)
+    (run / "results.json").write_text(json.dumps({"instance/hashnet-lr": {"key": "k1"}}))
+    argv = ["query_sr.py", "--runs", str(run), "--cells", "x4-bicubic", "--cache", str(cache), "--topk", "20"]
+    monkeypatch.setattr(sys, "argv", argv + ["--fuse", "1"])
+    qs.main()
+    printed = capsys.readouterr().out
+    assert "| x4-bicubic |" in printed and "realsr-df2k fused w=1" in printed and "| summary |" in printed
+    (cached,) = (cache / "realsr-df2k").glob("x4-bicubic-*.npy")
+
+    import trainer.models
+
+    def no_sr(*a, **k):
+        raise AssertionError("the cached SR queries were not reused")
+
+    monkeypatch.setattr(trainer.models, "SRNet", no_sr)
+    monkeypatch.setattr(sys, "argv", argv + ["--fuse", "0.5"])
+    qs.main()
+    assert "realsr-df2k fused w=0.5" in capsys.readouterr().out
+    monkeypatch.undo()
+
+    net, p = qs.hashnet_lr(str(run))
+    q_x, _ = qs.hr_space(str(root / "grid" / "x4-bicubic"), "query", "lr", p.hr_size)
+    bench = qs.signs(qs.logits(net, q_x) + qs.logits(net, np.load(cached).astype(np.float32) / 255.0))
+    served = p.replace(method="two-stage", sr_arch="rrdb", sr_weights="realsr-df2k")
+    served = served.replace(options={"hash_views": "bicubic", "query_fuse": True})
+    method = get_method("two-stage")(served, DatasetInfo.read(mosaic_examples))
+    nets = method.networks()
+    nets["hashnet"].load_weights(weights)
+    lr = [bytes(r["lr"]) for r in read_split_raw(str(root / "grid" / "x4-bicubic"), "query").as_numpy_iterator()]
+    codes = CodeFunctions(method, nets).query_codes(tf.constant(lr))["codes"].numpy()
+    agree = (np.unpackbits(codes, axis=1) == np.unpackbits(bench, axis=1)).mean()
+    assert agree >= 0.97, agree

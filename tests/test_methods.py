@@ -190,6 +190,40 @@ def test_hashnet_can_train_on_sr_and_bicubic_and_the_query_paths_vote(mosaic_exa
         _tiny("multi-level", query_flip=True)
 
 
+def test_two_stage_can_train_hashnet_on_bicubic_and_super_resolve_only_its_queries(mosaic_examples):
+    """options.hash_views=bicubic: two-stage's step B is HashNet-LR's ([HR; bicubic], SRNet never run, never
+    updated), while its queries still go through SRNet (fused with the bicubic query under query_fuse); dsrhn
+    refuses it (Eq. 5 needs HashNet on SRNet's output)."""
+    info = DatasetInfo.read(mosaic_examples)
+    preset = _tiny(
+        "two-stage",
+        epochs=1,
+        steps_per_epoch=1,
+        hash_lr=0.1,
+        srnet_weights="",
+        **{"options.hash_views": "bicubic", "options.query_fuse": "true"},
+    )
+    trainer = build_trainer(preset, info)
+    assert [p.name for p in trainer.method.phases()] == ["sr-mse", "hash-bicubic"]
+    trainer.build_optimizers()
+    method, nets = trainer.method, trainer.nets
+    batch = next(iter(training_dataset(mosaic_examples, preset, 0, 1, 1, info, method.needs_masks)))
+    trainer.phase = "hash-bicubic"
+    sr_before = [np.array(v) for v in nets["srnet"].weights]
+    calls = []
+    real_call = nets["srnet"].call
+    nets["srnet"].call = lambda *a, **k: calls.append(1) or real_call(*a, **k)
+    out = {k: float(v) for k, v in trainer.train_step(batch).items()}
+    assert np.isfinite(out["l_hash"]) and not calls  # step B never ran SRNet
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(sr_before, nets["srnet"].weights))
+    x = tf.random.stateless_uniform([2, preset.hr_size, preset.hr_size, 3], seed=[5, 6])
+    fused = method.query_code_outputs(nets, x)["code"]
+    expect = method.code_logits(nets, method.query_image(nets, x)) + method.code_logits(nets, x)
+    assert calls and np.allclose(fused, expect, atol=1e-4)  # the query did
+    with pytest.raises(ValueError, match="options.hash_views=bicubic trains HashNet without SRNet's output"):
+        build_trainer(_tiny("dsrhn", **{"options.hash_views": "bicubic"}), info)
+
+
 @pytest.mark.parametrize("mode", ALL)
 def test_each_phase_updates_only_what_its_optimizers_own(mode, mosaic_examples, teacher):
     info = DatasetInfo.read(mosaic_examples)

@@ -4,7 +4,8 @@ Step A (SRNet, Adam; HashNet frozen): L_SR = L_per + lambda * L_mse        (Eq. 
 Step B (HashNet, SGD+momentum; SRNet frozen): L_hash = L_hs + alpha * L_dis (Eq. 13)
 L_hs is computed over all pairs of the joint batch [HR; SR], so SR queries learn to land on their HR
 gallery neighbours in Hamming space. Options: hash_views=query+bicubic trains step B on [HR; SR; bicubic LR],
-query_fuse sums HashNet's logits for the SR and the bicubic query before the sign.
+hash_views=bicubic (two-stage) on [HR; bicubic LR] with SRNet only at query time (a pretrained generator too dear
+to run in every step), query_fuse sums HashNet's logits for the SR and the bicubic query before the sign.
 Rows: dsrhn; hashnet-hr (HashNet on HR, HR queries); hashnet-lr (HashNet on HR + bicubic LR, no SR);
 two-stage (SRNet by MSE alone, frozen, then HashNet: the paper's HashNet-SRGAN row).
 """
@@ -35,7 +36,8 @@ from trainer.pretrained import load_weights_strict
 from trainer.sr_weights import weights_path
 
 SR_METRICS = ("l_sr", "l_per", "l_mse")
-HASH_VIEWS = ("query", "query+bicubic")  # options.hash_views: step B's joint batch [HR; SR] or [HR; SR; bicubic]
+# options.hash_views: step B's joint batch [HR; SR], [HR; SR; bicubic], or (two-stage) [HR; bicubic]
+HASH_VIEWS = ("query", "query+bicubic", "bicubic")
 HASH_METRICS = ("l_hash", "l_hs", "l_dis")
 
 
@@ -67,8 +69,10 @@ class SRHashingOptions:
     # > 0: the SR stage (sr-mse) trains SRNet by Eq. 5 with this lambda, against the features of HashNet as it starts
     # (its ImageNet backbone; SRGAN's VGG loss with this backbone) instead of by L_mse alone (0, the default)
     sr_stage_lam: float = 0.0
-    # what HashNet's step B trains on besides HR: "query" (the SR query: [HR; SR]) or "query+bicubic" ([HR; SR; the
-    # bicubic query], so that HashNet reads both; the SR rows two-stage and dsrhn)
+    # what HashNet's step B trains on besides HR: "query" (the SR query: [HR; SR]), "query+bicubic" ([HR; SR; the
+    # bicubic query], so that HashNet reads both; the SR rows two-stage and dsrhn) or "bicubic" ([HR; bicubic]:
+    # two-stage only, SRNet runs at query time alone, so training costs HashNet-LR's; with query_fuse the SR and
+    # the bicubic query vote)
     hash_views: str = "query"
     # the SR rows' query code is Eq. 1 on the sum of HashNet's logits for the SR query and the bicubic query
     query_fuse: bool = False
@@ -238,6 +242,14 @@ class SRHashing(Method):
 class DSRHN(SRHashing):
     name = "dsrhn"
 
+    def __init__(self, preset, info=None):
+        super().__init__(preset, info)
+        if self.options.hash_views == "bicubic":  # Eq. 5's L_per needs HashNet to read SRNet's output
+            raise ValueError(
+                "options.hash_views=bicubic trains HashNet without SRNet's output: two-stage only, not dsrhn "
+                "(its SRNet learns from HashNet's loss on the SR query)"
+            )
+
     def phases(self) -> list[Phase]:
         """Optionally from an SRNet first trained by MSE alone (sr_warmup_epochs), as SRGAN does;
         srnet_weights: that SRNet exists already."""
@@ -265,6 +277,7 @@ class TwoStage(SRHashing):
 
     def phases(self) -> list[Phase]:
         p = self.preset
+        hash_phase = "hash-bicubic" if self.options.hash_views == "bicubic" else "hash-sr"  # SRNet at query time
         if p.sr_trained:  # stage 1 already trained (e.g. for another bit length) or pretrained
-            return [self.phase("hash-sr", p.epochs)]
-        return [self.phase("sr-mse", p.sr_warmup_epochs or p.epochs), self.phase("hash-sr", p.epochs)]
+            return [self.phase(hash_phase, p.epochs)]
+        return [self.phase("sr-mse", p.sr_warmup_epochs or p.epochs), self.phase(hash_phase, p.epochs)]
