@@ -28,7 +28,7 @@ import numpy as np
 
 from benchlib.cache import REPO, code_digest, row_key
 from benchlib.grid import grid_cells
-from components.metrics import average_precisions, diff_interval
+from components.metrics import average_precisions, diff_interval, pack_bits
 
 # the code an SR'd query depends on: the query path's resize and rounding, the generator and its weights' reader
 SR_CODE = tuple(
@@ -87,6 +87,7 @@ def super_resolved(generator: str, preset, grid: str, cell: str, cache: str, ima
         return np.load(path)
     import tensorflow as tf
 
+    from trainer.export import to_uint8
     from trainer.models import SRNet
     from trainer.pretrained import load_weights_strict
     from trainer.sr_weights import weights_path
@@ -95,12 +96,7 @@ def super_resolved(generator: str, preset, grid: str, cell: str, cache: str, ima
     load_weights_strict(net, weights_path(generator))
     run = tf.function(lambda x: net(x, training=False))
     t0 = time.time()
-    out = np.concatenate(
-        [
-            np.round(np.clip(run(images[i : i + 16]).numpy(), 0, 1) * 255).astype(np.uint8)
-            for i in range(0, len(images), 16)
-        ]
-    )
+    out = np.concatenate([to_uint8(run(images[i : i + 16])).numpy() for i in range(0, len(images), 16)])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.save(path + ".tmp.npy", out)
     os.replace(path + ".tmp.npy", path)
@@ -110,10 +106,6 @@ def super_resolved(generator: str, preset, grid: str, cell: str, cache: str, ima
 
 def logits(net, images: np.ndarray) -> np.ndarray:
     return np.concatenate([net(images[i : i + 64], training=False)["code"].numpy() for i in range(0, len(images), 64)])
-
-
-def signs(v: np.ndarray) -> np.ndarray:  # Eq. 1 codes, packed as the export packs them (sign(0) = +1)
-    return np.packbits(v >= 0, axis=1)
 
 
 def cell_aps(args, run: str, net, preset, gallery: tuple, cell: str) -> dict:
@@ -129,7 +121,7 @@ def cell_aps(args, run: str, net, preset, gallery: tuple, cell: str) -> dict:
         paths[f"{gen} alone"] = l_sr
         for w in map(float, args.fuse.split(",")):
             paths[f"{gen} fused w={w:g}"] = l_bic + w * l_sr
-    return {p: average_precisions(signs(v), gallery[0], q_lab, gallery[1], args.topk)[0] for p, v in paths.items()}
+    return {p: average_precisions(pack_bits(v), gallery[0], q_lab, gallery[1], args.topk)[0] for p, v in paths.items()}
 
 
 def print_table(aps: dict, cells: list[str]) -> None:
@@ -161,7 +153,7 @@ def main() -> None:
     for run in runs:
         net, preset = hashnet_lr(run)
         g_x, g_lab = hr_space(os.path.join(run, "instance", "examples"), "gallery", "hr", preset.hr_size)
-        gallery = (signs(logits(net, g_x)), g_lab)
+        gallery = (pack_bits(logits(net, g_x)), g_lab)
         aps.append({cell: cell_aps(args, run, net, preset, gallery, cell) for cell in cells})
         print(f"{run}: scored ({time.time() - t0:.0f} s)", flush=True)
     print(

@@ -341,7 +341,7 @@ def test_query_sr_scores_a_pretrained_generator_in_front_of_hashnet_lr_as_the_pr
 
     net, p = qs.hashnet_lr(str(run))
     q_x, _ = qs.hr_space(str(root / "grid" / "x4-bicubic"), "query", "lr", p.hr_size)
-    bench = qs.signs(qs.logits(net, q_x) + qs.logits(net, np.load(cached).astype(np.float32) / 255.0))
+    bench = qs.pack_bits(qs.logits(net, q_x) + qs.logits(net, np.load(cached).astype(np.float32) / 255.0))
     served = p.replace(method="two-stage", sr_arch="rrdb", sr_weights="realsr-df2k")
     served = served.replace(options={"hash_views": "bicubic", "query_fuse": True})
     method = get_method("two-stage")(served, DatasetInfo.read(mosaic_examples))

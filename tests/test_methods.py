@@ -141,6 +141,23 @@ def test_the_sr_stage_can_train_against_hashnet_features(mosaic_examples):
         build_trainer(_tiny("two-stage", **{"options.sr_stage_lam": -1}), info)
 
 
+def _two_stage_one_step(examples: str, hash_views: str):
+    """(preset, trainer with its optimizers, one training batch) of a tiny two-stage run with query_fuse and
+    `hash_views`, for one step B by hand."""
+    info = DatasetInfo.read(examples)
+    preset = _tiny(
+        "two-stage",
+        epochs=1,
+        steps_per_epoch=1,
+        hash_lr=0.1,
+        **{"options.hash_views": hash_views, "options.query_fuse": "true"},
+    )
+    trainer = build_trainer(preset, info)
+    trainer.build_optimizers()
+    batch = next(iter(training_dataset(examples, preset, 0, 1, 1, info, trainer.method.needs_masks)))
+    return preset, trainer, batch
+
+
 def test_hashnet_can_train_on_sr_and_bicubic_and_the_query_paths_vote(mosaic_examples):
     """options.hash_views=query+bicubic: step B's joint batch is [HR; SR; bicubic] (L_dis the mean of both queries'
     Eq. 12); options.query_fuse: the query's logits are the sum of the SR and the bicubic query's; preset.query_flip:
@@ -149,17 +166,8 @@ def test_hashnet_can_train_on_sr_and_bicubic_and_the_query_paths_vote(mosaic_exa
     from trainer.methods.base import joint_hash_terms
 
     info = DatasetInfo.read(mosaic_examples)
-    preset = _tiny(
-        "two-stage",
-        epochs=1,
-        steps_per_epoch=1,
-        hash_lr=0.1,
-        **{"options.hash_views": "query+bicubic", "options.query_fuse": "true"},
-    )
-    trainer = build_trainer(preset, info)
-    trainer.build_optimizers()
+    preset, trainer, batch = _two_stage_one_step(mosaic_examples, "query+bicubic")
     method, nets = trainer.method, trainer.nets
-    batch = next(iter(training_dataset(mosaic_examples, preset, 0, 1, 1, info, method.needs_masks)))
     trainer.phase = "hash-sr"
     before = [np.array(v) for v in nets["hashnet"].weights]
     out = {k: float(v) for k, v in trainer.train_step(batch).items()}
@@ -195,19 +203,9 @@ def test_two_stage_can_train_hashnet_on_bicubic_and_super_resolve_only_its_queri
     updated), while its queries still go through SRNet (fused with the bicubic query under query_fuse); dsrhn
     refuses it (Eq. 5 needs HashNet on SRNet's output)."""
     info = DatasetInfo.read(mosaic_examples)
-    preset = _tiny(
-        "two-stage",
-        epochs=1,
-        steps_per_epoch=1,
-        hash_lr=0.1,
-        srnet_weights="",
-        **{"options.hash_views": "bicubic", "options.query_fuse": "true"},
-    )
-    trainer = build_trainer(preset, info)
+    preset, trainer, batch = _two_stage_one_step(mosaic_examples, "bicubic")
     assert [p.name for p in trainer.method.phases()] == ["sr-mse", "hash-bicubic"]
-    trainer.build_optimizers()
     method, nets = trainer.method, trainer.nets
-    batch = next(iter(training_dataset(mosaic_examples, preset, 0, 1, 1, info, method.needs_masks)))
     trainer.phase = "hash-bicubic"
     sr_before = [np.array(v) for v in nets["srnet"].weights]
     calls = []
